@@ -1,0 +1,11 @@
+//! The `ragd` command line: flag parsing and the commands that are not the server.
+//!
+//! Every command is a thin shell over the library crates; output meant for scripts (`--json`) is
+//! one JSON document on stdout, human output and progress go to stderr/stdout as noted per command.
+
+mod bench;
+mod commands;
+mod docqa;
+
+pub use commands::{Cli, main_with_args};
+pub use docqa::{DocAnswer, DocQa};

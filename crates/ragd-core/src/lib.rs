@@ -1,0 +1,98 @@
+//! Domain types shared by every ragd crate.
+//!
+//! This crate owns the vocabulary the others speak: the [`ErrorKind`] that tells a caller's
+//! mistake from the server's, and (as the indexing and answer pipelines land) documents, chunks,
+//! hits and citations. It has no I/O and no threads; every other crate may depend on it.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of failure an error is, independent of which crate raised it.
+///
+/// Every crate's error enum exposes `kind()`; the gRPC layer maps each kind to exactly one status
+/// code, and the CLI maps it to an exit code. User errors (`InvalidInput`, `NotFound`,
+/// `AlreadyExists`) carry messages meant for the person who sent the request; `Internal` ones do
+/// not leak details over the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong: empty, too long, out of range, malformed.
+    InvalidInput,
+    /// Something the request names does not exist (a collection, a document, a model file).
+    NotFound,
+    /// Something the request would create exists already.
+    AlreadyExists,
+    /// A bounded queue is full; the caller may retry later.
+    Overloaded,
+    /// A dependency is not ready (a worker thread is gone, the service is shutting down).
+    Unavailable,
+    /// The request ran out of time.
+    DeadlineExceeded,
+    /// A bug or an environment failure (I/O, corrupt file) the caller cannot fix.
+    Internal,
+}
+
+impl ErrorKind {
+    /// True when the caller can fix the request; such messages are safe to show them verbatim.
+    pub fn is_user_error(self) -> bool {
+        matches!(
+            self,
+            Self::InvalidInput | Self::NotFound | Self::AlreadyExists
+        )
+    }
+}
+
+/// A model's role in the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRole {
+    /// Turns text into vectors (BERT-family sentence encoder).
+    Encoder,
+    /// Writes answers (causal language model).
+    Decoder,
+}
+
+impl std::fmt::Display for ModelRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Encoder => "encoder",
+            Self::Decoder => "decoder",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_errors_are_the_three_caller_kinds() {
+        let user: Vec<_> = [
+            ErrorKind::InvalidInput,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Overloaded,
+            ErrorKind::Unavailable,
+            ErrorKind::DeadlineExceeded,
+            ErrorKind::Internal,
+        ]
+        .into_iter()
+        .filter(|k| k.is_user_error())
+        .collect();
+        assert_eq!(
+            user,
+            [
+                ErrorKind::InvalidInput,
+                ErrorKind::NotFound,
+                ErrorKind::AlreadyExists
+            ]
+        );
+    }
+
+    #[test]
+    fn roles_serialize_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&ModelRole::Encoder).ok().as_deref(),
+            Some("\"encoder\"")
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! `Embedder`: a BERT-family sentence encoder, and `EmbedderHandle`, the async front of the worker
+//! thread that owns one.
+//!
+//! Inputs are tokenized, truncated at the model's maximum length (reported per input), sorted by
+//! length and cut into batches under a token budget, so a batch pads only to the longest of
+//! similar-length neighbours. Vectors come back in input order, pooled and L2-normalised.
+
+use crate::bert::{BertConfig, BertModel, Pooling, pool_and_normalize, var_builder};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationParams};
+use tokio::sync::{mpsc, oneshot};
+
+/// One embedded input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// L2-normalised vector of the model's hidden size.
+    pub vector: Vec<f32>,
+    /// Tokens the model saw (special tokens included, after truncation).
+    pub tokens: usize,
+    /// True when the input was longer than the model's maximum and its tail was dropped.
+    pub truncated: bool,
+}
+
+/// Batching limits. The defaults suit a CPU with a few cores.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Most padded tokens (batch size × longest input) in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Most inputs in one forward pass.
+    pub max_batch_size: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 8192,
+            max_batch_size: 64,
+        }
+    }
+}
+
+/// A loaded sentence encoder. Not `Sync`-shared: one thread owns it (see [`EmbedderHandle`]).
+#[derive(Debug)]
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    max_len: usize,
+    batch: BatchOptions,
+    name: String,
+}
+
+impl Embedder {
+    /// Loads an encoder from a sentence-transformers directory: `config.json`,
+    /// `model.safetensors`, `tokenizer.json`, and optionally `1_Pooling/config.json` (mean pooling
+    /// when absent) and `sentence_bert_config.json` (for `max_seq_length`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let read = |name: &str| -> Result<String> {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p).map_err(Error::io(format!("reading {}", p.display())))
+        };
+        let invalid = |name: &str, e: serde_json::Error| Error::ModelInvalid {
+            path: dir.join(name),
+            reason: e.to_string(),
+        };
+        let cfg: BertConfig =
+            serde_json::from_str(&read("config.json")?).map_err(|e| invalid("config.json", e))?;
+        let pooling = match read("1_Pooling/config.json") {
+            Ok(s) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&s).map_err(|e| invalid("1_Pooling/config.json", e))?;
+                let flag = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+                if flag("pooling_mode_cls_token") {
+                    Pooling::Cls
+                } else if flag("pooling_mode_mean_tokens") {
+                    Pooling::Mean
+                } else {
+                    return Err(Error::ModelInvalid {
+                        path: dir.join("1_Pooling/config.json"),
+                        reason: "only mean and CLS pooling are supported".into(),
+                    });
+                }
+            }
+            Err(_) => Pooling::Mean,
+        };
+        let max_len = read("sentence_bert_config.json")
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v.get("max_seq_length").and_then(|x| x.as_u64()))
+            .map(|n| n as usize)
+            .unwrap_or(cfg.max_position_embeddings)
+            .min(cfg.max_position_embeddings);
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(Error::ModelInvalid {
+                path: weights,
+                reason: "file not found".into(),
+            });
+        }
+        let model = BertModel::load(var_builder(&weights)?, &cfg)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            model,
+            tokenizer,
+            pooling,
+            max_len,
+            batch: BatchOptions::default(),
+            name,
+        })
+    }
+
+    /// Replaces the batching limits.
+    pub fn with_batch_options(mut self, batch: BatchOptions) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.model.hidden_size()
+    }
+
+    /// Longest input in tokens; longer ones are truncated.
+    pub fn max_len(&self) -> usize {
+        self.max_len.min(self.model.max_positions)
+    }
+
+    /// The model's directory name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Token count of `text` as the encoder sees it (with special tokens, before truncation).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        let enc = self.tokenizer.encode(text, true)?;
+        Ok(enc.len() + enc.get_overflowing().iter().map(|o| o.len()).sum::<usize>())
+    }
+
+    /// Embeds `texts`, returning one [`Embedding`] per input in input order.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Embedding>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.iter().map(|t| t.as_ref()).collect::<Vec<_>>(), true)?;
+        let items: Vec<(Vec<u32>, bool)> = encodings
+            .into_iter()
+            .map(|e| {
+                let truncated = !e.get_overflowing().is_empty();
+                (e.get_ids().to_vec(), truncated)
+            })
+            .collect();
+        let lens: Vec<usize> = items.iter().map(|(ids, _)| ids.len()).collect();
+        let mut out: Vec<Option<Embedding>> = vec![None; items.len()];
+        for batch in plan_batches(&lens, self.batch) {
+            let ids: Vec<&[u32]> = batch.iter().map(|&i| items[i].0.as_slice()).collect();
+            let vectors = self.forward_batch(&ids)?;
+            for (&i, vector) in batch.iter().zip(vectors) {
+                out[i] = Some(Embedding {
+                    vector,
+                    tokens: lens[i],
+                    truncated: items[i].1,
+                });
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// One forward pass over already-tokenized inputs, padded to the longest.
+    fn forward_batch(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let width = ids.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
+        let mut flat = vec![0u32; ids.len() * width];
+        let mut mask = vec![0u32; ids.len() * width];
+        for (row, x) in ids.iter().enumerate() {
+            flat[row * width..row * width + x.len()].copy_from_slice(x);
+            mask[row * width..row * width + x.len()].fill(1);
+        }
+        let dev = Device::Cpu;
+        let ids_t = Tensor::from_vec(flat, (ids.len(), width), &dev)?;
+        let mask_t = Tensor::from_vec(mask, (ids.len(), width), &dev)?;
+        let hidden = self.model.forward(&ids_t, &mask_t)?;
+        Ok(pool_and_normalize(&hidden, &mask_t, self.pooling)?.to_vec2::<f32>()?)
+    }
+}
+
+/// Groups input indices into batches: longest first, each batch holding at most
+/// `max_batch_size` inputs and at most `max_batch_tokens` padded tokens.
+///
+/// Every index appears exactly once; an input longer than the budget gets a batch of its own.
+pub fn plan_batches(lens: &[usize], opts: BatchOptions) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut batches = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut width = 0;
+    for i in order {
+        // Sorted descending, so the first input of a batch sets its padded width.
+        let w = if current.is_empty() {
+            lens[i].max(1)
+        } else {
+            width
+        };
+        let fits = current.len() < opts.max_batch_size.max(1)
+            && (current.len() + 1) * w <= opts.max_batch_tokens.max(1);
+        if !current.is_empty() && !fits {
+            batches.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            width = lens[i].max(1);
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+type EmbedReply = oneshot::Sender<Result<Vec<Embedding>>>;
+
+/// Cheap, cloneable async handle to an [`Embedder`] running on its own thread.
+///
+/// Requests wait in a bounded queue; when it is full `embed` fails at once with
+/// [`Error::Overloaded`] rather than queueing without bound. Requests that arrive together are
+/// embedded in one pass, so concurrent callers share batches.
+#[derive(Debug, Clone)]
+pub struct EmbedderHandle {
+    tx: mpsc::Sender<(Vec<String>, EmbedReply)>,
+    dim: usize,
+    max_len: usize,
+    name: String,
+}
+
+impl EmbedderHandle {
+    /// Moves `embedder` onto a new thread; `queue` bounds the requests waiting for it.
+    pub fn spawn(embedder: Embedder, queue: usize) -> Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<(Vec<String>, EmbedReply)>(queue.max(1));
+        let (dim, max_len, name) = (
+            embedder.dim(),
+            embedder.max_len(),
+            embedder.name().to_string(),
+        );
+        let max_texts = embedder.batch.max_batch_size * 4;
+        std::thread::Builder::new()
+            .name("ragd-embedder".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    // Coalesce whatever else is already waiting into the same pass.
+                    let mut pending = vec![first];
+                    let mut total = pending[0].0.len();
+                    while total < max_texts {
+                        match rx.try_recv() {
+                            Ok(req) => {
+                                total += req.0.len();
+                                pending.push(req);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    pending.retain(|(_, reply)| !reply.is_closed());
+                    if pending.is_empty() {
+                        continue;
+                    }
+                    let all: Vec<&str> = pending
+                        .iter()
+                        .flat_map(|(t, _)| t.iter().map(String::as_str))
+                        .collect();
+                    match embedder.embed(&all) {
+                        Ok(mut vectors) => {
+                            for (texts, reply) in pending.into_iter().rev() {
+                                let mine = vectors.split_off(vectors.len() - texts.len());
+                                let _ = reply.send(Ok(mine));
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            for (_, reply) in pending {
+                                let _ = reply.send(Err(Error::InvalidInput(msg.clone())));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(Error::io("spawning the embedder thread"))?;
+        Ok(Self {
+            tx,
+            dim,
+            max_len,
+            name,
+        })
+    }
+
+    /// Loads the encoder in `dir` and spawns its worker.
+    pub fn load(dir: &Path, queue: usize) -> Result<Self> {
+        Self::spawn(Embedder::load(dir)?, queue)
+    }
+
+    /// Embeds `texts` on the worker thread.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send((texts, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded("embedder"),
+            mpsc::error::TrySendError::Closed(_) => Error::WorkerGone("embedder"),
+        })?;
+        rx.await.map_err(|_| Error::WorkerGone("embedder"))?
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Longest input in tokens.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_plan(lens: &[usize], opts: BatchOptions) -> Vec<Vec<usize>> {
+        let batches = plan_batches(lens, opts);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..lens.len()).collect::<Vec<_>>(),
+            "every input exactly once"
+        );
+        for b in &batches {
+            assert!(b.len() <= opts.max_batch_size);
+            let width = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(
+                b.len() == 1 || b.len() * width <= opts.max_batch_tokens,
+                "{b:?}"
+            );
+        }
+        batches
+    }
+
+    #[test]
+    fn batches_respect_budget_and_size() {
+        let lens: Vec<usize> = (0..200).map(|i| (i * 37) % 256 + 1).collect();
+        check_plan(
+            &lens,
+            BatchOptions {
+                max_batch_tokens: 1024,
+                max_batch_size: 16,
+            },
+        );
+        check_plan(
+            &lens,
+            BatchOptions {
+                max_batch_tokens: 100_000,
+                max_batch_size: 7,
+            },
+        );
+    }
+
+    #[test]
+    fn oversized_input_gets_its_own_batch() {
+        let b = check_plan(
+            &[10, 5000, 10],
+            BatchOptions {
+                max_batch_tokens: 64,
+                max_batch_size: 8,
+            },
+        );
+        assert_eq!(b[0], vec![1]);
+    }
+
+    #[test]
+    fn similar_lengths_are_grouped() {
+        let lens = [3, 100, 4, 101, 5, 99];
+        let b = check_plan(
+            &lens,
+            BatchOptions {
+                max_batch_tokens: 303,
+                max_batch_size: 8,
+            },
+        );
+        assert_eq!(b, vec![vec![3, 1, 5], vec![4, 2, 0]]);
+    }
+
+    #[test]
+    fn empty_input_plans_nothing() {
+        assert!(plan_batches(&[], BatchOptions::default()).is_empty());
+    }
+}

@@ -1,0 +1,547 @@
+//! `Generator`: a GGUF decoder served by a pool of sessions on dedicated threads.
+//!
+//! The weights are loaded once and shared (`Arc`); each session thread owns its own KV cache.
+//! Requests wait in a bounded queue (full → [`Error::Overloaded`] at once) and stream their output
+//! back through a bounded channel as text deltas that never split a UTF-8 character and never
+//! show the beginning of a stop sequence. Dropping the stream cancels the request: the session
+//! checks before every forward pass, so at most one more token is computed.
+
+use crate::error::{Error, Result};
+use crate::gguf_meta::{ChatMessage, ChatTemplate, DecoderVocab, Meta, decoder_vocab};
+use crate::llama::{KvState, LlamaWeights};
+use crate::sampling::{Sampler, SamplingParams};
+use candle_core::quantized::gguf_file;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Pool sizing.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneratorOptions {
+    /// Concurrent sessions (threads, each with a KV cache).
+    pub sessions: usize,
+    /// Context per session in tokens; capped at the model's trained context.
+    pub context: usize,
+    /// Requests that may wait for a free session before new ones are refused.
+    pub queue: usize,
+    /// Prompt tokens run per forward pass while prefilling.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GeneratorOptions {
+    fn default() -> Self {
+        Self {
+            sessions: 1,
+            context: 4096,
+            queue: 8,
+            prefill_chunk: 512,
+        }
+    }
+}
+
+/// What to feed the model.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Used verbatim; special tokens written in the text (e.g. `<|im_start|>`) are recognised.
+    Text(String),
+    /// Rendered with the model's chat template, ending with the assistant's turn.
+    Chat(Vec<ChatMessage>),
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends before any of these strings; they are not part of the output.
+    pub stop: Vec<String>,
+}
+
+impl GenerateRequest {
+    /// Greedy generation of at most `max_tokens` for `prompt`.
+    pub fn greedy(prompt: Prompt, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model emitted an end-of-sequence or end-of-turn token.
+    Stop,
+    /// A stop sequence appeared.
+    StopSequence,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+/// Token counts and timings of one generation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Seconds spent running the prompt through the model.
+    pub prefill_seconds: f64,
+    /// Seconds spent generating after the first token.
+    pub decode_seconds: f64,
+    /// Seconds from the session picking up the request to the first generated token.
+    pub time_to_first_token_seconds: f64,
+    /// Seconds the request waited in the queue for a free session.
+    pub queue_seconds: f64,
+}
+
+impl Usage {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill_seconds)
+    }
+    /// Tokens per second after the first one (the first comes out of prefill).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.generated_tokens.saturating_sub(1), self.decode_seconds)
+    }
+}
+
+fn rate(n: usize, s: f64) -> f64 {
+    if s > 0.0 { n as f64 / s } else { 0.0 }
+}
+
+/// The end of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    /// Everything generated, stop sequence excluded.
+    pub text: String,
+    pub finish: FinishReason,
+    pub usage: Usage,
+}
+
+/// An item of a generation stream.
+#[derive(Debug, Clone)]
+pub enum GenerationEvent {
+    /// New text; concatenating every delta gives `Completion::text`.
+    Delta(String),
+    /// Always the last event of a successful generation.
+    Done(Completion),
+}
+
+/// Receiving end of one generation. Drop it to cancel.
+#[derive(Debug)]
+pub struct GenerationStream {
+    rx: mpsc::Receiver<Result<GenerationEvent>>,
+}
+
+impl GenerationStream {
+    /// Next event, or `None` when the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<GenerationEvent>> {
+        self.rx.recv().await
+    }
+
+    /// Blocking variant for threads outside the async runtime.
+    pub fn blocking_next(&mut self) -> Option<Result<GenerationEvent>> {
+        self.rx.blocking_recv()
+    }
+
+    /// Drains the stream (blocking), calling `on_delta` for each delta.
+    pub fn blocking_collect(mut self, mut on_delta: impl FnMut(&str)) -> Result<Completion> {
+        while let Some(ev) = self.blocking_next() {
+            match ev? {
+                GenerationEvent::Delta(d) => on_delta(&d),
+                GenerationEvent::Done(c) => return Ok(c),
+            }
+        }
+        Err(Error::WorkerGone("generator"))
+    }
+}
+
+struct Job {
+    request: GenerateRequest,
+    tx: mpsc::Sender<Result<GenerationEvent>>,
+    enqueued: Instant,
+}
+
+/// What every session shares.
+#[derive(Debug)]
+struct Shared {
+    weights: LlamaWeights,
+    vocab: DecoderVocab,
+    template: ChatTemplate,
+    context: usize,
+    prefill_chunk: usize,
+    name: String,
+    /// Tokens sampled by every session since load (for metrics and cancellation checks).
+    tokens_generated: AtomicU64,
+}
+
+/// Cheap, cloneable handle to a decoder session pool.
+#[derive(Debug, Clone)]
+pub struct Generator {
+    shared: Arc<Shared>,
+    jobs: std_mpsc::SyncSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("max_tokens", &self.request.max_tokens)
+            .finish()
+    }
+}
+
+impl Generator {
+    /// Loads a GGUF decoder and starts `opts.sessions` session threads.
+    pub fn load(path: &Path, opts: GeneratorOptions) -> Result<Self> {
+        let mut file =
+            std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let meta = Meta::new(&content, path);
+        let vocab = decoder_vocab(&meta, path)?;
+        let template = ChatTemplate::from_meta(&meta, &vocab)?;
+        let weights = LlamaWeights::load(&content, &meta, &mut file)?;
+        let context = opts.context.clamp(16, weights.config.context_length);
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shared = Arc::new(Shared {
+            weights,
+            vocab,
+            template,
+            context,
+            prefill_chunk: opts.prefill_chunk.max(1),
+            name,
+            tokens_generated: AtomicU64::new(0),
+        });
+        let (jobs, rx) = std_mpsc::sync_channel::<Job>(opts.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..opts.sessions.max(1) {
+            let shared = Arc::clone(&shared);
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("ragd-decoder-{i}"))
+                .spawn(move || session_loop(&shared, &rx))
+                .map_err(Error::io("spawning a decoder session thread"))?;
+        }
+        Ok(Self { shared, jobs })
+    }
+
+    /// Starts a generation; fails at once when the queue is full or parameters are invalid.
+    /// Prompt errors (too long for the context) arrive as the stream's first item.
+    pub fn generate(&self, request: GenerateRequest) -> Result<GenerationStream> {
+        request.sampling.validate()?;
+        if request.max_tokens == 0 {
+            return Err(Error::InvalidInput("max_tokens must be at least 1".into()));
+        }
+        if request.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidInput(
+                "stop sequences must not be empty".into(),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        self.jobs
+            .try_send(Job {
+                request,
+                tx,
+                enqueued: Instant::now(),
+            })
+            .map_err(|e| match e {
+                std_mpsc::TrySendError::Full(_) => Error::Overloaded("generator"),
+                std_mpsc::TrySendError::Disconnected(_) => Error::WorkerGone("generator"),
+            })?;
+        Ok(GenerationStream { rx })
+    }
+
+    /// Renders chat messages with the model's template, ready for generation.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.shared.template.render(messages, true)
+    }
+
+    /// Token ids of `text` as the model would see it in a prompt.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.shared.vocab.add_bos {
+            ids.extend(self.shared.vocab.bos.as_ref().map(|(i, _)| *i));
+        }
+        ids.extend_from_slice(self.shared.vocab.tokenizer.encode(text, false)?.get_ids());
+        Ok(ids)
+    }
+
+    /// Decodes ids back to text (special tokens dropped).
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.shared.vocab.tokenizer.decode(ids, true)?)
+    }
+
+    /// Context per session in tokens.
+    pub fn context(&self) -> usize {
+        self.shared.context
+    }
+
+    /// Tokens generated by all sessions since the model was loaded.
+    pub fn tokens_generated(&self) -> u64 {
+        self.shared.tokens_generated.load(Ordering::Relaxed)
+    }
+
+    /// The model's file stem.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+fn session_loop(shared: &Shared, rx: &Mutex<std_mpsc::Receiver<Job>>) {
+    let mut state = shared.weights.new_state(shared.context);
+    loop {
+        let job = {
+            let Ok(guard) = rx.lock() else { return };
+            match guard.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        if job.tx.is_closed() {
+            continue;
+        }
+        state.reset();
+        let tx = job.tx.clone();
+        if let Err(e) = run_job(shared, &mut state, job) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+}
+
+/// Returned by `run_job` when the receiver went away: not an error anyone will see.
+fn cancelled() -> Error {
+    Error::WorkerGone("generation stream")
+}
+
+fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
+    let started = Instant::now();
+    let Job {
+        request,
+        tx,
+        enqueued,
+    } = job;
+    let text = match &request.prompt {
+        Prompt::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+        Prompt::Chat(m) => std::borrow::Cow::Owned(shared.template.render(m, true)?),
+    };
+    let mut prompt: Vec<u32> = Vec::new();
+    if shared.vocab.add_bos {
+        prompt.extend(shared.vocab.bos.as_ref().map(|(i, _)| *i));
+    }
+    prompt.extend_from_slice(
+        shared
+            .vocab
+            .tokenizer
+            .encode(text.as_ref(), false)?
+            .get_ids(),
+    );
+    if prompt.is_empty() {
+        return Err(Error::InvalidInput("the prompt is empty".into()));
+    }
+    if prompt.len() + request.max_tokens > state.context() {
+        return Err(Error::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            max_new_tokens: request.max_tokens,
+            context: state.context(),
+        });
+    }
+    let mut usage = Usage {
+        prompt_tokens: prompt.len(),
+        queue_seconds: started.duration_since(enqueued).as_secs_f64(),
+        ..Usage::default()
+    };
+    let mut logits = Vec::new();
+    for chunk in prompt.chunks(shared.prefill_chunk) {
+        if tx.is_closed() {
+            return Err(cancelled());
+        }
+        logits = shared.weights.forward(chunk, state)?;
+    }
+    usage.prefill_seconds = started.elapsed().as_secs_f64();
+
+    let mut sampler = Sampler::new(request.sampling.clone());
+    let mut generated: Vec<u32> = Vec::new();
+    let mut text = DeltaText::new(request.stop.clone());
+    let decode_start = Instant::now();
+    let finish = loop {
+        let next = sampler.sample(&mut logits, &generated);
+        if generated.is_empty() {
+            usage.time_to_first_token_seconds = started.elapsed().as_secs_f64();
+        }
+        if shared.vocab.stop_ids.contains(&next) {
+            break FinishReason::Stop;
+        }
+        generated.push(next);
+        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        let decoded = shared.vocab.tokenizer.decode(&generated, true)?;
+        let (delta, hit_stop) = text.update(&decoded);
+        if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
+            return Err(cancelled());
+        }
+        if hit_stop {
+            break FinishReason::StopSequence;
+        }
+        if generated.len() >= request.max_tokens {
+            break FinishReason::Length;
+        }
+        if tx.is_closed() {
+            return Err(cancelled());
+        }
+        logits = shared.weights.forward(&[next], state)?;
+    };
+    usage.generated_tokens = generated.len();
+    // The first token came out of prefill; decode time covers the rest.
+    usage.decode_seconds = decode_start.elapsed().as_secs_f64();
+    let tail = text.finish();
+    if !tail.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(tail))).is_err() {
+        return Err(cancelled());
+    }
+    let completion = Completion {
+        text: text.emitted,
+        finish,
+        usage,
+    };
+    let _ = tx.blocking_send(Ok(GenerationEvent::Done(completion)));
+    Ok(())
+}
+
+/// Turns "all text decoded so far" into deltas that are safe to show.
+///
+/// A delta never ends inside a UTF-8 character (the tokenizer decodes a partial byte sequence
+/// as U+FFFD, so text ending in one is held back) and never includes a prefix of a stop sequence
+/// that may still complete.
+#[derive(Debug)]
+struct DeltaText {
+    stops: Vec<String>,
+    /// Text handed out so far.
+    emitted: String,
+    /// Latest full decode, including what is held back.
+    latest: String,
+}
+
+impl DeltaText {
+    fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            emitted: String::new(),
+            latest: String::new(),
+        }
+    }
+
+    /// Feeds the full decoded text; returns the new delta and whether a stop sequence appeared
+    /// (the text is then cut before it).
+    fn update(&mut self, decoded: &str) -> (String, bool) {
+        self.latest = decoded.to_string();
+        if let Some(cut) = self
+            .stops
+            .iter()
+            .filter_map(|s| decoded.find(s.as_str()))
+            .min()
+        {
+            self.latest.truncate(cut);
+            return (self.take_upto(cut), true);
+        }
+        let mut safe = decoded.len();
+        if decoded.ends_with('\u{FFFD}') {
+            safe = decoded.trim_end_matches('\u{FFFD}').len();
+        }
+        safe = safe.min(stop_prefix_start(&decoded[..safe], &self.stops));
+        (self.take_upto(safe), false)
+    }
+
+    /// Everything not yet emitted, at the end of generation.
+    fn finish(&mut self) -> String {
+        let end = self.latest.len();
+        self.take_upto(end)
+    }
+
+    fn take_upto(&mut self, end: usize) -> String {
+        let start = self.emitted.len();
+        if end <= start
+            || !self.latest.is_char_boundary(end)
+            || !self.latest.is_char_boundary(start)
+        {
+            return String::new();
+        }
+        let delta = self.latest[start..end].to_string();
+        self.emitted.push_str(&delta);
+        delta
+    }
+}
+
+/// Byte index where a suffix of `text` that is a proper prefix of some stop sequence begins
+/// (`text.len()` when there is none).
+fn stop_prefix_start(text: &str, stops: &[String]) -> usize {
+    let mut start = text.len();
+    for stop in stops {
+        for (i, _) in text.char_indices().rev().take(stop.len()) {
+            let suffix = &text[i..];
+            if suffix.len() < stop.len() && stop.starts_with(suffix) {
+                start = start.min(i);
+            }
+        }
+    }
+    start
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(stops: &[&str], steps: &[&str]) -> (Vec<String>, bool, String) {
+        let mut d = DeltaText::new(stops.iter().map(|s| s.to_string()).collect());
+        let mut out = Vec::new();
+        for s in steps {
+            let (delta, stop) = d.update(s);
+            out.push(delta);
+            if stop {
+                return (out, true, d.emitted);
+            }
+        }
+        out.push(d.finish());
+        (out, false, d.emitted)
+    }
+
+    #[test]
+    fn partial_utf8_is_held_back() {
+        let (deltas, _, all) = feed(&[], &["caf", "caf\u{FFFD}", "café", "café!"]);
+        assert_eq!(deltas, ["caf", "", "é", "!", ""]);
+        assert_eq!(all, "café!");
+    }
+
+    #[test]
+    fn stop_sequences_are_cut_and_their_prefixes_held() {
+        let (deltas, stopped, all) =
+            feed(&["\nQ:"], &["Yes", "Yes.\n", "Yes.\nQ", "Yes.\nQ: more"]);
+        assert!(stopped);
+        assert_eq!(deltas, ["Yes", ".", "", "\n"]);
+        assert_eq!(all, "Yes.\n");
+    }
+
+    #[test]
+    fn a_false_start_of_a_stop_is_released() {
+        let (deltas, stopped, all) = feed(&["END"], &["E", "EN", "ENx"]);
+        assert!(!stopped);
+        assert_eq!(deltas.concat(), "ENx");
+        assert_eq!(all, "ENx");
+    }
+
+    #[test]
+    fn stop_prefix_start_finds_the_longest_pending_prefix() {
+        let stops = vec!["<end>".to_string()];
+        assert_eq!(stop_prefix_start("abc<en", &stops), 3);
+        assert_eq!(stop_prefix_start("abc", &stops), 3);
+        assert_eq!(stop_prefix_start("é<", &stops), "é".len());
+    }
+}

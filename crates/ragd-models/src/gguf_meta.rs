@@ -1,0 +1,338 @@
+//! Reading what a GGUF file says about itself: hyper-parameters, tokenizer, chat template.
+//!
+//! The tokenizer is rebuilt from `tokenizer.ggml.*` as a Hugging Face `tokenizers` BPE with the
+//! pre-tokenizer llama.cpp uses for the file's `tokenizer.ggml.pre`, so ids match llama.cpp's.
+//! A `tokenizer.json` beside the GGUF file takes precedence when present.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// Typed access to GGUF metadata with errors that name the missing key.
+#[derive(Debug)]
+pub(crate) struct Meta<'a> {
+    pub(crate) md: &'a HashMap<String, Value>,
+    pub(crate) path: &'a Path,
+}
+
+impl<'a> Meta<'a> {
+    pub(crate) fn new(content: &'a Content, path: &'a Path) -> Self {
+        Self {
+            md: &content.metadata,
+            path,
+        }
+    }
+
+    fn invalid(&self, reason: String) -> Error {
+        Error::ModelInvalid {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<&'a Value> {
+        self.md
+            .get(key)
+            .ok_or_else(|| self.invalid(format!("GGUF metadata has no `{key}`")))
+    }
+
+    pub(crate) fn str(&self, key: &str) -> Result<&'a str> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|e| self.invalid(format!("`{key}`: {e}")))
+    }
+
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::U8(x) => *x as u64,
+            Value::U16(x) => *x as u64,
+            Value::U32(x) => *x as u64,
+            Value::U64(x) => *x,
+            Value::I8(x) => *x as u64,
+            Value::I16(x) => *x as u64,
+            Value::I32(x) => *x as u64,
+            Value::I64(x) => *x as u64,
+            other => return Err(self.invalid(format!("`{key}` is not an integer: {other:?}"))),
+        };
+        Ok(n as usize)
+    }
+
+    pub(crate) fn f32(&self, key: &str) -> Result<f32> {
+        self.get(key)?
+            .to_f32()
+            .map_err(|e| self.invalid(format!("`{key}`: {e}")))
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|e| self.invalid(format!("`{key}`: {e}")))?;
+        arr.iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| self.invalid(format!("`{key}`: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The decoder's tokenizer plus the ids generation needs to know about.
+#[derive(Debug, Clone)]
+pub struct DecoderVocab {
+    pub tokenizer: Tokenizer,
+    pub bos: Option<(u32, String)>,
+    pub eos: Option<(u32, String)>,
+    /// Whether llama.cpp would prepend BOS to a raw prompt.
+    pub add_bos: bool,
+    /// Tokens that end generation: EOS, plus end-of-turn control tokens the template emits.
+    pub stop_ids: Vec<u32>,
+}
+
+/// llama.cpp's `smollm`/`gpt2` style pre-tokenizer regex.
+const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// llama.cpp's `llama3`/`llama-bpe` pre-tokenizer regex.
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// llama.cpp's `qwen2` pre-tokenizer regex.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn regex_then_bytes(regex: &str) -> Result<Sequence> {
+    let split = Split::new(
+        SplitPattern::Regex(regex.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )?;
+    Ok(Sequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ]))
+}
+
+/// Builds the decoder vocabulary from GGUF metadata, or from `tokenizer.json` next to `gguf`.
+pub(crate) fn decoder_vocab(meta: &Meta<'_>, gguf: &Path) -> Result<DecoderVocab> {
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let sidecar = gguf.with_file_name("tokenizer.json");
+    let mut tokenizer = if sidecar.is_file() {
+        Tokenizer::from_file(&sidecar)?
+    } else {
+        let model = meta.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(meta.invalid(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
+                 put a tokenizer.json beside the GGUF file"
+            )));
+        }
+        let merges: Vec<(String, String)> = meta
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| meta.invalid(format!("malformed merge `{m}`")))
+            })
+            .collect::<Result<_>>()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
+        let mut tk = Tokenizer::new(bpe);
+        let pre = meta.str("tokenizer.ggml.pre").unwrap_or("gpt2");
+        match pre {
+            "smollm" | "starcoder" | "refact" => {
+                tk.with_pre_tokenizer(Some(Sequence::new(vec![
+                    Digits::new(true).into(),
+                    ByteLevel::new(false, true, true).into(),
+                ])));
+            }
+            "llama3" | "llama-bpe" | "smaug-bpe" => {
+                tk.with_pre_tokenizer(Some(regex_then_bytes(LLAMA3_REGEX)?));
+            }
+            "qwen2" | "deepseek-r1-qwen" => {
+                tk.with_pre_tokenizer(Some(regex_then_bytes(QWEN2_REGEX)?));
+            }
+            _ => {
+                tk.with_pre_tokenizer(Some(regex_then_bytes(GPT2_REGEX)?));
+            }
+        }
+        tk.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole in the input, as llama.cpp
+        // does when it parses special tokens.
+        if let Ok(Value::Array(types)) = meta.get("tokenizer.ggml.token_type") {
+            let special: Vec<AddedToken> = types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| matches!(t.to_i32(), Ok(3 | 4)))
+                .filter_map(|(i, _)| tokens.get(i))
+                .map(|t| AddedToken::from(t.clone(), true))
+                .collect();
+            tk.add_special_tokens(special)?;
+        }
+        tk
+    };
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None)?;
+    let id_tok = |key: &str| {
+        meta.usize(key)
+            .ok()
+            .and_then(|i| tokens.get(i).map(|t| (i as u32, t.clone())))
+    };
+    let bos = id_tok("tokenizer.ggml.bos_token_id");
+    let eos = id_tok("tokenizer.ggml.eos_token_id");
+    let add_bos = meta
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().map_err(|e| meta.invalid(e.to_string())));
+    let mut stop_ids: Vec<u32> = eos.iter().map(|(i, _)| *i).collect();
+    for name in [
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+        "<|endoftext|>",
+        "<end_of_turn>",
+    ] {
+        if let Some(i) = tokens.iter().position(|t| t == name) {
+            stop_ids.push(i as u32);
+        }
+    }
+    stop_ids.sort_unstable();
+    stop_ids.dedup();
+    Ok(DecoderVocab {
+        tokenizer,
+        bos,
+        eos,
+        add_bos: add_bos.unwrap_or(false),
+        stop_ids,
+    })
+}
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self {
+            role: role.to_string(),
+            content: content.into(),
+        }
+    }
+}
+
+/// ChatML, used when a GGUF file carries no template.
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + \
+                      message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if \
+                      add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A compiled Jinja chat template (the one stored in the GGUF file).
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (Hugging Face's Jinja dialect, with Python string methods).
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        // Hugging Face renders chat templates with both of these on.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned("chat", source.to_string())?;
+        Ok(Self {
+            env,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
+    }
+
+    /// The template from GGUF metadata, or ChatML when there is none.
+    pub(crate) fn from_meta(meta: &Meta<'_>, vocab: &DecoderVocab) -> Result<Self> {
+        let source = meta.str("tokenizer.chat_template").unwrap_or(CHATML);
+        let name =
+            |t: &Option<(u32, String)>| t.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+        Self::new(source, &name(&vocab.bos), &name(&vocab.eos))
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the result ends where the assistant's
+    /// answer begins.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self.env.get_template("chat")?;
+        Ok(tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_fallback_renders_turns_and_generation_prompt() {
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
+        let s = t
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            s,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let t = ChatTemplate::new(
+            "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+             {{ messages[0]['content'].strip().upper() }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hi ")], false)
+                .unwrap(),
+            "HI"
+        );
+        let err = t
+            .render(&[ChatMessage::new("system", "x")], false)
+            .unwrap_err();
+        assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+}

@@ -1,0 +1,29 @@
+//! ragd's transformer models, run by candle on the CPU.
+//!
+//! - [`Embedder`] / [`EmbedderHandle`]: a BERT-family sentence encoder; the handle's worker thread
+//!   owns the model and batches requests by token budget.
+//! - [`Generator`]: a GGUF llama-architecture decoder served by a pool of session threads that
+//!   share the weights, each with its own KV cache; output streams through bounded channels.
+//! - [`registry`]: the default models, their pinned checksums, fetching and listing them.
+//!
+//! Threads: model code runs only on the worker/session threads this crate spawns (and candle's
+//! compute pool they call into); async callers only touch channels.
+
+mod bert;
+mod embedder;
+mod error;
+mod generator;
+mod gguf_meta;
+pub mod llama;
+pub mod registry;
+mod sampling;
+
+pub use bert::Pooling;
+pub use embedder::{BatchOptions, Embedder, EmbedderHandle, Embedding, plan_batches};
+pub use error::{Error, Result};
+pub use generator::{
+    Completion, FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Generator,
+    GeneratorOptions, Prompt, Usage,
+};
+pub use gguf_meta::{ChatMessage, ChatTemplate};
+pub use sampling::{Sampler, SamplingParams, argmax};

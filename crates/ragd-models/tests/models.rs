@@ -1,0 +1,321 @@
+//! Integration tests of the real default models against reference fixtures made by the peer
+//! systems (`fixtures/make_fixtures.py`). The models must be installed (`ragd models fetch`);
+//! `.ci/run` fetches them into `$RAGD_MODELS` before running the tests.
+
+use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{
+    BatchOptions, ChatMessage, Embedder, EmbedderHandle, Error, FinishReason, GenerateRequest,
+    GenerationEvent, Generator, GeneratorOptions, Prompt, SamplingParams,
+};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn models_dir() -> PathBuf {
+    let dir = registry::resolve_models_dir(None);
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        assert!(spec.verify(&dir).unwrap_or(false), "{}", spec.missing(&dir));
+    }
+    dir
+}
+
+fn fixture(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn embedder() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| Embedder::load(&DEFAULT_ENCODER.dir(&models_dir())).unwrap())
+}
+
+fn generator() -> &'static Generator {
+    static G: OnceLock<Generator> = OnceLock::new();
+    G.get_or_init(|| {
+        let opts = GeneratorOptions {
+            sessions: 2,
+            context: 2048,
+            queue: 4,
+            prefill_chunk: 256,
+        };
+        Generator::load(&DEFAULT_DECODER.gguf_path(&models_dir()), opts).unwrap()
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let fx = fixture("embeddings.json");
+    let items = fx["items"].as_array().unwrap();
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let out = embedder().embed(&texts).unwrap();
+    let max_len = fx["max_seq_length"].as_u64().unwrap() as usize;
+    assert_eq!(embedder().max_len(), max_len);
+    for (item, got) in items.iter().zip(&out) {
+        let want: Vec<f32> = item["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got.vector.len(), 384);
+        let norm: f32 = got.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not normalised: {norm}");
+        let c = cosine(&got.vector, &want);
+        assert!(c >= 0.99, "cosine {c} for {:?}", item["text"]);
+        let untruncated = item["untruncated_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(
+            got.truncated,
+            untruncated > max_len,
+            "truncation flag for {:?}",
+            item["text"]
+        );
+        assert_eq!(got.tokens, untruncated.min(max_len));
+    }
+}
+
+#[test]
+fn batching_and_padding_do_not_change_vectors() {
+    let fx = fixture("embeddings.json");
+    let texts: Vec<&str> = fx["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    let together = embedder().embed(&texts).unwrap();
+    let dir = DEFAULT_ENCODER.dir(&models_dir());
+    // Tiny batches: every input alone or with a neighbour of a different length.
+    let small = Embedder::load(&dir)
+        .unwrap()
+        .with_batch_options(BatchOptions {
+            max_batch_tokens: 300,
+            max_batch_size: 2,
+        });
+    let apart = small.embed(&texts).unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let alone = embedder().embed(&[*text]).unwrap();
+        for other in [&apart[i], &alone[0]] {
+            let c = cosine(&together[i].vector, &other.vector);
+            assert!(c > 0.9999, "cosine {c} for input {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn embedder_handle_serves_concurrent_callers_and_refuses_overload() {
+    let dir = DEFAULT_ENCODER.dir(&models_dir());
+    let handle = EmbedderHandle::load(&dir, 1).unwrap();
+    assert_eq!(handle.dim(), 384);
+    let a = handle.embed(vec!["hello world".into()]).await.unwrap();
+    let b = embedder().embed(&["hello world"]).unwrap();
+    assert!(cosine(&a[0].vector, &b[0].vector) > 0.9999);
+
+    let long: Vec<String> = (0..64)
+        .map(|i| format!("text number {i} ").repeat(40))
+        .collect();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let h = handle.clone();
+            let texts = long.clone();
+            tokio::spawn(async move { h.embed(texts).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(v) => {
+                assert_eq!(v.len(), 64);
+                ok += 1;
+            }
+            Err(Error::Overloaded(_)) => overloaded += 1,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "ok {ok}, overloaded {overloaded}"
+    );
+}
+
+#[test]
+fn decoder_tokenizer_matches_llama_cpp() {
+    for case in fixture("tokens.json").as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            generator().tokenize(text).unwrap(),
+            want,
+            "ids for {text:?}"
+        );
+    }
+}
+
+#[test]
+fn chat_template_renders_as_transformers_does() {
+    for case in fixture("chat.json").as_array().unwrap() {
+        let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let want = case["rendered"].as_str().unwrap();
+        assert_eq!(generator().render_chat(&messages).unwrap(), want);
+    }
+}
+
+fn complete(request: GenerateRequest) -> ragd_models::Completion {
+    let mut deltas = String::new();
+    let c = generator()
+        .generate(request)
+        .unwrap()
+        .blocking_collect(|d| deltas.push_str(d))
+        .unwrap();
+    assert_eq!(deltas, c.text, "deltas concatenate to the text");
+    c
+}
+
+fn chat(q: &str) -> Prompt {
+    Prompt::Chat(vec![ChatMessage::new("user", q)])
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_sensible() {
+    let req = GenerateRequest::greedy(
+        chat("What is the capital of France? Answer in one word."),
+        12,
+    );
+    let a = complete(req.clone());
+    let b = complete(req);
+    assert_eq!(a.text, b.text);
+    assert!(a.text.contains("Paris"), "{:?}", a.text);
+    assert!(a.usage.prompt_tokens > 10 && a.usage.generated_tokens >= 1);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let sampling = SamplingParams {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        seed: Some(1234),
+        ..Default::default()
+    };
+    let req = GenerateRequest {
+        prompt: chat("Write a sentence about the sea."),
+        max_tokens: 24,
+        sampling,
+        stop: vec![],
+    };
+    assert_eq!(complete(req.clone()).text, complete(req).text);
+}
+
+#[test]
+fn max_tokens_and_stop_sequences_end_generation() {
+    let c = complete(GenerateRequest::greedy(
+        chat("Count from 1 to 50, separated by commas."),
+        5,
+    ));
+    assert_eq!(c.finish, FinishReason::Length);
+    assert_eq!(c.usage.generated_tokens, 5);
+
+    let mut req = GenerateRequest::greedy(chat("Count from 1 to 20, separated by commas."), 80);
+    req.stop = vec!["5".into()];
+    let c = complete(req);
+    assert_eq!(c.finish, FinishReason::StopSequence, "{:?}", c.text);
+    assert!(!c.text.contains('5'), "{:?}", c.text);
+}
+
+#[test]
+fn over_long_prompts_are_refused() {
+    let prompt = "word ".repeat(3000);
+    let mut stream = generator()
+        .generate(GenerateRequest::greedy(Prompt::Text(prompt), 16))
+        .unwrap();
+    match stream.blocking_next() {
+        Some(Err(e @ Error::PromptTooLong { .. })) => {
+            assert!(e.to_string().contains("context holds 2048"), "{e}");
+        }
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_parameters_are_refused_up_front() {
+    let mut req = GenerateRequest::greedy(chat("hi"), 0);
+    assert!(matches!(
+        generator().generate(req.clone()),
+        Err(Error::InvalidInput(_))
+    ));
+    req.max_tokens = 4;
+    req.sampling.top_p = 2.0;
+    assert!(matches!(
+        generator().generate(req),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn dropping_the_stream_stops_generation() {
+    // A private pool so other tests' tokens do not count.
+    let opts = GeneratorOptions {
+        sessions: 1,
+        context: 1024,
+        queue: 2,
+        prefill_chunk: 256,
+    };
+    let g = Generator::load(&DEFAULT_DECODER.gguf_path(&models_dir()), opts).unwrap();
+    let mut stream = g
+        .generate(GenerateRequest::greedy(
+            chat("Write a very long story about a dragon."),
+            500,
+        ))
+        .unwrap();
+    let first = stream.blocking_next().unwrap().unwrap();
+    assert!(matches!(first, GenerationEvent::Delta(_)));
+    let at_drop = g.tokens_generated();
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = g.tokens_generated();
+    assert!(
+        after <= at_drop + 1,
+        "kept generating: {at_drop} -> {after}"
+    );
+    // The session is free again and serves the next request.
+    let c = g
+        .generate(GenerateRequest::greedy(chat("Say hi."), 3))
+        .unwrap()
+        .blocking_collect(|_| ())
+        .unwrap();
+    assert!(c.usage.generated_tokens >= 1);
+}
+
+#[test]
+fn a_full_queue_is_refused_not_buffered() {
+    let opts = GeneratorOptions {
+        sessions: 1,
+        context: 1024,
+        queue: 1,
+        prefill_chunk: 256,
+    };
+    let g = Generator::load(&DEFAULT_DECODER.gguf_path(&models_dir()), opts).unwrap();
+    let req = GenerateRequest::greedy(chat("Write a long poem."), 64);
+    let results: Vec<_> = (0..3).map(|_| g.generate(req.clone())).collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::Overloaded(_)))),
+        "{results:?}"
+    );
+}
