@@ -525,8 +525,9 @@ mod tests {
         let (deltas, stopped, all) =
             feed(&["\nQ:"], &["Yes", "Yes.\n", "Yes.\nQ", "Yes.\nQ: more"]);
         assert!(stopped);
-        assert_eq!(deltas, ["Yes", ".", "", "\n"]);
-        assert_eq!(all, "Yes.\n");
+        // The newline belongs to the stop sequence, so it never shows.
+        assert_eq!(deltas, ["Yes", ".", "", ""]);
+        assert_eq!(all, "Yes.");
     }
 
     #[test]

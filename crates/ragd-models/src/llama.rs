@@ -2,13 +2,16 @@
 //!
 //! Weights ([`LlamaWeights`]) are immutable and shared by every session through an `Arc`; each
 //! [`KvState`] holds one session's key/value cache, preallocated to the session's context so a
-//! decode step never copies the cache. Grouped-query attention is computed without repeating the
-//! key/value heads: the query heads that share one KV head are folded into the row dimension.
+//! decode step never copies the cache. Projections that read the same input run as one stacked
+//! matmul (Q|K|V, gate|up) on our quantized kernels (`quant.rs`). Grouped-query attention is
+//! computed without repeating the key/value heads: the query heads that share one KV head are
+//! folded into the row dimension.
 
 use crate::error::{Error, Result};
 use crate::gguf_meta::Meta;
-use candle_core::quantized::{QMatMul, gguf_file};
-use candle_core::{DType, Device, Module, Tensor};
+use crate::quant::QLinear;
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
 
 /// Hyper-parameters read from GGUF metadata.
 #[derive(Debug, Clone)]
@@ -25,17 +28,48 @@ pub struct LlamaConfig {
     pub vocab: usize,
 }
 
+/// Linear layers that read the same input: one stacked matmul when the formats allow it.
+#[derive(Debug)]
+enum Fused {
+    Stacked { lin: QLinear, dims: Vec<usize> },
+    Separate(Vec<QLinear>),
+}
+
+impl Fused {
+    fn new(parts: Vec<QLinear>) -> Self {
+        let dims = parts.iter().map(QLinear::out_dim).collect();
+        match QLinear::stack(parts) {
+            Ok(lin) => Self::Stacked { lin, dims },
+            Err(parts) => Self::Separate(parts),
+        }
+    }
+
+    /// One output per part, each (rows, part's out_dim).
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Stacked { lin, dims } => {
+                let y = lin.forward(x)?;
+                let mut start = 0;
+                let mut outs = Vec::with_capacity(dims.len());
+                for &d in dims {
+                    outs.push(y.narrow(1, start, d)?);
+                    start += d;
+                }
+                Ok(outs)
+            }
+            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    qkv: Fused,
+    wo: QLinear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate_up: Fused,
+    down: QLinear,
 }
 
 /// The immutable part of the model; share it with `Arc`.
@@ -45,7 +79,7 @@ pub struct LlamaWeights {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: QLinear,
     cos: Tensor,
     sin: Tensor,
 }
@@ -81,28 +115,13 @@ impl LlamaWeights {
                 ),
             });
         }
-        let key = |k: &str| format!("{arch}.{k}");
+        let prefix = arch.clone();
+        let key = |k: &str| format!("{prefix}.{k}");
         let hidden = meta.usize(&key("embedding_length"))?;
         let heads = meta.usize(&key("attention.head_count"))?;
         let kv_heads = meta.usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = meta
-            .usize(&key("rope.dimension_count"))
-            .unwrap_or(hidden / heads);
-        let config = LlamaConfig {
-            context_length: meta.usize(&key("context_length"))?,
-            hidden,
-            layers: meta.usize(&key("block_count"))?,
-            heads,
-            kv_heads,
-            head_dim,
-            rms_eps: meta
-                .f32(&key("attention.layer_norm_rms_epsilon"))
-                .unwrap_or(1e-5) as f64,
-            rope_theta: meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0),
-            vocab: 0,
-            architecture: arch,
-        };
-        if heads % kv_heads != 0 || head_dim * heads != hidden {
+        let head_dim = meta.usize(&key("rope.dimension_count")).unwrap_or(hidden / heads);
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim * heads != hidden {
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
                 reason: format!(
@@ -117,52 +136,49 @@ impl LlamaWeights {
         let vocab = embeddings.dim(0)?;
         // Tied embeddings: small models reuse the input embedding as the output projection.
         let output = match tensor("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_qtensor(embd_q)?,
+            Ok(t) => QLinear::from_qtensor(t)?,
+            Err(_) => QLinear::from_qtensor(embd_q)?,
         };
         let norm = tensor("output_norm.weight")?.dequantize(&dev)?;
-        let mut layers = Vec::with_capacity(config.layers);
-        for i in 0..config.layers {
-            let mut q = |n: &str| -> Result<QMatMul> {
-                Ok(QMatMul::from_qtensor(tensor(&format!(
-                    "blk.{i}.{n}.weight"
-                ))?)?)
+        let layer_count = meta.usize(&key("block_count"))?;
+        let mut layers = Vec::with_capacity(layer_count);
+        for i in 0..layer_count {
+            let mut q = |n: &str| -> Result<QLinear> {
+                QLinear::from_qtensor(tensor(&format!("blk.{i}.{n}.weight"))?)
             };
-            let (wq, wk, wv, wo) = (q("attn_q")?, q("attn_k")?, q("attn_v")?, q("attn_output")?);
-            let (gate, up, down) = (q("ffn_gate")?, q("ffn_up")?, q("ffn_down")?);
+            let qkv = Fused::new(vec![q("attn_q")?, q("attn_k")?, q("attn_v")?]);
+            let wo = q("attn_output")?;
+            let gate_up = Fused::new(vec![q("ffn_gate")?, q("ffn_up")?]);
+            let down = q("ffn_down")?;
             let mut f = |n: &str| -> Result<Tensor> {
                 Ok(tensor(&format!("blk.{i}.{n}.weight"))?.dequantize(&dev)?)
             };
-            layers.push(Layer {
-                attn_norm: f("attn_norm")?,
-                ffn_norm: f("ffn_norm")?,
-                wq,
-                wk,
-                wv,
-                wo,
-                gate,
-                up,
-                down,
-            });
+            let (attn_norm, ffn_norm) = (f("attn_norm")?, f("ffn_norm")?);
+            layers.push(Layer { attn_norm, qkv, wo, ffn_norm, gate_up, down });
         }
-        let (cos, sin) = rope_tables(config.head_dim, config.rope_theta, config.context_length)?;
-        Ok(Self {
-            config: LlamaConfig { vocab, ..config },
-            embeddings,
-            layers,
-            norm,
-            output,
-            cos,
-            sin,
-        })
+        let context_length = meta.usize(&key("context_length"))?;
+        let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let (cos, sin) = rope_tables(head_dim, rope_theta, context_length)?;
+        let config = LlamaConfig {
+            architecture: arch,
+            context_length,
+            hidden,
+            layers: layer_count,
+            heads,
+            kv_heads,
+            head_dim,
+            rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rope_theta,
+            vocab,
+        };
+        Ok(Self { config, embeddings, layers, norm, output, cos, sin })
     }
 
     /// A fresh KV cache for a session of `context` tokens.
     pub fn new_state(&self, context: usize) -> KvState {
+        let context = context.min(self.config.context_length);
         KvState {
-            caches: (0..self.config.layers)
-                .map(|_| LayerCache::default())
-                .collect(),
+            caches: (0..self.config.layers).map(|_| LayerCache::default()).collect(),
             pos: 0,
             context,
         }
@@ -191,26 +207,21 @@ impl LlamaWeights {
         let mask = (n > 1).then(|| causal_mask(n, state.pos)).transpose()?;
         let group = cfg.heads / cfg.kv_heads;
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let eps = cfg.rms_eps as f32;
         for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps as f32)?;
-            let q = layer
-                .wq
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let [q, k, v]: [Tensor; 3] = layer
+                .qkv
                 .forward(&h)?
-                .reshape((1, n, cfg.heads, cfg.head_dim))?
-                .transpose(1, 2)?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((1, n, cfg.kv_heads, cfg.head_dim))?
-                .transpose(1, 2)?;
-            let v = layer
-                .wv
-                .forward(&h)?
-                .reshape((1, n, cfg.kv_heads, cfg.head_dim))?
-                .transpose(1, 2)?;
-            let q = candle_nn::rotary_emb::rope_i(&q.contiguous()?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k.contiguous()?, &cos, &sin)?;
-            let (k, v) = cache.append(&k, &v.contiguous()?, state.pos, state.context)?;
+                .try_into()
+                .map_err(|_| Error::InvalidInput("qkv projection arity".into()))?;
+            let heads = |t: Tensor, count: usize| -> Result<Tensor> {
+                Ok(t.reshape((1, n, count, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+            };
+            let q = candle_nn::rotary_emb::rope_i(&heads(q, cfg.heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&heads(k, cfg.kv_heads)?, &cos, &sin)?;
+            let v = heads(v, cfg.kv_heads)?;
+            let (k, v) = cache.append(&k, &v, state.pos, state.context)?; // (1, kv, t, d)
             let t = k.dim(2)?;
             // Fold the `group` query heads of each KV head into rows: (1, kv_heads, group*n, d).
             let q = (q.reshape((1, cfg.kv_heads, group * n, cfg.head_dim))? * scale)?;
@@ -229,13 +240,18 @@ impl LlamaWeights {
                 .transpose(1, 2)?
                 .reshape((n, cfg.hidden))?;
             x = (x + layer.wo.forward(&ctx)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let act = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let [gate, up]: [Tensor; 2] = layer
+                .gate_up
+                .forward(&h)?
+                .try_into()
+                .map_err(|_| Error::InvalidInput("gate/up projection arity".into()))?;
+            let act = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + layer.down.forward(&act)?)?;
         }
         state.pos += n;
         let last = x.narrow(0, n - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, cfg.rms_eps as f32)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
         let logits = self.output.forward(&last)?.squeeze(0)?;
         Ok(logits.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
@@ -297,7 +313,7 @@ impl KvState {
         self.pos = 0;
     }
 
-    /// Forgets the last `n` tokens (entries past the position are simply overwritten later).
+    /// Forgets the last `n` tokens (their cache entries are overwritten by later appends).
     pub fn rewind(&mut self, n: usize) {
         self.pos = self.pos.saturating_sub(n);
     }
