@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::gguf_meta::Meta;
 use crate::quant::QLinear;
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 /// Hyper-parameters read from GGUF metadata.
 #[derive(Debug, Clone)]
@@ -44,30 +45,39 @@ impl Fused {
         }
     }
 
-    /// One output per part, each (rows, part's out_dim).
-    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Outputs of all parts side by side: `m` rows of Σ out_dim.
+    fn matmul(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
         match self {
-            Self::Stacked { lin, dims } => {
-                let y = lin.forward(x)?;
-                let mut start = 0;
-                let mut outs = Vec::with_capacity(dims.len());
-                for &d in dims {
-                    outs.push(y.narrow(1, start, d)?);
-                    start += d;
+            Self::Stacked { lin, .. } => lin.matmul(xs, m),
+            Self::Separate(parts) => {
+                let outs: Vec<Vec<f32>> =
+                    parts.iter().map(|p| p.matmul(xs, m)).collect::<Result<_>>()?;
+                let width: usize = parts.iter().map(QLinear::out_dim).sum();
+                let mut y = Vec::with_capacity(m * width);
+                for r in 0..m {
+                    for (p, o) in parts.iter().zip(&outs) {
+                        y.extend_from_slice(&o[r * p.out_dim()..(r + 1) * p.out_dim()]);
+                    }
                 }
-                Ok(outs)
+                Ok(y)
             }
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+        }
+    }
+
+    fn out_dims(&self) -> Vec<usize> {
+        match self {
+            Self::Stacked { dims, .. } => dims.clone(),
+            Self::Separate(parts) => parts.iter().map(QLinear::out_dim).collect(),
         }
     }
 }
 
 #[derive(Debug)]
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     qkv: Fused,
     wo: QLinear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     gate_up: Fused,
     down: QLinear,
 }
@@ -76,16 +86,21 @@ struct Layer {
 #[derive(Debug)]
 pub struct LlamaWeights {
     pub config: LlamaConfig,
-    embeddings: Tensor,
+    /// (vocab, hidden), dequantized.
+    embeddings: Vec<f32>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: QLinear,
-    cos: Tensor,
-    sin: Tensor,
+    /// RoPE tables, (context_length, head_dim / 2).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// Architectures whose GGUF tensors follow the llama layout with interleaved RoPE.
 const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+
+/// Query rows above which prefill attention runs as batched GEMMs rather than per-row loops.
+const GEMM_ATTENTION_ROWS: usize = 16;
 
 impl LlamaWeights {
     /// Opens a GGUF file and loads its weights (the tokenizer is not needed for raw forwards).
@@ -121,7 +136,12 @@ impl LlamaWeights {
         let heads = meta.usize(&key("attention.head_count"))?;
         let kv_heads = meta.usize(&key("attention.head_count_kv")).unwrap_or(heads);
         let head_dim = meta.usize(&key("rope.dimension_count")).unwrap_or(hidden / heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim * heads != hidden {
+        if heads == 0
+            || kv_heads == 0
+            || heads % kv_heads != 0
+            || head_dim * heads != hidden
+            || head_dim % 2 != 0
+        {
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
                 reason: format!(
@@ -131,15 +151,16 @@ impl LlamaWeights {
         }
         let dev = Device::Cpu;
         let mut tensor = |name: &str| content.tensor(reader, name, &dev);
+        let vec = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let embd_q = tensor("token_embd.weight")?;
-        let embeddings = embd_q.dequantize(&dev)?;
-        let vocab = embeddings.dim(0)?;
+        let vocab = embd_q.shape().dims2()?.0;
+        let embeddings = vec(embd_q.dequantize(&dev)?)?;
         // Tied embeddings: small models reuse the input embedding as the output projection.
         let output = match tensor("output.weight") {
             Ok(t) => QLinear::from_qtensor(t)?,
             Err(_) => QLinear::from_qtensor(embd_q)?,
         };
-        let norm = tensor("output_norm.weight")?.dequantize(&dev)?;
+        let norm = vec(tensor("output_norm.weight")?.dequantize(&dev)?)?;
         let layer_count = meta.usize(&key("block_count"))?;
         let mut layers = Vec::with_capacity(layer_count);
         for i in 0..layer_count {
@@ -150,15 +171,15 @@ impl LlamaWeights {
             let wo = q("attn_output")?;
             let gate_up = Fused::new(vec![q("ffn_gate")?, q("ffn_up")?]);
             let down = q("ffn_down")?;
-            let mut f = |n: &str| -> Result<Tensor> {
-                Ok(tensor(&format!("blk.{i}.{n}.weight"))?.dequantize(&dev)?)
+            let mut f = |n: &str| -> Result<Vec<f32>> {
+                vec(tensor(&format!("blk.{i}.{n}.weight"))?.dequantize(&dev)?)
             };
             let (attn_norm, ffn_norm) = (f("attn_norm")?, f("ffn_norm")?);
             layers.push(Layer { attn_norm, qkv, wo, ffn_norm, gate_up, down });
         }
         let context_length = meta.usize(&key("context_length"))?;
         let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
-        let (cos, sin) = rope_tables(head_dim, rope_theta, context_length)?;
+        let (cos, sin) = rope_tables(head_dim, rope_theta, context_length);
         let config = LlamaConfig {
             architecture: arch,
             context_length,
@@ -199,93 +220,199 @@ impl LlamaWeights {
             });
         }
         let cfg = &self.config;
-        let dev = Device::Cpu;
-        let ids = Tensor::new(tokens, &dev)?;
-        let mut x = self.embeddings.embedding(&ids)?; // (n, hidden)
-        let cos = self.cos.narrow(0, state.pos, n)?;
-        let sin = self.sin.narrow(0, state.pos, n)?;
-        let mask = (n > 1).then(|| causal_mask(n, state.pos)).transpose()?;
-        let group = cfg.heads / cfg.kv_heads;
-        let scale = 1.0 / (cfg.head_dim as f64).sqrt();
+        let (hidden, d) = (cfg.hidden, cfg.head_dim);
         let eps = cfg.rms_eps as f32;
+        let mut x = Vec::with_capacity(n * hidden);
+        for &t in tokens {
+            let row = self.embeddings.get(t as usize * hidden..(t as usize + 1) * hidden);
+            x.extend_from_slice(row.ok_or_else(|| {
+                Error::InvalidInput(format!("token id {t} is outside the vocabulary"))
+            })?);
+        }
+        let qdim = cfg.heads * d;
+        let kvdim = cfg.kv_heads * d;
+        let mut h = vec![0f32; n * hidden];
         for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [q, k, v]: [Tensor; 3] = layer
-                .qkv
-                .forward(&h)?
-                .try_into()
-                .map_err(|_| Error::InvalidInput("qkv projection arity".into()))?;
-            let heads = |t: Tensor, count: usize| -> Result<Tensor> {
-                Ok(t.reshape((1, n, count, cfg.head_dim))?.transpose(1, 2)?.contiguous()?)
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            let mut qkv = layer.qkv.matmul(&h, n)?;
+            let width = qdim + 2 * kvdim;
+            for (i, row) in qkv.chunks_exact_mut(width).enumerate() {
+                let pos = state.pos + i;
+                let cos = &self.cos[pos * d / 2..(pos + 1) * d / 2];
+                let sin = &self.sin[pos * d / 2..(pos + 1) * d / 2];
+                for head in row[..qdim + kvdim].chunks_exact_mut(d) {
+                    rope_interleaved(head, cos, sin);
+                }
+            }
+            cache.append(&qkv, n, state.pos, state.context, cfg);
+            let ctx = if n > GEMM_ATTENTION_ROWS {
+                attention_gemm(&qkv, n, state.pos, cache, state.context, cfg)?
+            } else {
+                attention_rows(&qkv, n, state.pos, cache, state.context, cfg)
             };
-            let q = candle_nn::rotary_emb::rope_i(&heads(q, cfg.heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(k, cfg.kv_heads)?, &cos, &sin)?;
-            let v = heads(v, cfg.kv_heads)?;
-            let (k, v) = cache.append(&k, &v, state.pos, state.context)?; // (1, kv, t, d)
-            let t = k.dim(2)?;
-            // Fold the `group` query heads of each KV head into rows: (1, kv_heads, group*n, d).
-            let q = (q.reshape((1, cfg.kv_heads, group * n, cfg.head_dim))? * scale)?;
-            let scores = q.matmul(&k.t()?)?; // (1, kv_heads, group*n, t)
-            let scores = match &mask {
-                Some(m) => scores
-                    .reshape((1, cfg.kv_heads, group, n, t))?
-                    .broadcast_add(m)?
-                    .reshape((1, cfg.kv_heads, group * n, t))?,
-                None => scores,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs
-                .matmul(&v)? // (1, kv_heads, group*n, d)
-                .reshape((1, cfg.heads, n, cfg.head_dim))?
-                .transpose(1, 2)?
-                .reshape((n, cfg.hidden))?;
-            x = (x + layer.wo.forward(&ctx)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = layer
-                .gate_up
-                .forward(&h)?
-                .try_into()
-                .map_err(|_| Error::InvalidInput("gate/up projection arity".into()))?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + layer.down.forward(&act)?)?;
+            add(&mut x, &layer.wo.matmul(&ctx, n)?);
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            let gu = layer.gate_up.matmul(&h, n)?;
+            let ff = layer.gate_up.out_dims()[0];
+            let act: Vec<f32> = gu
+                .chunks_exact(2 * ff)
+                .flat_map(|r| {
+                    let (g, u) = r.split_at(ff);
+                    g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                })
+                .collect();
+            add(&mut x, &layer.down.matmul(&act, n)?);
         }
         state.pos += n;
-        let last = x.narrow(0, n - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        let logits = self.output.forward(&last)?.squeeze(0)?;
-        Ok(logits.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        let mut last = vec![0f32; hidden];
+        rms_norm(&x[(n - 1) * hidden..], &self.norm, eps, &mut last);
+        self.output.matmul(&last, 1)
     }
 }
 
-/// One layer's keys and values, preallocated to the session's context: (1, kv_heads, ctx, d).
+/// Root-mean-square norm of each row of `x` (rows of `w.len()`), scaled by `w`, into `out`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Rotates consecutive pairs `(x[2i], x[2i+1])` by the angle whose cos/sin are `cos[i]`/`sin[i]`
+/// (GGUF llama weights are permuted for this interleaved form).
+fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, c), s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler vectorizes it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Causal attention computed row by row over the cache (decode and short appends).
+/// `qkv` holds `n` rows of Q|K|V; returns `n` rows of the attention output (heads × d).
+fn attention_rows(
+    qkv: &[f32],
+    n: usize,
+    past: usize,
+    cache: &LayerCache,
+    ctx: usize,
+    cfg: &LlamaConfig,
+) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let width = (cfg.heads + 2 * cfg.kv_heads) * d;
+    let group = cfg.heads / cfg.kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    // One task per (row, head): each writes its own d-sized slice of the output.
+    let mut out = vec![0f32; n * cfg.heads * d];
+    out.par_chunks_mut(d).enumerate().for_each(|(task, o)| {
+        let (i, hq) = (task / cfg.heads, task % cfg.heads);
+        let g = hq / group;
+        let q = &qkv[i * width + hq * d..i * width + (hq + 1) * d];
+        let t = past + i + 1;
+        let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
+        let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
+        let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
+        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut total = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let inv = 1.0 / total;
+        for (p, v) in scores.iter().zip(vals.chunks_exact(d)) {
+            let w = p * inv;
+            for (acc, x) in o.iter_mut().zip(v) {
+                *acc += w * x;
+            }
+        }
+    });
+    out
+}
+
+/// Causal attention for long appends (prefill) as batched GEMMs on candle: the query heads that
+/// share a KV head are folded into rows, so K and V are never repeated.
+fn attention_gemm(
+    qkv: &[f32],
+    n: usize,
+    past: usize,
+    cache: &LayerCache,
+    ctx: usize,
+    cfg: &LlamaConfig,
+) -> Result<Vec<f32>> {
+    let d = cfg.head_dim;
+    let (nh, nkv) = (cfg.heads, cfg.kv_heads);
+    let group = nh / nkv;
+    let width = (nh + 2 * nkv) * d;
+    let t = past + n;
+    let dev = Device::Cpu;
+    let q: Vec<f32> = qkv.chunks_exact(width).flat_map(|r| r[..nh * d].iter().copied()).collect();
+    // (n, heads, d) -> (heads, n, d) -> (kv, group * n, d)
+    let q = Tensor::from_vec(q, (n, nh, d), &dev)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((nkv, group * n, d))?;
+    let gather = |buf: &[f32]| -> Vec<f32> {
+        (0..nkv).flat_map(|g| buf[g * ctx * d..(g * ctx + t) * d].iter().copied()).collect()
+    };
+    let k = Tensor::from_vec(gather(&cache.k), (nkv, t, d), &dev)?;
+    let v = Tensor::from_vec(gather(&cache.v), (nkv, t, d), &dev)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?
+        .reshape((nkv, group, n, t))?
+        .broadcast_add(&causal_mask(n, past)?)?
+        .reshape((nkv, group * n, t))?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.matmul(&v)?.reshape((nh, n, d))?.transpose(0, 1)?.contiguous()?;
+    Ok(out.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// One layer's keys and values, `[kv_head][position][d]`, allocated to the session's context
+/// on first use.
 #[derive(Debug, Default)]
 struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl LayerCache {
-    /// Writes `k`/`v` (1, kv_heads, n, d) at `pos` and returns views of positions `0..pos + n`.
-    fn append(
-        &mut self,
-        k: &Tensor,
-        v: &Tensor,
-        pos: usize,
-        ctx: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let (kc, vc) = match self.kv.take() {
-            Some(kv) => kv,
-            None => {
-                let (b, h, _, d) = k.dims4()?;
-                let zeros = || Tensor::zeros((b, h, ctx, d), k.dtype(), k.device());
-                (zeros()?, zeros()?)
+    /// Copies the K and V parts of `n` Q|K|V rows into positions `pos..pos + n`.
+    fn append(&mut self, qkv: &[f32], n: usize, pos: usize, ctx: usize, cfg: &LlamaConfig) {
+        let d = cfg.head_dim;
+        let (qdim, kvdim) = (cfg.heads * d, cfg.kv_heads * d);
+        if self.k.is_empty() {
+            self.k = vec![0f32; cfg.kv_heads * ctx * d];
+            self.v = vec![0f32; cfg.kv_heads * ctx * d];
+        }
+        for (i, row) in qkv.chunks_exact(qdim + 2 * kvdim).take(n).enumerate() {
+            for g in 0..cfg.kv_heads {
+                let dst = (g * ctx + pos + i) * d;
+                self.k[dst..dst + d].copy_from_slice(&row[qdim + g * d..qdim + (g + 1) * d]);
+                let src = qdim + kvdim + g * d;
+                self.v[dst..dst + d].copy_from_slice(&row[src..src + d]);
             }
-        };
-        kc.slice_set(k, 2, pos)?;
-        vc.slice_set(v, 2, pos)?;
-        let t = pos + k.dim(2)?;
-        let views = (kc.narrow(2, 0, t)?, vc.narrow(2, 0, t)?);
-        self.kv = Some((kc, vc));
-        Ok(views)
+        }
     }
 }
 
@@ -328,15 +455,22 @@ fn causal_mask(n: usize, past: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(data, (n, t), &Device::Cpu)?)
 }
 
-fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> Result<(Tensor, Tensor)> {
+/// cos/sin of `pos * theta^(-2i/d)` for every position and pair, row-major (pos, d/2).
+fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> (Vec<f32>, Vec<f32>) {
     let inv: Vec<f32> = (0..head_dim)
         .step_by(2)
         .map(|i| 1.0 / theta.powf(i as f32 / head_dim as f32))
         .collect();
-    let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
-    let pos = Tensor::arange(0u32, max_len as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
-    let freqs = pos.unsqueeze(1)?.broadcast_mul(&inv.unsqueeze(0)?)?;
-    Ok((freqs.cos()?.contiguous()?, freqs.sin()?.contiguous()?))
+    let mut cos = Vec::with_capacity(max_len * inv.len());
+    let mut sin = Vec::with_capacity(max_len * inv.len());
+    for p in 0..max_len {
+        for f in &inv {
+            let a = p as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
 }
 
 #[cfg(test)]

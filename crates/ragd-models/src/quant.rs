@@ -137,35 +137,33 @@ impl QLinear {
         self.n
     }
 
-    /// `x` (m, k) → (m, n).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, k) = x.dims2()?;
-        if k != self.k {
-            return Err(Error::InvalidInput(format!("linear expects {} inputs, got {k}", self.k)));
-        }
-        if let Weights::Candle(q) = &self.weights {
-            return Ok(q.forward(x)?);
-        }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let out = self.matmul(&xs, m);
-        Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
-    }
-
-    /// The product on plain slices: `xs` holds m rows of k values.
-    fn matmul(&self, xs: &[f32], m: usize) -> Vec<f32> {
+    /// `xs` holds `m` rows of `k` values; returns `m` rows of `n`.
+    pub fn matmul(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.n, self.k);
+        if xs.len() != m * k {
+            return Err(Error::InvalidInput(format!(
+                "linear expects {m} rows of {k} inputs, got {} values",
+                xs.len()
+            )));
+        }
         let kb = k / QK;
-        let mut acts = vec![ActBlock { d: 0.0, s: 0.0, qs: [0; 32] }; m * kb];
-        acts.par_chunks_mut(kb).zip(xs.par_chunks(k)).with_min_len(16).for_each(|(a, x)| {
-            quantize_row(x, a);
-        });
+        let quantize = || {
+            let mut acts = vec![ActBlock { d: 0.0, s: 0.0, qs: [0; 32] }; m * kb];
+            acts.par_chunks_mut(kb).zip(xs.par_chunks(k)).with_min_len(16).for_each(|(a, x)| {
+                quantize_row(x, a);
+            });
+            acts
+        };
         let mut out = vec![0f32; m * n];
         match &self.weights {
-            Weights::Q4_1(w) => run(w, &acts, &mut out, m, n, kb, dot_q4, dot_q4_x4),
-            Weights::Q8_0(w) => run(w, &acts, &mut out, m, n, kb, dot_q8, dot_q8_x4),
-            Weights::Candle(_) => {}
+            Weights::Q4_1(w) => run(w, &quantize(), &mut out, m, n, kb, dot_q4, dot_q4_x4),
+            Weights::Q8_0(w) => run(w, &quantize(), &mut out, m, n, kb, dot_q8, dot_q8_x4),
+            Weights::Candle(q) => {
+                let x = Tensor::from_slice(xs, (m, k), &Device::Cpu)?;
+                return Ok(q.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
+            }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -427,7 +425,7 @@ mod tests {
         let x = data(m * k, 2);
         let want = reference(&q, &x, m);
         let lin = QLinear::from_qtensor(q).unwrap();
-        let got = lin.matmul(&x, m);
+        let got = lin.matmul(&x, m).unwrap();
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             // Activations are quantized to 8 bits: allow ~1% of the output range.
@@ -485,10 +483,10 @@ mod tests {
         let b = Tensor::from_vec(data(10 * 64, 6), (10, 64), &Device::Cpu).unwrap();
         let q = |t: &Tensor| QLinear::from_qtensor(QTensor::quantize(t, GgmlDType::Q4_1).unwrap()).unwrap();
         let x = data(5 * 64, 7);
-        let (ya, yb) = (q(&a).matmul(&x, 5), q(&b).matmul(&x, 5));
+        let (ya, yb) = (q(&a).matmul(&x, 5).unwrap(), q(&b).matmul(&x, 5).unwrap());
         let stacked = QLinear::stack(vec![q(&a), q(&b)]).map_err(|_| "not stacked").unwrap();
         assert_eq!(stacked.out_dim(), 16);
-        let y = stacked.matmul(&x, 5);
+        let y = stacked.matmul(&x, 5).unwrap();
         for r in 0..5 {
             assert_eq!(&y[r * 16..r * 16 + 6], &ya[r * 6..r * 6 + 6]);
             assert_eq!(&y[r * 16 + 6..r * 16 + 16], &yb[r * 10..r * 10 + 10]);
