@@ -1,5 +1,6 @@
 //! End-to-end: the quickstart pipeline with both real models, from document to cited answer.
 //! (The gRPC server's end-to-end tests join this crate when the service lands.)
+#![allow(clippy::unwrap_used)]
 
 use ragd_cli::DocQa;
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};

@@ -1,4 +1,5 @@
 //! The `ragd` binary as scripts use it: exit codes and `--json` shapes.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
 use std::process::{Command, Output};

@@ -1,12 +1,14 @@
 //! A BERT-family encoder forward pass on candle, for sentence embeddings.
 //!
-//! Written for inference only: the query, key and value projections are fused into one matmul,
-//! activations stay two-dimensional `(tokens, hidden)` between layers so every projection is a
-//! single GEMM, and padding is masked with an additive bias built once per batch.
+//! Written for inference only: the query, key and value projections are one matmul, weights are
+//! stored transposed for the GEMMs, activations stay two-dimensional `(tokens, hidden)` between
+//! layers, and everything between two GEMMs is one fused pass (`ops.rs`): bias + GELU,
+//! bias + residual + LayerNorm, and attention straight from the Q|K|V rows that skips padding.
 
 use crate::error::{Error, Result};
+use crate::ops::{Attention, BiasGelu, BiasResidualNorm};
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 /// The subset of a Hugging Face `config.json` a BERT encoder needs.
@@ -38,44 +40,22 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Activation {
-    /// Exact GELU (erf), what Hugging Face calls `gelu`.
-    Gelu,
-    /// tanh-approximated GELU.
-    GeluApprox,
-    Relu,
-}
-
-impl Activation {
-    fn parse(name: &str) -> Result<Self> {
-        match name {
-            "gelu" => Ok(Self::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluApprox),
-            "relu" => Ok(Self::Relu),
-            other => Err(Error::InvalidInput(format!(
-                "unsupported hidden_act `{other}`"
-            ))),
-        }
-    }
-
-    fn apply(self, xs: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::Gelu => xs.gelu_erf()?,
-            Self::GeluApprox => xs.gelu()?,
-            Self::Relu => xs.relu()?,
-        })
-    }
-}
-
+/// One encoder layer. Weight matrices are stored transposed, `(in, out)`, for the GEMMs;
+/// biases and norm parameters as plain vectors for the fused element-wise ops.
 #[derive(Debug)]
 struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: LayerNorm,
+    qkv_w: Tensor,
+    qkv_b: Vec<f32>,
+    out_w: Tensor,
+    out_b: Vec<f32>,
+    attn_gamma: Vec<f32>,
+    attn_beta: Vec<f32>,
+    inter_w: Tensor,
+    inter_b: Vec<f32>,
+    ffn_w: Tensor,
+    ffn_b: Vec<f32>,
+    ffn_gamma: Vec<f32>,
+    ffn_beta: Vec<f32>,
 }
 
 /// BERT encoder weights (no pooler head: pooling is done by the embedder).
@@ -87,25 +67,28 @@ pub struct BertModel {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     heads: usize,
-    head_dim: usize,
     hidden: usize,
-    act: Activation,
+    eps: f32,
     pub(crate) max_positions: usize,
 }
 
-fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
+/// A linear layer's weight, transposed to (in, out), and its bias.
+fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<(Tensor, Tensor)> {
     let w = vb.get((out_dim, in_dim), "weight")?;
     let b = vb.get(out_dim, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Ok((w.t()?.contiguous()?, b))
 }
 
-fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
+fn norm_params(vb: &VarBuilder, dim: usize) -> Result<(Tensor, Tensor)> {
     // Older checkpoints name the parameters gamma/beta.
-    let (w, b) = match (vb.get(dim, "weight"), vb.get(dim, "bias")) {
-        (Ok(w), Ok(b)) => (w, b),
-        _ => (vb.get(dim, "gamma")?, vb.get(dim, "beta")?),
-    };
-    Ok(LayerNorm::new(w, b, eps))
+    match (vb.get(dim, "weight"), vb.get(dim, "bias")) {
+        (Ok(w), Ok(b)) => Ok((w, b)),
+        _ => Ok((vb.get(dim, "gamma")?, vb.get(dim, "beta")?)),
+    }
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_vec1::<f32>()?)
 }
 
 impl BertModel {
@@ -124,10 +107,16 @@ impl BertModel {
             vb.pp("bert")
         };
         let h = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || h % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::InvalidInput(format!(
                 "hidden_size {h} is not a multiple of num_attention_heads {}",
                 cfg.num_attention_heads
+            )));
+        }
+        if cfg.hidden_act != "gelu" {
+            return Err(Error::InvalidInput(format!(
+                "unsupported hidden_act `{}` (only `gelu`)",
+                cfg.hidden_act
             )));
         }
         let emb = vb.pp("embeddings");
@@ -143,30 +132,33 @@ impl BertModel {
         let token_type = emb
             .get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?
             .get(0)?;
-        let emb_norm = layer_norm(&emb.pp("LayerNorm"), h, cfg.layer_norm_eps)?;
+        let (g, b) = norm_params(&emb.pp("LayerNorm"), h)?;
+        let emb_norm = LayerNorm::new(g, b, cfg.layer_norm_eps);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
             let att = l.pp("attention");
-            let q = linear(&att.pp("self.query"), h, h)?;
-            let k = linear(&att.pp("self.key"), h, h)?;
-            let v = linear(&att.pp("self.value"), h, h)?;
-            let qkv_w = Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?;
-            let qkv_b = Tensor::cat(
-                &[
-                    q.bias().ok_or_else(missing_bias)?,
-                    k.bias().ok_or_else(missing_bias)?,
-                    v.bias().ok_or_else(missing_bias)?,
-                ],
-                0,
-            )?;
+            let (q_w, q_b) = linear(&att.pp("self.query"), h, h)?;
+            let (k_w, k_b) = linear(&att.pp("self.key"), h, h)?;
+            let (v_w, v_b) = linear(&att.pp("self.value"), h, h)?;
+            let (out_w, out_b) = linear(&att.pp("output.dense"), h, h)?;
+            let (attn_gamma, attn_beta) = norm_params(&att.pp("output.LayerNorm"), h)?;
+            let (inter_w, inter_b) = linear(&l.pp("intermediate.dense"), h, cfg.intermediate_size)?;
+            let (ffn_w, ffn_b) = linear(&l.pp("output.dense"), cfg.intermediate_size, h)?;
+            let (ffn_gamma, ffn_beta) = norm_params(&l.pp("output.LayerNorm"), h)?;
             layers.push(Layer {
-                qkv: Linear::new(qkv_w, Some(qkv_b)),
-                attn_out: linear(&att.pp("output.dense"), h, h)?,
-                attn_norm: layer_norm(&att.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
-                intermediate: linear(&l.pp("intermediate.dense"), h, cfg.intermediate_size)?,
-                output: linear(&l.pp("output.dense"), cfg.intermediate_size, h)?,
-                out_norm: layer_norm(&l.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
+                qkv_w: Tensor::cat(&[q_w, k_w, v_w], 1)?.contiguous()?,
+                qkv_b: to_vec(&Tensor::cat(&[q_b, k_b, v_b], 0)?)?,
+                out_w,
+                out_b: to_vec(&out_b)?,
+                attn_gamma: to_vec(&attn_gamma)?,
+                attn_beta: to_vec(&attn_beta)?,
+                inter_w,
+                inter_b: to_vec(&inter_b)?,
+                ffn_w,
+                ffn_b: to_vec(&ffn_b)?,
+                ffn_gamma: to_vec(&ffn_gamma)?,
+                ffn_beta: to_vec(&ffn_beta)?,
             });
         }
         Ok(Self {
@@ -176,9 +168,8 @@ impl BertModel {
             emb_norm,
             layers,
             heads: cfg.num_attention_heads,
-            head_dim: h / cfg.num_attention_heads,
             hidden: h,
-            act: Activation::parse(&cfg.hidden_act)?,
+            eps: cfg.layer_norm_eps as f32,
             max_positions: cfg.max_position_embeddings,
         })
     }
@@ -188,9 +179,9 @@ impl BertModel {
         self.hidden
     }
 
-    /// Runs the encoder over `ids` (batch, seq) with `mask` (batch, seq; 1 = token, 0 = pad),
-    /// returning the last hidden state (batch, seq, hidden).
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// Runs the encoder over `ids` (batch, seq), where row `b` has `lens[b]` real tokens followed
+    /// by padding, returning the last hidden state (batch, seq, hidden).
+    pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let dev = ids.device();
         let positions = Tensor::arange(0u32, l as u32, dev)?;
@@ -201,51 +192,36 @@ impl BertModel {
             .broadcast_add(&self.position.forward(&positions)?)?
             .broadcast_add(&self.token_type)?;
         let mut x = self.emb_norm.forward(&x.reshape((b * l, self.hidden))?)?;
-        // Additive attention bias: 0 for tokens, a large negative number for padding.
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
         for layer in &self.layers {
-            let qkv = layer
-                .qkv
-                .forward(&x)?
-                .reshape((b, l, 3, self.heads, self.head_dim))?;
-            let q = (qkv
-                .narrow(2, 0, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()?
-                * scale)?;
-            let k = qkv
-                .narrow(2, 1, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = qkv
-                .narrow(2, 2, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b * l, self.hidden))?;
-            let attn = layer
-                .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let inter = self.act.apply(&layer.intermediate.forward(&attn)?)?;
-            x = layer
-                .out_norm
-                .forward(&(layer.output.forward(&inter)? + &attn)?)?;
+            let ctx = x.matmul(&layer.qkv_w)?.apply_op1_no_bwd(&Attention {
+                bias: &layer.qkv_b,
+                lens,
+                heads: self.heads,
+            })?;
+            let attn = ctx.matmul(&layer.out_w)?.apply_op2_no_bwd(
+                &x,
+                &BiasResidualNorm {
+                    bias: &layer.out_b,
+                    gamma: &layer.attn_gamma,
+                    beta: &layer.attn_beta,
+                    eps: self.eps,
+                },
+            )?;
+            let inter = attn.matmul(&layer.inter_w)?.apply_op1_no_bwd(&BiasGelu {
+                bias: &layer.inter_b,
+            })?;
+            x = inter.matmul(&layer.ffn_w)?.apply_op2_no_bwd(
+                &attn,
+                &BiasResidualNorm {
+                    bias: &layer.ffn_b,
+                    gamma: &layer.ffn_gamma,
+                    beta: &layer.ffn_beta,
+                    eps: self.eps,
+                },
+            )?;
         }
         Ok(x.reshape((b, l, self.hidden))?)
     }
-}
-
-fn missing_bias() -> Error {
-    Error::InvalidInput("attention projection has no bias".into())
 }
 
 /// How token vectors become one sentence vector.

@@ -187,7 +187,8 @@ impl Embedder {
         let dev = Device::Cpu;
         let ids_t = Tensor::from_vec(flat, (ids.len(), width), &dev)?;
         let mask_t = Tensor::from_vec(mask, (ids.len(), width), &dev)?;
-        let hidden = self.model.forward(&ids_t, &mask_t)?;
+        let lens: Vec<usize> = ids.iter().map(|x| x.len()).collect();
+        let hidden = self.model.forward(&ids_t, &lens)?;
         Ok(pool_and_normalize(&hidden, &mask_t, self.pooling)?.to_vec2::<f32>()?)
     }
 }

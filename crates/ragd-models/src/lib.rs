@@ -15,6 +15,7 @@ mod error;
 mod generator;
 mod gguf_meta;
 pub mod llama;
+mod ops;
 mod quant;
 pub mod registry;
 mod sampling;

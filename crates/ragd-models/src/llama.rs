@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf_meta::Meta;
+use crate::ops;
 use crate::quant::QLinear;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -50,8 +51,10 @@ impl Fused {
         match self {
             Self::Stacked { lin, .. } => lin.matmul(xs, m),
             Self::Separate(parts) => {
-                let outs: Vec<Vec<f32>> =
-                    parts.iter().map(|p| p.matmul(xs, m)).collect::<Result<_>>()?;
+                let outs: Vec<Vec<f32>> = parts
+                    .iter()
+                    .map(|p| p.matmul(xs, m))
+                    .collect::<Result<_>>()?;
                 let width: usize = parts.iter().map(QLinear::out_dim).sum();
                 let mut y = Vec::with_capacity(m * width);
                 for r in 0..m {
@@ -135,12 +138,14 @@ impl LlamaWeights {
         let hidden = meta.usize(&key("embedding_length"))?;
         let heads = meta.usize(&key("attention.head_count"))?;
         let kv_heads = meta.usize(&key("attention.head_count_kv")).unwrap_or(heads);
-        let head_dim = meta.usize(&key("rope.dimension_count")).unwrap_or(hidden / heads);
+        let head_dim = meta
+            .usize(&key("rope.dimension_count"))
+            .unwrap_or(hidden / heads);
         if heads == 0
             || kv_heads == 0
             || heads % kv_heads != 0
             || head_dim * heads != hidden
-            || head_dim % 2 != 0
+            || !head_dim.is_multiple_of(2)
         {
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
@@ -175,7 +180,14 @@ impl LlamaWeights {
                 vec(tensor(&format!("blk.{i}.{n}.weight"))?.dequantize(&dev)?)
             };
             let (attn_norm, ffn_norm) = (f("attn_norm")?, f("ffn_norm")?);
-            layers.push(Layer { attn_norm, qkv, wo, ffn_norm, gate_up, down });
+            layers.push(Layer {
+                attn_norm,
+                qkv,
+                wo,
+                ffn_norm,
+                gate_up,
+                down,
+            });
         }
         let context_length = meta.usize(&key("context_length"))?;
         let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
@@ -188,18 +200,30 @@ impl LlamaWeights {
             heads,
             kv_heads,
             head_dim,
-            rms_eps: meta.f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f64,
+            rms_eps: meta
+                .f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f64,
             rope_theta,
             vocab,
         };
-        Ok(Self { config, embeddings, layers, norm, output, cos, sin })
+        Ok(Self {
+            config,
+            embeddings,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+        })
     }
 
     /// A fresh KV cache for a session of `context` tokens.
     pub fn new_state(&self, context: usize) -> KvState {
         let context = context.min(self.config.context_length);
         KvState {
-            caches: (0..self.config.layers).map(|_| LayerCache::default()).collect(),
+            caches: (0..self.config.layers)
+                .map(|_| LayerCache::default())
+                .collect(),
             pos: 0,
             context,
         }
@@ -224,7 +248,9 @@ impl LlamaWeights {
         let eps = cfg.rms_eps as f32;
         let mut x = Vec::with_capacity(n * hidden);
         for &t in tokens {
-            let row = self.embeddings.get(t as usize * hidden..(t as usize + 1) * hidden);
+            let row = self
+                .embeddings
+                .get(t as usize * hidden..(t as usize + 1) * hidden);
             x.extend_from_slice(row.ok_or_else(|| {
                 Error::InvalidInput(format!("token id {t} is outside the vocabulary"))
             })?);
@@ -258,7 +284,7 @@ impl LlamaWeights {
                 .chunks_exact(2 * ff)
                 .flat_map(|r| {
                     let (g, u) = r.split_at(ff);
-                    g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    g.iter().zip(u).map(|(g, u)| ops::silu_mul(*g, *u))
                 })
                 .collect();
             add(&mut x, &layer.down.matmul(&act, n)?);
@@ -301,7 +327,12 @@ fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -334,15 +365,8 @@ fn attention_rows(
         let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
         let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
         let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
-        let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut total = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        let inv = 1.0 / total;
-        for (p, v) in scores.iter().zip(vals.chunks_exact(d)) {
-            let w = p * inv;
+        ops::softmax_in_place(&mut scores);
+        for (w, v) in scores.iter().zip(vals.chunks_exact(d)) {
             for (acc, x) in o.iter_mut().zip(v) {
                 *acc += w * x;
             }
@@ -367,14 +391,19 @@ fn attention_gemm(
     let width = (nh + 2 * nkv) * d;
     let t = past + n;
     let dev = Device::Cpu;
-    let q: Vec<f32> = qkv.chunks_exact(width).flat_map(|r| r[..nh * d].iter().copied()).collect();
+    let q: Vec<f32> = qkv
+        .chunks_exact(width)
+        .flat_map(|r| r[..nh * d].iter().copied())
+        .collect();
     // (n, heads, d) -> (heads, n, d) -> (kv, group * n, d)
     let q = Tensor::from_vec(q, (n, nh, d), &dev)?
         .transpose(0, 1)?
         .contiguous()?
         .reshape((nkv, group * n, d))?;
     let gather = |buf: &[f32]| -> Vec<f32> {
-        (0..nkv).flat_map(|g| buf[g * ctx * d..(g * ctx + t) * d].iter().copied()).collect()
+        (0..nkv)
+            .flat_map(|g| buf[g * ctx * d..(g * ctx + t) * d].iter().copied())
+            .collect()
     };
     let k = Tensor::from_vec(gather(&cache.k), (nkv, t, d), &dev)?;
     let v = Tensor::from_vec(gather(&cache.v), (nkv, t, d), &dev)?;
@@ -384,7 +413,11 @@ fn attention_gemm(
         .broadcast_add(&causal_mask(n, past)?)?
         .reshape((nkv, group * n, t))?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v)?.reshape((nh, n, d))?.transpose(0, 1)?.contiguous()?;
+    let out = probs
+        .matmul(&v)?
+        .reshape((nh, n, d))?
+        .transpose(0, 1)?
+        .contiguous()?;
     Ok(out.flatten_all()?.to_vec1::<f32>()?)
 }
 

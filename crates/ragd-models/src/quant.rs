@@ -106,7 +106,9 @@ impl QLinear {
     /// e.g. the Q, K and V projections run as one matmul. Hands the parts back when they cannot
     /// be stacked (different input sizes, or a format without our kernels).
     pub fn stack(parts: Vec<QLinear>) -> std::result::Result<QLinear, Vec<QLinear>> {
-        let Some(first) = parts.first() else { return Err(parts) };
+        let Some(first) = parts.first() else {
+            return Err(parts);
+        };
         let k = first.k;
         let same = |p: &QLinear| {
             p.k == k
@@ -128,7 +130,11 @@ impl QLinear {
                 Weights::Candle(_) => {}
             }
         }
-        let weights = if q8.is_empty() { Weights::Q4_1(q4) } else { Weights::Q8_0(q8) };
+        let weights = if q8.is_empty() {
+            Weights::Q4_1(q4)
+        } else {
+            Weights::Q8_0(q8)
+        };
         Ok(Self { weights, n, k })
     }
 
@@ -148,10 +154,20 @@ impl QLinear {
         }
         let kb = k / QK;
         let quantize = || {
-            let mut acts = vec![ActBlock { d: 0.0, s: 0.0, qs: [0; 32] }; m * kb];
-            acts.par_chunks_mut(kb).zip(xs.par_chunks(k)).with_min_len(16).for_each(|(a, x)| {
-                quantize_row(x, a);
-            });
+            let mut acts = vec![
+                ActBlock {
+                    d: 0.0,
+                    s: 0.0,
+                    qs: [0; 32]
+                };
+                m * kb
+            ];
+            acts.par_chunks_mut(kb)
+                .zip(xs.par_chunks(k))
+                .with_min_len(16)
+                .for_each(|(a, x)| {
+                    quantize_row(x, a);
+                });
             acts
         };
         let mut out = vec![0f32; m * n];
@@ -186,35 +202,40 @@ fn run<B: Sync>(
     if m < 4 {
         for (row, out_row) in out.chunks_mut(n).enumerate() {
             let a = &acts[row * kb..(row + 1) * kb];
-            out_row.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(t, chunk)| {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    let col = t * COLS_PER_TASK + j;
-                    *o = dot(&w[col * kb..(col + 1) * kb], a);
-                }
-            });
+            out_row
+                .par_chunks_mut(COLS_PER_TASK)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    for (j, o) in chunk.iter_mut().enumerate() {
+                        let col = t * COLS_PER_TASK + j;
+                        *o = dot(&w[col * kb..(col + 1) * kb], a);
+                    }
+                });
         }
         return;
     }
-    out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, tile)| {
-        let row0 = t * ROWS_PER_TASK;
-        let rows = tile.len() / n;
-        let arow = |r: usize| &acts[(row0 + r) * kb..(row0 + r + 1) * kb];
-        for col in 0..n {
-            let wc = &w[col * kb..(col + 1) * kb];
-            let mut r = 0;
-            while r + 4 <= rows {
-                let d = dot4(wc, [arow(r), arow(r + 1), arow(r + 2), arow(r + 3)]);
-                for (i, v) in d.into_iter().enumerate() {
-                    tile[(r + i) * n + col] = v;
+    out.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(t, tile)| {
+            let row0 = t * ROWS_PER_TASK;
+            let rows = tile.len() / n;
+            let arow = |r: usize| &acts[(row0 + r) * kb..(row0 + r + 1) * kb];
+            for col in 0..n {
+                let wc = &w[col * kb..(col + 1) * kb];
+                let mut r = 0;
+                while r + 4 <= rows {
+                    let d = dot4(wc, [arow(r), arow(r + 1), arow(r + 2), arow(r + 3)]);
+                    for (i, v) in d.into_iter().enumerate() {
+                        tile[(r + i) * n + col] = v;
+                    }
+                    r += 4;
                 }
-                r += 4;
+                while r < rows {
+                    tile[r * n + col] = dot(wc, arow(r));
+                    r += 1;
+                }
             }
-            while r < rows {
-                tile[r * n + col] = dot(wc, arow(r));
-                r += 1;
-            }
-        }
-    });
+        });
 }
 
 /// Quantizes one row to 8-bit blocks (round to nearest, scale = max|x| / 127).
@@ -233,7 +254,11 @@ fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 #[allow(unsafe_code)]
 mod simd {
     //! AVX2 kernels. Loads go through `bytemuck::cast` of fixed-size arrays, so the only
@@ -312,7 +337,12 @@ mod simd {
                 mins = _mm_fmadd_ps(_mm_set1_ps(wb.m), s, mins);
             }
             let m: [f32; 4] = bytemuck::cast(mins);
-            [hsum(acc[0]) + m[0], hsum(acc[1]) + m[1], hsum(acc[2]) + m[2], hsum(acc[3]) + m[3]]
+            [
+                hsum(acc[0]) + m[0],
+                hsum(acc[1]) + m[1],
+                hsum(acc[2]) + m[2],
+                hsum(acc[3]) + m[3],
+            ]
         }
 
         #[target_feature(enable = "avx2,fma")]
@@ -321,7 +351,10 @@ mod simd {
             for (wb, ab) in w.iter().zip(a) {
                 let qx: __m256i = bytemuck::cast(wb.qs);
                 // maddubs needs an unsigned operand: move x's sign onto y.
-                let p = dot_u8_i8(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(bytemuck::cast(ab.qs), qx));
+                let p = dot_u8_i8(
+                    _mm256_sign_epi8(qx, qx),
+                    _mm256_sign_epi8(bytemuck::cast(ab.qs), qx),
+                );
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), p, acc);
             }
             hsum(acc)
@@ -347,7 +380,11 @@ mod simd {
 
 /// Portable kernels: the reference the SIMD ones are tested against, and the fallback.
 #[cfg_attr(
-    all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"),
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ),
     allow(dead_code)
 )]
 mod scalar {
@@ -371,7 +408,12 @@ mod scalar {
         w.iter()
             .zip(a)
             .map(|(wb, ab)| {
-                let s: i32 = wb.qs.iter().zip(&ab.qs).map(|(x, y)| *x as i32 * *y as i32).sum();
+                let s: i32 = wb
+                    .qs
+                    .iter()
+                    .zip(&ab.qs)
+                    .map(|(x, y)| *x as i32 * *y as i32)
+                    .sum();
                 wb.d * ab.d * s as f32
             })
             .sum()
@@ -386,10 +428,18 @@ mod scalar {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 use simd::{dot_q4, dot_q4_x4, dot_q8, dot_q8_x4};
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
 use scalar::{dot_q4, dot_q4_x4, dot_q8, dot_q8_x4};
 
 #[cfg(test)]
@@ -397,7 +447,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
     }
 
@@ -409,7 +461,11 @@ mod tests {
     /// Reference: dequantize the weights and multiply in f32.
     fn reference(w: &QTensor, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = w.shape().dims2().unwrap();
-        let wf = w.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let wf = w
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let mut out = vec![0f32; m * n];
         for r in 0..m {
             for c in 0..n {
@@ -429,7 +485,10 @@ mod tests {
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             // Activations are quantized to 8 bits: allow ~1% of the output range.
-            assert!((g - w).abs() <= 0.01 * scale, "{dtype:?} m={m} [{i}]: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 0.01 * scale,
+                "{dtype:?} m={m} [{i}]: {g} vs {w}"
+            );
         }
     }
 
@@ -451,7 +510,14 @@ mod tests {
     fn simd_and_scalar_kernels_agree() {
         let w = Tensor::from_vec(data(8 * 128, 3), (8, 128), &Device::Cpu).unwrap();
         let x = data(4 * 128, 4);
-        let mut acts = vec![ActBlock { d: 0.0, s: 0.0, qs: [0; 32] }; 16];
+        let mut acts = vec![
+            ActBlock {
+                d: 0.0,
+                s: 0.0,
+                qs: [0; 32]
+            };
+            16
+        ];
         for (a, xr) in acts.chunks_mut(4).zip(x.chunks(128)) {
             quantize_row(xr, a);
         }
@@ -471,7 +537,10 @@ mod tests {
                     Weights::Candle(_) => unreachable!(),
                 };
                 for (f, s) in fast.iter().zip(slow) {
-                    assert!((f - s).abs() <= 1e-4 * s.abs().max(1.0), "{dtype:?}: {f} vs {s}");
+                    assert!(
+                        (f - s).abs() <= 1e-4 * s.abs().max(1.0),
+                        "{dtype:?}: {f} vs {s}"
+                    );
                 }
             }
         }
@@ -481,10 +550,14 @@ mod tests {
     fn stacking_concatenates_outputs() {
         let a = Tensor::from_vec(data(6 * 64, 5), (6, 64), &Device::Cpu).unwrap();
         let b = Tensor::from_vec(data(10 * 64, 6), (10, 64), &Device::Cpu).unwrap();
-        let q = |t: &Tensor| QLinear::from_qtensor(QTensor::quantize(t, GgmlDType::Q4_1).unwrap()).unwrap();
+        let q = |t: &Tensor| {
+            QLinear::from_qtensor(QTensor::quantize(t, GgmlDType::Q4_1).unwrap()).unwrap()
+        };
         let x = data(5 * 64, 7);
         let (ya, yb) = (q(&a).matmul(&x, 5).unwrap(), q(&b).matmul(&x, 5).unwrap());
-        let stacked = QLinear::stack(vec![q(&a), q(&b)]).map_err(|_| "not stacked").unwrap();
+        let stacked = QLinear::stack(vec![q(&a), q(&b)])
+            .map_err(|_| "not stacked")
+            .unwrap();
         assert_eq!(stacked.out_dim(), 16);
         let y = stacked.matmul(&x, 5).unwrap();
         for r in 0..5 {

@@ -1,6 +1,7 @@
 //! Integration tests of the real default models against reference fixtures made by the peer
 //! systems (`fixtures/make_fixtures.py`). The models must be installed (`ragd models fetch`);
 //! `.ci/run` fetches them into `$RAGD_MODELS` before running the tests.
+#![allow(clippy::unwrap_used)]
 
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{
