@@ -87,7 +87,7 @@ struct AskArgs {
 #[derive(Debug, Args)]
 struct QuickstartArgs {
     /// The question to ask about the sample document.
-    #[arg(default_value = "How does ragd keep acknowledged documents safe if it crashes?")]
+    #[arg(default_value = "What does a rebuild write before it switches?")]
     question: String,
     #[command(flatten)]
     opts: AnswerOpts,

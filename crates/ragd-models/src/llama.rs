@@ -323,24 +323,6 @@ fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Dot product with eight independent accumulators, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Causal attention computed row by row over the cache (decode and short appends).
 /// `qkv` holds `n` rows of Q|K|V; returns `n` rows of the attention output (heads × d).
 fn attention_rows(
@@ -364,13 +346,12 @@ fn attention_rows(
         let t = past + i + 1;
         let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
         let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
-        let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
+        let mut scores: Vec<f32> = keys
+            .chunks_exact(d)
+            .map(|k| ops::dot(q, k) * scale)
+            .collect();
         ops::softmax_in_place(&mut scores);
-        for (w, v) in scores.iter().zip(vals.chunks_exact(d)) {
-            for (acc, x) in o.iter_mut().zip(v) {
-                *acc += w * x;
-            }
-        }
+        ops::weighted_rows(&scores, vals, o);
     });
     out
 }

@@ -75,6 +75,25 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     reduce8(x, 0.0, |a, b| a + b, |a, b| a + b)
 }
 
+/// Dot product over eight independent lanes (vectorizes; FMA via `mul_add`).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    sum(&acc) + tail
+}
+
 /// In-place softmax of a row.
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
     let max = reduce8(row, f32::NEG_INFINITY, f32::max, f32::max);
@@ -272,7 +291,7 @@ fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
 
 /// `out += Σ_j p[j] · v[j]` over rows of `v` (len × out.len()), eight output lanes at a time
 /// held in registers.
-fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
+pub(crate) fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
     let d = out.len();
     for (c, o) in out.chunks_exact_mut(8).enumerate() {
         let mut acc = [0f32; 8];
@@ -337,6 +356,7 @@ mod tests {
     fn lane_reductions_match_sequential_ones() {
         let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
         assert!((sum(&x) - x.iter().sum::<f32>()).abs() < 1e-5);
+        assert!((dot(&x, &x) - x.iter().map(|v| v * v).sum::<f32>()).abs() < 1e-5);
         let sq = reduce8(&x, 0.0, |a, v| a + v * v, |a, b| a + b);
         assert!((sq - x.iter().map(|v| v * v).sum::<f32>()).abs() < 1e-5);
         let mx = reduce8(&x, f32::NEG_INFINITY, f32::max, f32::max);
