@@ -372,28 +372,26 @@ fn attention_gemm(
     let width = (nh + 2 * nkv) * d;
     let t = past + n;
     let dev = Device::Cpu;
-    let q: Vec<f32> = qkv
-        .chunks_exact(width)
-        .flat_map(|r| r[..nh * d].iter().copied())
-        .collect();
+    let mut q = Vec::with_capacity(n * nh * d);
+    for row in qkv.chunks_exact(width) {
+        q.extend_from_slice(&row[..nh * d]);
+    }
     // (n, heads, d) -> (heads, n, d) -> (kv, group * n, d)
     let q = Tensor::from_vec(q, (n, nh, d), &dev)?
         .transpose(0, 1)?
         .contiguous()?
         .reshape((nkv, group * n, d))?;
     let gather = |buf: &[f32]| -> Vec<f32> {
-        (0..nkv)
-            .flat_map(|g| buf[g * ctx * d..(g * ctx + t) * d].iter().copied())
-            .collect()
+        let mut out = Vec::with_capacity(nkv * t * d);
+        for g in 0..nkv {
+            out.extend_from_slice(&buf[g * ctx * d..(g * ctx + t) * d]);
+        }
+        out
     };
     let k = Tensor::from_vec(gather(&cache.k), (nkv, t, d), &dev)?;
     let v = Tensor::from_vec(gather(&cache.v), (nkv, t, d), &dev)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?
-        .reshape((nkv, group, n, t))?
-        .broadcast_add(&causal_mask(n, past)?)?
-        .reshape((nkv, group * n, t))?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = (q.matmul(&k.t()?)? * scale)?.apply_op1_no_bwd(&ops::CausalSoftmax { n, past })?;
     let out = probs
         .matmul(&v)?
         .reshape((nh, n, d))?
@@ -460,15 +458,6 @@ impl KvState {
     }
 }
 
-/// Additive causal mask (n, t) for `n` new tokens after `past` cached ones.
-fn causal_mask(n: usize, past: usize) -> Result<Tensor> {
-    let t = past + n;
-    let data: Vec<f32> = (0..n)
-        .flat_map(|i| (0..t).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(data, (n, t), &Device::Cpu)?)
-}
-
 /// cos/sin of `pos * theta^(-2i/d)` for every position and pair, row-major (pos, d/2).
 fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> (Vec<f32>, Vec<f32>) {
     let inv: Vec<f32> = (0..head_dim)
@@ -485,17 +474,4 @@ fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> (Vec<f32>, Vec<f3
         }
     }
     (cos, sin)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causal_mask_hides_the_future_only() {
-        let m = causal_mask(2, 3).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(m[0][..4], [0.0; 4]);
-        assert!(m[0][4].is_infinite());
-        assert_eq!(m[1], [0.0; 5]);
-    }
 }

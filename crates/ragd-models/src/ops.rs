@@ -200,6 +200,43 @@ impl CustomOp2 for BiasResidualNorm<'_> {
     }
 }
 
+/// Causal softmax over attention scores `(.., rows, t)` whose rows are `n` new tokens (repeated
+/// for every head folded into the row dimension) after `past` cached ones: row `i mod n` sees
+/// keys `0..=past + i mod n`; later keys get probability 0.
+#[derive(Debug)]
+pub(crate) struct CausalSoftmax {
+    pub n: usize,
+    pub past: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s, l)?;
+        let t = *l.shape().dims().last().unwrap_or(&0);
+        if t != self.past + self.n || self.n == 0 {
+            bail!(
+                "causal softmax: {t} keys for {} new after {} cached",
+                self.n,
+                self.past
+            )
+        }
+        let mut out = x.to_vec();
+        out.par_chunks_mut(t)
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(row, o)| {
+                let visible = self.past + row % self.n + 1;
+                softmax_in_place(&mut o[..visible]);
+                o[visible..].fill(0.0);
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
 /// Bidirectional multi-head attention straight from the fused Q|K|V projection.
 ///
 /// Input: `(batch * seq, 3 * hidden)` rows of Q|K|V without their bias; output: `(batch * seq,
@@ -418,6 +455,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn causal_softmax_hides_the_future_per_row() {
+        use candle_core::{DType, Device, Tensor};
+        // Two heads folded into rows, n = 2 new tokens after 1 cached: t = 3.
+        let x = Tensor::zeros((1, 4, 3), DType::F32, &Device::Cpu).unwrap();
+        let p = x
+            .apply_op1_no_bwd(&CausalSoftmax { n: 2, past: 1 })
+            .unwrap();
+        let p = p.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        for row in [0, 2] {
+            assert_eq!(p[row], [0.5, 0.5, 0.0]);
+        }
+        for row in [1, 3] {
+            assert!(p[row].iter().all(|v| (v - 1.0 / 3.0).abs() < 1e-6));
         }
     }
 
