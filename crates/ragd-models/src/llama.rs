@@ -32,45 +32,45 @@ pub struct LlamaConfig {
 
 /// Linear layers that read the same input: one stacked matmul when the formats allow it.
 #[derive(Debug)]
-enum Fused {
-    Stacked { lin: QLinear, dims: Vec<usize> },
+struct Fused {
+    /// Output size of each part, in order.
+    dims: Vec<usize>,
+    kind: FusedKind,
+}
+
+#[derive(Debug)]
+enum FusedKind {
+    Stacked(QLinear),
     Separate(Vec<QLinear>),
 }
 
 impl Fused {
     fn new(parts: Vec<QLinear>) -> Self {
         let dims = parts.iter().map(QLinear::out_dim).collect();
-        match QLinear::stack(parts) {
-            Ok(lin) => Self::Stacked { lin, dims },
-            Err(parts) => Self::Separate(parts),
-        }
+        let kind = match QLinear::stack(parts) {
+            Ok(lin) => FusedKind::Stacked(lin),
+            Err(parts) => FusedKind::Separate(parts),
+        };
+        Self { dims, kind }
     }
 
     /// Outputs of all parts side by side: `m` rows of Σ out_dim.
     fn matmul(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
-        match self {
-            Self::Stacked { lin, .. } => lin.matmul(xs, m),
-            Self::Separate(parts) => {
+        match &self.kind {
+            FusedKind::Stacked(lin) => lin.matmul(xs, m),
+            FusedKind::Separate(parts) => {
                 let outs: Vec<Vec<f32>> = parts
                     .iter()
                     .map(|p| p.matmul(xs, m))
                     .collect::<Result<_>>()?;
-                let width: usize = parts.iter().map(QLinear::out_dim).sum();
-                let mut y = Vec::with_capacity(m * width);
+                let mut y = Vec::with_capacity(m * self.dims.iter().sum::<usize>());
                 for r in 0..m {
-                    for (p, o) in parts.iter().zip(&outs) {
-                        y.extend_from_slice(&o[r * p.out_dim()..(r + 1) * p.out_dim()]);
+                    for (&d, o) in self.dims.iter().zip(&outs) {
+                        y.extend_from_slice(&o[r * d..(r + 1) * d]);
                     }
                 }
                 Ok(y)
             }
-        }
-    }
-
-    fn out_dims(&self) -> Vec<usize> {
-        match self {
-            Self::Stacked { dims, .. } => dims.clone(),
-            Self::Separate(parts) => parts.iter().map(QLinear::out_dim).collect(),
         }
     }
 }
@@ -279,7 +279,7 @@ impl LlamaWeights {
             add(&mut x, &layer.wo.matmul(&ctx, n)?);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let gu = layer.gate_up.matmul(&h, n)?;
-            let ff = layer.gate_up.out_dims()[0];
+            let ff = layer.gate_up.dims[0];
             let act: Vec<f32> = gu
                 .chunks_exact(2 * ff)
                 .flat_map(|r| {
