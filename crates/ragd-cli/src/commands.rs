@@ -1,4 +1,5 @@
 use crate::bench;
+use crate::collections::{self, CollectionsCommand, DeleteArgs, IngestArgs, RebuildArgs};
 use crate::docqa::DocQa;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +33,19 @@ enum Command {
     Ask(AskArgs),
     /// Fetch the default models if absent and answer a question about the bundled sample document.
     Quickstart(QuickstartArgs),
+    /// Create, list, inspect and delete collections.
+    Collections {
+        #[command(subcommand)]
+        command: CollectionsCommand,
+    },
+    /// Add or update documents (files, directories, BEIR JSONL) in a collection.
+    /// Exit code 0 when every document was stored, 2 when some failed, 1 on a fatal error.
+    Ingest(IngestArgs),
+    /// Delete documents by id.
+    Delete(DeleteArgs),
+    /// Write a new index generation from the DocStore (optionally re-chunking or re-embedding)
+    /// and switch to it.
+    Rebuild(RebuildArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -129,7 +143,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -137,8 +151,19 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Ingest(args) => return collections::ingest(args),
+        command => run_simple(command).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn run_simple(command: Command) -> Result<()> {
+    match command {
+        Command::Ingest(_) => unreachable!("handled by run"),
+        Command::Collections { command } => collections::collections(command),
+        Command::Delete(args) => collections::delete(args),
+        Command::Rebuild(args) => collections::rebuild(args),
         Command::Models {
             command: ModelsCommand::Fetch { dir, json },
         } => models_fetch(&dir.resolve(), json),

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod document;
+pub use document::{ChunkSpan, DocumentInput, Metadata, content_hash};
+
 /// What kind of failure an error is, independent of which crate raised it.
 ///
 /// Every crate's error enum exposes `kind()`; the gRPC layer maps each kind to exactly one status

@@ -23,6 +23,29 @@ pub struct Embedding {
     pub truncated: bool,
 }
 
+/// Counts tokens the way the encoder will see them; `Send + Sync + Clone`.
+#[derive(Debug, Clone)]
+pub struct TokenCounter {
+    tokenizer: std::sync::Arc<Tokenizer>,
+    special: usize,
+}
+
+impl TokenCounter {
+    /// Tokens of `text` without special tokens. Should the tokenizer fail, the byte length is
+    /// returned: never fewer than the real count for WordPiece/BPE, so nothing is undersized.
+    pub fn count(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.len())
+            .unwrap_or(text.len())
+    }
+
+    /// Special tokens the encoder adds to every input (`[CLS]` and `[SEP]` for BERT).
+    pub fn special_tokens(&self) -> usize {
+        self.special
+    }
+}
+
 /// Batching limits. The defaults suit a CPU with a few cores.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchOptions {
@@ -139,6 +162,21 @@ impl Embedder {
     /// The model's directory name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A cheap, shareable token counter with this encoder's tokenizer (no truncation), for sizing
+    /// chunks on other threads.
+    pub fn token_counter(&self) -> TokenCounter {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer.with_truncation(None).ok();
+        let special = tokenizer
+            .encode("", true)
+            .map(|e| e.len())
+            .unwrap_or(2);
+        TokenCounter {
+            tokenizer: std::sync::Arc::new(tokenizer),
+            special,
+        }
     }
 
     /// Token count of `text` as the encoder sees it (with special tokens, before truncation).

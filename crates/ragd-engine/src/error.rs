@@ -1,0 +1,40 @@
+//! The engine's one error type.
+
+use ragd_core::ErrorKind;
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can stop a pipeline (per-document problems are reported, not raised).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is wrong (bad glob, missing path, impossible settings).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The collection store failed.
+    #[error(transparent)]
+    Store(#[from] ragd_store::Error),
+    /// A model failed.
+    #[error(transparent)]
+    Model(#[from] ragd_models::Error),
+    /// Reading input failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being read.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The kind of failure, for status and exit codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidInput(_) => ErrorKind::InvalidInput,
+            Self::Store(e) => e.kind(),
+            Self::Model(e) => e.kind(),
+            Self::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}

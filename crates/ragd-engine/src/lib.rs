@@ -1,0 +1,54 @@
+//! ragd's pipelines over one collection: parsing files into documents, chunking them in encoder
+//! tokens, embedding, writing to the collection store, and offline rebuilds.
+//!
+//! Everything here runs on the caller's thread (the encoder's matrix products use rayon's pool);
+//! a server calls it from a blocking pool, never from an async worker.
+
+mod chunk;
+mod error;
+mod ingest;
+mod parse;
+mod rebuild;
+
+pub use chunk::{Chunker, embed_text};
+pub use error::{Error, Result};
+pub use ingest::{IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink};
+pub use parse::{
+    Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
+    read_source,
+};
+pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
+
+use ragd_models::Embedder;
+use ragd_store::CollectionSettings;
+
+/// Refuses an encoder that is not the one the collection was built with: vectors from two
+/// models are not comparable.
+pub fn check_encoder(settings: &CollectionSettings, embedder: &Embedder) -> Result<()> {
+    if embedder.name() != settings.encoder || embedder.dim() != settings.dim {
+        return Err(Error::InvalidInput(format!(
+            "the collection uses encoder {:?} ({} dimensions) but {:?} ({} dimensions) is loaded",
+            settings.encoder,
+            settings.dim,
+            embedder.name(),
+            embedder.dim()
+        )));
+    }
+    Ok(())
+}
+
+/// Collection settings for a new collection with `embedder`: the defaults, with the encoder's
+/// name and dimension, and chunks no longer than the encoder's input.
+pub fn settings_for(embedder: &Embedder) -> CollectionSettings {
+    let mut s = CollectionSettings {
+        encoder: embedder.name().to_string(),
+        dim: embedder.dim(),
+        ..CollectionSettings::default()
+    };
+    let max = embedder.max_len();
+    if s.chunking.max_tokens > max {
+        s.chunking.max_tokens = max;
+        s.chunking.min_tokens = s.chunking.min_tokens.min(max);
+    }
+    s
+}

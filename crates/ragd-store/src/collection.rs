@@ -1,0 +1,587 @@
+//! `Collection`: one collection directory — the DocStore plus its live index generation — and
+//! the operations that keep the two consistent: acknowledged writes, checkpoints, replay on open,
+//! and rebuilds into a new generation.
+//!
+//! Threads: any thread may search (the live generation is behind an `Arc` that a rebuild swaps).
+//! Writes, checkpoints and rebuilds serialize on one mutex; they are CPU and disk work and must
+//! not run on an async runtime's workers.
+
+use crate::docstore::{ChunkRecord, DocRecord, DocStore, DocWrite, LogOp, StoreCounts, WriteOutcome};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::generation::{self, Generation, Manifest, gen_dir_name};
+use crate::lexical::{LexicalDoc, LexicalHit};
+use crate::settings::{CollectionSettings, validate_name};
+use crate::vector::{VectorHit, VectorIndex};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+const DOCSTORE: &str = "docstore.redb";
+
+/// `ragd collections stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionStats {
+    /// Collection name.
+    pub name: String,
+    /// Stored documents.
+    pub documents: u64,
+    /// Live chunks.
+    pub chunks: u64,
+    /// Chunks replaced or deleted, kept until the next rebuild.
+    pub tombstones: u64,
+    /// Live index generation.
+    pub generation: u64,
+    /// Bytes on disk (DocStore and every generation directory).
+    pub bytes: u64,
+    /// Last DocStore sequence.
+    pub seq: u64,
+    /// Sequence the live generation has checkpointed.
+    pub checkpointed_seq: u64,
+    /// The collection's settings.
+    pub settings: CollectionSettings,
+}
+
+/// What a write did, and where its time went.
+#[derive(Debug, Clone)]
+pub struct WriteReport {
+    /// One outcome per write, in order.
+    pub outcomes: Vec<WriteOutcome>,
+    /// Seconds in the DocStore transaction (commit and fsync included).
+    pub commit_seconds: f64,
+    /// Seconds applying it to the HNSW graph and the BM25 writer.
+    pub index_seconds: f64,
+}
+
+/// What a rebuild produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    /// The new generation.
+    pub generation: u64,
+    /// The generation it replaced.
+    pub previous_generation: u64,
+    /// Documents in it.
+    pub documents: u64,
+    /// Chunks in it.
+    pub chunks: u64,
+    /// Tombstoned chunks dropped from the DocStore.
+    pub dropped_tombstones: u64,
+    /// DocStore sequence it reflects.
+    pub applied_seq: u64,
+    /// Wall time of the index build, verification and switch.
+    pub seconds: f64,
+}
+
+/// How a collection was brought up to date when it was opened.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Recovery {
+    /// Log entries replayed into the derived indexes.
+    pub replayed: u64,
+    /// True when the derived indexes could not be replayed (log pruned past them, or settings
+    /// changed) and were rebuilt from the DocStore.
+    pub rebuilt: bool,
+}
+
+/// One collection, open.
+#[derive(Debug)]
+pub struct Collection {
+    name: String,
+    dir: PathBuf,
+    store: DocStore,
+    live: RwLock<Arc<Generation>>,
+    write: Mutex<()>,
+    recovery: Recovery,
+}
+
+impl Collection {
+    /// Creates collection `name` under `data_dir` and opens it. It appears complete or not at
+    /// all: it is assembled in a temporary directory and renamed into place.
+    pub fn create(data_dir: &Path, name: &str, settings: &CollectionSettings) -> Result<Self> {
+        validate_name(name)?;
+        settings.validate()?;
+        if settings.dim == 0 {
+            return Err(Error::InvalidSettings("dim must be the encoder's dimension".into()));
+        }
+        let dir = data_dir.join(name);
+        if dir.exists() {
+            return Err(Error::CollectionExists(name.into()));
+        }
+        std::fs::create_dir_all(data_dir)
+            .map_err(Error::io(format!("creating {}", data_dir.display())))?;
+        let tmp = data_dir.join(format!(".creating-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
+        let build = || -> Result<()> {
+            drop(DocStore::create(&tmp.join(DOCSTORE), name, settings)?);
+            drop(Generation::create(&tmp.join(gen_dir_name(1)), 1, settings, 0)?);
+            generation::write_current(&tmp, 1)?;
+            fsutil::sync_dir(&tmp)
+        };
+        if let Err(e) = build() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        // rename(2) onto an existing non-empty directory fails, so a concurrent create of the
+        // same name loses cleanly.
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(if dir.exists() {
+                Error::CollectionExists(name.into())
+            } else {
+                Error::Io {
+                    context: format!("creating {}", dir.display()),
+                    source: e,
+                }
+            });
+        }
+        fsutil::sync_dir(data_dir)?;
+        Self::open(data_dir, name)
+    }
+
+    /// Opens collection `name`, loads its live generation and replays any DocStore writes the
+    /// generation has not checkpointed (or rebuilds it from the DocStore when it cannot replay).
+    pub fn open(data_dir: &Path, name: &str) -> Result<Self> {
+        validate_name(name)?;
+        let dir = data_dir.join(name);
+        if !dir.join(DOCSTORE).is_file() {
+            return Err(Error::CollectionNotFound(name.into()));
+        }
+        let store = DocStore::open(&dir.join(DOCSTORE), name)?;
+        let settings = store.settings()?;
+        let current = generation::read_current(&dir)?;
+        let tombstones = store.tombstones()?;
+        let generation = Generation::load(&dir.join(gen_dir_name(current)), &tombstones)?;
+        let mut c = Self {
+            name: name.into(),
+            dir,
+            store,
+            live: RwLock::new(Arc::new(generation)),
+            write: Mutex::new(()),
+            recovery: Recovery::default(),
+        };
+        c.recover(&settings)?;
+        c.remove_stale_dirs(current);
+        Ok(c)
+    }
+
+    fn recover(&mut self, settings: &CollectionSettings) -> Result<()> {
+        let live = self.live();
+        let built = live.settings();
+        let compatible = built.encoder == settings.encoder && built.dim == settings.dim;
+        let replayable = live.applied_seq() >= self.store.log_pruned()?;
+        if !compatible || !replayable {
+            tracing::warn!(
+                collection = %self.name,
+                compatible,
+                replayable,
+                "derived indexes cannot be replayed; rebuilding them from the docstore"
+            );
+            drop(live);
+            self.rebuild(|_, _| {})?;
+            self.recovery.rebuilt = true;
+            return Ok(());
+        }
+        let ops = self.store.log_after(live.applied_seq())?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(collection = %self.name, ops = ops.len(), "replaying docstore log");
+        self.recovery.replayed = ops.len() as u64;
+        let _w = self.lock()?;
+        apply(&self.store, &live, &ops)?;
+        self.checkpoint_locked(&live)
+    }
+
+    /// Removes leftovers of interrupted rebuilds and generations no longer named by `CURRENT`.
+    fn remove_stale_dirs(&self, current: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let live = gen_dir_name(self.live().number.max(current));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name.starts_with("gen-") && name != live) || name.starts_with(".building-") {
+                tracing::info!(collection = %self.name, dir = %name, "removing stale generation");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Names of the collections under `data_dir`, sorted.
+    pub fn list(data_dir: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(data_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => {
+                return Err(Error::Io {
+                    context: format!("listing {}", data_dir.display()),
+                    source: e,
+                });
+            }
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if validate_name(&name).is_ok() && e.path().join(DOCSTORE).is_file() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes collection `name`: refused while another process has it open; the directory
+    /// disappears atomically (renamed aside, then removed).
+    pub fn delete(data_dir: &Path, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let dir = data_dir.join(name);
+        if !dir.join(DOCSTORE).is_file() {
+            return Err(Error::CollectionNotFound(name.into()));
+        }
+        // Holding the DocStore lock proves nobody else is using it.
+        let lock = DocStore::open(&dir.join(DOCSTORE), name)?;
+        let aside = data_dir.join(format!(".deleting-{name}-{}", std::process::id()));
+        std::fs::rename(&dir, &aside).map_err(Error::io(format!("deleting {}", dir.display())))?;
+        drop(lock);
+        fsutil::sync_dir(data_dir)?;
+        std::fs::remove_dir_all(&aside).map_err(Error::io(format!("removing {}", aside.display())))
+    }
+
+    /// The collection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Settings in force (those of the DocStore; the live generation's manifest records what it
+    /// was built with).
+    pub fn settings(&self) -> Result<CollectionSettings> {
+        self.store.settings()
+    }
+
+    /// How the collection was recovered when opened.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// The live generation.
+    pub fn live(&self) -> Arc<Generation> {
+        match self.live.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, ()>> {
+        self.write
+            .lock()
+            .map_err(|_| Error::Vector("collection write lock poisoned".into()))
+    }
+
+    /// DocStore counts.
+    pub fn counts(&self) -> Result<StoreCounts> {
+        self.store.counts()
+    }
+
+    /// Counts, generation and size on disk.
+    pub fn stats(&self) -> Result<CollectionStats> {
+        let c = self.store.counts()?;
+        let live = self.live();
+        Ok(CollectionStats {
+            name: self.name.clone(),
+            documents: c.documents,
+            chunks: c.chunks,
+            tombstones: c.tombstones,
+            generation: live.number,
+            bytes: fsutil::dir_size(&self.dir),
+            seq: c.seq,
+            checkpointed_seq: live.checkpointed_seq(),
+            settings: self.store.settings()?,
+        })
+    }
+
+    /// Stored content hashes, to skip unchanged documents before chunking and embedding.
+    pub fn hashes(&self, ids: &[&str]) -> Result<Vec<Option<String>>> {
+        self.store.hashes(ids)
+    }
+
+    /// A stored document and its raw text.
+    pub fn document(&self, id: &str) -> Result<Option<(DocRecord, String)>> {
+        self.store.document(id)
+    }
+
+    /// Every stored document id, sorted.
+    pub fn document_ids(&self) -> Result<Vec<String>> {
+        self.store.document_ids()
+    }
+
+    /// Chunk records by id.
+    pub fn chunks(&self, ids: &[u64]) -> Result<Vec<(u64, ChunkRecord)>> {
+        self.store.chunks(ids)
+    }
+
+    /// Stored vectors by chunk id.
+    pub fn vectors(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>> {
+        self.store.vectors(ids)
+    }
+
+    /// Commits a batch to the DocStore — the acknowledgement point — and applies it to the live
+    /// indexes. Dense search sees the new chunks at once; BM25 after the next [`checkpoint`].
+    ///
+    /// [`checkpoint`]: Self::checkpoint
+    pub fn write(&self, batch: Vec<DocWrite>) -> Result<WriteReport> {
+        let _w = self.lock()?;
+        let live = self.live();
+        let dim = self.store.settings()?.dim;
+        let t0 = Instant::now();
+        let (outcomes, ops) = self.store.write(batch, dim)?;
+        let commit_seconds = t0.elapsed().as_secs_f64();
+        // The batch is durable now. Should applying it fail, the generation stays behind and the
+        // next open replays the log; the caller's documents are safe either way.
+        if let Err(e) = apply(&self.store, &live, &ops) {
+            tracing::error!(collection = %self.name, error = %e, "applying a committed batch to the indexes failed; it will be replayed on the next open");
+            return Err(e);
+        }
+        Ok(WriteReport {
+            outcomes,
+            commit_seconds,
+            index_seconds: t0.elapsed().as_secs_f64() - commit_seconds,
+        })
+    }
+
+    /// Makes the live generation durable up to the last write (tantivy commit, HNSW dump,
+    /// manifest), so a restart replays nothing before it; also makes BM25 see every write.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _w = self.lock()?;
+        let live = self.live();
+        self.checkpoint_locked(&live)
+    }
+
+    fn checkpoint_locked(&self, live: &Generation) -> Result<()> {
+        let c = self.store.counts()?;
+        live.checkpoint(c.documents, c.chunks)?;
+        self.store.prune_log(live.applied_seq())
+    }
+
+    /// The `k` nearest chunks to `query` (dense), with candidate list `ef` (collection default
+    /// when `None`).
+    pub fn search_dense(&self, query: &[f32], k: usize, ef: Option<usize>) -> Result<Vec<VectorHit>> {
+        let live = self.live();
+        let ef = ef.unwrap_or(live.settings().hnsw.ef_search);
+        live.vectors.search(query, k, ef, None)
+    }
+
+    /// The `k` best chunks for `query` by BM25.
+    pub fn search_lexical(&self, query: &str, k: usize) -> Result<Vec<LexicalHit>> {
+        self.live().lexical.search(query, k)
+    }
+
+    /// Checks that the live indexes hold exactly the DocStore's live chunks: BM25 document count
+    /// and HNSW points net of tombstones. Run after a checkpoint.
+    pub fn verify(&self) -> Result<()> {
+        let _w = self.lock()?;
+        let live = self.live();
+        let c = self.store.counts()?;
+        let corrupt = |reason: String| Error::Corrupt {
+            path: live.dir.clone(),
+            reason,
+        };
+        if live.applied_seq() != c.seq {
+            return Err(corrupt(format!(
+                "indexes applied sequence {} but the docstore is at {}",
+                live.applied_seq(),
+                c.seq
+            )));
+        }
+        let lexical = live.lexical.num_docs();
+        if lexical != c.chunks {
+            return Err(corrupt(format!("bm25 holds {lexical} chunks, the docstore {}", c.chunks)));
+        }
+        let dense = live.vectors.points() as u64 - live.tombstone_set_len() as u64;
+        if dense != c.chunks {
+            return Err(corrupt(format!("hnsw holds {dense} live chunks, the docstore {}", c.chunks)));
+        }
+        Ok(())
+    }
+
+    /// Replaces the collection's settings (before a rebuild that re-chunks or re-embeds). The
+    /// live generation keeps serving with the settings it was built with.
+    pub fn set_settings(&self, settings: &CollectionSettings) -> Result<()> {
+        settings.validate()?;
+        let _w = self.lock()?;
+        self.store.set_settings(settings)
+    }
+
+    /// Writes a batch to the DocStore only, leaving the live indexes behind (a rebuild re-chunking
+    /// or re-embedding everything; the rebuild that follows builds the new generation from the
+    /// DocStore). If the process dies before that rebuild, the next open replays the log.
+    pub fn write_docstore_only(&self, batch: Vec<DocWrite>) -> Result<Vec<WriteOutcome>> {
+        let _w = self.lock()?;
+        let dim = self.store.settings()?.dim;
+        Ok(self.store.write(batch, dim)?.0)
+    }
+
+    /// Builds a new generation from the DocStore: in `.building-<n>`, then verified (manifest
+    /// checksums, HNSW points and BM25 documents equal to the DocStore's live chunks), renamed to
+    /// `gen-<n>`, made live by rewriting `CURRENT`, and only then are tombstoned chunks dropped
+    /// from the DocStore and the old generation removed. Searches keep running on the old
+    /// generation until the switch. `progress(done, total)` counts chunks.
+    pub fn rebuild(&self, mut progress: impl FnMut(u64, u64)) -> Result<RebuildReport> {
+        let t0 = Instant::now();
+        let _w = self.lock()?;
+        let old = self.live();
+        let settings = self.store.settings()?;
+        let counts = self.store.counts()?;
+        let number = old.number + 1;
+        let building = self.dir.join(format!(".building-{number}"));
+        let _ = std::fs::remove_dir_all(&building);
+        let built = (|| -> Result<u64> {
+            let g = Generation::create(&building, number, &settings, counts.chunks as usize)?;
+            let mut done = 0;
+            let seq = self.store.scan_live(2048, |group| {
+                let points: Vec<(u64, &[f32])> =
+                    group.iter().map(|c| (c.id, c.vector.as_slice())).collect();
+                g.vectors.insert(&points)?;
+                let docs: Vec<LexicalDoc<'_>> = group
+                    .iter()
+                    .map(|c| LexicalDoc {
+                        chunk: c.id,
+                        doc_id: &c.chunk.doc_id,
+                        title: &c.title,
+                        text: &c.chunk.span.text,
+                        metadata: &c.metadata,
+                    })
+                    .collect();
+                g.lexical.add(&docs)?;
+                done += group.len() as u64;
+                progress(done, counts.chunks);
+                Ok(())
+            })?;
+            g.applied.store(seq, Ordering::Release);
+            g.checkpoint(counts.documents, counts.chunks)?;
+            Ok(seq)
+        })();
+        let seq = match built {
+            Ok(seq) => seq,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&building);
+                return Err(e);
+            }
+        };
+        let final_dir = self.dir.join(gen_dir_name(number));
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&building, &final_dir)
+            .map_err(Error::io(format!("renaming {}", building.display())))?;
+        fsutil::sync_dir(&self.dir)?;
+        // Verify what is on disk, loaded fresh, before anyone is switched to it.
+        let fresh = match Generation::load(&final_dir, &[]).and_then(|g| {
+            verify_fresh(&g, counts.chunks, seq)?;
+            Ok(g)
+        }) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&final_dir);
+                return Err(e);
+            }
+        };
+        generation::write_current(&self.dir, number)?;
+        match self.live.write() {
+            Ok(mut l) => *l = Arc::new(fresh),
+            Err(p) => *p.into_inner() = Arc::new(fresh),
+        }
+        let dropped = self.store.drop_tombstoned()?;
+        self.store.prune_log(seq)?;
+        let old_dir = old.dir.clone();
+        drop(old);
+        let _ = std::fs::remove_dir_all(&old_dir);
+        Ok(RebuildReport {
+            generation: number,
+            previous_generation: number - 1,
+            documents: counts.documents,
+            chunks: counts.chunks,
+            dropped_tombstones: dropped,
+            applied_seq: seq,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The live generation's manifest.
+    pub fn manifest(&self) -> Manifest {
+        let live = self.live();
+        let m = live.manifest.lock().map(|m| m.clone());
+        m.unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+fn verify_fresh(g: &Generation, chunks: u64, seq: u64) -> Result<()> {
+    let bad = |reason: String| Error::Corrupt {
+        path: g.dir.clone(),
+        reason: format!("new generation failed verification: {reason}"),
+    };
+    if g.applied_seq() != seq {
+        return Err(bad(format!("applied sequence {} instead of {seq}", g.applied_seq())));
+    }
+    if g.vectors.points() as u64 != chunks {
+        return Err(bad(format!("{} HNSW points for {chunks} chunks", g.vectors.points())));
+    }
+    if g.lexical.num_docs() != chunks {
+        return Err(bad(format!("{} BM25 documents for {chunks} chunks", g.lexical.num_docs())));
+    }
+    Ok(())
+}
+
+/// Applies committed log entries to a generation's indexes, in order.
+fn apply(store: &DocStore, g: &Generation, ops: &[LogOp]) -> Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let added: Vec<u64> = ops.iter().flat_map(|o| o.added.iter().copied()).collect();
+    let vectors = store.vectors(&added)?;
+    let chunks = store.chunks(&added)?;
+    if vectors.len() != added.len() || chunks.len() != added.len() {
+        return Err(Error::Corrupt {
+            path: "docstore.redb".into(),
+            reason: "a logged chunk has no record or vector".into(),
+        });
+    }
+    let points: Vec<(u64, &[f32])> = vectors.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+    g.vectors.insert(&points)?;
+    // Titles and metadata come from the owning documents (one read per document).
+    let mut docs: std::collections::HashMap<&str, DocRecord> = std::collections::HashMap::new();
+    for op in ops.iter().filter(|o| !o.added.is_empty()) {
+        if let Some((rec, _)) = store.document(&op.doc_id)? {
+            docs.insert(op.doc_id.as_str(), rec);
+        }
+    }
+    let empty = ragd_core::Metadata::new();
+    let lex: Vec<LexicalDoc<'_>> = chunks
+        .iter()
+        .filter_map(|(id, c)| {
+            // A document replaced again later in the same batch has no record for its older
+            // chunks; those are tombstoned by the later entry anyway.
+            let d = docs.get(c.doc_id.as_str())?;
+            Some(LexicalDoc {
+                chunk: *id,
+                doc_id: &c.doc_id,
+                title: &d.title,
+                text: &c.span.text,
+                metadata: if d.chunks.contains(id) { &d.metadata } else { &empty },
+            })
+        })
+        .collect();
+    g.lexical.add(&lex)?;
+    let removed: Vec<u64> = ops.iter().flat_map(|o| o.removed.iter().copied()).collect();
+    g.lexical.delete(removed.iter().copied())?;
+    g.vectors.tombstone(removed);
+    g.applied.store(ops[ops.len() - 1].seq, Ordering::Release);
+    Ok(())
+}
+
+/// Exposed for the engine's dense search over a generation.
+impl Generation {
+    /// The vector index.
+    pub fn vectors(&self) -> &VectorIndex {
+        &self.vectors
+    }
+}

@@ -1,0 +1,261 @@
+//! `LexicalIndex`: BM25 over chunk title + text (tantivy).
+//!
+//! One tantivy document per live chunk: its chunk id (indexed and a fast field, the key shared
+//! with the DocStore and the HNSW graph), its document id (raw, for filters), title and text
+//! (English analyzer: lowercase, stop words, Porter stemming) and the document metadata as a JSON
+//! field with raw terms (for equality filters). Nothing else is stored: hits are resolved through
+//! the DocStore. Writes become visible at `commit`, which also records the applied sequence as the
+//! commit payload.
+
+use crate::error::{Error, Result};
+use ragd_core::Metadata;
+use std::path::Path;
+use std::sync::Mutex;
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STRING, Schema, TextFieldIndexing,
+    TextOptions,
+};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+const ANALYZER: &str = "ragd_en";
+/// Indexing memory budget (tantivy's minimum per thread is 15 MB).
+const WRITER_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    chunk_id: Field,
+    doc_id: Field,
+    title: Field,
+    text: Field,
+    metadata: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let analyzed = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        chunk_id: b.add_u64_field("chunk_id", INDEXED | FAST),
+        doc_id: b.add_text_field("doc_id", STRING),
+        title: b.add_text_field("title", analyzed.clone()),
+        text: b.add_text_field("text", analyzed),
+        metadata: b.add_json_field(
+            "metadata",
+            JsonObjectOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer("raw")
+                    .set_index_option(IndexRecordOption::Basic),
+            ),
+        ),
+    };
+    (b.build(), fields)
+}
+
+fn register_analyzer(index: &Index) {
+    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser)
+        .filter(StopWordFilter::new(Language::English).unwrap_or_else(|| {
+            StopWordFilter::remove(Vec::<String>::new())
+        }))
+        .filter(Stemmer::new(Language::English))
+        .build();
+    index.tokenizers().register(ANALYZER, analyzer);
+}
+
+/// One BM25 hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LexicalHit {
+    /// Chunk id.
+    pub chunk: u64,
+    /// BM25 score.
+    pub score: f32,
+}
+
+/// A chunk as the lexical index needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct LexicalDoc<'a> {
+    /// Chunk id.
+    pub chunk: u64,
+    /// Owning document id.
+    pub doc_id: &'a str,
+    /// Document title.
+    pub title: &'a str,
+    /// Chunk text.
+    pub text: &'a str,
+    /// Document metadata.
+    pub metadata: &'a Metadata,
+}
+
+/// The tantivy index of one generation, with its single writer.
+pub struct LexicalIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for LexicalIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LexicalIndex").field("docs", &self.num_docs()).finish()
+    }
+}
+
+impl LexicalIndex {
+    /// Creates an empty index in `dir` (which must exist and be empty).
+    pub fn create(dir: &Path) -> Result<Self> {
+        let (schema, _) = schema();
+        let index = Index::create_in_dir(dir, schema)?;
+        Self::from_index(index)
+    }
+
+    /// Opens the index in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = Index::open_in_dir(dir)?;
+        if index.schema() != schema().0 {
+            return Err(Error::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "the lexical index has a different schema (rebuild the collection)".into(),
+            });
+        }
+        Self::from_index(index)
+    }
+
+    fn from_index(index: Index) -> Result<Self> {
+        register_analyzer(&index);
+        let (_, fields) = schema();
+        let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        })
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>> {
+        self.writer
+            .lock()
+            .map_err(|_| Error::Vector("lexical writer lock poisoned".into()))
+    }
+
+    /// Adds chunks. Any earlier version of the same chunk id is deleted first, so replaying a
+    /// log entry the index already holds is harmless.
+    pub fn add(&self, docs: &[LexicalDoc<'_>]) -> Result<()> {
+        let w = self.writer()?;
+        for d in docs {
+            w.delete_term(Term::from_field_u64(self.fields.chunk_id, d.chunk));
+            let mut doc = TantivyDocument::default();
+            doc.add_u64(self.fields.chunk_id, d.chunk);
+            doc.add_text(self.fields.doc_id, d.doc_id);
+            doc.add_text(self.fields.title, d.title);
+            doc.add_text(self.fields.text, d.text);
+            doc.add_object(
+                self.fields.metadata,
+                d.metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), tantivy::schema::OwnedValue::from(v.clone())))
+                    .collect(),
+            );
+            w.add_document(doc)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes chunks.
+    pub fn delete(&self, chunks: impl IntoIterator<Item = u64>) -> Result<()> {
+        let w = self.writer()?;
+        for c in chunks {
+            w.delete_term(Term::from_field_u64(self.fields.chunk_id, c));
+        }
+        Ok(())
+    }
+
+    /// Makes everything added so far durable and searchable, recording `seq`.
+    pub fn commit(&self, seq: u64) -> Result<()> {
+        {
+            let mut w = self.writer()?;
+            let mut prepared = w.prepare_commit()?;
+            prepared.set_payload(&seq.to_string());
+            prepared.commit()?;
+        }
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// The sequence recorded by the last commit.
+    pub fn committed_seq(&self) -> Result<u64> {
+        let meta = self.index.load_metas()?;
+        Ok(meta.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
+    }
+
+    /// Live (committed, not deleted) chunks.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// The `k` best chunks for `query` by BM25 over title and text. Query syntax errors are
+    /// tolerated (the query is read as plain words).
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<LexicalHit>> {
+        if k == 0 {
+            return Ok(vec![]);
+        }
+        let parser = QueryParser::for_index(&self.index, vec![self.fields.title, self.fields.text]);
+        let (q, _errors) = parser.parse_query_lenient(query);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let col = searcher
+                .segment_reader(addr.segment_ord)
+                .fast_fields()
+                .u64("chunk_id")?;
+            if let Some(chunk) = col.first(addr.doc_id) {
+                out.push(LexicalHit { chunk, score });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_search_delete_and_replay_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LexicalIndex::create(dir.path()).unwrap();
+        let mut meta = Metadata::new();
+        meta.insert("lang".into(), "en".into());
+        let docs = [
+            LexicalDoc { chunk: 1, doc_id: "a", title: "Proteins", text: "Folding of proteins in cells", metadata: &meta },
+            LexicalDoc { chunk: 2, doc_id: "b", title: "Stars", text: "Stellar nucleosynthesis makes carbon", metadata: &meta },
+        ];
+        idx.add(&docs).unwrap();
+        idx.add(&docs[..1]).unwrap(); // replayed: replaces, does not duplicate
+        idx.commit(7).unwrap();
+        assert_eq!(idx.num_docs(), 2);
+        assert_eq!(idx.committed_seq().unwrap(), 7);
+        // Stemming: "protein" finds "proteins"; syntax errors do not fail the query.
+        let hits = idx.search("protein folded", 10).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].chunk, 1);
+        assert!(idx.search("carbon AND (", 10).unwrap().iter().any(|h| h.chunk == 2));
+        idx.delete([1]).unwrap();
+        idx.commit(8).unwrap();
+        assert!(idx.search("protein", 10).unwrap().is_empty());
+        drop(idx);
+        let back = LexicalIndex::open(dir.path()).unwrap();
+        assert_eq!((back.num_docs(), back.committed_seq().unwrap()), (1, 8));
+    }
+}

@@ -1,0 +1,165 @@
+//! Collection lifecycle with synthetic vectors: create, write, checkpoint, crash-free and
+//! crash-like reopen (replay), corruption detection, rebuild.
+#![allow(clippy::unwrap_used)]
+
+use ragd_core::{ChunkSpan, DocumentInput, Metadata};
+use ragd_store::{Collection, CollectionSettings, DocWrite, Error, WriteOutcome};
+use std::path::Path;
+
+const DIM: usize = 8;
+
+fn settings() -> CollectionSettings {
+    CollectionSettings {
+        dim: DIM,
+        ..CollectionSettings::default()
+    }
+}
+
+/// A document whose single chunk is its text, with a vector derived from `seed`.
+fn doc(id: &str, text: &str, seed: u64) -> DocWrite {
+    let mut v: Vec<f32> = (0..DIM).map(|i| ((seed * 31 + i as u64 * 7) % 17) as f32 + 1.0).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    DocWrite::Upsert {
+        doc: DocumentInput {
+            id: id.into(),
+            source: format!("{id}.txt"),
+            title: format!("title {id}"),
+            text: text.into(),
+            metadata: Metadata::new(),
+        },
+        chunks: vec![ChunkSpan { start: 0, end: text.len(), tokens: 4, text: text.into() }],
+        vectors: vec![v],
+        force: false,
+    }
+}
+
+fn docs(range: std::ops::Range<u64>) -> Vec<DocWrite> {
+    range.map(|i| doc(&format!("d{i}"), &format!("word{i} common text"), i)).collect()
+}
+
+fn open(dir: &Path) -> Collection {
+    Collection::open(dir, "c").unwrap()
+}
+
+#[test]
+fn create_list_stats_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(matches!(Collection::open(d, "c"), Err(Error::CollectionNotFound(_))));
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    assert!(matches!(Collection::create(d, "c", &settings()), Err(Error::CollectionExists(_))));
+    assert!(matches!(Collection::create(d, "../x", &settings()), Err(Error::InvalidName { .. })));
+    let s = c.stats().unwrap();
+    assert_eq!((s.documents, s.chunks, s.tombstones, s.generation), (0, 0, 0, 1));
+    assert!(s.bytes > 0);
+    // In use while open.
+    assert!(matches!(Collection::delete(d, "c"), Err(Error::InUse(_))));
+    drop(c);
+    Collection::create(d, "b", &settings()).unwrap();
+    assert_eq!(Collection::list(d).unwrap(), ["b", "c"]);
+    Collection::delete(d, "c").unwrap();
+    assert_eq!(Collection::list(d).unwrap(), ["b"]);
+    assert!(!d.join("c").exists());
+}
+
+#[test]
+fn writes_are_searchable_and_survive_reopen_with_and_without_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    let w = c.write(docs(0..50)).unwrap();
+    assert!(w.outcomes.iter().all(|o| *o == WriteOutcome::Added));
+    c.checkpoint().unwrap();
+    c.verify().unwrap();
+    // Acknowledged but never checkpointed: a crash-like close.
+    c.write(docs(50..80)).unwrap();
+    c.write(vec![DocWrite::Delete { id: "d3".into() }]).unwrap();
+    c.write(vec![doc("d4", "word4 replaced text", 999)]).unwrap();
+    let seq = c.counts().unwrap().seq;
+    drop(c);
+
+    let c = open(d);
+    assert_eq!(c.recovery().replayed, 32);
+    assert!(!c.recovery().rebuilt);
+    c.verify().unwrap();
+    let counts = c.counts().unwrap();
+    assert_eq!((counts.documents, counts.chunks, counts.tombstones, counts.seq), (79, 79, 2, seq));
+    // BM25 sees replayed documents, not deleted ones, and the new text of a replaced one.
+    let hit = |q: &str| c.search_lexical(q, 5).unwrap().first().map(|h| c.chunks(&[h.chunk]).unwrap()[0].1.doc_id.clone());
+    assert_eq!(hit("word65").as_deref(), Some("d65"));
+    assert_eq!(hit("word3"), None);
+    assert_eq!(hit("replaced").as_deref(), Some("d4"));
+    // Dense search skips tombstones: the old vector of d4 no longer matches d4's old chunk.
+    let (_, v) = c.vectors(&[70]).unwrap().pop().unwrap();
+    let top = c.search_dense(&v, 3, None).unwrap();
+    assert_eq!(c.chunks(&[top[0].chunk]).unwrap()[0].1.doc_id, "d70");
+    let old_d3 = c.vectors(&[3]).unwrap().pop().unwrap().1;
+    assert!(c.search_dense(&old_d3, 100, Some(200)).unwrap().iter().all(|h| h.chunk != 3));
+    drop(c);
+    // A second open replays nothing: the first one checkpointed.
+    assert_eq!(open(d).recovery().replayed, 0);
+}
+
+#[test]
+fn a_corrupt_dump_is_detected_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    c.write(docs(0..20)).unwrap();
+    c.checkpoint().unwrap();
+    let m = c.manifest();
+    drop(c);
+    let name = format!("{}.hnsw.graph", m.hnsw.unwrap().basename);
+    let p = d.join("c").join("gen-1").join(&name);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    let e = Collection::open(d, "c").unwrap_err();
+    assert!(e.to_string().contains("sha256"), "{e}");
+}
+
+#[test]
+fn rebuild_switches_generation_and_drops_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    c.write(docs(0..40)).unwrap();
+    c.write(vec![DocWrite::Delete { id: "d1".into() }, DocWrite::Delete { id: "d2".into() }]).unwrap();
+    c.checkpoint().unwrap();
+    let before = c.stats().unwrap();
+    assert_eq!((before.tombstones, before.generation), (2, 1));
+    let r = c.rebuild(|_, _| {}).unwrap();
+    assert_eq!((r.generation, r.documents, r.chunks, r.dropped_tombstones), (2, 38, 38, 2));
+    let after = c.stats().unwrap();
+    assert_eq!((after.documents, after.chunks, after.tombstones, after.generation), (38, 38, 0, 2));
+    c.verify().unwrap();
+    assert_eq!(std::fs::read_to_string(d.join("c/CURRENT")).unwrap().trim(), "gen-2");
+    assert!(!d.join("c/gen-1").exists());
+    // Writes after the rebuild land in the new generation and survive a reopen.
+    c.write(docs(100..105)).unwrap();
+    drop(c);
+    let c = open(d);
+    assert_eq!(c.recovery().replayed, 5);
+    c.verify().unwrap();
+    assert_eq!(c.stats().unwrap().generation, 2);
+    assert_eq!(c.search_lexical("word102", 1).unwrap().len(), 1);
+}
+
+#[test]
+fn leftovers_of_an_interrupted_rebuild_are_ignored_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    c.write(docs(0..10)).unwrap();
+    c.checkpoint().unwrap();
+    drop(c);
+    // A rebuild that died before switching CURRENT leaves a half-written directory behind.
+    std::fs::create_dir_all(d.join("c/.building-2/bm25")).unwrap();
+    std::fs::create_dir_all(d.join("c/gen-2")).unwrap();
+    let c = open(d);
+    assert_eq!(c.stats().unwrap().generation, 1);
+    c.verify().unwrap();
+    assert!(!d.join("c/.building-2").exists() && !d.join("c/gen-2").exists());
+}
