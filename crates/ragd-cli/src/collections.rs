@@ -203,7 +203,10 @@ fn load_encoder(models: &ModelsDir, name: &str) -> Result<Embedder> {
         if name == DEFAULT_ENCODER.name {
             return Err(DEFAULT_ENCODER.missing(&dir).into());
         }
-        bail!("encoder {name:?} is not in the models directory {}", dir.display());
+        bail!(
+            "encoder {name:?} is not in the models directory {}",
+            dir.display()
+        );
     }
     Embedder::load(&path).with_context(|| format!("loading encoder {}", path.display()))
 }
@@ -214,11 +217,13 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
         CollectionsCommand::List { data, json } => {
             let mut rows = Vec::new();
             for name in Collection::list(&data.data_dir)? {
-                rows.push(match Collection::open(&data.data_dir, &name).and_then(|c| c.stats()) {
-                    Ok(s) => json!({"name": name, "documents": s.documents, "chunks": s.chunks,
+                rows.push(
+                    match Collection::open(&data.data_dir, &name).and_then(|c| c.stats()) {
+                        Ok(s) => json!({"name": name, "documents": s.documents, "chunks": s.chunks,
                         "generation": s.generation, "bytes": s.bytes}),
-                    Err(e) => json!({"name": name, "error": e.to_string()}),
-                });
+                        Err(e) => json!({"name": name, "error": e.to_string()}),
+                    },
+                );
             }
             if json {
                 return print_json(&json!({ "collections": rows }));
@@ -228,7 +233,11 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             }
             for r in rows {
                 match r.get("error") {
-                    Some(e) => println!("{:<24} unavailable: {}", r["name"].as_str().unwrap_or(""), e.as_str().unwrap_or("")),
+                    Some(e) => println!(
+                        "{:<24} unavailable: {}",
+                        r["name"].as_str().unwrap_or(""),
+                        e.as_str().unwrap_or("")
+                    ),
                     None => println!(
                         "{:<24} {:>8} documents {:>9} chunks  gen {:<3} {:>10.1} MB",
                         r["name"].as_str().unwrap_or(""),
@@ -241,7 +250,12 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             }
             Ok(())
         }
-        CollectionsCommand::Stats { name, data, verify, json } => {
+        CollectionsCommand::Stats {
+            name,
+            data,
+            verify,
+            json,
+        } => {
             let c = Collection::open(&data.data_dir, &name)?;
             if verify {
                 c.verify()?;
@@ -256,7 +270,10 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             println!("tombstones  {}", s.tombstones);
             println!("generation  {}", s.generation);
             println!("bytes       {} ({:.1} MB)", s.bytes, s.bytes as f64 / 1e6);
-            println!("encoder     {} ({} dimensions)", s.settings.encoder, s.settings.dim);
+            println!(
+                "encoder     {} ({} dimensions)",
+                s.settings.encoder, s.settings.dim
+            );
             let ch = &s.settings.chunking;
             println!(
                 "chunking    {}..={} tokens, overlap {}, title embedded: {}",
@@ -300,7 +317,11 @@ fn create(a: CreateArgs) -> Result<()> {
     if a.json {
         return print_json(&stats);
     }
-    println!("created collection {} in {}", a.name, a.data.data_dir.display());
+    println!(
+        "created collection {} in {}",
+        a.name,
+        a.data.data_dir.display()
+    );
     Ok(())
 }
 
@@ -311,7 +332,11 @@ fn open_or_create(data: &Path, name: &str, embedder: &Embedder, quiet: bool) -> 
             if !quiet {
                 eprintln!("creating collection {name} in {}", data.display());
             }
-            Ok(Collection::create(data, name, &ragd_engine::settings_for(embedder))?)
+            Ok(Collection::create(
+                data,
+                name,
+                &ragd_engine::settings_for(embedder),
+            )?)
         }
         other => Ok(other?),
     }
@@ -410,7 +435,11 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {
     let c = Collection::open(&a.data.data_dir, &a.collection)?;
-    let writes = a.ids.iter().map(|id| DocWrite::Delete { id: id.clone() }).collect();
+    let writes = a
+        .ids
+        .iter()
+        .map(|id| DocWrite::Delete { id: id.clone() })
+        .collect();
     let outcomes = c.write(writes)?.outcomes;
     c.checkpoint()?;
     let not_found: Vec<&String> = a
@@ -442,7 +471,10 @@ pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
     let opts = RebuildOptions {
         rechunk,
         reembed: a.reembed,
-        chunking: a.chunk.any().then(|| a.chunk.apply(c.settings().map(|s| s.chunking).unwrap_or_default())),
+        chunking: a.chunk.any().then(|| {
+            a.chunk
+                .apply(c.settings().map(|s| s.chunking).unwrap_or_default())
+        }),
         batch_documents: 64,
     };
     let pb = bar(a.json);

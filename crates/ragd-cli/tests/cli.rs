@@ -162,11 +162,25 @@ fn collections_and_ingest_json_shapes_and_exit_codes() {
     let data = tmp.path().join("data");
     let docs = tmp.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("a.md"), "# Alpha\n\nAlpha particles are helium nuclei.").unwrap();
+    std::fs::write(
+        docs.join("a.md"),
+        "# Alpha\n\nAlpha particles are helium nuclei.",
+    )
+    .unwrap();
     std::fs::write(docs.join("b.txt"), "Beta decay emits an electron.").unwrap();
     let docs_s = docs.to_string_lossy().into_owned();
 
-    let v = json_of(&ragd_in(&data, &["collections", "create", "phys", "--chunk-max-tokens", "128", "--json"]));
+    let v = json_of(&ragd_in(
+        &data,
+        &[
+            "collections",
+            "create",
+            "phys",
+            "--chunk-max-tokens",
+            "128",
+            "--json",
+        ],
+    ));
     assert_eq!(v["settings"]["chunking"]["max_tokens"], 128);
     let out = ragd_in(&data, &["collections", "create", "phys"]);
     assert_eq!(out.status.code(), Some(1));
@@ -175,47 +189,141 @@ fn collections_and_ingest_json_shapes_and_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid collection name"));
 
-    let out = ragd_in(&data, &["ingest", "--collection", "phys", &docs_s, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ragd_in(
+        &data,
+        &["ingest", "--collection", "phys", &docs_s, "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["added", "unchanged", "replaced", "failed", "chunks", "seconds", "documents_per_s"] {
+    for k in [
+        "added",
+        "unchanged",
+        "replaced",
+        "failed",
+        "chunks",
+        "seconds",
+        "documents_per_s",
+    ] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
-    assert_eq!((v["added"].as_u64(), v["chunks"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (v["added"].as_u64(), v["chunks"].as_u64()),
+        (Some(2), Some(2))
+    );
 
     // One broken file: exit code 2, the rest stored, the failure named.
     std::fs::write(docs.join("c.txt"), [0xff, 0xff]).unwrap();
     std::fs::write(docs.join("d.txt"), "Gamma rays are photons.").unwrap();
-    let out = ragd_in(&data, &["ingest", "--collection", "phys", &docs_s, "--json"]);
+    let out = ragd_in(
+        &data,
+        &["ingest", "--collection", "phys", &docs_s, "--json"],
+    );
     assert_eq!(out.status.code(), Some(2));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["added"].as_u64(), v["unchanged"].as_u64()), (Some(1), Some(2)));
-    assert!(v["failed"][0]["source"].as_str().unwrap().ends_with("c.txt"));
+    assert_eq!(
+        (v["added"].as_u64(), v["unchanged"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(
+        v["failed"][0]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("c.txt")
+    );
     assert!(v["failed"][0]["reason"].as_str().unwrap().contains("UTF-8"));
 
     // A path that does not exist is fatal: exit code 1.
-    let out = ragd_in(&data, &["ingest", "--collection", "phys", "/no/such/dir", "--json"]);
+    let out = ragd_in(
+        &data,
+        &["ingest", "--collection", "phys", "/no/such/dir", "--json"],
+    );
     assert_eq!(out.status.code(), Some(1));
 
     let b_id = format!("{docs_s}/b.txt");
-    let v = json_of(&ragd_in(&data, &["delete", "--collection", "phys", &b_id, "nope", "--json"]));
-    assert_eq!((v["deleted"].as_u64(), v["not_found"][0].as_str()), (Some(1), Some("nope")));
+    let data_s = data.to_string_lossy().into_owned();
+    let v = json_of(&ragd(&[
+        "delete",
+        "--collection",
+        "phys",
+        &b_id,
+        "nope",
+        "--json",
+        "--data-dir",
+        &data_s,
+    ]));
+    assert_eq!(
+        (v["deleted"].as_u64(), v["not_found"][0].as_str()),
+        (Some(1), Some("nope"))
+    );
 
-    let v = json_of(&ragd_in(&data, &["collections", "stats", "phys", "--verify", "--json"]));
+    let v = json_of(&ragd(&[
+        "collections",
+        "stats",
+        "phys",
+        "--verify",
+        "--json",
+        "--data-dir",
+        &data_s,
+    ]));
     for k in ["documents", "chunks", "tombstones", "generation", "bytes"] {
         assert!(v[k].is_u64(), "missing {k}: {v}");
     }
-    assert_eq!((v["documents"].as_u64(), v["tombstones"].as_u64(), v["generation"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (
+            v["documents"].as_u64(),
+            v["tombstones"].as_u64(),
+            v["generation"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
 
-    let v = json_of(&ragd_in(&data, &["rebuild", "--collection", "phys", "--rechunk", "--json"]));
-    assert_eq!((v["generation"].as_u64(), v["documents"].as_u64(), v["chunks"].as_u64()), (Some(2), Some(2), Some(2)));
-    let v = json_of(&ragd_in(&data, &["collections", "stats", "phys", "--json"]));
-    assert_eq!((v["tombstones"].as_u64(), v["generation"].as_u64()), (Some(0), Some(2)));
+    let v = json_of(&ragd_in(
+        &data,
+        &["rebuild", "--collection", "phys", "--rechunk", "--json"],
+    ));
+    assert_eq!(
+        (
+            v["generation"].as_u64(),
+            v["documents"].as_u64(),
+            v["chunks"].as_u64()
+        ),
+        (Some(2), Some(2), Some(2))
+    );
+    let v = json_of(&ragd(&[
+        "collections",
+        "stats",
+        "phys",
+        "--json",
+        "--data-dir",
+        &data_s,
+    ]));
+    assert_eq!(
+        (v["tombstones"].as_u64(), v["generation"].as_u64()),
+        (Some(0), Some(2))
+    );
 
-    let v = json_of(&ragd_in(&data, &["collections", "list", "--json"]));
+    let v = json_of(&ragd(&[
+        "collections",
+        "list",
+        "--json",
+        "--data-dir",
+        &data_s,
+    ]));
     assert_eq!(v["collections"][0]["name"], "phys");
-    json_of(&ragd_in(&data, &["collections", "delete", "phys", "--json"]));
-    let out = ragd_in(&data, &["collections", "stats", "phys"]);
+    json_of(&ragd(&[
+        "collections",
+        "delete",
+        "phys",
+        "--json",
+        "--data-dir",
+        &data_s,
+    ]));
+    let out = ragd(&["collections", "stats", "phys", "--data-dir", &data_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
@@ -244,11 +352,19 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     std::fs::write(&corpus, lines).unwrap();
     let args = |_: ()| -> Vec<String> {
         vec![
-            "ingest".into(), "--collection".into(), "kill".into(),
-            "--data-dir".into(), data.to_string_lossy().into_owned(),
-            "--models-dir".into(), models_dir(),
-            "--batch".into(), "8".into(), "--checkpoint-every".into(), "1".into(),
-            "--json".into(), corpus.to_string_lossy().into_owned(),
+            "ingest".into(),
+            "--collection".into(),
+            "kill".into(),
+            "--data-dir".into(),
+            data.to_string_lossy().into_owned(),
+            "--models-dir".into(),
+            models_dir(),
+            "--batch".into(),
+            "8".into(),
+            "--checkpoint-every".into(),
+            "1".into(),
+            "--json".into(),
+            corpus.to_string_lossy().into_owned(),
         ]
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_ragd"))
@@ -271,7 +387,10 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     }
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
-    assert!(!status.success(), "ingest finished before it could be killed");
+    assert!(
+        !status.success(),
+        "ingest finished before it could be killed"
+    );
     assert!(acked >= 400 && acked < n_docs, "acknowledged {acked}");
 
     let c = ragd_store::Collection::open(&data, "kill").unwrap();
@@ -285,11 +404,17 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
         assert_eq!(rec.doc_id, format!("k{k}"));
         let v = c.vectors(&[hits[0].chunk]).unwrap().remove(0).1;
         let dense = c.search_dense(&v, 1, None).unwrap();
-        assert_eq!(dense[0].chunk, hits[0].chunk, "k{k} not found by its vector");
+        assert_eq!(
+            dense[0].chunk, hits[0].chunk,
+            "k{k} not found by its vector"
+        );
     }
     drop(c);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ragd")).args(args(())).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args(args(()))
+        .output()
+        .unwrap();
     let v = json_of(&out);
     assert_eq!(v["unchanged"].as_u64(), Some(stored));
     assert_eq!(v["added"].as_u64(), Some(n_docs - stored));

@@ -72,15 +72,37 @@ mod tests {
         };
         let base = doc.content_hash();
         assert_eq!(
-            DocumentInput { source: "elsewhere".into(), ..doc.clone() }.content_hash(),
+            DocumentInput {
+                source: "elsewhere".into(),
+                ..doc.clone()
+            }
+            .content_hash(),
             base
         );
-        assert_ne!(DocumentInput { title: "U".into(), ..doc.clone() }.content_hash(), base);
-        assert_ne!(DocumentInput { text: "body!".into(), ..doc.clone() }.content_hash(), base);
+        assert_ne!(
+            DocumentInput {
+                title: "U".into(),
+                ..doc.clone()
+            }
+            .content_hash(),
+            base
+        );
+        assert_ne!(
+            DocumentInput {
+                text: "body!".into(),
+                ..doc.clone()
+            }
+            .content_hash(),
+            base
+        );
         // Field boundaries matter: moving a byte from title to text changes the hash.
         assert_ne!(content_hash("Tb", "ody", &meta), base);
         assert_ne!(
-            DocumentInput { metadata: Metadata::new(), ..doc }.content_hash(),
+            DocumentInput {
+                metadata: Metadata::new(),
+                ..doc
+            }
+            .content_hash(),
             base
         );
     }

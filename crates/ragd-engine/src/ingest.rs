@@ -8,7 +8,9 @@
 
 use crate::chunk::{Chunker, embed_text};
 use crate::error::Result;
-use crate::parse::{Failure, ParsedDoc, SourceOptions, collect_sources, estimate_documents, read_source};
+use crate::parse::{
+    Failure, ParsedDoc, SourceOptions, collect_sources, estimate_documents, read_source,
+};
 use ragd_models::Embedder;
 use ragd_store::{Collection, DocWrite, WriteOutcome};
 use serde::Serialize;
@@ -112,7 +114,9 @@ pub struct Ingestor<'a> {
 
 impl std::fmt::Debug for Ingestor<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingestor").field("collection", &self.collection.name()).finish()
+        f.debug_struct("Ingestor")
+            .field("collection", &self.collection.name())
+            .finish()
     }
 }
 
@@ -129,10 +133,18 @@ struct Run<'r, 'a> {
 
 impl<'a> Ingestor<'a> {
     /// An ingestor for `collection` using `embedder`, which must be the collection's encoder.
-    pub fn new(collection: &'a Collection, embedder: &'a Embedder, opts: IngestOptions) -> Result<Self> {
+    pub fn new(
+        collection: &'a Collection,
+        embedder: &'a Embedder,
+        opts: IngestOptions,
+    ) -> Result<Self> {
         let settings = collection.settings()?;
         crate::check_encoder(&settings, embedder)?;
-        let chunker = Chunker::new(embedder.token_counter(), settings.chunking, embedder.max_len())?;
+        let chunker = Chunker::new(
+            embedder.token_counter(),
+            settings.chunking,
+            embedder.max_len(),
+        )?;
         Ok(Self {
             collection,
             embedder,
@@ -142,7 +154,11 @@ impl<'a> Ingestor<'a> {
     }
 
     /// Ingests every document under `paths`.
-    pub fn ingest_paths(&self, paths: &[PathBuf], sink: &mut dyn ProgressSink) -> Result<IngestReport> {
+    pub fn ingest_paths(
+        &self,
+        paths: &[PathBuf],
+        sink: &mut dyn ProgressSink,
+    ) -> Result<IngestReport> {
         let t0 = Instant::now();
         let sources = collect_sources(paths, &self.opts.sources)?;
         let mut run = Run::new(self, sink);
@@ -154,7 +170,11 @@ impl<'a> Ingestor<'a> {
     }
 
     /// Ingests documents already in memory (the server's upsert path).
-    pub fn ingest_documents(&self, docs: Vec<ParsedDoc>, sink: &mut dyn ProgressSink) -> Result<IngestReport> {
+    pub fn ingest_documents(
+        &self,
+        docs: Vec<ParsedDoc>,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<IngestReport> {
         let t0 = Instant::now();
         let mut run = Run::new(self, sink);
         run.progress.total = docs.len() as u64;
@@ -303,7 +323,13 @@ impl<'r, 'a> Run<'r, 'a> {
         r.seconds = t0.elapsed().as_secs_f64();
         // Parsing is what the run did outside batch processing.
         r.phases.parse = (r.seconds - self.flush_seconds - final_checkpoint).max(0.0);
-        let per = |n: u64| if r.seconds > 0.0 { n as f64 / r.seconds } else { 0.0 };
+        let per = |n: u64| {
+            if r.seconds > 0.0 {
+                n as f64 / r.seconds
+            } else {
+                0.0
+            }
+        };
         r.documents_per_s = per(r.added + r.unchanged + r.replaced);
         r.chunks_per_s = per(r.chunks);
         r.tokens_per_s = per(r.tokens);

@@ -140,7 +140,8 @@ pub fn collect_sources(paths: &[PathBuf], opts: &SourceOptions) -> Result<Vec<So
             .into_iter()
             .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
         for entry in walker {
-            let entry = entry.map_err(|e| Error::InvalidInput(format!("walking {}: {e}", root.display())))?;
+            let entry = entry
+                .map_err(|e| Error::InvalidInput(format!("walking {}: {e}", root.display())))?;
             if !entry.file_type().is_file() {
                 continue;
             }
@@ -203,7 +204,11 @@ pub fn read_source(
     }
     let size = std::fs::metadata(&src.path).map(|m| m.len()).unwrap_or(0);
     // PDFs hold far more bytes than text; the text limit is checked after extraction.
-    let raw_limit = if format == Format::Pdf { opts.max_document_bytes.saturating_mul(8) } else { opts.max_document_bytes };
+    let raw_limit = if format == Format::Pdf {
+        opts.max_document_bytes.saturating_mul(8)
+    } else {
+        opts.max_document_bytes
+    };
     if size as usize > raw_limit {
         return emit(Err(fail(format!(
             "{size} bytes is over the limit of {raw_limit} bytes"
@@ -275,7 +280,10 @@ fn markdown_title(text: &str) -> Option<String> {
 
 fn html(bytes: &[u8]) -> std::result::Result<(Option<String>, String), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        format!("not valid UTF-8 (invalid byte at offset {})", e.valid_up_to())
+        format!(
+            "not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        )
     })?;
     let title = html_title(text);
     let body = html2text::config::plain_no_decorate()
@@ -339,12 +347,10 @@ fn read_jsonl(
     let mut n = 0usize;
     loop {
         line.clear();
-        let read = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::Io {
-                context: format!("reading {source}"),
-                source: e,
-            })?;
+        let read = reader.read_until(b'\n', &mut line).map_err(|e| Error::Io {
+            context: format!("reading {source}"),
+            source: e,
+        })?;
         if read == 0 {
             return Ok(());
         }
@@ -366,7 +372,10 @@ fn read_jsonl(
                 ));
             }
             let text = std::str::from_utf8(&line).map_err(|e| {
-                format!("not valid UTF-8 (invalid byte at offset {})", e.valid_up_to())
+                format!(
+                    "not valid UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                )
             })?;
             let l: BeirLine = serde_json::from_str(text)
                 .map_err(|e| format!("not a BEIR corpus line ({{\"_id\", \"text\", ...}}): {e}"))?;
@@ -395,7 +404,10 @@ fn read_jsonl(
 mod tests {
     use super::*;
 
-    fn read_all(src: &SourceFile, opts: &SourceOptions) -> Vec<std::result::Result<ParsedDoc, Failure>> {
+    fn read_all(
+        src: &SourceFile,
+        opts: &SourceOptions,
+    ) -> Vec<std::result::Result<ParsedDoc, Failure>> {
         let mut out = vec![];
         read_source(src, opts, &mut |r| {
             out.push(r);
@@ -429,8 +441,22 @@ mod tests {
         .unwrap();
         let opts = SourceOptions::default();
         let srcs = collect_sources(&[d.to_path_buf()], &opts).unwrap();
-        let names: Vec<_> = srcs.iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["a.txt", "b.md", "bad.txt", "broken.pdf", "c.html", "c.jsonl", "empty.md"]);
+        let names: Vec<_> = srcs
+            .iter()
+            .map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "a.txt",
+                "b.md",
+                "bad.txt",
+                "broken.pdf",
+                "c.html",
+                "c.jsonl",
+                "empty.md"
+            ]
+        );
         let mut docs = vec![];
         let mut fails = vec![];
         for s in &srcs {
@@ -443,15 +469,40 @@ mod tests {
         }
         let ids: Vec<_> = docs.iter().map(|p| p.doc.id.as_str()).collect();
         let root = path_id(d);
-        assert_eq!(ids, [format!("{root}/a.txt"), format!("{root}/b.md"), format!("{root}/c.html"), "d1".into(), "7".into()]);
+        assert_eq!(
+            ids,
+            [
+                format!("{root}/a.txt"),
+                format!("{root}/b.md"),
+                format!("{root}/c.html"),
+                "d1".into(),
+                "7".into()
+            ]
+        );
         assert_eq!(docs[0].doc.title, "a");
         assert_eq!(docs[1].doc.title, "Heading");
         assert!(docs[1].markdown);
         assert_eq!(docs[2].doc.title, "The Page");
-        assert!(docs[2].doc.text.contains("Para & more"), "{:?}", docs[2].doc.text);
-        assert!(!docs[2].doc.text.contains("var x"), "{:?}", docs[2].doc.text);
+        assert!(
+            docs[2].doc.text.contains("Para & more"),
+            "{:?}",
+            docs[2].doc.text
+        );
+        assert!(
+            !docs[2].doc.text.contains("var x"),
+            "{:?}",
+            docs[2].doc.text
+        );
         assert_eq!(docs[3].doc.metadata["k"], "v");
-        let reasons: Vec<_> = fails.iter().map(|f| (f.source.rsplit('/').next().unwrap().to_string(), f.reason.clone())).collect();
+        let reasons: Vec<_> = fails
+            .iter()
+            .map(|f| {
+                (
+                    f.source.rsplit('/').next().unwrap().to_string(),
+                    f.reason.clone(),
+                )
+            })
+            .collect();
         assert_eq!(reasons.len(), 5, "{reasons:?}");
         assert!(reasons[0].0 == "bad.txt" && reasons[0].1.contains("UTF-8"));
         assert!(reasons[1].0 == "broken.pdf" && reasons[1].1.contains("PDF"));
@@ -480,11 +531,24 @@ mod tests {
         assert!(r[0].as_ref().unwrap_err().reason.contains("over the limit"));
         let e = collect_sources(&[d.join("nope")], &opts).unwrap_err();
         assert!(e.to_string().contains("nope"));
-        let e = collect_sources(&[d.to_path_buf()], &SourceOptions { include: vec!["[".into()], ..opts }).unwrap_err();
+        let e = collect_sources(
+            &[d.to_path_buf()],
+            &SourceOptions {
+                include: vec!["[".into()],
+                ..opts
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("glob"));
         // A file given explicitly with an unknown extension is reported, not silently skipped.
         std::fs::write(d.join("x.bin"), "x").unwrap();
         let srcs = collect_sources(&[d.join("x.bin")], &SourceOptions::default()).unwrap();
-        assert!(read_all(&srcs[0], &SourceOptions::default())[0].as_ref().unwrap_err().reason.contains("unsupported"));
+        assert!(
+            read_all(&srcs[0], &SourceOptions::default())[0]
+                .as_ref()
+                .unwrap_err()
+                .reason
+                .contains("unsupported")
+        );
     }
 }

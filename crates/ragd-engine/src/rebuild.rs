@@ -61,15 +61,20 @@ pub fn rebuild(
     let rechunk = opts.rechunk || opts.chunking.is_some();
     let (mut embedded, mut reused) = (0u64, 0u64);
     if rechunk || opts.reembed {
-        let embedder = embedder
-            .ok_or_else(|| Error::InvalidInput("re-chunking or re-embedding needs the encoder".into()))?;
+        let embedder = embedder.ok_or_else(|| {
+            Error::InvalidInput("re-chunking or re-embedding needs the encoder".into())
+        })?;
         let mut settings = collection.settings()?;
         if let Some(c) = opts.chunking {
             settings.chunking = c;
             collection.set_settings(&settings)?;
         }
         crate::check_encoder(&settings, embedder)?;
-        let chunker = Chunker::new(embedder.token_counter(), settings.chunking, embedder.max_len())?;
+        let chunker = Chunker::new(
+            embedder.token_counter(),
+            settings.chunking,
+            embedder.max_len(),
+        )?;
         let ids = collection.document_ids()?;
         let total = ids.len() as u64;
         for (n, group) in ids.chunks(opts.batch_documents.max(1)).enumerate() {
@@ -77,7 +82,9 @@ pub fn rebuild(
             let mut texts = Vec::new();
             let mut plans = Vec::with_capacity(group.len());
             for id in group {
-                let Some((rec, text)) = collection.document(id)? else { continue };
+                let Some((rec, text)) = collection.document(id)? else {
+                    continue;
+                };
                 let old_chunks = collection.chunks(&rec.chunks)?;
                 let old_vectors = collection.vectors(&rec.chunks)?;
                 let doc = DocumentInput {
@@ -142,7 +149,11 @@ pub fn rebuild(
                 });
             }
             collection.write_docstore_only(writes)?;
-            progress("chunking and embedding", ((n + 1) * opts.batch_documents.max(1)).min(ids.len()) as u64, total);
+            progress(
+                "chunking and embedding",
+                ((n + 1) * opts.batch_documents.max(1)).min(ids.len()) as u64,
+                total,
+            );
         }
     }
     let report = collection.rebuild(|done, total| progress("indexing", done, total))?;

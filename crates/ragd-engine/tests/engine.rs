@@ -14,14 +14,23 @@ fn embedder() -> &'static Embedder {
     static E: OnceLock<Embedder> = OnceLock::new();
     E.get_or_init(|| {
         let dir = registry::resolve_models_dir(None);
-        assert!(DEFAULT_ENCODER.verify(&dir).unwrap_or(false), "{}", DEFAULT_ENCODER.missing(&dir));
+        assert!(
+            DEFAULT_ENCODER.verify(&dir).unwrap_or(false),
+            "{}",
+            DEFAULT_ENCODER.missing(&dir)
+        );
         Embedder::load(&DEFAULT_ENCODER.dir(&dir)).unwrap()
     })
 }
 
 fn chunker(max: usize, min: usize, overlap: usize) -> Chunker {
     let e = embedder();
-    let s = ChunkSettings { max_tokens: max, min_tokens: min, overlap_tokens: overlap, title_in_embedding: true };
+    let s = ChunkSettings {
+        max_tokens: max,
+        min_tokens: min,
+        overlap_tokens: overlap,
+        title_in_embedding: true,
+    };
     Chunker::new(e.token_counter(), s, e.max_len()).unwrap()
 }
 
@@ -74,13 +83,20 @@ proptest! {
 }
 
 fn ingestor_opts() -> IngestOptions {
-    IngestOptions { batch_documents: 4, ..IngestOptions::default() }
+    IngestOptions {
+        batch_documents: 4,
+        ..IngestOptions::default()
+    }
 }
 
 fn write_corpus(dir: &Path) {
     std::fs::create_dir_all(dir.join("notes")).unwrap();
     std::fs::write(dir.join("notes/hnsw.md"), "# HNSW\n\nHierarchical navigable small world graphs index vectors.\n\n## Search\n\nA greedy walk descends the layers.").unwrap();
-    std::fs::write(dir.join("notes/bm25.txt"), "BM25 ranks documents by term frequency and inverse document frequency.").unwrap();
+    std::fs::write(
+        dir.join("notes/bm25.txt"),
+        "BM25 ranks documents by term frequency and inverse document frequency.",
+    )
+    .unwrap();
     std::fs::write(dir.join("page.html"), "<html><head><title>Tantivy</title></head><body><p>Tantivy is a full-text search engine library.</p></body></html>").unwrap();
     std::fs::write(dir.join("broken.txt"), [0xc3, 0x28, 0x41]).unwrap();
     std::fs::write(dir.join("empty.md"), "\n").unwrap();
@@ -105,9 +121,15 @@ fn ingest_reingest_change_delete_rebuild() {
     let c = Collection::create(&data, "mixed", &ragd_engine::settings_for(embedder())).unwrap();
     let ing = Ingestor::new(&c, embedder(), ingestor_opts()).unwrap();
 
-    let r = ing.ingest_paths(std::slice::from_ref(&corpus), &mut ()).unwrap();
+    let r = ing
+        .ingest_paths(std::slice::from_ref(&corpus), &mut ())
+        .unwrap();
     assert_eq!((r.added, r.unchanged, r.replaced), (5, 0, 0), "{r:?}");
-    let mut failed: Vec<String> = r.failed.iter().map(|f| f.source.rsplit('/').next().unwrap().to_string()).collect();
+    let mut failed: Vec<String> = r
+        .failed
+        .iter()
+        .map(|f| f.source.rsplit('/').next().unwrap().to_string())
+        .collect();
     failed.sort();
     assert_eq!(failed, ["broken.txt", "corpus.jsonl:3", "empty.md"]);
     assert!(r.failed.iter().any(|f| f.reason.contains("UTF-8")));
@@ -125,12 +147,21 @@ fn ingest_reingest_change_delete_rebuild() {
 
     // Unchanged: nothing embedded, nothing written.
     let seq = c.counts().unwrap().seq;
-    let r = ing.ingest_paths(std::slice::from_ref(&corpus), &mut ()).unwrap();
-    assert_eq!((r.added, r.unchanged, r.replaced, r.tokens, r.chunks), (0, 5, 0, 0, 0));
+    let r = ing
+        .ingest_paths(std::slice::from_ref(&corpus), &mut ())
+        .unwrap();
+    assert_eq!(
+        (r.added, r.unchanged, r.replaced, r.tokens, r.chunks),
+        (0, 5, 0, 0, 0)
+    );
     assert_eq!(c.counts().unwrap().seq, seq);
 
     // Changed content replaces; old chunks become tombstones and stop matching.
-    std::fs::write(corpus.join("notes/bm25.txt"), "Okapi BM25 saturates term frequency with k1 and normalises length with b.").unwrap();
+    std::fs::write(
+        corpus.join("notes/bm25.txt"),
+        "Okapi BM25 saturates term frequency with k1 and normalises length with b.",
+    )
+    .unwrap();
     let r = ing.ingest_paths(&[corpus.join("notes")], &mut ()).unwrap();
     assert_eq!((r.added, r.unchanged, r.replaced), (0, 1, 1));
     assert!(c.search_lexical("inverse", 5).unwrap().is_empty());
@@ -138,10 +169,18 @@ fn ingest_reingest_change_delete_rebuild() {
 
     // In-memory documents, a repeated id in one run: the last one wins.
     let mk = |text: &str| ParsedDoc {
-        doc: ragd_core::DocumentInput { id: "mem".into(), source: "mem".into(), title: String::new(), text: text.into(), metadata: Default::default() },
+        doc: ragd_core::DocumentInput {
+            id: "mem".into(),
+            source: "mem".into(),
+            title: String::new(),
+            text: text.into(),
+            metadata: Default::default(),
+        },
         markdown: false,
     };
-    let r = ing.ingest_documents(vec![mk("first version"), mk("second version")], &mut ()).unwrap();
+    let r = ing
+        .ingest_documents(vec![mk("first version"), mk("second version")], &mut ())
+        .unwrap();
     assert_eq!((r.added, r.replaced), (1, 1));
     assert_eq!(c.document("mem").unwrap().unwrap().1, "second version");
 
@@ -154,7 +193,12 @@ fn ingest_reingest_change_delete_rebuild() {
 
     // Rebuild with new chunking: tiny chunks force a re-split and re-embedding.
     let opts = RebuildOptions {
-        chunking: Some(ChunkSettings { max_tokens: 16, min_tokens: 8, overlap_tokens: 2, title_in_embedding: false }),
+        chunking: Some(ChunkSettings {
+            max_tokens: 16,
+            min_tokens: 8,
+            overlap_tokens: 2,
+            title_in_embedding: false,
+        }),
         batch_documents: 2,
         ..RebuildOptions::default()
     };
@@ -163,13 +207,26 @@ fn ingest_reingest_change_delete_rebuild() {
     assert!(s.chunks > before.chunks, "{s:?} vs {before:?}");
     assert!(s.embedded > 0);
     let after = c.stats().unwrap();
-    assert_eq!((after.tombstones, after.generation, after.chunks), (0, 2, s.chunks));
+    assert_eq!(
+        (after.tombstones, after.generation, after.chunks),
+        (0, 2, s.chunks)
+    );
     assert_eq!(after.settings.chunking.max_tokens, 16);
     c.verify().unwrap();
     assert_eq!(top_doc(&c, "what makes ATP in cells"), "s2");
 
     // A plain rebuild reuses every vector.
-    let s2 = ragd_engine::rebuild(&c, Some(embedder()), &RebuildOptions { rechunk: true, batch_documents: 8, ..Default::default() }, |_, _, _| {}).unwrap();
+    let s2 = ragd_engine::rebuild(
+        &c,
+        Some(embedder()),
+        &RebuildOptions {
+            rechunk: true,
+            batch_documents: 8,
+            ..Default::default()
+        },
+        |_, _, _| {},
+    )
+    .unwrap();
     assert_eq!((s2.generation, s2.embedded, s2.reused), (3, 0, s.chunks));
 }
 

@@ -169,10 +169,7 @@ impl Embedder {
     pub fn token_counter(&self) -> TokenCounter {
         let mut tokenizer = self.tokenizer.clone();
         tokenizer.with_truncation(None).ok();
-        let special = tokenizer
-            .encode("", true)
-            .map(|e| e.len())
-            .unwrap_or(2);
+        let special = tokenizer.encode("", true).map(|e| e.len()).unwrap_or(2);
         TokenCounter {
             tokenizer: std::sync::Arc::new(tokenizer),
             special,

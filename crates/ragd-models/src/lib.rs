@@ -21,9 +21,7 @@ pub mod registry;
 mod sampling;
 
 pub use bert::Pooling;
-pub use embedder::{
-    BatchOptions, Embedder, EmbedderHandle, Embedding, TokenCounter, plan_batches,
-};
+pub use embedder::{BatchOptions, Embedder, EmbedderHandle, Embedding, TokenCounter, plan_batches};
 pub use error::{Error, Result};
 pub use generator::{
     Completion, FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Generator,

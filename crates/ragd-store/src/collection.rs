@@ -6,7 +6,9 @@
 //! Writes, checkpoints and rebuilds serialize on one mutex; they are CPU and disk work and must
 //! not run on an async runtime's workers.
 
-use crate::docstore::{ChunkRecord, DocRecord, DocStore, DocWrite, LogOp, StoreCounts, WriteOutcome};
+use crate::docstore::{
+    ChunkRecord, DocRecord, DocStore, DocWrite, LogOp, StoreCounts, WriteOutcome,
+};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generation::{self, Generation, Manifest, gen_dir_name};
@@ -102,7 +104,9 @@ impl Collection {
         validate_name(name)?;
         settings.validate()?;
         if settings.dim == 0 {
-            return Err(Error::InvalidSettings("dim must be the encoder's dimension".into()));
+            return Err(Error::InvalidSettings(
+                "dim must be the encoder's dimension".into(),
+            ));
         }
         let dir = data_dir.join(name);
         if dir.exists() {
@@ -115,7 +119,12 @@ impl Collection {
         std::fs::create_dir(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
         let build = || -> Result<()> {
             drop(DocStore::create(&tmp.join(DOCSTORE), name, settings)?);
-            drop(Generation::create(&tmp.join(gen_dir_name(1)), 1, settings, 0)?);
+            drop(Generation::create(
+                &tmp.join(gen_dir_name(1)),
+                1,
+                settings,
+                0,
+            )?);
             generation::write_current(&tmp, 1)?;
             fsutil::sync_dir(&tmp)
         };
@@ -366,7 +375,12 @@ impl Collection {
 
     /// The `k` nearest chunks to `query` (dense), with candidate list `ef` (collection default
     /// when `None`).
-    pub fn search_dense(&self, query: &[f32], k: usize, ef: Option<usize>) -> Result<Vec<VectorHit>> {
+    pub fn search_dense(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+    ) -> Result<Vec<VectorHit>> {
         let live = self.live();
         let ef = ef.unwrap_or(live.settings().hnsw.ef_search);
         live.vectors.search(query, k, ef, None)
@@ -396,11 +410,17 @@ impl Collection {
         }
         let lexical = live.lexical.num_docs();
         if lexical != c.chunks {
-            return Err(corrupt(format!("bm25 holds {lexical} chunks, the docstore {}", c.chunks)));
+            return Err(corrupt(format!(
+                "bm25 holds {lexical} chunks, the docstore {}",
+                c.chunks
+            )));
         }
         let dense = live.vectors.points() as u64 - live.tombstone_set_len() as u64;
         if dense != c.chunks {
-            return Err(corrupt(format!("hnsw holds {dense} live chunks, the docstore {}", c.chunks)));
+            return Err(corrupt(format!(
+                "hnsw holds {dense} live chunks, the docstore {}",
+                c.chunks
+            )));
         }
         Ok(())
     }
@@ -520,13 +540,22 @@ fn verify_fresh(g: &Generation, chunks: u64, seq: u64) -> Result<()> {
         reason: format!("new generation failed verification: {reason}"),
     };
     if g.applied_seq() != seq {
-        return Err(bad(format!("applied sequence {} instead of {seq}", g.applied_seq())));
+        return Err(bad(format!(
+            "applied sequence {} instead of {seq}",
+            g.applied_seq()
+        )));
     }
     if g.vectors.points() as u64 != chunks {
-        return Err(bad(format!("{} HNSW points for {chunks} chunks", g.vectors.points())));
+        return Err(bad(format!(
+            "{} HNSW points for {chunks} chunks",
+            g.vectors.points()
+        )));
     }
     if g.lexical.num_docs() != chunks {
-        return Err(bad(format!("{} BM25 documents for {chunks} chunks", g.lexical.num_docs())));
+        return Err(bad(format!(
+            "{} BM25 documents for {chunks} chunks",
+            g.lexical.num_docs()
+        )));
     }
     Ok(())
 }
@@ -566,7 +595,11 @@ fn apply(store: &DocStore, g: &Generation, ops: &[LogOp]) -> Result<()> {
                 doc_id: &c.doc_id,
                 title: &d.title,
                 text: &c.span.text,
-                metadata: if d.chunks.contains(id) { &d.metadata } else { &empty },
+                metadata: if d.chunks.contains(id) {
+                    &d.metadata
+                } else {
+                    &empty
+                },
             })
         })
         .collect();

@@ -189,7 +189,10 @@ impl DocStore {
     pub fn settings(&self) -> Result<CollectionSettings> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(SETTINGS)?;
-        let json = t.get("collection")?.map(|g| g.value().to_string()).unwrap_or_default();
+        let json = t
+            .get("collection")?
+            .map(|g| g.value().to_string())
+            .unwrap_or_default();
         serde_json::from_str(&json).map_err(Error::json("decoding collection settings"))
     }
 
@@ -254,7 +257,10 @@ impl DocStore {
             return Ok(None);
         };
         let rec: DocRecord = decode(g.value(), "document")?;
-        let text = texts.get(id)?.map(|t| t.value().to_string()).unwrap_or_default();
+        let text = texts
+            .get(id)?
+            .map(|t| t.value().to_string())
+            .unwrap_or_default();
         Ok(Some((rec, text)))
     }
 
@@ -402,11 +408,20 @@ impl DocStore {
 
     /// Applies a batch of writes in one transaction and commits it. Returns each write's outcome
     /// and, for the writes that changed something, the log entries the derived indexes apply.
-    pub fn write(&self, batch: Vec<DocWrite>, dim: usize) -> Result<(Vec<WriteOutcome>, Vec<LogOp>)> {
+    pub fn write(
+        &self,
+        batch: Vec<DocWrite>,
+        dim: usize,
+    ) -> Result<(Vec<WriteOutcome>, Vec<LogOp>)> {
         let mut seen = HashSet::new();
         for w in &batch {
             let id = match w {
-                DocWrite::Upsert { doc, chunks, vectors, .. } => {
+                DocWrite::Upsert {
+                    doc,
+                    chunks,
+                    vectors,
+                    ..
+                } => {
                     if chunks.len() != vectors.len() {
                         return Err(Error::InvalidInput(format!(
                             "document {:?}: {} chunks but {} vectors",
@@ -472,7 +487,12 @@ impl DocStore {
                             (WriteOutcome::Deleted, vec![], old.chunks)
                         }
                     },
-                    DocWrite::Upsert { doc, chunks, vectors, force } => {
+                    DocWrite::Upsert {
+                        doc,
+                        chunks,
+                        vectors,
+                        force,
+                    } => {
                         let hash = doc.content_hash();
                         if !force && old.as_ref().is_some_and(|o| o.hash == hash) {
                             outcomes.push(WriteOutcome::Unchanged);
@@ -583,28 +603,65 @@ mod tests {
 
     fn upsert(id: &str, text: &str, force: bool) -> DocWrite {
         let d = doc(id, text);
-        let span = ChunkSpan { start: 0, end: text.len(), tokens: 3, text: text.into() };
-        DocWrite::Upsert { doc: d, chunks: vec![span], vectors: vec![vec![1.0, 0.0]], force }
+        let span = ChunkSpan {
+            start: 0,
+            end: text.len(),
+            tokens: 3,
+            text: text.into(),
+        };
+        DocWrite::Upsert {
+            doc: d,
+            chunks: vec![span],
+            vectors: vec![vec![1.0, 0.0]],
+            force,
+        }
     }
 
     #[test]
     fn upsert_skip_replace_delete_and_log() {
         let dir = tempfile::tempdir().unwrap();
-        let s = DocStore::create(&dir.path().join("d.redb"), "t", &CollectionSettings::default())
+        let s = DocStore::create(
+            &dir.path().join("d.redb"),
+            "t",
+            &CollectionSettings::default(),
+        )
+        .unwrap();
+        let (o, ops) = s
+            .write(
+                vec![upsert("a", "one", false), upsert("b", "two", false)],
+                2,
+            )
             .unwrap();
-        let (o, ops) = s.write(vec![upsert("a", "one", false), upsert("b", "two", false)], 2).unwrap();
         assert_eq!(o, [WriteOutcome::Added, WriteOutcome::Added]);
         assert_eq!(ops.len(), 2);
         let (o, ops) = s.write(vec![upsert("a", "one", false)], 2).unwrap();
         assert_eq!((o[0], ops.len()), (WriteOutcome::Unchanged, 0));
         let (o, ops) = s.write(vec![upsert("a", "uno", false)], 2).unwrap();
         assert_eq!(o[0], WriteOutcome::Replaced);
-        assert_eq!((ops[0].added.clone(), ops[0].removed.clone()), (vec![2], vec![0]));
-        let (o, _) = s.write(vec![DocWrite::Delete { id: "b".into() }, DocWrite::Delete { id: "zz".into() }], 2).unwrap();
+        assert_eq!(
+            (ops[0].added.clone(), ops[0].removed.clone()),
+            (vec![2], vec![0])
+        );
+        let (o, _) = s
+            .write(
+                vec![
+                    DocWrite::Delete { id: "b".into() },
+                    DocWrite::Delete { id: "zz".into() },
+                ],
+                2,
+            )
+            .unwrap();
         assert_eq!(o, [WriteOutcome::Deleted, WriteOutcome::NotFound]);
         let c = s.counts().unwrap();
         assert_eq!((c.documents, c.chunks, c.tombstones, c.seq), (1, 1, 2, 4));
-        assert_eq!(s.log_after(2).unwrap().iter().map(|o| o.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            s.log_after(2)
+                .unwrap()
+                .iter()
+                .map(|o| o.seq)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
         s.prune_log(3).unwrap();
         assert_eq!(s.log_after(0).unwrap().len(), 1);
         assert_eq!(s.log_pruned().unwrap(), 3);
@@ -625,9 +682,15 @@ mod tests {
     #[test]
     fn bad_batches_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let s = DocStore::create(&dir.path().join("d.redb"), "t", &CollectionSettings::default())
-            .unwrap();
-        let e = s.write(vec![upsert("a", "x", false), upsert("a", "y", false)], 2).unwrap_err();
+        let s = DocStore::create(
+            &dir.path().join("d.redb"),
+            "t",
+            &CollectionSettings::default(),
+        )
+        .unwrap();
+        let e = s
+            .write(vec![upsert("a", "x", false), upsert("a", "y", false)], 2)
+            .unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
         let e = s.write(vec![upsert("a", "x", false)], 3).unwrap_err();
         assert!(e.to_string().contains("dimensions"), "{e}");

@@ -23,7 +23,10 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 /// over `path`, fsync the directory. Readers see the old or the new content, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let ctx = || format!("writing {}", path.display());
     let mut f = std::fs::File::create(&tmp).map_err(Error::io(ctx()))?;
@@ -78,6 +81,9 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "gen-2\n");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(dir_size(dir.path()), 6);
-        assert_eq!(sha256_file(&p).unwrap(), hex::encode(Sha256::digest(b"gen-2\n")));
+        assert_eq!(
+            sha256_file(&p).unwrap(),
+            hex::encode(Sha256::digest(b"gen-2\n"))
+        );
     }
 }

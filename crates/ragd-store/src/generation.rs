@@ -64,7 +64,10 @@ pub(crate) fn read_current(collection_dir: &Path) -> Result<u64> {
 
 /// Points `CURRENT` at generation `n` (atomic).
 pub(crate) fn write_current(collection_dir: &Path, n: u64) -> Result<()> {
-    fsutil::write_atomic(&collection_dir.join(CURRENT), format!("gen-{n}\n").as_bytes())
+    fsutil::write_atomic(
+        &collection_dir.join(CURRENT),
+        format!("gen-{n}\n").as_bytes(),
+    )
 }
 
 /// One loaded generation: the two derived indexes and how far they have applied the DocStore.
@@ -90,7 +93,12 @@ fn unix_now() -> u64 {
 
 impl Generation {
     /// Creates an empty generation in `dir` (created here) for `settings`, with its manifest.
-    pub(crate) fn create(dir: &Path, number: u64, settings: &CollectionSettings, capacity: usize) -> Result<Self> {
+    pub(crate) fn create(
+        dir: &Path,
+        number: u64,
+        settings: &CollectionSettings,
+        capacity: usize,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir.join(BM25))
             .map_err(Error::io(format!("creating {}", dir.display())))?;
         let lexical = LexicalIndex::create(&dir.join(BM25))?;
@@ -125,7 +133,8 @@ impl Generation {
     /// `tombstones` as deleted in the graph.
     pub(crate) fn load(dir: &Path, tombstones: &[u64]) -> Result<Self> {
         let mpath = dir.join(MANIFEST);
-        let bytes = std::fs::read(&mpath).map_err(Error::io(format!("reading {}", mpath.display())))?;
+        let bytes =
+            std::fs::read(&mpath).map_err(Error::io(format!("reading {}", mpath.display())))?;
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             path: mpath.clone(),
             reason: e.to_string(),
@@ -168,7 +177,10 @@ impl Generation {
 
     /// The settings this generation was built with.
     pub fn settings(&self) -> CollectionSettings {
-        self.manifest.lock().map(|m| m.settings.clone()).unwrap_or_default()
+        self.manifest
+            .lock()
+            .map(|m| m.settings.clone())
+            .unwrap_or_default()
     }
 
     /// Makes the in-memory state durable: tantivy commit, HNSW dump under a new name, manifest

@@ -63,9 +63,10 @@ fn register_analyzer(index: &Index) {
     let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
-        .filter(StopWordFilter::new(Language::English).unwrap_or_else(|| {
-            StopWordFilter::remove(Vec::<String>::new())
-        }))
+        .filter(
+            StopWordFilter::new(Language::English)
+                .unwrap_or_else(|| StopWordFilter::remove(Vec::<String>::new())),
+        )
         .filter(Stemmer::new(Language::English))
         .build();
     index.tokenizers().register(ANALYZER, analyzer);
@@ -105,7 +106,9 @@ pub struct LexicalIndex {
 
 impl std::fmt::Debug for LexicalIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LexicalIndex").field("docs", &self.num_docs()).finish()
+        f.debug_struct("LexicalIndex")
+            .field("docs", &self.num_docs())
+            .finish()
     }
 }
 
@@ -133,7 +136,10 @@ impl LexicalIndex {
         register_analyzer(&index);
         let (_, fields) = schema();
         let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         Ok(Self {
             index,
             reader,
@@ -238,8 +244,20 @@ mod tests {
         let mut meta = Metadata::new();
         meta.insert("lang".into(), "en".into());
         let docs = [
-            LexicalDoc { chunk: 1, doc_id: "a", title: "Proteins", text: "Folding of proteins in cells", metadata: &meta },
-            LexicalDoc { chunk: 2, doc_id: "b", title: "Stars", text: "Stellar nucleosynthesis makes carbon", metadata: &meta },
+            LexicalDoc {
+                chunk: 1,
+                doc_id: "a",
+                title: "Proteins",
+                text: "Folding of proteins in cells",
+                metadata: &meta,
+            },
+            LexicalDoc {
+                chunk: 2,
+                doc_id: "b",
+                title: "Stars",
+                text: "Stellar nucleosynthesis makes carbon",
+                metadata: &meta,
+            },
         ];
         idx.add(&docs).unwrap();
         idx.add(&docs[..1]).unwrap(); // replayed: replaces, does not duplicate
@@ -250,7 +268,12 @@ mod tests {
         let hits = idx.search("protein folded", 10).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].chunk, 1);
-        assert!(idx.search("carbon AND (", 10).unwrap().iter().any(|h| h.chunk == 2));
+        assert!(
+            idx.search("carbon AND (", 10)
+                .unwrap()
+                .iter()
+                .any(|h| h.chunk == 2)
+        );
         idx.delete([1]).unwrap();
         idx.commit(8).unwrap();
         assert!(idx.search("protein", 10).unwrap().is_empty());

@@ -21,7 +21,9 @@ mod settings;
 mod vector;
 
 pub use collection::{Collection, CollectionStats, RebuildReport, Recovery, WriteReport};
-pub use docstore::{ChunkRecord, DocRecord, DocStore, DocWrite, LiveChunk, LogOp, StoreCounts, WriteOutcome};
+pub use docstore::{
+    ChunkRecord, DocRecord, DocStore, DocWrite, LiveChunk, LogOp, StoreCounts, WriteOutcome,
+};
 pub use error::{Error, Result};
 pub use generation::{Generation, Manifest};
 pub use lexical::{LexicalDoc, LexicalHit, LexicalIndex};

@@ -87,7 +87,10 @@ impl CollectionSettings {
             return bad("encoder must name a model".into());
         }
         if !(16..=8192).contains(&c.max_tokens) {
-            return bad(format!("chunking.max_tokens must be 16..=8192, got {}", c.max_tokens));
+            return bad(format!(
+                "chunking.max_tokens must be 16..=8192, got {}",
+                c.max_tokens
+            ));
         }
         if c.min_tokens == 0 || c.min_tokens > c.max_tokens {
             return bad(format!(
@@ -112,7 +115,10 @@ impl CollectionSettings {
             ));
         }
         if !(1..=4096).contains(&h.ef_search) {
-            return bad(format!("hnsw.ef_search must be 1..=4096, got {}", h.ef_search));
+            return bad(format!(
+                "hnsw.ef_search must be 1..=4096, got {}",
+                h.ef_search
+            ));
         }
         Ok(())
     }
@@ -133,7 +139,11 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.len() > 64 {
         return bad("it is longer than 64 characters");
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return bad("it must start with a letter or a digit");
     }
     if !name
@@ -155,11 +165,24 @@ mod tests {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "-flag", "sp ace", "é", "a\0b",
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "-flag",
+            "sp ace",
+            "é",
+            "a\0b",
             &"x".repeat(65),
         ] {
             let e = validate_name(bad).unwrap_err();
-            assert!(e.to_string().contains("invalid collection name"), "{bad}: {e}");
+            assert!(
+                e.to_string().contains("invalid collection name"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -168,12 +191,22 @@ mod tests {
         assert!(CollectionSettings::default().validate().is_ok());
         let mut s = CollectionSettings::default();
         s.chunking.overlap_tokens = s.chunking.min_tokens;
-        assert!(s.validate().unwrap_err().to_string().contains("chunking.overlap_tokens"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("chunking.overlap_tokens")
+        );
         let mut s = CollectionSettings::default();
         s.hnsw.m = 1;
         assert!(s.validate().unwrap_err().to_string().contains("hnsw.m"));
         let mut s = CollectionSettings::default();
         s.chunking.min_tokens = 1000;
-        assert!(s.validate().unwrap_err().to_string().contains("chunking.min_tokens"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("chunking.min_tokens")
+        );
     }
 }

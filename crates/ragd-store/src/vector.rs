@@ -26,7 +26,12 @@ impl Distance<f32> for CosineDistance {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -306,7 +311,11 @@ mod tests {
         let dim = 16;
         let idx = VectorIndex::new(dim, 16, 100, 300);
         let vecs: Vec<Vec<f32>> = (0..300).map(|i| unit(i, dim)).collect();
-        let pts: Vec<(u64, &[f32])> = vecs.iter().enumerate().map(|(i, v)| (i as u64, &v[..])).collect();
+        let pts: Vec<(u64, &[f32])> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, &v[..]))
+            .collect();
         idx.insert(&pts).unwrap();
         let hits = idx.search(&vecs[7], 5, 64, None).unwrap();
         assert_eq!(hits[0].chunk, 7);
@@ -314,7 +323,11 @@ mod tests {
         idx.tombstone([7, hits[1].chunk]);
         let after = idx.search(&vecs[7], 5, 64, None).unwrap();
         assert_eq!(after.len(), 5);
-        assert!(after.iter().all(|h| h.chunk != 7 && h.chunk != hits[1].chunk));
+        assert!(
+            after
+                .iter()
+                .all(|h| h.chunk != 7 && h.chunk != hits[1].chunk)
+        );
         let even = |id: u64| id % 2 == 0;
         let filtered = idx.search(&vecs[7], 10, 64, Some(&even)).unwrap();
         assert_eq!(filtered.len(), 10);
@@ -327,7 +340,11 @@ mod tests {
         let dim = 8;
         let idx = VectorIndex::new(dim, 8, 50, 100);
         let vecs: Vec<Vec<f32>> = (0..100).map(|i| unit(i, dim)).collect();
-        let pts: Vec<(u64, &[f32])> = vecs.iter().enumerate().map(|(i, v)| (i as u64 * 3, &v[..])).collect();
+        let pts: Vec<(u64, &[f32])> = vecs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64 * 3, &v[..]))
+            .collect();
         idx.insert(&pts).unwrap();
         let files = idx.dump(dir.path(), "hnsw-1").unwrap().unwrap();
         let back = VectorIndex::load(dir.path(), &files, dim).unwrap();
@@ -337,6 +354,11 @@ mod tests {
         back.insert(&[(1000, &unit(1000, dim)[..])]).unwrap();
         let again = back.dump(dir.path(), "hnsw-1").unwrap().unwrap();
         assert_eq!(again.points, 101);
-        assert!(VectorIndex::new(dim, 8, 50, 1).dump(dir.path(), "e").unwrap().is_none());
+        assert!(
+            VectorIndex::new(dim, 8, 50, 1)
+                .dump(dir.path(), "e")
+                .unwrap()
+                .is_none()
+        );
     }
 }

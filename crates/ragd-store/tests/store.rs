@@ -17,7 +17,9 @@ fn settings() -> CollectionSettings {
 
 /// A document whose single chunk is its text, with a vector derived from `seed`.
 fn doc(id: &str, text: &str, seed: u64) -> DocWrite {
-    let mut v: Vec<f32> = (0..DIM).map(|i| ((seed * 31 + i as u64 * 7) % 17) as f32 + 1.0).collect();
+    let mut v: Vec<f32> = (0..DIM)
+        .map(|i| ((seed * 31 + i as u64 * 7) % 17) as f32 + 1.0)
+        .collect();
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
     DocWrite::Upsert {
@@ -28,14 +30,21 @@ fn doc(id: &str, text: &str, seed: u64) -> DocWrite {
             text: text.into(),
             metadata: Metadata::new(),
         },
-        chunks: vec![ChunkSpan { start: 0, end: text.len(), tokens: 4, text: text.into() }],
+        chunks: vec![ChunkSpan {
+            start: 0,
+            end: text.len(),
+            tokens: 4,
+            text: text.into(),
+        }],
         vectors: vec![v],
         force: false,
     }
 }
 
 fn docs(range: std::ops::Range<u64>) -> Vec<DocWrite> {
-    range.map(|i| doc(&format!("d{i}"), &format!("word{i} common text"), i)).collect()
+    range
+        .map(|i| doc(&format!("d{i}"), &format!("word{i} common text"), i))
+        .collect()
 }
 
 fn open(dir: &Path) -> Collection {
@@ -46,12 +55,24 @@ fn open(dir: &Path) -> Collection {
 fn create_list_stats_delete() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(matches!(Collection::open(d, "c"), Err(Error::CollectionNotFound(_))));
+    assert!(matches!(
+        Collection::open(d, "c"),
+        Err(Error::CollectionNotFound(_))
+    ));
     let c = Collection::create(d, "c", &settings()).unwrap();
-    assert!(matches!(Collection::create(d, "c", &settings()), Err(Error::CollectionExists(_))));
-    assert!(matches!(Collection::create(d, "../x", &settings()), Err(Error::InvalidName { .. })));
+    assert!(matches!(
+        Collection::create(d, "c", &settings()),
+        Err(Error::CollectionExists(_))
+    ));
+    assert!(matches!(
+        Collection::create(d, "../x", &settings()),
+        Err(Error::InvalidName { .. })
+    ));
     let s = c.stats().unwrap();
-    assert_eq!((s.documents, s.chunks, s.tombstones, s.generation), (0, 0, 0, 1));
+    assert_eq!(
+        (s.documents, s.chunks, s.tombstones, s.generation),
+        (0, 0, 0, 1)
+    );
     assert!(s.bytes > 0);
     // In use while open.
     assert!(matches!(Collection::delete(d, "c"), Err(Error::InUse(_))));
@@ -75,7 +96,8 @@ fn writes_are_searchable_and_survive_reopen_with_and_without_checkpoint() {
     // Acknowledged but never checkpointed: a crash-like close.
     c.write(docs(50..80)).unwrap();
     c.write(vec![DocWrite::Delete { id: "d3".into() }]).unwrap();
-    c.write(vec![doc("d4", "word4 replaced text", 999)]).unwrap();
+    c.write(vec![doc("d4", "word4 replaced text", 999)])
+        .unwrap();
     let seq = c.counts().unwrap().seq;
     drop(c);
 
@@ -84,9 +106,22 @@ fn writes_are_searchable_and_survive_reopen_with_and_without_checkpoint() {
     assert!(!c.recovery().rebuilt);
     c.verify().unwrap();
     let counts = c.counts().unwrap();
-    assert_eq!((counts.documents, counts.chunks, counts.tombstones, counts.seq), (79, 79, 2, seq));
+    assert_eq!(
+        (
+            counts.documents,
+            counts.chunks,
+            counts.tombstones,
+            counts.seq
+        ),
+        (79, 79, 2, seq)
+    );
     // BM25 sees replayed documents, not deleted ones, and the new text of a replaced one.
-    let hit = |q: &str| c.search_lexical(q, 5).unwrap().first().map(|h| c.chunks(&[h.chunk]).unwrap()[0].1.doc_id.clone());
+    let hit = |q: &str| {
+        c.search_lexical(q, 5)
+            .unwrap()
+            .first()
+            .map(|h| c.chunks(&[h.chunk]).unwrap()[0].1.doc_id.clone())
+    };
     assert_eq!(hit("word65").as_deref(), Some("d65"));
     assert_eq!(hit("word3"), None);
     assert_eq!(hit("replaced").as_deref(), Some("d4"));
@@ -95,7 +130,12 @@ fn writes_are_searchable_and_survive_reopen_with_and_without_checkpoint() {
     let top = c.search_dense(&v, 3, None).unwrap();
     assert_eq!(c.chunks(&[top[0].chunk]).unwrap()[0].1.doc_id, "d70");
     let old_d3 = c.vectors(&[3]).unwrap().pop().unwrap().1;
-    assert!(c.search_dense(&old_d3, 100, Some(200)).unwrap().iter().all(|h| h.chunk != 3));
+    assert!(
+        c.search_dense(&old_d3, 100, Some(200))
+            .unwrap()
+            .iter()
+            .all(|h| h.chunk != 3)
+    );
     drop(c);
     // A second open replays nothing: the first one checkpointed.
     assert_eq!(open(d).recovery().replayed, 0);
@@ -126,16 +166,34 @@ fn rebuild_switches_generation_and_drops_tombstones() {
     let d = dir.path();
     let c = Collection::create(d, "c", &settings()).unwrap();
     c.write(docs(0..40)).unwrap();
-    c.write(vec![DocWrite::Delete { id: "d1".into() }, DocWrite::Delete { id: "d2".into() }]).unwrap();
+    c.write(vec![
+        DocWrite::Delete { id: "d1".into() },
+        DocWrite::Delete { id: "d2".into() },
+    ])
+    .unwrap();
     c.checkpoint().unwrap();
     let before = c.stats().unwrap();
     assert_eq!((before.tombstones, before.generation), (2, 1));
     let r = c.rebuild(|_, _| {}).unwrap();
-    assert_eq!((r.generation, r.documents, r.chunks, r.dropped_tombstones), (2, 38, 38, 2));
+    assert_eq!(
+        (r.generation, r.documents, r.chunks, r.dropped_tombstones),
+        (2, 38, 38, 2)
+    );
     let after = c.stats().unwrap();
-    assert_eq!((after.documents, after.chunks, after.tombstones, after.generation), (38, 38, 0, 2));
+    assert_eq!(
+        (
+            after.documents,
+            after.chunks,
+            after.tombstones,
+            after.generation
+        ),
+        (38, 38, 0, 2)
+    );
     c.verify().unwrap();
-    assert_eq!(std::fs::read_to_string(d.join("c/CURRENT")).unwrap().trim(), "gen-2");
+    assert_eq!(
+        std::fs::read_to_string(d.join("c/CURRENT")).unwrap().trim(),
+        "gen-2"
+    );
     assert!(!d.join("c/gen-1").exists());
     // Writes after the rebuild land in the new generation and survive a reopen.
     c.write(docs(100..105)).unwrap();
