@@ -152,16 +152,10 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     }
 }
 
+/// Runs a command; only `ingest` has an exit code of its own (2: some documents failed).
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let done = match cli.command {
         Command::Ingest(args) => return collections::ingest(args),
-        command => run_simple(command).map(|()| ExitCode::SUCCESS),
-    }
-}
-
-fn run_simple(command: Command) -> Result<()> {
-    match command {
-        Command::Ingest(_) => unreachable!("handled by run"),
         Command::Collections { command } => collections::collections(command),
         Command::Delete(args) => collections::delete(args),
         Command::Rebuild(args) => collections::rebuild(args),
@@ -198,7 +192,8 @@ fn run_simple(command: Command) -> Result<()> {
         Command::Quickstart(QuickstartArgs { question, opts }) => {
             answer(&opts, "ragd-overview.md", SAMPLE_DOCUMENT, &question, true)
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// The bundled sample document the quickstart answers from.

@@ -300,7 +300,7 @@ fn html_title(html: &str) -> Option<String> {
     let start = open + lower[open..].find('>')? + 1;
     let end = start + lower[start..].find("</title")?;
     let title = html2text::config::plain_no_decorate()
-        .string_from_read(html[start..end].as_bytes(), 10_000)
+        .string_from_read(&html.as_bytes()[start..end], 10_000)
         .ok()?;
     let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
     (!title.is_empty()).then_some(title)

@@ -328,10 +328,10 @@ mod tests {
                 .iter()
                 .all(|h| h.chunk != 7 && h.chunk != hits[1].chunk)
         );
-        let even = |id: u64| id % 2 == 0;
+        let even = |id: u64| id.is_multiple_of(2);
         let filtered = idx.search(&vecs[7], 10, 64, Some(&even)).unwrap();
         assert_eq!(filtered.len(), 10);
-        assert!(filtered.iter().all(|h| h.chunk % 2 == 0));
+        assert!(filtered.iter().all(|h| h.chunk.is_multiple_of(2)));
     }
 
     #[test]
