@@ -511,6 +511,43 @@ mod tests {
         assert!(reasons[4].0 == "empty.md" && reasons[4].1.contains("empty"));
     }
 
+    /// A one-page PDF with `text` in Helvetica, cross-reference offsets computed.
+    fn tiny_pdf(text: &str) -> Vec<u8> {
+        let stream = format!("BT /F1 18 Tf 72 712 Td ({text}) Tj ET");
+        let objects = [
+            "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+            "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_string(),
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_string(),
+            format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()),
+            "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_string(),
+        ];
+        let mut out = b"%PDF-1.4\n".to_vec();
+        let mut offsets = vec![];
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(out.len());
+            out.extend(format!("{} 0 obj\n{o}\nendobj\n", i + 1).bytes());
+        }
+        let xref = out.len();
+        out.extend(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).bytes());
+        for off in offsets {
+            out.extend(format!("{off:010} 00000 n \n").bytes());
+        }
+        out.extend(format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).bytes());
+        out
+    }
+
+    #[test]
+    fn pdf_text_is_extracted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("paper.pdf");
+        std::fs::write(&p, tiny_pdf("Graphene conducts heat remarkably well")).unwrap();
+        let srcs = collect_sources(&[p], &SourceOptions::default()).unwrap();
+        let r = read_all(&srcs[0], &SourceOptions::default());
+        let doc = &r[0].as_ref().unwrap().doc;
+        assert_eq!(doc.title, "paper");
+        assert!(doc.text.contains("Graphene conducts heat remarkably well"), "{:?}", doc.text);
+    }
+
     #[test]
     fn globs_limits_and_missing_paths() {
         let dir = tempfile::tempdir().unwrap();
