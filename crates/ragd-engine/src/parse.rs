@@ -532,7 +532,13 @@ mod tests {
         for off in offsets {
             out.extend(format!("{off:010} 00000 n \n").bytes());
         }
-        out.extend(format!("trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n", objects.len() + 1).bytes());
+        out.extend(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .bytes(),
+        );
         out
     }
 
@@ -545,7 +551,11 @@ mod tests {
         let r = read_all(&srcs[0], &SourceOptions::default());
         let doc = &r[0].as_ref().unwrap().doc;
         assert_eq!(doc.title, "paper");
-        assert!(doc.text.contains("Graphene conducts heat remarkably well"), "{:?}", doc.text);
+        assert!(
+            doc.text.contains("Graphene conducts heat remarkably well"),
+            "{:?}",
+            doc.text
+        );
     }
 
     #[test]
