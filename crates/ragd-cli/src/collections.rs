@@ -196,7 +196,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn load_encoder(models: &ModelsDir, name: &str) -> Result<Embedder> {
+pub(crate) fn load_encoder(models: &ModelsDir, name: &str) -> Result<Embedder> {
     let dir = models.resolve();
     let path = dir.join(name);
     if !path.join("config.json").is_file() {
@@ -326,7 +326,12 @@ fn create(a: CreateArgs) -> Result<()> {
 }
 
 /// Opens `name`, creating it with default settings for `embedder` when absent.
-fn open_or_create(data: &Path, name: &str, embedder: &Embedder, quiet: bool) -> Result<Collection> {
+pub(crate) fn open_or_create(
+    data: &Path,
+    name: &str,
+    embedder: &Embedder,
+    quiet: bool,
+) -> Result<Collection> {
     match Collection::open(data, name) {
         Err(ragd_store::Error::CollectionNotFound(_)) => {
             if !quiet {

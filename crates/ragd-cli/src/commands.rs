@@ -1,6 +1,7 @@
 use crate::bench;
 use crate::collections::{self, CollectionsCommand, DeleteArgs, IngestArgs, RebuildArgs};
 use crate::docqa::DocQa;
+use crate::retrieval::{self, EvalCommand, SearchArgs};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_MODELS};
@@ -46,6 +47,13 @@ enum Command {
     /// Write a new index generation from the DocStore (optionally re-chunking or re-embedding)
     /// and switch to it.
     Rebuild(RebuildArgs),
+    /// Search a collection: dense, lexical or hybrid, with filters.
+    Search(SearchArgs),
+    /// Measure retrieval quality and latency.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -159,6 +167,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Collections { command } => collections::collections(command),
         Command::Delete(args) => collections::delete(args),
         Command::Rebuild(args) => collections::rebuild(args),
+        Command::Search(args) => retrieval::search(args),
+        Command::Eval { command } => retrieval::eval(command),
         Command::Models {
             command: ModelsCommand::Fetch { dir, json },
         } => models_fetch(&dir.resolve(), json),

@@ -7,6 +7,7 @@ mod bench;
 mod collections;
 mod commands;
 mod docqa;
+mod retrieval;
 
 pub use commands::{Cli, main_with_args};
 pub use docqa::{DocAnswer, DocQa};

@@ -6,18 +6,25 @@
 
 mod chunk;
 mod error;
+mod eval;
 mod ingest;
 mod parse;
 mod rebuild;
+mod search;
 
 pub use chunk::{Chunker, embed_text};
 pub use error::{Error, Result};
+pub use eval::{
+    EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
+    recall_at,
+};
 pub use ingest::{IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink};
 pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
     read_source,
 };
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
+pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
 
 use ragd_models::Embedder;
 use ragd_store::CollectionSettings;

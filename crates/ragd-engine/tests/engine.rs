@@ -239,3 +239,274 @@ fn an_encoder_that_does_not_match_the_collection_is_refused() {
     let e = Ingestor::new(&c, embedder(), IngestOptions::default()).unwrap_err();
     assert!(e.to_string().contains("other-model"), "{e}");
 }
+
+/// Twelve documents in three topics, with metadata, for the search tests.
+fn search_fixture(data: &Path) -> Collection {
+    let c = Collection::create(data, "s", &ragd_engine::settings_for(embedder())).unwrap();
+    let topics = [
+        (
+            "cardiology",
+            "The heart pumps blood through arteries; hypertension strains the heart muscle.",
+        ),
+        (
+            "astronomy",
+            "Stars fuse hydrogen into helium; supernovae scatter heavy elements.",
+        ),
+        (
+            "botany",
+            "Plants convert sunlight into sugar through photosynthesis in chloroplasts.",
+        ),
+    ];
+    let docs: Vec<ParsedDoc> = (0..12)
+        .map(|i| {
+            let (topic, text) = topics[i % 3];
+            let mut metadata = ragd_core::Metadata::new();
+            metadata.insert("topic".into(), topic.into());
+            metadata.insert("year".into(), (2000 + i as i64).into());
+            ParsedDoc {
+                doc: ragd_core::DocumentInput {
+                    id: format!("{topic}-{i}"),
+                    source: "fixture".into(),
+                    title: format!("{topic} note {i}"),
+                    text: format!("{text} Note number {i} with token uniq{i}q."),
+                    metadata,
+                },
+                markdown: false,
+            }
+        })
+        .collect();
+    Ingestor::new(&c, embedder(), ingestor_opts())
+        .unwrap()
+        .ingest_documents(docs, &mut ())
+        .unwrap();
+    c
+}
+
+#[test]
+fn search_modes_filters_and_options() {
+    use ragd_engine::{Fusion, Mode, SearchParams, Searcher};
+    use ragd_store::SearchFilter;
+    let tmp = tempfile::tempdir().unwrap();
+    let c = search_fixture(tmp.path());
+    let s = Searcher::new(&c, embedder(), 8).unwrap();
+    let q = "how does the heart pump blood";
+    for mode in [Mode::Dense, Mode::Lexical, Mode::Hybrid] {
+        let hits = s
+            .search(
+                q,
+                None,
+                &SearchParams {
+                    mode,
+                    top_k: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(hits.len(), 3, "{mode:?}");
+        assert!(
+            hits.iter().all(|h| h.doc_id.starts_with("cardiology")),
+            "{mode:?}: {hits:?}"
+        );
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        let h = &hits[0];
+        assert_eq!(
+            c.document(&h.doc_id).unwrap().unwrap().1[h.start..h.end],
+            h.text
+        );
+        assert_eq!(h.metadata["topic"], "cardiology");
+        match mode {
+            Mode::Dense => assert!(h.dense_score.is_some() && h.lexical_score.is_none()),
+            Mode::Lexical => assert!(h.lexical_score.is_some() && h.dense_score.is_none()),
+            Mode::Hybrid => assert!(h.dense_score.is_some() && h.lexical_score.is_some()),
+        }
+    }
+    // A filter that excludes every good match still returns a full top_k, from inside both
+    // indexes, and only what it allows.
+    let only_botany = SearchFilter {
+        doc_ids: vec![],
+        metadata: vec![("topic".into(), vec!["botany".into()])],
+    };
+    for mode in [Mode::Dense, Mode::Lexical, Mode::Hybrid] {
+        let p = SearchParams {
+            mode,
+            top_k: 4,
+            filter: only_botany.clone(),
+            ..Default::default()
+        };
+        let hits = s.search("heart blood plants sunlight", None, &p).unwrap();
+        assert_eq!(hits.len(), 4, "{mode:?}");
+        assert!(
+            hits.iter().all(|h| h.doc_id.starts_with("botany")),
+            "{mode:?}"
+        );
+    }
+    let years = SearchFilter {
+        doc_ids: vec![],
+        metadata: vec![
+            ("year".into(), vec!["2001".into(), "2004".into()]),
+            ("topic".into(), vec!["astronomy".into()]),
+        ],
+    };
+    let hits = s
+        .search(
+            "stars",
+            None,
+            &SearchParams {
+                top_k: 5,
+                filter: years,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let ids: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.contains(&"astronomy-1") && ids.contains(&"astronomy-4"),
+        "{ids:?}"
+    );
+    let by_id = SearchFilter {
+        doc_ids: vec!["botany-2".into()],
+        metadata: vec![],
+    };
+    let hits = s
+        .search(
+            "heart",
+            None,
+            &SearchParams {
+                mode: Mode::Dense,
+                top_k: 5,
+                filter: by_id,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.doc_id.as_str()).collect::<Vec<_>>(),
+        ["botany-2"]
+    );
+
+    // Exact token: BM25 puts its document first; RRF fusion keeps it on top.
+    let p = SearchParams {
+        top_k: 1,
+        fusion: Fusion::Rrf { k: 60.0 },
+        ..Default::default()
+    };
+    assert_eq!(
+        s.search("uniq7q", None, &p).unwrap()[0].doc_id,
+        "astronomy-7"
+    );
+    // Minimum score and one hit per document.
+    let hits = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                mode: Mode::Dense,
+                top_k: 12,
+                min_score: Some(0.5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!hits.is_empty() && hits.len() < 12 && hits.iter().all(|h| h.score >= 0.5));
+    let hits = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                top_k: 12,
+                one_per_document: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut docs: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
+    docs.sort();
+    docs.dedup();
+    assert_eq!(docs.len(), hits.len());
+    // MMR with a low lambda spreads the top 3 over topics.
+    let p = SearchParams {
+        mode: Mode::Dense,
+        top_k: 3,
+        mmr_lambda: Some(0.2),
+        ..Default::default()
+    };
+    let hits = s.search(q, None, &p).unwrap();
+    let topics: std::collections::HashSet<&str> = hits
+        .iter()
+        .map(|h| h.doc_id.split('-').next().unwrap())
+        .collect();
+    assert!(topics.len() >= 2, "{hits:?}");
+    // Bad requests are refused with a message.
+    let e = s.search(" ", None, &SearchParams::default()).unwrap_err();
+    assert!(e.to_string().contains("empty"));
+    let e = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                top_k: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("top_k"));
+    let e = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                fusion: Fusion::Convex { dense_weight: 2.0 },
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("weight"));
+}
+
+#[test]
+fn beir_evaluation_on_a_small_dataset() {
+    use ragd_engine::{EvalSpec, SearchParams, Searcher};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = search_fixture(&tmp.path().join("data"));
+    let ds = tmp.path().join("ds");
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    std::fs::write(ds.join("queries.jsonl"), "{\"_id\":\"q1\",\"text\":\"photosynthesis in chloroplasts\"}\n{\"_id\":\"q2\",\"text\":\"uniq4q\"}\n{\"_id\":\"q3\",\"text\":\"unjudged\"}\n").unwrap();
+    std::fs::write(
+        ds.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\tbotany-2\t1\nq1\tbotany-5\t1\nq2\tastronomy-4\t1\n",
+    )
+    .unwrap();
+    let queries = ragd_engine::load_queries(&ds).unwrap();
+    let qrels = ragd_engine::load_qrels(&ds, "test").unwrap();
+    let s = Searcher::new(&c, embedder(), 8).unwrap();
+    let spec = EvalSpec {
+        dataset: "ds".into(),
+        split: "test".into(),
+        base: SearchParams::default(),
+        candidates: 50,
+    };
+    let r = ragd_engine::evaluate(&spec, &c, &s, &queries, &qrels).unwrap();
+    assert_eq!(r.queries, 2);
+    let v = serde_json::to_value(&r).unwrap();
+    for mode in ["lexical", "dense", "hybrid"] {
+        for k in [
+            "ndcg@10",
+            "recall@100",
+            "mrr@10",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+        ] {
+            assert!(v["modes"][mode][k].is_number(), "{mode} {k}: {v}");
+        }
+        // Every relevant document is among the 12 documents returned.
+        assert_eq!(v["modes"][mode]["recall@100"], 1.0, "{v}");
+    }
+    assert_eq!(
+        v["modes"]["lexical"]["mrr@10"].as_f64().unwrap() >= 0.75,
+        true,
+        "{v}"
+    );
+    assert_eq!(r.hnsw_recall_10, 1.0);
+}

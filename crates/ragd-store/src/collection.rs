@@ -12,7 +12,7 @@ use crate::docstore::{
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::generation::{self, Generation, Manifest, gen_dir_name};
-use crate::lexical::{LexicalDoc, LexicalHit};
+use crate::lexical::{LexicalDoc, LexicalHit, SearchFilter};
 use crate::settings::{CollectionSettings, validate_name};
 use crate::vector::{VectorHit, VectorIndex};
 use serde::Serialize;
@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 const DOCSTORE: &str = "docstore.redb";
+/// Filters that leave at most this many chunks are scored exactly rather than by a filtered
+/// graph walk.
+const EXACT_FILTER_MAX: usize = 2048;
 
 /// `ragd collections stats`.
 #[derive(Debug, Clone, Serialize)]
@@ -320,6 +323,21 @@ impl Collection {
         self.store.document(id)
     }
 
+    /// Document records (no raw text), `None` where absent.
+    pub fn doc_records(&self, ids: &[&str]) -> Result<Vec<Option<DocRecord>>> {
+        self.store.doc_records(ids)
+    }
+
+    /// Every live chunk id with its vector (exact-search baselines and evaluation).
+    pub fn live_vectors(&self) -> Result<Vec<(u64, Vec<f32>)>> {
+        let mut out = Vec::new();
+        self.store.scan_live(4096, |group| {
+            out.extend(group.into_iter().map(|c| (c.id, c.vector)));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Every stored document id, sorted.
     pub fn document_ids(&self) -> Result<Vec<String>> {
         self.store.document_ids()
@@ -381,14 +399,61 @@ impl Collection {
         k: usize,
         ef: Option<usize>,
     ) -> Result<Vec<VectorHit>> {
+        self.search_dense_filtered(query, k, ef, None)
+    }
+
+    /// Dense search among the chunks `filter` lets through (as of the last checkpoint). The
+    /// filter is applied inside the graph walk, so `k` hits come back when `k` exist; when the
+    /// filter leaves few chunks (where a filtered graph walk can strand), they are scored exactly
+    /// instead.
+    pub fn search_dense_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<VectorHit>> {
         let live = self.live();
         let ef = ef.unwrap_or(live.settings().hnsw.ef_search);
-        live.vectors.search(query, k, ef, None)
+        let Some(filter) = filter.filter(|f| !f.is_empty()) else {
+            return live.vectors.search(query, k, ef, None);
+        };
+        let allowed = live.lexical.matching_chunks(filter)?;
+        if allowed.len() <= EXACT_FILTER_MAX.max(live.vectors.points() / 50) {
+            let ids: Vec<u64> = allowed
+                .iter()
+                .filter(|id| !live.vectors.is_tombstoned(*id))
+                .collect();
+            let mut hits: Vec<VectorHit> = self
+                .store
+                .vectors(&ids)?
+                .into_iter()
+                .map(|(chunk, v)| VectorHit {
+                    chunk,
+                    score: crate::vector::dot(query, &v),
+                })
+                .collect();
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.chunk.cmp(&b.chunk)));
+            hits.truncate(k);
+            return Ok(hits);
+        }
+        let accept = |id: u64| allowed.contains(id);
+        live.vectors.search(query, k, ef, Some(&accept))
     }
 
     /// The `k` best chunks for `query` by BM25.
     pub fn search_lexical(&self, query: &str, k: usize) -> Result<Vec<LexicalHit>> {
-        self.live().lexical.search(query, k)
+        self.search_lexical_filtered(query, k, None)
+    }
+
+    /// BM25 search among the chunks `filter` lets through (the filter is part of the query).
+    pub fn search_lexical_filtered(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<LexicalHit>> {
+        self.live().lexical.search(query, k, filter)
     }
 
     /// Checks that the live indexes hold exactly the DocStore's live chunks: BM25 document count

@@ -264,6 +264,18 @@ impl DocStore {
         Ok(Some((rec, text)))
     }
 
+    /// Document records (no raw text) for `ids`, `None` where absent.
+    pub fn doc_records(&self, ids: &[&str]) -> Result<Vec<Option<DocRecord>>> {
+        let tx = self.db.begin_read()?;
+        let docs = tx.open_table(DOCS)?;
+        ids.iter()
+            .map(|id| match docs.get(*id)? {
+                Some(g) => Ok(Some(decode(g.value(), "document")?)),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     /// All document ids, sorted.
     pub fn document_ids(&self) -> Result<Vec<String>> {
         let tx = self.db.begin_read()?;

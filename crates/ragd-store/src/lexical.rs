@@ -8,11 +8,12 @@
 //! commit payload.
 
 use crate::error::{Error, Result};
+use crate::vector::IdSet;
 use ragd_core::Metadata;
 use std::path::Path;
 use std::sync::Mutex;
-use tantivy::collector::TopDocs;
-use tantivy::query::QueryParser;
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, QueryParser, TermSetQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, JsonObjectOptions, STRING, Schema, TextFieldIndexing,
     TextOptions,
@@ -70,6 +71,41 @@ fn register_analyzer(index: &Index) {
         .filter(Stemmer::new(Language::English))
         .build();
     index.tokenizers().register(ANALYZER, analyzer);
+}
+
+/// Metadata values are indexed as strings (numbers and booleans by their JSON text), so a filter
+/// `year=2019` matches `{"year": 2019}` and `{"year": "2019"}` alike. Arrays index each element.
+fn string_leaves(v: &serde_json::Value) -> tantivy::schema::OwnedValue {
+    use serde_json::Value;
+    use tantivy::schema::OwnedValue;
+    match v {
+        Value::Null => OwnedValue::Null,
+        Value::String(s) => OwnedValue::Str(s.clone()),
+        Value::Bool(_) | Value::Number(_) => OwnedValue::Str(v.to_string()),
+        Value::Array(a) => OwnedValue::Array(a.iter().map(string_leaves).collect()),
+        Value::Object(o) => OwnedValue::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), string_leaves(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Restricts a search to chunks of some documents and/or with some metadata. Every condition
+/// must hold; within one condition any listed value matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchFilter {
+    /// Only chunks of these documents (empty: any document).
+    pub doc_ids: Vec<String>,
+    /// `(key, values)`: the document's metadata `key` equals one of `values` (compared as text).
+    pub metadata: Vec<(String, Vec<String>)>,
+}
+
+impl SearchFilter {
+    /// True when the filter lets everything through.
+    pub fn is_empty(&self) -> bool {
+        self.doc_ids.is_empty() && self.metadata.is_empty()
+    }
 }
 
 /// One BM25 hit.
@@ -169,7 +205,7 @@ impl LexicalIndex {
                 self.fields.metadata,
                 d.metadata
                     .iter()
-                    .map(|(k, v)| (k.clone(), tantivy::schema::OwnedValue::from(v.clone())))
+                    .map(|(k, v)| (k.clone(), string_leaves(v)))
                     .collect(),
             );
             w.add_document(doc)?;
@@ -209,14 +245,67 @@ impl LexicalIndex {
         self.reader.searcher().num_docs()
     }
 
-    /// The `k` best chunks for `query` by BM25 over title and text. Query syntax errors are
-    /// tolerated (the query is read as plain words).
-    pub fn search(&self, query: &str, k: usize) -> Result<Vec<LexicalHit>> {
+    fn filter_query(&self, f: &SearchFilter) -> Option<Box<dyn Query>> {
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if !f.doc_ids.is_empty() {
+            let terms = f
+                .doc_ids
+                .iter()
+                .map(|id| Term::from_field_text(self.fields.doc_id, id));
+            clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+        }
+        for (key, values) in &f.metadata {
+            let terms = values.iter().map(|v| {
+                let mut t = Term::from_field_json_path(self.fields.metadata, key, false);
+                t.append_type_and_str(v);
+                t
+            });
+            clauses.push((Occur::Must, Box::new(TermSetQuery::new(terms))));
+        }
+        (!clauses.is_empty()).then(|| {
+            Box::new(ConstScoreQuery::new(
+                Box::new(BooleanQuery::new(clauses)),
+                0.0,
+            )) as Box<dyn Query>
+        })
+    }
+
+    /// Every committed chunk the filter lets through (for filtering the HNSW walk).
+    pub fn matching_chunks(&self, filter: &SearchFilter) -> Result<IdSet> {
+        let mut out = IdSet::default();
+        let Some(q) = self.filter_query(filter) else {
+            return Ok(out);
+        };
+        let searcher = self.reader.searcher();
+        for addr in searcher.search(&q, &DocSetCollector)? {
+            let col = searcher
+                .segment_reader(addr.segment_ord)
+                .fast_fields()
+                .u64("chunk_id")?;
+            if let Some(c) = col.first(addr.doc_id) {
+                out.insert(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `k` best chunks for `query` by BM25 over title and text, among those `filter` lets
+    /// through. Query syntax errors are tolerated (the query is read as plain words).
+    pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&SearchFilter>,
+    ) -> Result<Vec<LexicalHit>> {
         if k == 0 {
             return Ok(vec![]);
         }
         let parser = QueryParser::for_index(&self.index, vec![self.fields.title, self.fields.text]);
         let (q, _errors) = parser.parse_query_lenient(query);
+        let q: Box<dyn Query> = match filter.and_then(|f| self.filter_query(f)) {
+            Some(fq) => Box::new(BooleanQuery::new(vec![(Occur::Must, q), (Occur::Must, fq)])),
+            None => q,
+        };
         let searcher = self.reader.searcher();
         let top = searcher.search(&q, &TopDocs::with_limit(k).order_by_score())?;
         let mut out = Vec::with_capacity(top.len());
@@ -236,6 +325,62 @@ impl LexicalIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_on_doc_ids_and_metadata_apply_inside_the_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LexicalIndex::create(dir.path()).unwrap();
+        let metas: Vec<Metadata> = (0..6)
+            .map(|i| {
+                let mut m = Metadata::new();
+                m.insert("year".into(), (2018 + i % 3).into());
+                m.insert("tags".into(), serde_json::json!(["a", format!("t{i}")]));
+                m
+            })
+            .collect();
+        let ids: Vec<String> = (0..6).map(|i| format!("d{i}")).collect();
+        let docs: Vec<LexicalDoc<'_>> = (0..6)
+            .map(|i| LexicalDoc {
+                chunk: i as u64,
+                doc_id: &ids[i],
+                title: "",
+                text: "shared words here",
+                metadata: &metas[i],
+            })
+            .collect();
+        idx.add(&docs).unwrap();
+        idx.commit(1).unwrap();
+        let f = SearchFilter {
+            doc_ids: vec![],
+            metadata: vec![("year".into(), vec!["2019".into()])],
+        };
+        let mut got: Vec<u64> = idx
+            .search("words", 10, Some(&f))
+            .unwrap()
+            .iter()
+            .map(|h| h.chunk)
+            .collect();
+        got.sort();
+        assert_eq!(got, [1, 4]);
+        let f = SearchFilter {
+            doc_ids: vec!["d0".into(), "d1".into(), "d2".into()],
+            metadata: vec![("tags".into(), vec!["t2".into(), "t5".into()])],
+        };
+        assert_eq!(
+            idx.search("words", 10, Some(&f))
+                .unwrap()
+                .iter()
+                .map(|h| h.chunk)
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        let set = idx.matching_chunks(&f).unwrap();
+        assert!(set.contains(2) && set.len() == 1);
+        // Scores are BM25 alone: the filter adds nothing.
+        let plain = idx.search("words", 1, None).unwrap()[0].score;
+        let filtered = idx.search("words", 1, Some(&f)).unwrap()[0].score;
+        assert!((plain - filtered).abs() < 1e-6);
+    }
 
     #[test]
     fn add_search_delete_and_replay_is_idempotent() {
@@ -265,18 +410,18 @@ mod tests {
         assert_eq!(idx.num_docs(), 2);
         assert_eq!(idx.committed_seq().unwrap(), 7);
         // Stemming: "protein" finds "proteins"; syntax errors do not fail the query.
-        let hits = idx.search("protein folded", 10).unwrap();
+        let hits = idx.search("protein folded", 10, None).unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].chunk, 1);
         assert!(
-            idx.search("carbon AND (", 10)
+            idx.search("carbon AND (", 10, None)
                 .unwrap()
                 .iter()
                 .any(|h| h.chunk == 2)
         );
         idx.delete([1]).unwrap();
         idx.commit(8).unwrap();
-        assert!(idx.search("protein", 10).unwrap().is_empty());
+        assert!(idx.search("protein", 10, None).unwrap().is_empty());
         drop(idx);
         let back = LexicalIndex::open(dir.path()).unwrap();
         assert_eq!((back.num_docs(), back.committed_seq().unwrap()), (1, 8));

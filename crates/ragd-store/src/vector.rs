@@ -67,6 +67,15 @@ impl IdSet {
             .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
+    /// The ids in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &bits)| {
+            (0..64u64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w as u64 * 64 + b)
+        })
+    }
+
     /// Number of ids.
     pub fn len(&self) -> usize {
         self.len
@@ -205,6 +214,14 @@ impl VectorIndex {
     /// Tombstoned points.
     pub fn tombstones(&self) -> usize {
         self.tombstones.read().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// True when `id` has been tombstoned.
+    pub fn is_tombstoned(&self, id: u64) -> bool {
+        self.tombstones
+            .read()
+            .map(|t| t.contains(id))
+            .unwrap_or(false)
     }
 
     /// Adds points (parallel over rayon's pool).
