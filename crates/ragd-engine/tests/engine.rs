@@ -503,9 +503,8 @@ fn beir_evaluation_on_a_small_dataset() {
         // Every relevant document is among the 12 documents returned.
         assert_eq!(v["modes"][mode]["recall@100"], 1.0, "{v}");
     }
-    assert_eq!(
+    assert!(
         v["modes"]["lexical"]["mrr@10"].as_f64().unwrap() >= 0.75,
-        true,
         "{v}"
     );
     assert_eq!(r.hnsw_recall_10, 1.0);
