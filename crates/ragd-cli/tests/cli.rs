@@ -422,3 +422,102 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     c.verify().unwrap();
     assert_eq!(c.counts().unwrap().documents, n_docs);
 }
+
+#[test]
+fn eval_beir_and_search_json_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let ds = tmp.path().join("tiny");
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    let mut corpus = String::new();
+    for (i, (t, body)) in [
+        ("Aspirin", "Aspirin reduces the risk of heart attack."),
+        ("Statins", "Statins lower LDL cholesterol in the blood."),
+        ("Insulin", "Insulin regulates blood glucose levels."),
+        (
+            "Vaccines",
+            "Vaccines train the immune system against pathogens.",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        corpus.push_str(&serde_json::json!({"_id": format!("d{i}"), "title": t, "text": body, "metadata": {"kind": if i % 2 == 0 { "drug" } else { "other" }}}).to_string());
+        corpus.push('\n');
+    }
+    std::fs::write(ds.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(ds.join("queries.jsonl"), "{\"_id\":\"1\",\"text\":\"what lowers cholesterol\"}\n{\"_id\":\"2\",\"text\":\"glucose regulation\"}\n").unwrap();
+    std::fs::write(
+        ds.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\n1\td1\t1\n2\td2\t1\n",
+    )
+    .unwrap();
+    let ds_s = ds.to_string_lossy().into_owned();
+    let v = json_of(&ragd_in(
+        &data,
+        &["eval", "beir", "--dataset", &ds_s, "--json"],
+    ));
+    assert_eq!(
+        (v["dataset"].as_str(), v["queries"].as_u64()),
+        (Some("tiny"), Some(2))
+    );
+    for mode in ["lexical", "dense", "hybrid"] {
+        for k in [
+            "ndcg@10",
+            "recall@100",
+            "mrr@10",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+        ] {
+            assert!(v["modes"][mode][k].is_number(), "{mode} {k}: {v}");
+        }
+    }
+    assert_eq!(v["modes"]["dense"]["ndcg@10"], 1.0, "{v}");
+    // The collection is reused by search, with filters.
+    let v = json_of(&ragd_in(
+        &data,
+        &[
+            "search",
+            "--collection",
+            "beir-tiny",
+            "blood",
+            "--filter",
+            "kind=drug",
+            "--top-k",
+            "5",
+            "--json",
+        ],
+    ));
+    let hits = v["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2, "{v}");
+    for h in hits {
+        assert_eq!(h["metadata"]["kind"], "drug");
+        for k in [
+            "chunk_id",
+            "doc_id",
+            "title",
+            "text",
+            "start",
+            "end",
+            "dense_score",
+            "lexical_score",
+            "score",
+        ] {
+            assert!(h.get(k).is_some(), "missing {k}: {h}");
+        }
+    }
+    let out = ragd_in(
+        &data,
+        &[
+            "search",
+            "--collection",
+            "beir-tiny",
+            "x",
+            "--mode",
+            "fuzzy",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mode must be"));
+}
