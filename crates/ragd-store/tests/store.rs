@@ -17,8 +17,9 @@ fn settings() -> CollectionSettings {
 
 /// A document whose single chunk is its text, with a vector derived from `seed`.
 fn doc(id: &str, text: &str, seed: u64) -> DocWrite {
+    // Distinct for every seed (a modular pattern would repeat and make nearest neighbours tie).
     let mut v: Vec<f32> = (0..DIM)
-        .map(|i| ((seed * 31 + i as u64 * 7) % 17) as f32 + 1.0)
+        .map(|i| ((seed as f32 + 1.0) * 0.618 * (i as f32 + 1.0)).sin() + 1.5)
         .collect();
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     v.iter_mut().for_each(|x| *x /= n);
