@@ -53,10 +53,10 @@ pub(crate) struct GenerateArgs {
 }
 
 #[derive(Debug, Args)]
-struct PeerArgs {
+pub(crate) struct PeerArgs {
     /// Also run the peer (sentence-transformers / llama.cpp) on the same input and report the ratio.
     #[arg(long)]
-    compare: bool,
+    pub(crate) compare: bool,
     /// Directory with the peers' scripts (embed.py, generate.py).
     #[arg(long, default_value = "../shared/peers")]
     peers_dir: PathBuf,
@@ -69,7 +69,7 @@ struct PeerArgs {
 }
 
 impl PeerArgs {
-    fn run(&self, script: &str, args: &[&Path], extra: &[String]) -> Result<Value> {
+    pub(crate) fn run(&self, script: &str, args: &[&Path], extra: &[String]) -> Result<Value> {
         let env = self.peers_env.clone().unwrap_or_else(|| {
             std::env::var_os("RAGD_PEERS")
                 .map(PathBuf::from)

@@ -93,6 +93,9 @@ enum BenchCommand {
     Embed(bench::EmbedArgs),
     /// Prefill a prompt file (used verbatim) and generate greedily; report tokens per second.
     Generate(bench::GenerateArgs),
+    /// Search latency and HNSW recall/QPS on a large synthetic collection built from a real one
+    /// (optionally beside faiss HNSW on the same vectors).
+    Search(crate::bench_search::SearchBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -181,6 +184,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Generate(args),
         } => bench::generate(&args),
+        Command::Bench {
+            command: BenchCommand::Search(args),
+        } => crate::bench_search::run(&args),
         Command::Ask(AskArgs {
             question,
             document,

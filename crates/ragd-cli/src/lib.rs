@@ -4,6 +4,7 @@
 //! one JSON document on stdout, human output and progress go to stderr/stdout as noted per command.
 
 mod bench;
+mod bench_search;
 mod collections;
 mod commands;
 mod docqa;
