@@ -85,6 +85,9 @@ fn write_npy(path: &Path, rows: usize, dim: usize, data: &[f32]) -> Result<()> {
 }
 
 pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
+    if a.chunks == 0 {
+        bail!("--chunks must be at least 1");
+    }
     let src = Collection::open(&a.data.data_dir, &a.collection)?;
     let settings = src.settings()?;
     let dim = settings.dim;
@@ -202,8 +205,9 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
                 .enumerate()
                 .map(|(i, row)| (ragd_store::dot(q, row), i as u64))
                 .collect();
-            s.select_nth_unstable_by(9, |x, y| y.0.total_cmp(&x.0));
-            s[..10].iter().map(|(_, i)| *i).collect()
+            let k = 10.min(s.len());
+            s.select_nth_unstable_by(k - 1, |x, y| y.0.total_cmp(&x.0));
+            s[..k].iter().map(|(_, i)| *i).collect()
         })
         .collect();
     let generation = bench.live();
@@ -219,7 +223,7 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
         let recall = found
             .iter()
             .zip(&exact)
-            .map(|(f, e)| f.iter().filter(|h| e.contains(&h.chunk)).count() as f64 / 10.0)
+            .map(|(f, e)| f.iter().filter(|h| e.contains(&h.chunk)).count() as f64 / e.len() as f64)
             .sum::<f64>()
             / qv.len() as f64;
         hnsw.push(
