@@ -437,6 +437,19 @@ fn search_modes_filters_and_options() {
         .map(|h| h.doc_id.split('-').next().unwrap())
         .collect();
     assert!(topics.len() >= 2, "{hits:?}");
+    // The query-vector cache: a repeated query is not embedded again; the oldest entry is evicted.
+    let first = s.embed_query("cache me").unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &s.embed_query("cache me").unwrap()
+    ));
+    for i in 0..8 {
+        s.embed_query(&format!("filler {i}")).unwrap();
+    }
+    assert!(!std::sync::Arc::ptr_eq(
+        &first,
+        &s.embed_query("cache me").unwrap()
+    ));
     // Bad requests are refused with a message.
     let e = s.search(" ", None, &SearchParams::default()).unwrap_err();
     assert!(e.to_string().contains("empty"));
