@@ -5,6 +5,7 @@
 //! a server calls it from a blocking pool, never from an async worker.
 
 mod chunk;
+mod cite;
 mod error;
 mod eval;
 mod ingest;
@@ -13,6 +14,7 @@ mod rebuild;
 mod search;
 
 pub use chunk::{Chunker, embed_text};
+pub use cite::{CitationParser, Marker, parse_citations};
 pub use error::{Error, Result};
 pub use eval::{
     EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
