@@ -63,7 +63,7 @@ impl Rng {
 
 fn percentiles(mut ms: Vec<f64>) -> Value {
     ms.sort_by(f64::total_cmp);
-    let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+    let at = |q| ragd_engine::percentile(&ms, q);
     json!({"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)})
 }
 
@@ -189,10 +189,7 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
             searcher.search(t, Some(v), &p)?;
             ms.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let name = serde_json::to_value(mode)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let name = mode.name().to_string();
         modes.insert(name, percentiles(ms));
     }
 

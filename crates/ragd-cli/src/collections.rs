@@ -325,25 +325,28 @@ fn create(a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens `name`, creating it with default settings for `embedder` when absent.
+/// Opens `name` with its encoder loaded, or creates it with default settings and the default
+/// encoder when absent. The collection is opened once: opening replays its log.
 pub(crate) fn open_or_create(
     data: &Path,
     name: &str,
-    embedder: &Embedder,
+    models: &ModelsDir,
     quiet: bool,
-) -> Result<Collection> {
+) -> Result<(Collection, Embedder)> {
     match Collection::open(data, name) {
+        Ok(c) => {
+            let embedder = load_encoder(models, &c.settings()?.encoder)?;
+            Ok((c, embedder))
+        }
         Err(ragd_store::Error::CollectionNotFound(_)) => {
+            let embedder = load_encoder(models, DEFAULT_ENCODER.name)?;
             if !quiet {
                 eprintln!("creating collection {name} in {}", data.display());
             }
-            Ok(Collection::create(
-                data,
-                name,
-                &ragd_engine::settings_for(embedder),
-            )?)
+            let c = Collection::create(data, name, &ragd_engine::settings_for(&embedder))?;
+            Ok((c, embedder))
         }
-        other => Ok(other?),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -385,15 +388,8 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
             bail!("{}: no such file or directory", p.display());
         }
     }
-    let probe = Collection::open(&a.data.data_dir, &a.collection);
-    let encoder = match &probe {
-        Ok(c) => c.settings()?.encoder,
-        Err(ragd_store::Error::CollectionNotFound(_)) => DEFAULT_ENCODER.name.to_string(),
-        Err(e) => bail!("{e}"),
-    };
-    drop(probe);
-    let embedder = load_encoder(&a.models, &encoder)?;
-    let collection = open_or_create(&a.data.data_dir, &a.collection, &embedder, a.json)?;
+    let (collection, embedder) =
+        open_or_create(&a.data.data_dir, &a.collection, &a.models, a.json)?;
     let opts = IngestOptions {
         sources: SourceOptions {
             include: a.include,

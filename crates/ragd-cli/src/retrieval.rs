@@ -197,17 +197,8 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
     }
     let queries = ragd_engine::load_queries(&a.dataset)?;
     let qrels = ragd_engine::load_qrels(&a.dataset, &a.split)?;
-    let probe = Collection::open(&a.data.data_dir, &name);
-    let encoder = match &probe {
-        Ok(c) => c.settings()?.encoder,
-        Err(ragd_store::Error::CollectionNotFound(_)) => {
-            ragd_models::registry::DEFAULT_ENCODER.name.to_string()
-        }
-        Err(e) => bail!("{e}"),
-    };
-    drop(probe);
-    let embedder = load_encoder(&a.models, &encoder)?;
-    let c = crate::collections::open_or_create(&a.data.data_dir, &name, &embedder, a.json)?;
+    let (c, embedder) =
+        crate::collections::open_or_create(&a.data.data_dir, &name, &a.models, a.json)?;
     // Ingest skips documents already stored unchanged, so a second evaluation costs seconds.
     let ingest =
         Ingestor::new(&c, &embedder, IngestOptions::default())?.ingest_paths(&[corpus], &mut ())?;

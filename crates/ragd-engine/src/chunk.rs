@@ -48,6 +48,20 @@ impl Chunker {
         Ok(Self { counter, settings })
     }
 
+    /// The chunker for a collection's `settings`, after checking that `embedder` is the
+    /// collection's encoder.
+    pub fn for_collection(
+        settings: &ragd_store::CollectionSettings,
+        embedder: &ragd_models::Embedder,
+    ) -> Result<Self> {
+        crate::check_encoder(settings, embedder)?;
+        Self::new(
+            embedder.token_counter(),
+            settings.chunking,
+            embedder.max_len(),
+        )
+    }
+
     /// The title to prefix to every chunk of a document, or `None` when titles are not embedded,
     /// empty, or would take more than a quarter of the budget.
     pub fn title_prefix<'t>(&self, title: &'t str) -> Option<&'t str> {

@@ -167,7 +167,8 @@ pub struct EvalReport {
     pub fusion: crate::search::Fusion,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile (nearest rank) of ascending `sorted`; 0 when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -244,10 +245,7 @@ pub fn evaluate(
         }
         ms.sort_by(f64::total_cmp);
         let n = ids.len() as f64;
-        let name = serde_json::to_value(mode)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let name = mode.name().to_string();
         modes.insert(
             name,
             ModeMetrics {

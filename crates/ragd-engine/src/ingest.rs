@@ -138,13 +138,7 @@ impl<'a> Ingestor<'a> {
         embedder: &'a Embedder,
         opts: IngestOptions,
     ) -> Result<Self> {
-        let settings = collection.settings()?;
-        crate::check_encoder(&settings, embedder)?;
-        let chunker = Chunker::new(
-            embedder.token_counter(),
-            settings.chunking,
-            embedder.max_len(),
-        )?;
+        let chunker = Chunker::for_collection(&collection.settings()?, embedder)?;
         Ok(Self {
             collection,
             embedder,

@@ -18,7 +18,7 @@ pub use cite::{CitationParser, Marker, parse_citations};
 pub use error::{Error, Result};
 pub use eval::{
     EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
-    recall_at,
+    percentile, recall_at,
 };
 pub use ingest::{IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink};
 pub use parse::{

@@ -69,12 +69,7 @@ pub fn rebuild(
             settings.chunking = c;
             collection.set_settings(&settings)?;
         }
-        crate::check_encoder(&settings, embedder)?;
-        let chunker = Chunker::new(
-            embedder.token_counter(),
-            settings.chunking,
-            embedder.max_len(),
-        )?;
+        let chunker = Chunker::for_collection(&settings, embedder)?;
         let ids = collection.document_ids()?;
         let total = ids.len() as u64;
         for (n, group) in ids.chunks(opts.batch_documents.max(1)).enumerate() {

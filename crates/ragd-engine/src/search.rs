@@ -27,6 +27,17 @@ pub enum Mode {
     Hybrid,
 }
 
+impl Mode {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::Lexical => "lexical",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

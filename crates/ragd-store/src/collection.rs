@@ -648,23 +648,18 @@ fn apply(store: &DocStore, g: &Generation, ops: &[LogOp]) -> Result<()> {
             docs.insert(op.doc_id.as_str(), rec);
         }
     }
-    let empty = ragd_core::Metadata::new();
     let lex: Vec<LexicalDoc<'_>> = chunks
         .iter()
         .filter_map(|(id, c)| {
-            // A document replaced again later in the same batch has no record for its older
-            // chunks; those are tombstoned by the later entry anyway.
+            // A document deleted by a later entry has no record; chunks of an older version take
+            // the current title and metadata. Either way a later entry removes them below.
             let d = docs.get(c.doc_id.as_str())?;
             Some(LexicalDoc {
                 chunk: *id,
                 doc_id: &c.doc_id,
                 title: &d.title,
                 text: &c.span.text,
-                metadata: if d.chunks.contains(id) {
-                    &d.metadata
-                } else {
-                    &empty
-                },
+                metadata: &d.metadata,
             })
         })
         .collect();
