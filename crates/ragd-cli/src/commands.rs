@@ -1,12 +1,10 @@
 use crate::bench;
 use crate::collections::{self, CollectionsCommand, DeleteArgs, IngestArgs, RebuildArgs};
-use crate::docqa::DocQa;
 use crate::retrieval::{self, EvalCommand, SearchArgs};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_MODELS};
+use ragd_models::registry::{self, DEFAULT_MODELS};
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,10 +28,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Answer a question from one document, citing its passages.
-    Ask(AskArgs),
-    /// Fetch the default models if absent and answer a question about the bundled sample document.
-    Quickstart(QuickstartArgs),
+    /// Answer a question from a collection, citing its documents (streams the answer, then its
+    /// sources; `--json` prints one object).
+    Ask(crate::ask::AskArgs),
+    /// Fetch the default models if absent, build the sample collection from the bundled
+    /// document and answer a question about it.
+    Quickstart(crate::ask::QuickstartArgs),
     /// Create, list, inspect and delete collections.
     Collections {
         #[command(subcommand)]
@@ -98,41 +98,6 @@ enum BenchCommand {
     Search(crate::bench_search::SearchBenchArgs),
 }
 
-#[derive(Debug, Args)]
-struct AskArgs {
-    /// The question.
-    question: String,
-    /// Document to answer from (plain text or Markdown).
-    #[arg(long)]
-    document: PathBuf,
-    #[command(flatten)]
-    opts: AnswerOpts,
-}
-
-#[derive(Debug, Args)]
-struct QuickstartArgs {
-    /// The question to ask about the sample document.
-    #[arg(default_value = "What does a rebuild write before it switches?")]
-    question: String,
-    #[command(flatten)]
-    opts: AnswerOpts,
-}
-
-#[derive(Debug, Args)]
-struct AnswerOpts {
-    #[command(flatten)]
-    dir: ModelsDir,
-    /// Passages of the document given to the model.
-    #[arg(long, default_value_t = 3)]
-    top_k: usize,
-    /// Most tokens in the answer.
-    #[arg(long, default_value_t = 256)]
-    max_tokens: usize,
-    /// Print one JSON object instead of streaming text.
-    #[arg(long)]
-    json: bool,
-}
-
 /// Parses `args`, runs the command and maps failures to an exit code (1 on any error).
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
@@ -187,33 +152,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Search(args),
         } => crate::bench_search::run(&args),
-        Command::Ask(AskArgs {
-            question,
-            document,
-            opts,
-        }) => {
-            let text = std::fs::read_to_string(&document)
-                .with_context(|| format!("reading {}", document.display()))?;
-            let title = document
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
-            answer(
-                &opts,
-                title.as_deref().unwrap_or("document"),
-                &text,
-                &question,
-                false,
-            )
-        }
-        Command::Quickstart(QuickstartArgs { question, opts }) => {
-            answer(&opts, "ragd-overview.md", SAMPLE_DOCUMENT, &question, true)
-        }
+        Command::Ask(args) => crate::ask::ask(args),
+        Command::Quickstart(args) => crate::ask::quickstart(args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }
-
-/// The bundled sample document the quickstart answers from.
-pub(crate) const SAMPLE_DOCUMENT: &str = include_str!("../../../deploy/sample/ragd-overview.md");
 
 fn models_fetch(dir: &Path, json: bool) -> Result<()> {
     let mut outcomes = Vec::new();
@@ -258,61 +201,5 @@ fn models_list(dir: &Path, json: bool) -> Result<()> {
             m.path.display()
         );
     }
-    Ok(())
-}
-
-/// Loads both models (fetching them first for the quickstart) and answers `question` from `text`.
-fn answer(opts: &AnswerOpts, title: &str, text: &str, question: &str, fetch: bool) -> Result<()> {
-    let dir = opts.dir.resolve();
-    if fetch {
-        for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
-            if !matches!(spec.verify(&dir), Ok(true)) {
-                eprintln!("fetching {} into {} ...", spec.name, dir.display());
-                registry::fetch(&spec, &dir)?;
-            }
-        }
-    }
-    let qa = DocQa::load(&dir)?;
-    if !opts.json {
-        println!("Q: {question}\n");
-    }
-    let mut stdout = std::io::stdout();
-    let result = qa.answer(
-        title,
-        text,
-        question,
-        opts.top_k,
-        opts.max_tokens,
-        |delta| {
-            if !opts.json {
-                let _ = stdout.write_all(delta.as_bytes());
-                let _ = stdout.flush();
-            }
-        },
-    )?;
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-        return Ok(());
-    }
-    println!("\n\nSources:");
-    for s in &result.sources {
-        let mark = if result.cited.contains(&s.marker) {
-            "*"
-        } else {
-            " "
-        };
-        println!(
-            "{mark}[{}] {} (bytes {}..{}): {}",
-            s.marker, s.title, s.start, s.end, s.snippet
-        );
-    }
-    let u = &result.usage;
-    println!(
-        "\n{} prompt tokens, {} generated; first token after {:.2}s; {:.1} tokens/s",
-        u.prompt_tokens,
-        u.generated_tokens,
-        u.time_to_first_token_seconds,
-        u.decode_tokens_per_s()
-    );
     Ok(())
 }

@@ -3,12 +3,11 @@
 //! Every command is a thin shell over the library crates; output meant for scripts (`--json`) is
 //! one JSON document on stdout, human output and progress go to stderr/stdout as noted per command.
 
+mod ask;
 mod bench;
 mod bench_search;
 mod collections;
 mod commands;
-mod docqa;
 mod retrieval;
 
 pub use commands::{Cli, main_with_args};
-pub use docqa::{DocAnswer, DocQa};

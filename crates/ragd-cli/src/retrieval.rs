@@ -22,11 +22,11 @@ pub(crate) struct FusionFlags {
     rrf_k: f32,
     /// HNSW candidate list (default: the collection's ef_search).
     #[arg(long)]
-    ef: Option<usize>,
+    pub(crate) ef: Option<usize>,
 }
 
 impl FusionFlags {
-    fn fusion(&self) -> Result<Fusion> {
+    pub(crate) fn fusion(&self) -> Result<Fusion> {
         Ok(match self.fusion.as_str() {
             "convex" => Fusion::Convex {
                 dense_weight: self.dense_weight,
@@ -81,6 +81,10 @@ pub(crate) enum EvalCommand {
     /// Ingest a BEIR-layout dataset (reusing what is stored) and report nDCG@10, Recall@100,
     /// MRR@10 and latency per mode.
     Beir(BeirArgs),
+    /// Ask questions with known answers (or none) through the whole answer pipeline and report
+    /// fact accuracy, citation correctness and refusals; `--calibrate` picks the refusal
+    /// threshold from retrieval scores alone.
+    Answers(crate::ask::AnswersArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,7 +110,7 @@ pub(crate) struct BeirArgs {
     json: bool,
 }
 
-fn parse_filters(filters: &[String], doc_ids: &[String]) -> Result<SearchFilter> {
+pub(crate) fn parse_filters(filters: &[String], doc_ids: &[String]) -> Result<SearchFilter> {
     let mut metadata: Vec<(String, Vec<String>)> = Vec::new();
     for f in filters {
         let Some((k, v)) = f.split_once('=') else {
@@ -170,7 +174,10 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
 }
 
 pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
-    let EvalCommand::Beir(a) = cmd;
+    let a = match cmd {
+        EvalCommand::Beir(a) => a,
+        EvalCommand::Answers(a) => return crate::ask::eval_answers(a),
+    };
     let dataset_name = a
         .dataset
         .canonicalize()

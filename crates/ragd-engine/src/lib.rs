@@ -1,18 +1,26 @@
 //! ragd's pipelines over one collection: parsing files into documents, chunking them in encoder
-//! tokens, embedding, writing to the collection store, and offline rebuilds.
+//! tokens, embedding, writing to the collection store, offline rebuilds, retrieval and grounded
+//! answers.
 //!
 //! Everything here runs on the caller's thread (the encoder's matrix products use rayon's pool);
 //! a server calls it from a blocking pool, never from an async worker.
 
+mod answer;
 mod chunk;
 mod cite;
 mod error;
 mod eval;
 mod ingest;
 mod parse;
+mod qa;
 mod rebuild;
 mod search;
 
+pub use answer::{
+    Answer, AnswerConfig, AnswerEvent, AnswerRequest, AnswerStream, AnswerUsage, Answerer,
+    Citation, DEFAULT_MIN_RELEVANCE, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, Source,
+    Turn, retrieval_query,
+};
 pub use chunk::{Chunker, embed_text};
 pub use cite::{CitationParser, Marker, parse_citations};
 pub use error::{Error, Result};
@@ -23,7 +31,11 @@ pub use eval::{
 pub use ingest::{IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink};
 pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
-    read_source,
+    parse_bytes, read_source,
+};
+pub use qa::{
+    QaItem, QaOutcome, QaReport, calibrate_threshold, contains_term, evaluate_answers, load_qa,
+    same_document,
 };
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
 pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};

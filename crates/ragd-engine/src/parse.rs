@@ -223,27 +223,47 @@ pub fn read_source(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let parsed = match format {
+    let doc = parse_bytes(
+        &src.id,
+        &source,
+        &stem,
+        format,
+        bytes,
+        opts.max_document_bytes,
+    );
+    emit(doc.map_err(fail))
+}
+
+/// Parses one document held in memory (`Jsonl` is not a single document and is refused).
+/// `fallback_title` is used when the format carries no title. The error is the reason, for a
+/// per-document failure.
+pub fn parse_bytes(
+    id: &str,
+    source: &str,
+    fallback_title: &str,
+    format: Format,
+    bytes: Vec<u8>,
+    max_document_bytes: usize,
+) -> std::result::Result<ParsedDoc, String> {
+    let stem = fallback_title.to_string();
+    let (title, text) = match format {
         Format::Text => utf8(bytes).map(|t| (stem, t)),
         Format::Markdown => utf8(bytes).map(|t| (markdown_title(&t).unwrap_or(stem), t)),
         Format::Html => html(&bytes).map(|(title, t)| (title.unwrap_or(stem), t)),
         Format::Pdf => pdf(&bytes).map(|t| (stem, t)),
-        Format::Jsonl => unreachable!("handled above"),
-    };
-    let doc = parsed.and_then(|(title, text)| {
-        check_text(&text, opts.max_document_bytes)?;
-        Ok(ParsedDoc {
-            doc: DocumentInput {
-                id: src.id.clone(),
-                source: source.clone(),
-                title,
-                text,
-                metadata: Metadata::new(),
-            },
-            markdown: format == Format::Markdown,
-        })
-    });
-    emit(doc.map_err(fail))
+        Format::Jsonl => Err("a JSONL file holds many documents; send them one by one".into()),
+    }?;
+    check_text(&text, max_document_bytes)?;
+    Ok(ParsedDoc {
+        doc: DocumentInput {
+            id: id.to_string(),
+            source: source.to_string(),
+            title,
+            text,
+            metadata: Metadata::new(),
+        },
+        markdown: format == Format::Markdown,
+    })
 }
 
 fn check_text(text: &str, max: usize) -> std::result::Result<(), String> {

@@ -260,6 +260,16 @@ impl<'a> Searcher<'a> {
         })
     }
 
+    /// The collection searched.
+    pub fn collection(&self) -> &'a Collection {
+        self.collection
+    }
+
+    /// The encoder queries are embedded with.
+    pub fn embedder(&self) -> &'a Embedder {
+        self.embedder
+    }
+
     /// The query's vector, from the cache or the encoder.
     pub fn embed_query(&self, query: &str) -> Result<Arc<Vec<f32>>> {
         if let Some(v) = self

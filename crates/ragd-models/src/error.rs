@@ -33,6 +33,9 @@ pub enum Error {
     /// A bounded queue in front of a model is full.
     #[error("{0} is overloaded; retry later")]
     Overloaded(&'static str),
+    /// The request's deadline passed before it finished.
+    #[error("the deadline passed before generation finished")]
+    DeadlineExceeded,
     /// The worker thread that owns a model is gone.
     #[error("{0} worker has stopped")]
     WorkerGone(&'static str),
@@ -58,6 +61,7 @@ impl Error {
             Self::PromptTooLong { .. } | Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::Overloaded(_) => ErrorKind::Overloaded,
             Self::WorkerGone(_) => ErrorKind::Unavailable,
+            Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Self::ModelInvalid { .. }
             | Self::Fetch { .. }
             | Self::Tokenizer(_)

@@ -60,6 +60,21 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
     /// Generation ends before any of these strings; they are not part of the output.
     pub stop: Vec<String>,
+    /// Past this instant the session stops (before its next forward pass) and the stream ends
+    /// with [`Error::DeadlineExceeded`]; a request still queued then is not started.
+    pub deadline: Option<Instant>,
+    /// When set, an answer about to end without a `[n]` marker gets one: ` [` is fed to the
+    /// model and the number is sampled from the valid markers only.
+    pub force_citation: Option<ForceCitation>,
+}
+
+/// Citation forcing for grounded answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForceCitation {
+    /// Markers `1..=sources` are valid (at most 9 are offered).
+    pub sources: usize,
+    /// No marker is added to an answer that starts with this (a refusal).
+    pub unless_starts_with: String,
 }
 
 impl GenerateRequest {
@@ -70,6 +85,8 @@ impl GenerateRequest {
             max_tokens,
             sampling: SamplingParams::default(),
             stop: Vec::new(),
+            deadline: None,
+            force_citation: None,
         }
     }
 }
@@ -361,10 +378,14 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         queue_seconds: started.duration_since(enqueued).as_secs_f64(),
         ..Usage::default()
     };
+    let expired = || request.deadline.is_some_and(|d| Instant::now() >= d);
     let mut logits = Vec::new();
     for chunk in prompt.chunks(shared.prefill_chunk) {
         if tx.is_closed() {
             return Err(cancelled());
+        }
+        if expired() {
+            return Err(Error::DeadlineExceeded);
         }
         logits = shared.weights.forward(chunk, state)?;
     }
@@ -373,6 +394,11 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut generated: Vec<u32> = Vec::new();
     let mut text = DeltaText::new(request.stop.clone());
+    // A forced citation needs room for ` [`, the digit and `]`.
+    let limit = match &request.force_citation {
+        Some(_) if request.max_tokens > 2 * CITATION_TOKENS => request.max_tokens - CITATION_TOKENS,
+        _ => request.max_tokens,
+    };
     let decode_start = Instant::now();
     let finish = loop {
         let next = sampler.sample(&mut logits, &generated);
@@ -380,6 +406,7 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
             usage.time_to_first_token_seconds = started.elapsed().as_secs_f64();
         }
         if shared.vocab.stop_ids.contains(&next) {
+            force_citation(shared, state, &request, &mut generated, &mut text, &tx)?;
             break FinishReason::Stop;
         }
         generated.push(next);
@@ -392,11 +419,15 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         if hit_stop {
             break FinishReason::StopSequence;
         }
-        if generated.len() >= request.max_tokens {
+        if generated.len() >= limit {
+            force_citation(shared, state, &request, &mut generated, &mut text, &tx)?;
             break FinishReason::Length;
         }
         if tx.is_closed() {
             return Err(cancelled());
+        }
+        if expired() {
+            return Err(Error::DeadlineExceeded);
         }
         logits = shared.weights.forward(&[next], state)?;
     };
@@ -414,6 +445,99 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
     };
     let _ = tx.blocking_send(Ok(GenerationEvent::Done(completion)));
     Ok(())
+}
+
+/// Most tokens a forced citation adds.
+const CITATION_TOKENS: usize = 4;
+
+/// At the end of an answer: when citation forcing is on and the text has no marker, adds one
+/// and streams it.
+fn force_citation(
+    shared: &Shared,
+    state: &mut KvState,
+    request: &GenerateRequest,
+    generated: &mut Vec<u32>,
+    text: &mut DeltaText,
+    tx: &mpsc::Sender<Result<GenerationEvent>>,
+) -> Result<()> {
+    let Some(fc) = &request.force_citation else {
+        return Ok(());
+    };
+    if generated.len() + CITATION_TOKENS > request.max_tokens
+        || state.pos() + CITATION_TOKENS >= state.context()
+    {
+        return Ok(());
+    }
+    let so_far = shared.vocab.tokenizer.decode(generated, true)?;
+    if !needs_citation(&so_far, fc) {
+        return Ok(());
+    }
+    let marker = cite(shared, state, fc, &so_far)?;
+    generated.extend_from_slice(&marker);
+    shared
+        .tokens_generated
+        .fetch_add(marker.len() as u64, Ordering::Relaxed);
+    let decoded = shared.vocab.tokenizer.decode(generated, true)?;
+    let (delta, _) = text.update(&decoded);
+    if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
+        return Err(cancelled());
+    }
+    Ok(())
+}
+
+/// True when `text` (a finished answer) has no `[digit` marker and is not a refusal.
+fn needs_citation(text: &str, fc: &ForceCitation) -> bool {
+    let t = text.trim();
+    if t.is_empty() || fc.sources == 0 {
+        return false;
+    }
+    if !fc.unless_starts_with.is_empty()
+        && t.to_lowercase()
+            .starts_with(&fc.unless_starts_with.to_lowercase())
+    {
+        return false;
+    }
+    !t.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'[' && w[1].is_ascii_digit())
+}
+
+/// Feeds ` [`, samples one digit among the valid markers (greedy over the model's logits), and
+/// closes with `]`; returns the tokens added. The KV state advances past all of them.
+fn cite(
+    shared: &Shared,
+    state: &mut KvState,
+    fc: &ForceCitation,
+    so_far: &str,
+) -> Result<Vec<u32>> {
+    let tok = &shared.vocab.tokenizer;
+    let open_text = if so_far.ends_with(char::is_whitespace) {
+        "["
+    } else {
+        " ["
+    };
+    let open: Vec<u32> = tok.encode(open_text, false)?.get_ids().to_vec();
+    let close: Vec<u32> = tok.encode("]", false)?.get_ids().to_vec();
+    let digits: Vec<u32> = (1..=fc.sources.min(9))
+        .filter_map(|d| {
+            let ids = tok.encode(d.to_string(), false).ok()?;
+            (ids.get_ids().len() == 1).then(|| ids.get_ids()[0])
+        })
+        .collect();
+    if open.is_empty() || close.is_empty() || digits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let logits = shared.weights.forward(&open, state)?;
+    let pick = digits
+        .iter()
+        .copied()
+        .max_by(|a, b| logits[*a as usize].total_cmp(&logits[*b as usize]))
+        .unwrap_or(digits[0]);
+    shared.weights.forward(&[pick], state)?;
+    let mut out = open;
+    out.push(pick);
+    out.extend_from_slice(&close);
+    Ok(out)
 }
 
 /// Turns "all text decoded so far" into deltas that are safe to show.

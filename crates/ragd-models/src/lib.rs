@@ -24,8 +24,8 @@ pub use bert::Pooling;
 pub use embedder::{BatchOptions, Embedder, EmbedderHandle, Embedding, TokenCounter, plan_batches};
 pub use error::{Error, Result};
 pub use generator::{
-    Completion, FinishReason, GenerateRequest, GenerationEvent, GenerationStream, Generator,
-    GeneratorOptions, Prompt, Usage,
+    Completion, FinishReason, ForceCitation, GenerateRequest, GenerationEvent, GenerationStream,
+    Generator, GeneratorOptions, Prompt, Usage,
 };
 pub use gguf_meta::{ChatMessage, ChatTemplate};
 pub use sampling::{Sampler, SamplingParams, argmax};

@@ -218,6 +218,8 @@ fn seeded_sampling_is_reproducible() {
         max_tokens: 24,
         sampling,
         stop: vec![],
+        deadline: None,
+        force_citation: None,
     };
     assert_eq!(complete(req.clone()).text, complete(req).text);
 }
@@ -300,6 +302,60 @@ fn dropping_the_stream_stops_generation() {
         .blocking_collect(|_| ())
         .unwrap();
     assert!(c.usage.generated_tokens >= 1);
+}
+
+#[test]
+fn a_passed_deadline_ends_the_stream_with_deadline_exceeded() {
+    let mut req = GenerateRequest::greedy(chat("Write a very long story about a dragon."), 400);
+    req.deadline = Some(std::time::Instant::now() + Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut deltas = 0;
+    let mut stream = generator().generate(req).unwrap();
+    let end = loop {
+        match stream.blocking_next() {
+            Some(Ok(GenerationEvent::Delta(_))) => deltas += 1,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(end, Some(Err(Error::DeadlineExceeded))),
+        "{end:?} after {deltas} deltas"
+    );
+    // One forward pass past the deadline at most (a prefill chunk is the longest).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn citation_forcing_adds_a_valid_marker_unless_the_answer_is_a_refusal() {
+    let mut req = GenerateRequest::greedy(chat("Say hello in three words."), 24);
+    req.force_citation = Some(ragd_models::ForceCitation {
+        sources: 3,
+        unless_starts_with: "The documents".into(),
+    });
+    let c = complete(req.clone());
+    let open = c
+        .text
+        .rfind('[')
+        .unwrap_or_else(|| panic!("no marker: {:?}", c.text));
+    let marker = &c.text[open..];
+    assert!(
+        ["[1]", "[2]", "[3]"].contains(&marker),
+        "marker {marker:?} in {:?}",
+        c.text
+    );
+    // Within max_tokens, marker included.
+    assert!(c.usage.generated_tokens <= 24);
+    // An answer that starts like a refusal gets none.
+    let mut refusal = req;
+    refusal.prompt =
+        chat("Reply with exactly this sentence: The documents do not answer this question.");
+    let c = complete(refusal);
+    assert!(c.text.starts_with("The documents"), "{:?}", c.text);
+    assert!(!c.text.contains('['), "{:?}", c.text);
 }
 
 #[test]

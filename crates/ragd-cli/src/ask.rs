@@ -1,0 +1,491 @@
+//! `ragd ask`, `ragd quickstart` and `ragd eval answers`: grounded answers over a collection,
+//! offline on the data directory.
+
+use crate::collections::{DataDir, load_encoder, open_or_create};
+use crate::commands::ModelsDir;
+use crate::retrieval::{FusionFlags, parse_filters};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ragd_engine::{
+    Answer, AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, Mode, QaReport,
+    SearchParams, Searcher, Turn,
+};
+use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{Generator, GeneratorOptions, SamplingParams};
+use ragd_store::Collection;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Retrieval and generation flags shared by `ask`, `quickstart` and `eval answers`.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct AnswerFlags {
+    /// Retrieval mode: dense, lexical or hybrid.
+    #[arg(long, default_value = "hybrid")]
+    mode: String,
+    /// Chunks retrieved and offered to the model (at most 5 are packed by default).
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Metadata filter KEY=VALUE; repeat a key for one-of, different keys must all match.
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Only these documents; repeatable.
+    #[arg(long = "doc-id")]
+    doc_ids: Vec<String>,
+    #[command(flatten)]
+    fusion: FusionFlags,
+    /// Most tokens in the answer.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 (the default) decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (with a temperature above 0).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed for sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop sequence; repeatable.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Refuse without calling the decoder when no retrieved chunk is at least this similar to
+    /// the question (cosine) [default: the calibrated threshold].
+    #[arg(long)]
+    min_relevance: Option<f32>,
+    /// Most prompt tokens (sources, history and question together).
+    #[arg(long, default_value_t = AnswerConfig::default().max_prompt_tokens)]
+    max_prompt_tokens: usize,
+}
+
+impl AnswerFlags {
+    fn config(&self) -> AnswerConfig {
+        let d = AnswerConfig::default();
+        AnswerConfig {
+            max_prompt_tokens: self.max_prompt_tokens,
+            max_sources: self.top_k.max(1),
+            min_relevance: self.min_relevance.unwrap_or(d.min_relevance),
+            ..d
+        }
+    }
+
+    fn request(&self, question: &str) -> Result<AnswerRequest> {
+        let mut r = AnswerRequest::new(question);
+        r.search = SearchParams {
+            mode: self.mode.parse::<Mode>()?,
+            top_k: self.top_k,
+            ef: self.fusion.ef,
+            fusion: self.fusion.fusion()?,
+            filter: parse_filters(&self.filters, &self.doc_ids)?,
+            ..SearchParams::default()
+        };
+        r.max_tokens = self.max_tokens;
+        if self.temperature > 0.0 || self.top_p < 1.0 || self.seed.is_some() {
+            r.sampling = Some(SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+                repeat_penalty: AnswerConfig::default().repeat_penalty,
+                ..SamplingParams::default()
+            });
+        }
+        r.stop = self.stop.clone();
+        r.min_relevance = self.min_relevance;
+        Ok(r)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AskArgs {
+    /// The question.
+    question: String,
+    /// Collection to answer from.
+    #[arg(long)]
+    collection: String,
+    #[command(flatten)]
+    data: DataDir,
+    #[command(flatten)]
+    models: ModelsDir,
+    #[command(flatten)]
+    flags: AnswerFlags,
+    /// Earlier turns of the conversation: a JSON file holding `[{"question", "answer"}, ...]`.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QuickstartArgs {
+    /// The question to ask about the sample collection.
+    #[arg(default_value = "What does a rebuild write before it switches?")]
+    question: String,
+    #[command(flatten)]
+    data: DataDir,
+    #[command(flatten)]
+    models: ModelsDir,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AnswersArgs {
+    /// Directory of documents (ingested into the collection, unchanged ones skipped).
+    #[arg(long)]
+    docs: PathBuf,
+    /// Questions, one JSON object per line: {"id", "question", "document" (or null), "expect"}.
+    #[arg(long)]
+    questions: PathBuf,
+    /// Collection to use (default: qa-<name of the docs directory's parent>).
+    #[arg(long)]
+    collection: Option<String>,
+    #[command(flatten)]
+    data: DataDir,
+    #[command(flatten)]
+    models: ModelsDir,
+    #[command(flatten)]
+    flags: AnswerFlags,
+    /// Only retrieve: report the refusal threshold that best separates answerable from
+    /// unanswerable questions by retrieval relevance, without calling the decoder.
+    #[arg(long)]
+    calibrate: bool,
+    /// With --calibrate: the largest share of answerable questions the threshold may refuse.
+    #[arg(long, default_value_t = 0.05)]
+    max_false_refusals: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads the default decoder with one session.
+pub(crate) fn load_decoder(models: &ModelsDir) -> Result<Generator> {
+    let dir = models.resolve();
+    if !DEFAULT_DECODER.dir(&dir).is_dir() {
+        return Err(DEFAULT_DECODER.missing(&dir).into());
+    }
+    Generator::load(
+        &DEFAULT_DECODER.gguf_path(&dir),
+        GeneratorOptions::default(),
+    )
+    .context("loading the decoder")
+}
+
+fn read_history(path: Option<&Path>) -> Result<Vec<Turn>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: history must be a JSON array of {{\"question\", \"answer\"}} objects",
+            path.display()
+        )
+    })
+}
+
+pub(crate) fn ask(a: AskArgs) -> Result<()> {
+    let c = Collection::open(&a.data.data_dir, &a.collection)?;
+    let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
+    let generator = load_decoder(&a.models)?;
+    let mut request = a.flags.request(&a.question)?;
+    request.history = read_history(a.history.as_deref())?;
+    if let Some(t) = a.timeout {
+        if !(t > 0.0 && t.is_finite()) {
+            bail!("--timeout must be a positive number of seconds, got {t}");
+        }
+        request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
+    }
+    let searcher = Searcher::new(&c, &embedder, 4)?;
+    let config = a.flags.config();
+    let answerer = Answerer::new(&searcher, &generator, &config);
+    answer_and_print(&answerer, request, a.json)
+}
+
+/// Streams the answer to stdout (or prints it as JSON) and lists its sources.
+pub(crate) fn answer_and_print(
+    answerer: &Answerer<'_>,
+    request: AnswerRequest,
+    json: bool,
+) -> Result<()> {
+    if !json {
+        println!("Q: {}\n", request.question.trim());
+    }
+    let mut stdout = std::io::stdout();
+    let answer = answerer.answer_blocking(request, |delta| {
+        if !json {
+            let _ = stdout.write_all(delta.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print_sources(&answer);
+    }
+    Ok(())
+}
+
+fn print_sources(a: &Answer) {
+    if a.finish.is_none() {
+        // Refused before generation: nothing was streamed.
+        println!("{}", a.answer);
+    }
+    if let (Some(_), Some(g)) = (&a.unsupported_draft, &a.grounding) {
+        println!(
+            "\n\n[declined: the sources do not contain {}] {}",
+            g.unsupported
+                .iter()
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.answer
+        );
+    }
+    if a.sources.is_empty() {
+        println!("\n\n(no source was relevant enough to answer from)");
+    } else {
+        println!("\n\nSources{}:", if a.cited { "" } else { " (none cited)" });
+    }
+    for s in &a.sources {
+        let cited = a.citations.iter().find(|c| c.marker == s.marker);
+        println!(
+            "{}[{}] {} — {} (bytes {}..{})",
+            if cited.is_some() { "*" } else { " " },
+            s.marker,
+            s.title,
+            s.document_id,
+            s.start,
+            s.end
+        );
+        if let Some(c) = cited {
+            println!("      \"{}\"", c.snippet);
+        }
+    }
+    if a.dropped_markers > 0 {
+        println!(
+            "({} citation marker(s) pointed to no source and were dropped)",
+            a.dropped_markers
+        );
+    }
+    let u = &a.usage;
+    println!(
+        "\n{} prompt tokens, {} generated; first token after {:.2} s (retrieval {:.0} ms); \
+         {:.1} tokens/s",
+        u.prompt_tokens,
+        u.generated_tokens,
+        u.time_to_first_token_ms / 1e3,
+        u.retrieval_ms,
+        u.decode_tokens_per_s
+    );
+}
+
+/// The documents bundled into the binary for the quickstart: (id, Markdown text).
+pub(crate) const SAMPLE_DOCUMENTS: &[(&str, &str)] = &[(
+    "ragd-overview.md",
+    include_str!("../../../deploy/sample/ragd-overview.md"),
+)];
+
+/// Name of the quickstart's collection.
+pub(crate) const SAMPLE_COLLECTION: &str = "sample";
+
+/// Fetches the default models when absent.
+pub(crate) fn ensure_models(models: &ModelsDir) -> Result<()> {
+    let dir = models.resolve();
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        if !matches!(spec.verify(&dir), Ok(true)) {
+            eprintln!("fetching {} into {} ...", spec.name, dir.display());
+            registry::fetch(&spec, &dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates (or updates) the sample collection from the bundled documents.
+pub(crate) fn sample_collection(
+    data: &Path,
+    models: &ModelsDir,
+    quiet: bool,
+) -> Result<(Collection, ragd_models::Embedder)> {
+    let (c, embedder) = open_or_create(data, SAMPLE_COLLECTION, models, quiet)?;
+    let docs = SAMPLE_DOCUMENTS
+        .iter()
+        .map(|(id, text)| {
+            ragd_engine::parse_bytes(
+                id,
+                id,
+                id,
+                ragd_engine::Format::Markdown,
+                text.as_bytes().to_vec(),
+                usize::MAX,
+            )
+            .map_err(|reason| anyhow::anyhow!("sample document {id}: {reason}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ingestor::new(&c, &embedder, IngestOptions::default())?.ingest_documents(docs, &mut ())?;
+    Ok((c, embedder))
+}
+
+pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
+    ensure_models(&a.models)?;
+    let (c, embedder) = sample_collection(&a.data.data_dir, &a.models, a.json)?;
+    let generator = load_decoder(&a.models)?;
+    let searcher = Searcher::new(&c, &embedder, 4)?;
+    let config = AnswerConfig::default();
+    let answerer = Answerer::new(&searcher, &generator, &config);
+    answer_and_print(&answerer, AnswerRequest::new(&a.question), a.json)
+}
+
+pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
+    let items = ragd_engine::load_qa(&a.questions)?;
+    if items.is_empty() {
+        bail!("{} holds no questions", a.questions.display());
+    }
+    let name = match &a.collection {
+        Some(n) => n.clone(),
+        None => {
+            let abs = a
+                .docs
+                .canonicalize()
+                .with_context(|| format!("documents {}", a.docs.display()))?;
+            let set = abs
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "docs".into());
+            format!("qa-{set}")
+        }
+    };
+    let (c, embedder) = open_or_create(&a.data.data_dir, &name, &a.models, a.json)?;
+    let report = Ingestor::new(&c, &embedder, IngestOptions::default())?
+        .ingest_paths(std::slice::from_ref(&a.docs), &mut ())?;
+    if !report.failed.is_empty() {
+        bail!(
+            "{} documents failed to ingest: {:?}",
+            report.failed.len(),
+            report.failed
+        );
+    }
+    let generator = load_decoder(&a.models)?;
+    let searcher = Searcher::new(&c, &embedder, items.len().max(4))?;
+    let config = a.flags.config();
+    let template = a.flags.request("placeholder")?;
+    let answerer = Answerer::new(&searcher, &generator, &config);
+    if a.calibrate {
+        return calibrate(&answerer, &items, &template, a.max_false_refusals, a.json);
+    }
+    let report =
+        ragd_engine::evaluate_answers(&answerer, &items, &template, config.min_relevance, |o| {
+            if !a.json {
+                eprintln!(
+                    "{:<5} rel {:.3} {}{} fact={} cite={} {:?}",
+                    o.id,
+                    o.top_relevance,
+                    if o.answerable { "ans " } else { "none" },
+                    if o.refused { " REFUSED" } else { "" },
+                    o.fact,
+                    o.right_citation,
+                    o.answer.chars().take(100).collect::<String>()
+                );
+            }
+        })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn calibrate(
+    answerer: &Answerer<'_>,
+    items: &[ragd_engine::QaItem],
+    template: &AnswerRequest,
+    max_false_refusals: f64,
+    json: bool,
+) -> Result<()> {
+    let mut points = Vec::with_capacity(items.len());
+    for item in items {
+        let mut r = template.clone();
+        r.question = item.question.clone();
+        r.min_relevance = Some(-1.0);
+        let top = answerer
+            .prepare(r)?
+            .sources
+            .iter()
+            .map(|s| s.relevance)
+            .fold(f32::NEG_INFINITY, f32::max);
+        points.push((item.id.clone(), top, item.document.is_some()));
+    }
+    let pts: Vec<(f32, bool)> = points.iter().map(|p| (p.1, p.2)).collect();
+    let best = ragd_engine::calibrate_threshold(&pts, max_false_refusals);
+    if json {
+        let v = serde_json::json!({
+            "threshold": best.map(|b| b.0),
+            "balanced_accuracy": best.map(|b| b.1),
+            "questions": points.iter().map(|(id, r, ans)| serde_json::json!({
+                "id": id, "top_relevance": r, "answerable": ans
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut sorted = points.clone();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (id, r, ans) in &sorted {
+        println!(
+            "{id:<6} {r:.3} {}",
+            if *ans { "answerable" } else { "unanswerable" }
+        );
+    }
+    match best {
+        Some((t, acc)) => println!(
+            "best refusal threshold {t:.3} (balanced accuracy {acc:.3} on these questions)"
+        ),
+        None => println!("need both answerable and unanswerable questions to calibrate"),
+    }
+    Ok(())
+}
+
+fn print_report(r: &QaReport) {
+    println!(
+        "{} questions ({} answerable, {} unanswerable), refusal threshold {:.2}",
+        r.questions, r.answerable, r.unanswerable, r.min_relevance
+    );
+    println!("expected fact in answer      {:.1}%", r.fact_rate * 100.0);
+    println!(
+        "right document cited         {:.1}%",
+        r.right_citation_rate * 100.0
+    );
+    println!(
+        "only right document cited    {:.1}%",
+        r.only_right_citation_rate * 100.0
+    );
+    println!(
+        "... among answered questions {:.1}%",
+        r.answered_right_citation_rate * 100.0
+    );
+    println!(
+        "right document retrieved     {:.1}%",
+        r.retrieved_rate * 100.0
+    );
+    println!(
+        "unanswerable refused         {:.1}%",
+        r.correct_refusal_rate * 100.0
+    );
+    println!(
+        "answerable refused           {:.1}%",
+        r.false_refusal_rate * 100.0
+    );
+    println!(
+        "markers to sources not given {} (dropped)",
+        r.dropped_markers
+    );
+    println!(
+        "time to first token p50      {:.0} ms",
+        r.time_to_first_token_p50_ms
+    );
+}

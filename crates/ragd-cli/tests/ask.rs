@@ -1,0 +1,95 @@
+//! `ragd quickstart` and `ragd ask --collection X --json` with both real models: from the
+//! bundled sample document to a cited answer, as scripts use it.
+#![allow(clippy::unwrap_used)]
+
+use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
+use serde_json::Value;
+use std::process::Command;
+
+fn ragd(args: &[&str]) -> Value {
+    let dir = registry::resolve_models_dir(None);
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        assert!(spec.verify(&dir).unwrap_or(false), "{}", spec.missing(&dir));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args(args)
+        .args(["--models-dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ragd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The interface scripts rely on: `answer, refused, cited, citations[{marker, document_id,
+/// chunk_id, title, start, end, snippet}], usage`.
+fn assert_answer_shape(v: &Value) {
+    assert!(v["answer"].is_string(), "{v}");
+    assert!(v["refused"].is_boolean() && v["cited"].is_boolean(), "{v}");
+    for c in v["citations"].as_array().unwrap() {
+        assert!(c["marker"].is_u64() && c["chunk_id"].is_u64(), "{c}");
+        assert!(
+            c["document_id"].is_string() && c["title"].is_string(),
+            "{c}"
+        );
+        assert!(c["snippet"].is_string(), "{c}");
+        assert!(
+            c["start"].as_u64().unwrap() < c["end"].as_u64().unwrap(),
+            "{c}"
+        );
+    }
+    for k in [
+        "prompt_tokens",
+        "generated_tokens",
+        "time_to_first_token_ms",
+        "decode_tokens_per_s",
+        "retrieval_ms",
+        "index_generation",
+    ] {
+        assert!(v["usage"][k].is_number(), "usage.{k} missing: {v}");
+    }
+    assert!(v["usage"]["encoder"].is_string() && v["usage"]["decoder"].is_string());
+}
+
+#[test]
+fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let v = ragd(&["quickstart", "--json", "--data-dir", d]);
+    assert_answer_shape(&v);
+    assert!(!v["refused"].as_bool().unwrap(), "{v}");
+    assert!(
+        v["answer"]
+            .as_str()
+            .unwrap()
+            .contains("temporary directory"),
+        "{v}"
+    );
+    assert!(v["cited"].as_bool().unwrap(), "{v}");
+    let c = &v["citations"][0];
+    assert_eq!(c["document_id"], "ragd-overview.md");
+    let doc = include_str!("../../../deploy/sample/ragd-overview.md");
+    let (s, e) = (
+        c["start"].as_u64().unwrap() as usize,
+        c["end"].as_u64().unwrap() as usize,
+    );
+    assert!(doc[s..e].contains("temporary directory"), "{}", &doc[s..e]);
+
+    // The same collection, now with `ask`; an off-topic question is refused without the decoder.
+    let v = ragd(&[
+        "ask",
+        "--collection",
+        "sample",
+        "--data-dir",
+        d,
+        "--json",
+        "What is the capital gains tax rate in Portugal?",
+    ]);
+    assert_answer_shape(&v);
+    assert!(v["refused"].as_bool().unwrap(), "{v}");
+    assert!(!v["cited"].as_bool().unwrap(), "{v}");
+    assert_eq!(v["usage"]["generated_tokens"], 0, "{v}");
+}

@@ -1,0 +1,301 @@
+//! Answer-quality evaluation: questions whose answer is in exactly one document (or in none),
+//! asked through the whole answer pipeline, scored on the expected fact, the cited document and
+//! refusals; and calibration of the refusal threshold on the retrieval scores alone.
+
+use crate::answer::{AnswerRequest, Answerer};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One evaluation question (a line of `questions.jsonl`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct QaItem {
+    pub id: String,
+    pub question: String,
+    /// The document that answers it (a file name or document id); `None`: nothing does.
+    pub document: Option<String>,
+    /// Strings of which at least one (case-insensitive) is in a correct answer.
+    #[serde(default)]
+    pub expect: Vec<String>,
+}
+
+/// Reads a questions file (JSON lines).
+pub fn load_qa(path: &Path) -> Result<Vec<QaItem>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::InvalidInput(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// True when document id `id` names `expected` (equal, or a path ending in `/expected`).
+pub fn same_document(id: &str, expected: &str) -> bool {
+    id == expected || id.ends_with(&format!("/{expected}"))
+}
+
+/// True when `needle` occurs in `hay` not glued to letters or digits (so "78" is not found in
+/// "1978").
+pub fn contains_term(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    hay.match_indices(needle).any(|(i, m)| {
+        let before = hay[..i].chars().next_back();
+        let after = hay[i + m.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// What happened to one question.
+#[derive(Debug, Clone, Serialize)]
+pub struct QaOutcome {
+    pub id: String,
+    pub answerable: bool,
+    /// Best cosine between the question and a retrieved chunk.
+    pub top_relevance: f32,
+    pub refused: bool,
+    /// Refused on retrieval scores, without calling the decoder.
+    pub refused_early: bool,
+    /// An expected string is in the answer (answerable questions).
+    pub fact: bool,
+    /// Some citation points to the expected document (answerable questions).
+    pub right_citation: bool,
+    /// Every citation points to the expected document and there is at least one.
+    pub only_right_citations: bool,
+    /// Documents cited, in order.
+    pub cited: Vec<String>,
+    /// The expected document was among the packed sources.
+    pub retrieved: bool,
+    /// Markers that pointed to no packed source.
+    pub dropped_markers: usize,
+    pub time_to_first_token_ms: f64,
+    pub total_ms: f64,
+    pub answer: String,
+    /// What the model wrote when ragd declined it as unsupported by the sources.
+    pub unsupported_draft: Option<String>,
+}
+
+/// Rates over a question set.
+#[derive(Debug, Clone, Serialize)]
+pub struct QaReport {
+    pub questions: usize,
+    pub answerable: usize,
+    pub unanswerable: usize,
+    /// Answerable questions whose answer holds the expected fact.
+    pub fact_rate: f64,
+    /// Answerable questions with a citation of the right document.
+    pub right_citation_rate: f64,
+    /// Answerable questions citing only the right document.
+    pub only_right_citation_rate: f64,
+    /// Among answerable questions that were answered (not refused), those citing the right
+    /// document.
+    pub answered_right_citation_rate: f64,
+    /// Answerable questions whose document was packed into the prompt.
+    pub retrieved_rate: f64,
+    /// Unanswerable questions refused.
+    pub correct_refusal_rate: f64,
+    /// Answerable questions refused.
+    pub false_refusal_rate: f64,
+    /// Marker occurrences pointing to sources that were not given (dropped, never resolved).
+    pub dropped_markers: usize,
+    /// Resolved citations that point outside the packed sources (must be 0 by construction).
+    pub citations_to_ungiven_sources: usize,
+    pub time_to_first_token_p50_ms: f64,
+    pub min_relevance: f32,
+    pub outcomes: Vec<QaOutcome>,
+}
+
+/// Asks every question through `answerer` (with `template`'s options) and scores the answers.
+pub fn evaluate_answers(
+    answerer: &Answerer<'_>,
+    items: &[QaItem],
+    template: &AnswerRequest,
+    min_relevance: f32,
+    mut progress: impl FnMut(&QaOutcome),
+) -> Result<QaReport> {
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut ungiven = 0;
+    for item in items {
+        let mut request = template.clone();
+        request.question = item.question.clone();
+        request.min_relevance = Some(-1.0);
+        // Retrieval once with no threshold, to read the best relevance; then the real request.
+        let top_relevance = answerer
+            .prepare(request.clone())?
+            .sources
+            .iter()
+            .map(|s| s.relevance)
+            .fold(f32::NEG_INFINITY, f32::max);
+        request.min_relevance = Some(min_relevance);
+        let answer = answerer.answer_blocking(request, |_| {})?;
+        ungiven += answer
+            .citations
+            .iter()
+            .filter(|c| {
+                !answer
+                    .sources
+                    .iter()
+                    .any(|s| s.marker == c.marker && s.chunk_id == c.chunk_id)
+            })
+            .count();
+        let expected = item.document.as_deref();
+        let lower = answer.answer.to_lowercase();
+        let cited: Vec<String> = answer
+            .citations
+            .iter()
+            .map(|c| c.document_id.clone())
+            .collect();
+        let right = |d: &String| expected.is_some_and(|e| same_document(d, e));
+        let outcome = QaOutcome {
+            id: item.id.clone(),
+            answerable: expected.is_some(),
+            top_relevance,
+            refused: answer.refused,
+            refused_early: answer.finish.is_none(),
+            fact: item
+                .expect
+                .iter()
+                .any(|e| contains_term(&lower, &e.to_lowercase())),
+            right_citation: cited.iter().any(right),
+            only_right_citations: !cited.is_empty() && cited.iter().all(right),
+            retrieved: answer.sources.iter().any(|s| right(&s.document_id)),
+            cited,
+            dropped_markers: answer.dropped_markers,
+            time_to_first_token_ms: answer.usage.time_to_first_token_ms,
+            total_ms: answer.usage.total_ms,
+            answer: answer.answer,
+            unsupported_draft: answer.unsupported_draft,
+        };
+        progress(&outcome);
+        outcomes.push(outcome);
+    }
+    Ok(report(outcomes, ungiven, min_relevance))
+}
+
+fn report(outcomes: Vec<QaOutcome>, ungiven: usize, min_relevance: f32) -> QaReport {
+    let ans: Vec<&QaOutcome> = outcomes.iter().filter(|o| o.answerable).collect();
+    let un: Vec<&QaOutcome> = outcomes.iter().filter(|o| !o.answerable).collect();
+    let answered: Vec<&QaOutcome> = ans.iter().copied().filter(|o| !o.refused).collect();
+    let rate = |set: &[&QaOutcome], f: fn(&QaOutcome) -> bool| {
+        if set.is_empty() {
+            0.0
+        } else {
+            set.iter().filter(|o| f(o)).count() as f64 / set.len() as f64
+        }
+    };
+    let mut ttft: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| !o.refused_early)
+        .map(|o| o.time_to_first_token_ms)
+        .collect();
+    ttft.sort_by(f64::total_cmp);
+    QaReport {
+        questions: outcomes.len(),
+        answerable: ans.len(),
+        unanswerable: un.len(),
+        fact_rate: rate(&ans, |o| o.fact),
+        right_citation_rate: rate(&ans, |o| o.right_citation),
+        only_right_citation_rate: rate(&ans, |o| o.only_right_citations),
+        answered_right_citation_rate: rate(&answered, |o| o.right_citation),
+        retrieved_rate: rate(&ans, |o| o.retrieved),
+        correct_refusal_rate: rate(&un, |o| o.refused),
+        false_refusal_rate: rate(&ans, |o| o.refused),
+        dropped_markers: outcomes.iter().map(|o| o.dropped_markers).sum(),
+        citations_to_ungiven_sources: ungiven,
+        time_to_first_token_p50_ms: crate::percentile(&ttft, 0.5),
+        min_relevance,
+        outcomes,
+    }
+}
+
+/// The refusal threshold on retrieval relevance alone: among thresholds that refuse at most
+/// `max_false_refusals` (a fraction) of the answerable questions, the one with the best
+/// balanced accuracy (answerable kept, unanswerable refused), in the middle of its gap.
+/// Returns the threshold and its balanced accuracy.
+///
+/// Relevance separates questions about nothing in the collection; a question on a covered topic
+/// asking a fact no document holds scores like an answerable one, and is left to the grounding
+/// check after generation — hence the bound on false refusals rather than plain accuracy.
+pub fn calibrate_threshold(points: &[(f32, bool)], max_false_refusals: f64) -> Option<(f32, f64)> {
+    let n_ans = points.iter().filter(|p| p.1).count();
+    let n_un = points.len() - n_ans;
+    if n_ans == 0 || n_un == 0 {
+        return None;
+    }
+    let mut values: Vec<f32> = points.iter().map(|p| p.0).collect();
+    values.sort_by(f32::total_cmp);
+    values.dedup();
+    // Candidate thresholds: below everything, between neighbours, above everything.
+    let mut cands = vec![values[0] - 0.01];
+    cands.extend(values.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+    cands.push(values[values.len() - 1] + 0.01);
+    let false_refusals =
+        |t: f32| points.iter().filter(|p| p.1 && p.0 < t).count() as f64 / n_ans as f64;
+    let score = |t: f32| {
+        let refused = points.iter().filter(|p| !p.1 && p.0 < t).count() as f64 / n_un as f64;
+        (1.0 - false_refusals(t) + refused) / 2.0
+    };
+    cands
+        .into_iter()
+        .filter(|t| false_refusals(*t) <= max_false_refusals)
+        .map(|t| (t, score(t)))
+        .fold(None, |best: Option<(f32, f64)>, (t, s)| match best {
+            Some((_, b)) if b >= s => best,
+            _ => Some((t, s)),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_sits_in_the_gap() {
+        let pts = [
+            (0.7, true),
+            (0.6, true),
+            (0.5, true),
+            (0.2, false),
+            (0.3, false),
+        ];
+        let (t, acc) = calibrate_threshold(&pts, 0.0).unwrap_or((0.0, 0.0));
+        assert!((t - 0.4).abs() < 1e-6, "{t}");
+        assert!((acc - 1.0).abs() < 1e-9);
+        // Overlap: refusing no answerable question caps the accuracy; allowing one more.
+        let pts = [(0.7, true), (0.35, true), (0.4, false), (0.1, false)];
+        let (t, acc) = calibrate_threshold(&pts, 0.0).unwrap_or((0.0, 0.0));
+        assert!(
+            (t - 0.225).abs() < 1e-6 && (acc - 0.75).abs() < 1e-9,
+            "{t} {acc}"
+        );
+        let (t, acc) = calibrate_threshold(&pts, 0.5).unwrap_or((0.0, 0.0));
+        assert!(
+            (t - 0.55).abs() < 1e-6 && (acc - 0.75).abs() < 1e-9,
+            "{t} {acc}"
+        );
+        assert!(calibrate_threshold(&[(0.5, true)], 0.1).is_none());
+    }
+
+    #[test]
+    fn terms_match_whole_words_only() {
+        assert!(contains_term("it opened in 1978.", "1978"));
+        assert!(!contains_term("it opened in 1978.", "78"));
+        assert!(contains_term("about 78 km", "78"));
+        assert!(contains_term("marta ilves wrote it", "marta ilves"));
+        assert!(!contains_term("x", ""));
+    }
+
+    #[test]
+    fn documents_match_by_id_or_file_name() {
+        assert!(same_document("tests/data/qa/docs/moth.md", "moth.md"));
+        assert!(same_document("moth.md", "moth.md"));
+        assert!(!same_document("tests/data/qa/docs/big-moth.md", "moth.md"));
+    }
+}

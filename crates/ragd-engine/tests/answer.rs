@@ -1,0 +1,256 @@
+//! The answer pipeline with both real models: packing under the decoder's budget, refusals
+//! without the decoder, citations resolved from the stream, history, cancellation, deadlines
+//! and overload.
+#![allow(clippy::unwrap_used)]
+
+use ragd_core::ErrorKind;
+use ragd_engine::{
+    AnswerConfig, AnswerEvent, AnswerRequest, Answerer, IngestOptions, Ingestor, Searcher, Turn,
+};
+use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{Embedder, Generator, GeneratorOptions};
+use ragd_store::Collection;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn models() -> PathBuf {
+    let dir = registry::resolve_models_dir(None);
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        assert!(spec.verify(&dir).unwrap_or(false), "{}", spec.missing(&dir));
+    }
+    dir
+}
+
+fn embedder() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap())
+}
+
+fn load_generator(sessions: usize, queue: usize) -> Generator {
+    let opts = GeneratorOptions {
+        sessions,
+        queue,
+        ..GeneratorOptions::default()
+    };
+    Generator::load(&DEFAULT_DECODER.gguf_path(&models()), opts).unwrap()
+}
+
+fn generator() -> &'static Generator {
+    static G: OnceLock<Generator> = OnceLock::new();
+    G.get_or_init(|| load_generator(1, 8))
+}
+
+/// The written QA corpus in a collection of its own (one per test binary).
+fn collection() -> &'static Collection {
+    static C: OnceLock<(tempfile::TempDir, Collection)> = OnceLock::new();
+    &C.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let e = embedder();
+        let c = Collection::create(dir.path(), "qa", &ragd_engine::settings_for(e)).unwrap();
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/qa/docs");
+        let r = Ingestor::new(&c, e, IngestOptions::default())
+            .unwrap()
+            .ingest_paths(&[docs], &mut ())
+            .unwrap();
+        assert_eq!(r.added, 20);
+        (dir, c)
+    })
+    .1
+}
+
+fn prompt_tokens(g: &Generator, m: &[ragd_models::ChatMessage]) -> usize {
+    g.tokenize(&g.render_chat(m).unwrap()).unwrap().len()
+}
+
+#[test]
+fn packing_fits_the_budget_cuts_at_a_sentence_and_never_cuts_the_question() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    let q = "How many stone arches does the Kessel Bridge rest on?";
+
+    // Room for everything: whole chunks, most relevant first.
+    let roomy = AnswerConfig::default();
+    let p = Answerer::new(&searcher, g, &roomy)
+        .prepare(AnswerRequest::new(q))
+        .unwrap();
+    assert!(!p.is_refusal());
+    assert!(p.sources[0].document_id.ends_with("kessel-bridge.md"));
+    assert!(p.sources.iter().all(|s| !s.truncated));
+    assert!(p.sources.windows(2).all(|w| w[0].score >= w[1].score));
+    for (i, s) in p.sources.iter().enumerate() {
+        assert_eq!(s.marker, i + 1);
+        let (doc, text) = collection().document(&s.document_id).unwrap().unwrap();
+        assert_eq!(&text[s.start..s.end], s.text, "{}", doc.title);
+    }
+
+    // A tight budget: the prompt fits, the first source is cut after a whole sentence, the
+    // question is intact.
+    let tight = AnswerConfig {
+        max_prompt_tokens: 230,
+        ..AnswerConfig::default()
+    };
+    let mut r = AnswerRequest::new(q);
+    r.max_tokens = 64;
+    let p = Answerer::new(&searcher, g, &tight).prepare(r).unwrap();
+    let n = prompt_tokens(g, p.messages());
+    assert!(n <= 230, "prompt of {n} tokens");
+    assert_eq!(p.sources.len(), 1, "{:?}", p.sources);
+    let s = &p.sources[0];
+    assert!(s.truncated);
+    assert!(
+        s.text.ends_with(['.', '!', '?', '"']),
+        "cut mid-sentence: {:?}",
+        s.text
+    );
+    let (_, text) = collection().document(&s.document_id).unwrap().unwrap();
+    assert_eq!(&text[s.start..s.end], s.text);
+    let last = &p.messages().last().unwrap().content;
+    assert!(last.ends_with(&format!("Question: {q}")), "{last}");
+
+    // A question that alone exceeds the budget is refused as bad input.
+    let long = format!("{} {q}", "very ".repeat(300));
+    let err = Answerer::new(&searcher, g, &tight)
+        .prepare(AnswerRequest::new(long))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
+
+#[test]
+fn history_stays_within_the_budget_and_steers_retrieval() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    let config = AnswerConfig {
+        max_prompt_tokens: 700,
+        ..AnswerConfig::default()
+    };
+    let answerer = Answerer::new(&searcher, g, &config);
+    let mut r = AnswerRequest::new("In which year was it completed?");
+    r.history = (0..20)
+        .map(|i| Turn {
+            question: format!("Old question number {i} about something else entirely?"),
+            answer: "An old answer that takes up room. ".repeat(8),
+        })
+        .collect();
+    r.history.push(Turn {
+        question: "How many stone arches does the Kessel Bridge rest on?".into(),
+        answer: "It rests on seven arches [1].".into(),
+    });
+    let p = answerer.prepare(r).unwrap();
+    assert!(prompt_tokens(g, p.messages()) <= 700);
+    let contents: Vec<&str> = p.messages().iter().map(|m| m.content.as_str()).collect();
+    // The newest turn is kept, the oldest dropped.
+    assert!(contents.iter().any(|c| c.contains("Kessel Bridge rest on")));
+    assert!(!contents.iter().any(|c| c.contains("number 0 ")));
+    // The follow-up found the bridge through the previous question.
+    assert!(
+        p.sources[0].document_id.ends_with("kessel-bridge.md"),
+        "{:?}",
+        p.sources[0]
+    );
+}
+
+#[test]
+fn questions_about_nothing_in_the_collection_are_refused_without_the_decoder() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = load_generator(1, 2);
+    let config = AnswerConfig::default();
+    let before = g.tokens_generated();
+    let a = Answerer::new(&searcher, &g, &config)
+        .answer_blocking(
+            AnswerRequest::new("What is the standard VAT rate on restaurant meals in Portugal?"),
+            |_| panic!("a refusal streams nothing"),
+        )
+        .unwrap();
+    assert!(a.refused && !a.cited && a.finish.is_none(), "{a:?}");
+    assert_eq!(a.answer, ragd_engine::REFUSAL);
+    assert!(a.citations.is_empty() && a.sources.is_empty());
+    assert_eq!(g.tokens_generated(), before);
+}
+
+#[test]
+fn a_streamed_answer_cites_only_sources_it_was_given() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    let config = AnswerConfig::default();
+    let mut streamed = String::new();
+    let a = Answerer::new(&searcher, g, &config)
+        .answer_blocking(
+            AnswerRequest::new("Who is the warden of the Gorsel Hut?"),
+            |d| streamed.push_str(d),
+        )
+        .unwrap();
+    // What streamed is the model's text: the answer, or the draft ragd declined.
+    assert_eq!(
+        &streamed,
+        a.unsupported_draft.as_ref().unwrap_or(&a.answer),
+        "{a:?}"
+    );
+    assert!(!a.refused, "{a:?}");
+    assert!(a.answer.contains("Resi Amstutz"), "{}", a.answer);
+    assert!(a.cited, "{a:?}");
+    for c in &a.citations {
+        let s = a.sources.iter().find(|s| s.marker == c.marker).unwrap();
+        assert_eq!((&c.document_id, c.chunk_id), (&s.document_id, s.chunk_id));
+        assert!(s.text.contains(&c.snippet), "{c:?}");
+    }
+    assert!(a.citations[0].document_id.ends_with("gorsel-hut.md"));
+    let u = &a.usage;
+    assert!(u.prompt_tokens > 0 && u.generated_tokens > 0);
+    assert!(u.time_to_first_token_ms > 0.0 && u.time_to_first_token_ms <= u.total_ms);
+    assert_eq!(u.index_generation, collection().manifest().generation);
+    assert_eq!(u.sources, a.sources.len());
+}
+
+#[test]
+fn dropping_the_stream_stops_generation_and_deadlines_are_honoured() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = load_generator(1, 2);
+    let config = AnswerConfig::default();
+    let answerer = Answerer::new(&searcher, &g, &config);
+    let mut r = AnswerRequest::new("Describe the Harrow split method of beekeeping in detail.");
+    r.max_tokens = 400;
+    let mut stream = answerer.prepare(r.clone()).unwrap().start(&g).unwrap();
+    match stream.blocking_next() {
+        Some(Ok(AnswerEvent::Delta(_))) => {}
+        other => panic!("expected a delta, got {other:?}"),
+    }
+    let at_drop = g.tokens_generated();
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(g.tokens_generated() <= at_drop + 1);
+
+    // A deadline that passes during generation ends the stream with DeadlineExceeded.
+    r.deadline = Some(Instant::now() + Duration::from_millis(400));
+    let mut stream = answerer.prepare(r.clone()).unwrap().start(&g).unwrap();
+    let err = loop {
+        match stream.blocking_next() {
+            Some(Ok(AnswerEvent::Delta(_))) => {}
+            Some(Err(e)) => break e,
+            other => panic!("expected a deadline error, got {other:?}"),
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+    // One that has passed already fails before any work.
+    r.deadline = Some(Instant::now());
+    let err = answerer.prepare(r).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+}
+
+#[test]
+fn a_full_decoder_queue_is_refused_as_overloaded() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = load_generator(1, 1);
+    let config = AnswerConfig::default();
+    let answerer = Answerer::new(&searcher, &g, &config);
+    let mut r = AnswerRequest::new("Describe the Harrow split method of beekeeping in detail.");
+    r.max_tokens = 64;
+    let results: Vec<_> = (0..3)
+        .map(|_| answerer.prepare(r.clone()).unwrap().start(&g))
+        .collect();
+    let overloaded = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Overloaded))
+        .count();
+    assert!(overloaded >= 1, "{results:?}");
+}
