@@ -114,6 +114,10 @@ pub(crate) struct AskArgs {
     /// Give up after this many seconds.
     #[arg(long)]
     timeout: Option<f64>,
+    /// Also write the prompt the decoder sees (chat template applied) to this file, e.g. for
+    /// `ragd bench generate --prompt-file`.
+    #[arg(long)]
+    prompt_out: Option<PathBuf>,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -202,6 +206,11 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
     let searcher = Searcher::new(&c, &embedder, 4)?;
     let config = a.flags.config();
     let answerer = Answerer::new(&searcher, &generator, &config);
+    if let Some(path) = &a.prompt_out {
+        let prepared = answerer.prepare(request.clone())?;
+        let text = generator.render_chat(prepared.messages())?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     answer_and_print(&answerer, request, a.json)
 }
 

@@ -233,6 +233,18 @@ pub(crate) fn generate(args: &GenerateArgs) -> Result<()> {
             &["--max-tokens".into(), args.max_tokens.to_string()],
         )?;
         report["ratio_prefill"] = ratio(prefill, &peer, "prefill_tokens_per_s");
+        // The peer's time to first token is its prefill time (sampling one token is noise).
+        if let (Some(n), Some(rate)) = (
+            peer["prompt_tokens"].as_f64(),
+            peer["prefill_tokens_per_s"].as_f64(),
+        ) && rate > 0.0
+        {
+            let peer_ttft = n / rate;
+            report["peer_time_to_first_token_seconds"] = json!(round3(peer_ttft));
+            // Above 1: ragd's first token comes sooner.
+            report["ratio_time_to_first_token"] =
+                json!(round3(peer_ttft / u.time_to_first_token_seconds.max(1e-9)));
+        }
         report["ratio_decode"] = ratio(decode, &peer, "decode_tokens_per_s");
         report["peer"] = peer;
     }

@@ -574,7 +574,7 @@ fn norm_words(s: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Checks the answer's specific terms (numbers, capitalised words; citation markers excluded)
-/// against the packed sources and the question.
+/// against the sources it cites and the question.
 pub(crate) fn grounding(
     answer: &str,
     markers: &[Marker],
@@ -590,7 +590,18 @@ pub(crate) fn grounding(
             text.replace_range(start..end, " ");
         }
     }
-    let known: std::collections::HashSet<String> = sources
+    // Claims are checked against the sources the answer cites (all of them when it cites none
+    // that exist): a fact borrowed from another source under the wrong number is not grounded.
+    let cited: Vec<&Source> = sources
+        .iter()
+        .filter(|s| markers.iter().any(|m| m.source == s.marker))
+        .collect();
+    let checked: Vec<&Source> = if cited.is_empty() {
+        sources.iter().collect()
+    } else {
+        cited
+    };
+    let known: std::collections::HashSet<String> = checked
         .iter()
         .flat_map(|s| {
             norm_words(&s.title)
@@ -1017,6 +1028,27 @@ mod tests {
             citing_sentence(b, b.find('[').unwrap_or(0)),
             "The tram has 12 stops [1]. "
         );
+    }
+
+    #[test]
+    fn grounding_checks_specific_terms_against_the_cited_sources() {
+        let sources = [
+            src(1, "The Kessel Bridge was completed in 1874 by Ann Ode."),
+            src(2, "The Gorsel Hut stands at 2,740 metres."),
+        ];
+        let q = "When was the Kessel Bridge completed?";
+        let check = |a: &str| grounding(a, &crate::parse_citations(a), &sources, q);
+        let ok = check("It was completed in 1874 by Ann Ode [1].");
+        assert!(ok.is_grounded() && ok.unsupported.is_empty(), "{ok:?}");
+        assert_eq!(ok.supported, ["1874", "ann", "ode"]);
+        // Invented specifics.
+        let bad = check("It was completed in 1901 by James Fletcher [1].");
+        assert!(!bad.is_grounded(), "{bad:?}");
+        // A fact from another source under the wrong number.
+        assert!(!check("It is 2,740 metres long [1].").is_grounded());
+        assert!(check("The hut stands at 2,740 metres [2].").is_grounded());
+        // Nothing specific: nothing to contradict.
+        assert!(check("It was completed a long time ago [1].").is_grounded());
     }
 
     #[test]
