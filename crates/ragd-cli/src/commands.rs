@@ -49,6 +49,9 @@ enum Command {
     Rebuild(RebuildArgs),
     /// Search a collection: dense, lexical or hybrid, with filters.
     Search(SearchArgs),
+    /// Run the gRPC service (logs `listening on ADDR` once it accepts requests; exits 0 after
+    /// a graceful shutdown on SIGTERM/SIGINT).
+    Serve(crate::serve::ServeArgs),
     /// Measure retrieval quality and latency.
     Eval {
         #[command(subcommand)]
@@ -111,14 +114,22 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RAGD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    // The server logs its progress (`listening on …`) at info; other commands only warnings.
+    let (default_level, json) = match &cli.command {
+        Command::Serve(args) => ("info", crate::serve::log_json(args)),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = if json {
+        fmt.json().try_init()
+    } else {
+        fmt.try_init()
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -136,6 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete(args) => collections::delete(args),
         Command::Rebuild(args) => collections::rebuild(args),
         Command::Search(args) => retrieval::search(args),
+        Command::Serve(args) => crate::serve::serve(args),
         Command::Eval { command } => retrieval::eval(command),
         Command::Models {
             command: ModelsCommand::Fetch { dir, json },

@@ -9,5 +9,6 @@ mod bench_search;
 mod collections;
 mod commands;
 mod retrieval;
+mod serve;
 
 pub use commands::{Cli, main_with_args};

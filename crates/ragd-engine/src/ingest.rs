@@ -81,6 +81,17 @@ pub struct IngestReport {
     pub phases: PhaseSeconds,
 }
 
+/// What happened to one document of a batch ([`Ingestor::ingest_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DocResult {
+    /// Document id.
+    pub id: String,
+    /// Added, unchanged or replaced.
+    pub outcome: WriteOutcome,
+    /// Chunks written (0 when unchanged).
+    pub chunks: u64,
+}
+
 /// Progress as the pipeline reports it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {
@@ -128,6 +139,8 @@ struct Run<'r, 'a> {
     report: IngestReport,
     progress: Progress,
     flush_seconds: f64,
+    /// Per-document results, in input order, when the caller wants them.
+    results: Option<Vec<DocResult>>,
     last_checkpoint: Instant,
 }
 
@@ -163,6 +176,28 @@ impl<'a> Ingestor<'a> {
         run.finish(t0)
     }
 
+    /// Stores one batch of parsed documents (one DocStore transaction, or one per repeated id)
+    /// and reports each document's outcome in input order. Durable on return; the indexes are
+    /// updated but not checkpointed (see `Collection::refresh` for BM25 visibility).
+    pub fn ingest_batch(&self, docs: Vec<ParsedDoc>) -> Result<Vec<DocResult>> {
+        let mut sink = ();
+        let mut run = Run::new(self, &mut sink);
+        run.results = Some(Vec::with_capacity(docs.len()));
+        let n = docs.len();
+        for d in docs {
+            // A repeated id is a second write to one document: it goes in a later transaction.
+            if run.pending_ids.contains(&d.doc.id) {
+                run.flush()?;
+            }
+            run.pending_ids.insert(d.doc.id.clone());
+            run.pending.push(d);
+        }
+        run.flush()?;
+        let results = run.results.take().unwrap_or_default();
+        debug_assert_eq!(results.len(), n);
+        Ok(results)
+    }
+
     /// Ingests documents already in memory (the server's upsert path).
     pub fn ingest_documents(
         &self,
@@ -190,6 +225,7 @@ impl<'r, 'a> Run<'r, 'a> {
             progress: Progress::default(),
             flush_seconds: 0.0,
             last_checkpoint: Instant::now(),
+            results: None,
         }
     }
 
@@ -229,12 +265,21 @@ impl<'r, 'a> Run<'r, 'a> {
         let ids: Vec<&str> = batch.iter().map(|p| p.doc.id.as_str()).collect();
         let stored = ing.collection.hashes(&ids)?;
         let mut work = Vec::with_capacity(batch.len());
-        for (p, old) in batch.into_iter().zip(stored) {
+        // Per-document results by input position (filled below when recording).
+        let mut slots: Vec<Option<DocResult>> = vec![None; batch.len()];
+        let mut positions = Vec::with_capacity(batch.len());
+        for (i, (p, old)) in batch.into_iter().zip(stored).enumerate() {
             if old.as_deref() == Some(p.doc.content_hash().as_str()) {
                 self.report.unchanged += 1;
                 self.progress.documents += 1;
+                slots[i] = Some(DocResult {
+                    id: p.doc.id.clone(),
+                    outcome: WriteOutcome::Unchanged,
+                    chunks: 0,
+                });
                 continue;
             }
+            positions.push((i, p.doc.id.clone()));
             let chunks = ing.chunker.chunk(&p.doc.title, &p.doc.text, p.markdown)?;
             work.push((p, chunks));
         }
@@ -281,7 +326,13 @@ impl<'r, 'a> Run<'r, 'a> {
         let w = ing.collection.write(writes)?;
         phases.commit += w.commit_seconds;
         phases.index += w.index_seconds;
-        for (o, n) in w.outcomes.iter().zip(chunk_counts) {
+        for ((o, n), (i, id)) in w.outcomes.iter().zip(chunk_counts).zip(positions) {
+            let written = matches!(o, WriteOutcome::Added | WriteOutcome::Replaced);
+            slots[i] = Some(DocResult {
+                id,
+                outcome: *o,
+                chunks: if written { n } else { 0 },
+            });
             match o {
                 WriteOutcome::Added => self.report.added += 1,
                 WriteOutcome::Replaced => self.report.replaced += 1,
@@ -293,6 +344,9 @@ impl<'r, 'a> Run<'r, 'a> {
                 self.progress.chunks += n;
             }
             self.progress.documents += 1;
+        }
+        if let Some(results) = &mut self.results {
+            results.extend(slots.into_iter().flatten());
         }
         // Everything up to here is durable: say so (the SIGKILL test relies on this line).
         tracing::info!(target: "ragd::ingest", documents = self.progress.documents, "acknowledged");

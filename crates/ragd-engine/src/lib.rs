@@ -28,7 +28,9 @@ pub use eval::{
     EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
     percentile, recall_at,
 };
-pub use ingest::{IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink};
+pub use ingest::{
+    DocResult, IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink,
+};
 pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
     parse_bytes, read_source,

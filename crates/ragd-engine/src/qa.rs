@@ -270,11 +270,23 @@ mod tests {
         assert!((acc - 1.0).abs() < 1e-9);
         // Overlap: refusing no answerable question caps the accuracy; allowing half of them
         // buys a higher one (ties go to the lower threshold).
-        let pts = [(0.7, true), (0.35, true), (0.4, false), (0.45, false), (0.1, false)];
+        let pts = [
+            (0.7, true),
+            (0.35, true),
+            (0.4, false),
+            (0.45, false),
+            (0.1, false),
+        ];
         let (t, acc) = calibrate_threshold(&pts, 0.0).unwrap_or((0.0, 0.0));
-        assert!((t - 0.225).abs() < 1e-6 && (acc - 2.0 / 3.0).abs() < 1e-9, "{t} {acc}");
+        assert!(
+            (t - 0.225).abs() < 1e-6 && (acc - 2.0 / 3.0).abs() < 1e-9,
+            "{t} {acc}"
+        );
         let (t, acc) = calibrate_threshold(&pts, 0.5).unwrap_or((0.0, 0.0));
-        assert!((t - 0.575).abs() < 1e-6 && (acc - 0.75).abs() < 1e-9, "{t} {acc}");
+        assert!(
+            (t - 0.575).abs() < 1e-6 && (acc - 0.75).abs() < 1e-9,
+            "{t} {acc}"
+        );
         assert!(calibrate_threshold(&[(0.5, true)], 0.1).is_none());
     }
 

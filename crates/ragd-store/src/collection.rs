@@ -377,6 +377,13 @@ impl Collection {
         })
     }
 
+    /// Makes BM25 see every acknowledged write (a tantivy commit; cheap next to a checkpoint,
+    /// which also dumps the HNSW graph). Dense search sees writes at once without it.
+    pub fn refresh(&self) -> Result<()> {
+        let _w = self.lock()?;
+        self.live().refresh_lexical()
+    }
+
     /// Makes the live generation durable up to the last write (tantivy commit, HNSW dump,
     /// manifest), so a restart replays nothing before it; also makes BM25 see every write.
     pub fn checkpoint(&self) -> Result<()> {

@@ -183,6 +183,17 @@ impl Generation {
             .unwrap_or_default()
     }
 
+    /// Commits the BM25 writer so searches see every applied write, without dumping the graph
+    /// or moving the manifest (a restart still replays from the manifest's sequence; replay is
+    /// idempotent). The caller holds the collection's write lock.
+    pub(crate) fn refresh_lexical(&self) -> Result<()> {
+        let seq = self.applied_seq();
+        if self.lexical.committed_seq()? == seq {
+            return Ok(());
+        }
+        self.lexical.commit(seq)
+    }
+
     /// Makes the in-memory state durable: tantivy commit, HNSW dump under a new name, manifest
     /// replace, old dump removed. The caller holds the collection's write lock.
     pub(crate) fn checkpoint(&self, documents: u64, chunks: u64) -> Result<()> {

@@ -1,0 +1,17 @@
+//! ragd's gRPC API, package `ragd.v1`, generated from `proto/ragd/v1/*.proto` at build time.
+//! Nothing here is written by hand; the server and clients convert to and from domain types.
+
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+
+/// Messages and service stubs of `ragd.v1`.
+pub mod v1 {
+    tonic::include_proto!("ragd.v1");
+}
+
+/// The encoded file descriptor set of `ragd.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ragd_v1_descriptor");

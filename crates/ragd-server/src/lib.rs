@@ -1,0 +1,389 @@
+//! ragd's gRPC service (package `ragd.v1`): tonic handlers as thin adapters over the engine,
+//! one error→status mapping, `grpc.health.v1`, server reflection, API-key auth, optional TLS,
+//! Prometheus metrics, background checkpoints and a graceful shutdown that loses no
+//! acknowledged write.
+
+mod convert;
+mod error;
+mod metrics;
+mod services;
+pub mod settings;
+mod state;
+
+pub use error::Error;
+pub use settings::{Overrides, Settings, SettingsError};
+
+use metrics::{MethodLabels, Metrics, RpcLabels};
+use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{Embedder, Generator, GeneratorOptions};
+use ragd_proto::v1 as pb;
+use services::Services;
+use state::State;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tonic::codegen::http;
+use tonic::service::Interceptor;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("loading models: {0}")]
+    Models(#[from] ragd_models::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A server with its models loaded and its port bound, ready to serve.
+pub struct Bound {
+    state: Arc<State>,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("addr", &self.local_addr())
+            .finish()
+    }
+}
+
+/// Loads the models named by `settings` and binds the listening sockets.
+pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
+    settings.validate()?;
+    let models = settings.models_dir();
+    let (embedder, generator) = {
+        let s = settings.clone();
+        tokio::task::spawn_blocking(move || load_models(&models, &s))
+            .await
+            .map_err(|e| StartError::Io {
+                context: "loading models".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??
+    };
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::Io {
+        context: format!("creating {}", settings.data_dir.display()),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| StartError::Io {
+            context: format!("binding {}", settings.listen),
+            source,
+        })?;
+    let metrics_listener = if settings.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(&settings.metrics_listen)
+                .await
+                .map_err(|source| StartError::Io {
+                    context: format!("binding {}", settings.metrics_listen),
+                    source,
+                })?,
+        )
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = Arc::new(State::new(
+        settings,
+        embedder,
+        generator,
+        shutdown_rx,
+        Metrics::new(),
+    ));
+    Ok(Bound {
+        state,
+        listener,
+        metrics_listener,
+        shutdown_tx,
+    })
+}
+
+fn load_models(dir: &std::path::Path, s: &Settings) -> Result<(Embedder, Generator), StartError> {
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        if !spec.dir(dir).is_dir() {
+            return Err(spec.missing(dir).into());
+        }
+    }
+    let embedder = Embedder::load(&DEFAULT_ENCODER.dir(dir))?;
+    let generator = Generator::load(
+        &DEFAULT_DECODER.gguf_path(dir),
+        GeneratorOptions {
+            sessions: s.decoder.sessions,
+            context: s.decoder.context,
+            queue: s.decoder.queue,
+            ..GeneratorOptions::default()
+        },
+    )?;
+    Ok((embedder, generator))
+}
+
+impl Bound {
+    /// The gRPC address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The metrics address actually bound, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, ends ingest streams at a batch
+    /// boundary, lets other calls finish within the grace period, and checkpoints every open
+    /// collection.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Bound {
+            state,
+            listener,
+            metrics_listener,
+            shutdown_tx,
+        } = self;
+        let addr = listener.local_addr().map_err(|source| StartError::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        let settings = state.settings.clone();
+        let services = Services {
+            state: Arc::clone(&state),
+        };
+        let auth = ApiKeys(Arc::new(settings.api_keys.0.clone()));
+        let limit = settings.limits.max_message_bytes;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        for name in [
+            "ragd.v1.Collections",
+            "ragd.v1.Documents",
+            "ragd.v1.Search",
+            "ragd.v1.Answer",
+            "ragd.v1.Admin",
+            "",
+        ] {
+            health_reporter
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+        let mut builder = Server::builder().layer(MetricsLayer(state.metrics.clone()));
+        if !settings.tls.cert.as_os_str().is_empty() {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| StartError::Io {
+                    context: format!("reading {}", p.display()),
+                    source,
+                })
+            };
+            let identity = Identity::from_pem(read(&settings.tls.cert)?, read(&settings.tls.key)?);
+            builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        }
+        let router = builder
+            .add_service(health_service)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                reflection,
+                auth.clone(),
+            ))
+            .add_service(pb::collections_server::CollectionsServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                pb::documents_server::DocumentsServer::new(services.clone())
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+                auth.clone(),
+            ))
+            .add_service(pb::search_server::SearchServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ))
+            .add_service(pb::answer_server::AnswerServer::with_interceptor(
+                services.clone(),
+                auth.clone(),
+            ))
+            .add_service(pb::admin_server::AdminServer::with_interceptor(
+                services, auth,
+            ));
+
+        // Background checkpoints bound how much a restart replays.
+        let ticker_state = Arc::clone(&state);
+        let interval = Duration::from_secs_f64(settings.checkpoint_interval_seconds);
+        let ticker = tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                let s = Arc::clone(&ticker_state);
+                let _ = tokio::task::spawn_blocking(move || s.checkpoint_all()).await;
+            }
+        });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+            let _ = stop_tx.send(true);
+        });
+        let metrics_task = metrics_listener.map(|l| {
+            let mut rx = stop_rx.clone();
+            tracing::info!(
+                "metrics on http://{}/metrics",
+                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            );
+            tokio::spawn(metrics::serve(l, state.metrics.clone(), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }))
+        });
+
+        tracing::info!("listening on {addr}");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut rx = stop_rx.clone();
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        });
+        tokio::pin!(serve);
+        let mut rx = stop_rx;
+        let grace = Duration::from_secs_f64(settings.shutdown_grace_seconds);
+        let result = tokio::select! {
+            r = &mut serve => r.map_err(StartError::from),
+            _ = async {
+                let _ = rx.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("calls still running after the grace period; closing them");
+                Ok(())
+            }
+        };
+        ticker.abort();
+        if let Some(m) = metrics_task {
+            m.abort();
+        }
+        let s = Arc::clone(&state);
+        let _ = tokio::task::spawn_blocking(move || s.checkpoint_all()).await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// `authorization: Bearer <key>` against the configured keys, compared in constant time.
+/// With no keys configured every call passes.
+#[derive(Clone)]
+struct ApiKeys(Arc<Vec<String>>);
+
+impl Interceptor for ApiKeys {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        if self.0.is_empty() {
+            return Ok(req);
+        }
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <key>`"))?;
+        let mut ok = subtle::Choice::from(0u8);
+        for k in self.0.iter() {
+            ok |= k.as_bytes().ct_eq(given.as_bytes());
+        }
+        if bool::from(ok) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("invalid API key"))
+        }
+    }
+}
+
+/// Counts every RPC by method and status code and times it (to the response headers, i.e.
+/// the whole call for unary RPCs and the first message for streams).
+#[derive(Clone)]
+struct MetricsLayer(Metrics);
+
+impl<S> tower_layer::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let code = match &res {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or_else(
+                        || "OK".to_string(),
+                        |c| format!("{:?}", tonic::Code::from(c)),
+                    ),
+                Err(_) => "TRANSPORT_ERROR".to_string(),
+            };
+            metrics
+                .latency
+                .get_or_create(&MethodLabels {
+                    method: method.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            metrics
+                .requests
+                .get_or_create(&RpcLabels { method, code })
+                .inc();
+            res
+        })
+    }
+}

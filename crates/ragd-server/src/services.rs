@@ -1,0 +1,640 @@
+//! The five ragd.v1 services: thin adapters from requests to the engine and back. Blocking work
+//! goes through `State::blocking`; streams are driven by a task writing into a bounded channel,
+//! so a slow or vanished client stops the work (a dropped answer stream cancels generation).
+
+use crate::convert;
+use crate::error::{Error, invalid};
+use crate::state::State;
+use ragd_engine::{AnswerEvent, Answerer, IngestOptions, Ingestor, RebuildOptions, Searcher};
+use ragd_proto::v1 as pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type Reply<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Every service shares one state.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub state: Arc<State>,
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    ragd_store::validate_name(name).map_err(Error::from)
+}
+
+/// Resolves once shutdown has begun.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The `grpc-timeout` header as an instant (`5S`, `100m`, `2M`, …).
+fn deadline<T>(req: &Request<T>) -> Option<Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
+}
+
+#[tonic::async_trait]
+impl pb::collections_server::Collections for Services {
+    async fn create(&self, req: Request<pb::CreateCollectionRequest>) -> Reply<pb::Collection> {
+        let r = req.into_inner();
+        check_name(&r.name)?;
+        let out = self
+            .state
+            .blocking(move |s| {
+                let mut settings = ragd_engine::settings_for(&s.embedder);
+                if let Some(c) = &r.chunking {
+                    settings.chunking = convert::chunking_from(c, &settings.chunking);
+                }
+                if let Some(h) = &r.hnsw {
+                    settings.hnsw = convert::hnsw_from(h, &settings.hnsw);
+                }
+                let c = s.create(&r.name, &settings)?;
+                Ok(convert::collection(c.stats()?))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get(&self, req: Request<pb::GetCollectionRequest>) -> Reply<pb::Collection> {
+        let name = req.into_inner().name;
+        check_name(&name)?;
+        let out = self
+            .state
+            .blocking(move |s| Ok(convert::collection(s.collection(&name)?.stats()?)))
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list(
+        &self,
+        _: Request<pb::ListCollectionsRequest>,
+    ) -> Reply<pb::ListCollectionsResponse> {
+        let out = self
+            .state
+            .blocking(|s| {
+                let mut names = s.names()?;
+                names.sort();
+                let mut collections = Vec::with_capacity(names.len());
+                for n in names {
+                    collections.push(convert::collection(s.collection(&n)?.stats()?));
+                }
+                Ok(pb::ListCollectionsResponse { collections })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteCollectionRequest>,
+    ) -> Reply<pb::DeleteCollectionResponse> {
+        let name = req.into_inner().name;
+        check_name(&name)?;
+        self.state.blocking(move |s| s.delete(&name)).await?;
+        Ok(Response::new(pb::DeleteCollectionResponse {}))
+    }
+}
+
+/// Stores parsed documents and reports each one, failures included, in input order.
+fn store_batch(
+    s: &State,
+    collection: &str,
+    docs: Vec<pb::DocumentInput>,
+) -> Result<Vec<pb::DocumentResult>, Error> {
+    let c = s.collection(collection)?;
+    let max = s.settings.limits.max_document_bytes;
+    let mut parsed = Vec::with_capacity(docs.len());
+    // (position, result) for documents that failed before storage.
+    let mut failures: Vec<(usize, pb::DocumentResult)> = Vec::new();
+    for (i, d) in docs.into_iter().enumerate() {
+        match convert::document(d, max) {
+            Ok(p) => parsed.push(p),
+            Err((id, why)) => failures.push((i, convert::failed(id, why))),
+        }
+    }
+    let stored = Ingestor::new(&c, &s.embedder, IngestOptions::default())?.ingest_batch(parsed)?;
+    c.refresh()?;
+    s.metrics.documents_acknowledged.inc_by(stored.len() as u64);
+    s.metrics.documents_failed.inc_by(failures.len() as u64);
+    let mut out: Vec<pb::DocumentResult> = stored.into_iter().map(convert::result).collect();
+    for (i, f) in failures {
+        out.insert(i.min(out.len()), f);
+    }
+    Ok(out)
+}
+
+/// Documents per transaction on an ingest stream.
+const STREAM_BATCH: usize = 32;
+
+#[tonic::async_trait]
+impl pb::documents_server::Documents for Services {
+    async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Reply<pb::UpsertResponse> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        let max = self.state.settings.limits.max_batch_documents;
+        if r.documents.is_empty() || r.documents.len() > max {
+            return Err(invalid(format!(
+                "an upsert takes 1 to {max} documents, got {}",
+                r.documents.len()
+            ))
+            .into());
+        }
+        let results = self
+            .state
+            .blocking(move |s| store_batch(s, &r.collection, r.documents))
+            .await?;
+        Ok(Response::new(pb::UpsertResponse { results }))
+    }
+
+    type IngestStreamStream = BoxStream<pb::IngestAck>;
+
+    async fn ingest_stream(
+        &self,
+        req: Request<Streaming<pb::IngestStreamRequest>>,
+    ) -> Reply<Self::IngestStreamStream> {
+        let mut incoming = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<pb::IngestAck, Status>>(STREAM_BATCH * 2);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            let mut shutdown = state.shutdown.clone();
+            let mut collection: Option<String> = None;
+            let mut acked = 0u64;
+            loop {
+                // One message (or the end, or shutdown), then whatever else is ready.
+                let first = tokio::select! {
+                    m = incoming.next() => m,
+                    () = stopped(&mut shutdown) => {
+                        let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                };
+                let mut batch = match first {
+                    None => return,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "ingest stream ended by the client");
+                        return;
+                    }
+                    Some(Ok(m)) => vec![m],
+                };
+                while batch.len() < STREAM_BATCH {
+                    match tokio::time::timeout(Duration::from_millis(5), incoming.next()).await {
+                        Ok(Some(Ok(m))) => batch.push(m),
+                        _ => break,
+                    }
+                }
+                let mut docs = Vec::with_capacity(batch.len());
+                for m in batch {
+                    let name = match (&collection, m.collection.is_empty()) {
+                        (None, true) => {
+                            let _ = tx
+                                .send(Err(
+                                    invalid("the first message must name the collection").into()
+                                ))
+                                .await;
+                            return;
+                        }
+                        (None, false) => {
+                            if let Err(e) = check_name(&m.collection) {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                            collection.insert(m.collection).clone()
+                        }
+                        (Some(c), _) if !m.collection.is_empty() && m.collection != *c => {
+                            let _ = tx
+                                .send(Err(invalid(format!(
+                                    "the stream writes to {c:?}; one message names {:?}",
+                                    m.collection
+                                ))
+                                .into()))
+                                .await;
+                            return;
+                        }
+                        (Some(c), _) => c.clone(),
+                    };
+                    let _ = name;
+                    match m.document {
+                        Some(d) => docs.push(d),
+                        None => {
+                            let _ = tx
+                                .send(Err(invalid("a message without a document").into()))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                let name = collection.clone().unwrap_or_default();
+                let results = state.blocking(move |s| store_batch(s, &name, docs)).await;
+                match results {
+                    Ok(results) => {
+                        for r in results {
+                            acked += 1;
+                            let ack = pb::IngestAck {
+                                result: Some(r),
+                                acknowledged: acked,
+                            };
+                            if tx.send(Ok(ack)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteDocumentsRequest>,
+    ) -> Reply<pb::DeleteDocumentsResponse> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        if r.ids.is_empty() || r.ids.len() > 1024 {
+            return Err(invalid(format!("delete takes 1 to 1024 ids, got {}", r.ids.len())).into());
+        }
+        let out = self
+            .state
+            .blocking(move |s| {
+                let c = s.collection(&r.collection)?;
+                let writes = r
+                    .ids
+                    .iter()
+                    .map(|id| ragd_store::DocWrite::Delete { id: id.clone() })
+                    .collect();
+                let w = c.write(writes)?;
+                c.refresh()?;
+                let mut resp = pb::DeleteDocumentsResponse::default();
+                for (id, o) in r.ids.into_iter().zip(w.outcomes) {
+                    match o {
+                        ragd_store::WriteOutcome::Deleted => resp.deleted.push(id),
+                        _ => resp.not_found.push(id),
+                    }
+                }
+                Ok(resp)
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn get(&self, req: Request<pb::GetDocumentRequest>) -> Reply<pb::Document> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        let out = self
+            .state
+            .blocking(move |s| {
+                let c = s.collection(&r.collection)?;
+                let Some((rec, text)) = c.document(&r.id)? else {
+                    return Err(Error::NotFound(format!(
+                        "no document {:?} in collection {:?}",
+                        r.id, r.collection
+                    )));
+                };
+                let extra = if r.include_text {
+                    let chunks = c
+                        .chunks(&rec.chunks)?
+                        .into_iter()
+                        .map(|(id, ch)| pb::Chunk {
+                            chunk_id: id,
+                            start: ch.span.start as u64,
+                            end: ch.span.end as u64,
+                            tokens: ch.span.tokens as u32,
+                        })
+                        .collect();
+                    Some((text, chunks))
+                } else {
+                    None
+                };
+                Ok(convert::stored_document(&r.id, rec, extra))
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListDocumentsRequest>,
+    ) -> Reply<pb::ListDocumentsResponse> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        let size = match r.page_size {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => return Err(invalid(format!("page_size must be 1..=1000, got {n}")).into()),
+        };
+        let out = self
+            .state
+            .blocking(move |s| {
+                let c = s.collection(&r.collection)?;
+                let mut ids = c.document_ids()?;
+                ids.sort();
+                let from = ids.partition_point(|id| id.as_str() <= r.page_token.as_str());
+                let from = if r.page_token.is_empty() { 0 } else { from };
+                let page: Vec<String> = ids.iter().skip(from).take(size).cloned().collect();
+                let refs: Vec<&str> = page.iter().map(String::as_str).collect();
+                let recs = c.doc_records(&refs)?;
+                let next = if from + page.len() < ids.len() {
+                    page.last().cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(pb::ListDocumentsResponse {
+                    documents: page
+                        .into_iter()
+                        .zip(recs)
+                        .map(|(id, rec)| pb::DocumentSummary {
+                            id,
+                            title: rec.map(|r| r.title).unwrap_or_default(),
+                        })
+                        .collect(),
+                    next_page_token: next,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::search_server::Search for Services {
+    async fn search(&self, req: Request<pb::SearchRequest>) -> Reply<pb::SearchResponse> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        let max = self.state.settings.limits.max_query_bytes;
+        if r.query.len() > max {
+            return Err(invalid(format!(
+                "the query is {} bytes; the limit is {max}",
+                r.query.len()
+            ))
+            .into());
+        }
+        let params = convert::search_params(r.options, 10)?;
+        let out = self
+            .state
+            .blocking(move |s| {
+                let t = Instant::now();
+                let c = s.collection(&r.collection)?;
+                let searcher = Searcher::new(&c, &s.embedder, 1)?;
+                let hits = searcher.search(&r.query, None, &params)?;
+                Ok(pb::SearchResponse {
+                    hits: hits.into_iter().map(convert::hit).collect(),
+                    took_ms: t.elapsed().as_secs_f64() * 1e3,
+                    index_generation: c.manifest().generation,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+
+    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Reply<pb::EmbedResponse> {
+        let r = req.into_inner();
+        let max = self.state.settings.limits.max_embed_texts;
+        if r.texts.is_empty() || r.texts.len() > max {
+            return Err(invalid(format!(
+                "embed takes 1 to {max} texts, got {}",
+                r.texts.len()
+            ))
+            .into());
+        }
+        if let Some(i) = r
+            .texts
+            .iter()
+            .position(|t| t.trim().is_empty() || t.len() > 16384)
+        {
+            return Err(invalid(format!("text {i} is empty or longer than 16384 bytes")).into());
+        }
+        let out = self
+            .state
+            .blocking(move |s| {
+                let e = s.embedder.embed(&r.texts)?;
+                Ok(pb::EmbedResponse {
+                    embeddings: e
+                        .into_iter()
+                        .map(|e| pb::Embedding {
+                            values: e.vector,
+                            tokens: e.tokens as u32,
+                            truncated: e.truncated,
+                        })
+                        .collect(),
+                    model: s.embedder.name().to_string(),
+                    dim: s.embedder.dim() as u32,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}
+
+impl Services {
+    /// Retrieval and packing on the blocking pool, then generation started (queued on the
+    /// decoder; a full queue is RESOURCE_EXHAUSTED at once).
+    async fn start_answer(
+        &self,
+        req: Request<pb::AskRequest>,
+    ) -> Result<(Vec<pb::Source>, ragd_engine::AnswerStream), Status> {
+        let deadline = deadline(&req);
+        let (collection, mut request) = convert::ask(
+            req.into_inner(),
+            self.state.answer_config().max_sources,
+            self.state.settings.limits.max_query_bytes,
+        )?;
+        check_name(&collection)?;
+        request.deadline = deadline;
+        let stream = self
+            .state
+            .blocking(move |s| {
+                let c = s.collection(&collection)?;
+                let searcher = Searcher::new(&c, &s.embedder, 1)?;
+                let answerer = Answerer::new(&searcher, &s.generator, s.answer_config());
+                let prepared = answerer.prepare(request)?;
+                Ok(prepared.start(&s.generator)?)
+            })
+            .await?;
+        let sources = stream.sources().iter().map(convert::source).collect();
+        Ok((sources, stream))
+    }
+
+    fn count(&self, a: &ragd_engine::Answer) {
+        self.state
+            .metrics
+            .tokens_generated
+            .inc_by(a.usage.generated_tokens as u64);
+        if a.refused {
+            self.state.metrics.answers_refused.inc();
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::answer_server::Answer for Services {
+    async fn ask(&self, req: Request<pb::AskRequest>) -> Reply<pb::AskResponse> {
+        let (_, mut stream) = self.start_answer(req).await?;
+        while let Some(ev) = stream.next().await {
+            match ev.map_err(Error::from)? {
+                AnswerEvent::Delta(_) => {}
+                AnswerEvent::Done(a) => {
+                    self.count(&a);
+                    return Ok(Response::new(convert::answer(*a)));
+                }
+            }
+        }
+        Err(Error::Worker("the answer stream ended early".into()).into())
+    }
+
+    type AskStreamStream = BoxStream<pb::AskEvent>;
+
+    async fn ask_stream(&self, req: Request<pb::AskRequest>) -> Reply<Self::AskStreamStream> {
+        let (sources, mut stream) = self.start_answer(req).await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::AskEvent, Status>>(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ev = pb::AskEvent {
+                event: Some(pb::ask_event::Event::Sources(pb::SourcesEvent { sources })),
+            };
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+            // Dropping `stream` (on any early return) cancels generation.
+            while let Some(ev) = stream.next().await {
+                let out = match ev {
+                    Ok(AnswerEvent::Delta(text)) => {
+                        pb::ask_event::Event::Delta(pb::TokenDelta { text })
+                    }
+                    Ok(AnswerEvent::Done(a)) => {
+                        this.count(&a);
+                        pb::ask_event::Event::Answer(convert::answer(*a))
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::from(e).into())).await;
+                        return;
+                    }
+                };
+                if tx
+                    .send(Ok(pb::AskEvent { event: Some(out) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    type RebuildStream = BoxStream<pb::RebuildProgress>;
+
+    async fn rebuild(&self, req: Request<pb::RebuildRequest>) -> Reply<Self::RebuildStream> {
+        let r = req.into_inner();
+        check_name(&r.collection)?;
+        let c = {
+            let name = r.collection.clone();
+            self.state.blocking(move |s| s.collection(&name)).await?
+        };
+        let (tx, rx) = mpsc::channel::<Result<pb::RebuildProgress, Status>>(16);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let out = state
+                .blocking(move |s| {
+                    let chunking = r
+                        .chunking
+                        .as_ref()
+                        .map(|p| {
+                            c.settings()
+                                .map(|cur| convert::chunking_from(p, &cur.chunking))
+                        })
+                        .transpose()?;
+                    let opts = RebuildOptions {
+                        rechunk: r.rechunk,
+                        reembed: r.reembed,
+                        chunking,
+                        ..RebuildOptions::default()
+                    };
+                    let mut last = Instant::now();
+                    let summary =
+                        ragd_engine::rebuild(&c, Some(&s.embedder), &opts, |_, done, total| {
+                            if last.elapsed() >= Duration::from_millis(200) || done == total {
+                                last = Instant::now();
+                                let ev = pb::RebuildProgress {
+                                    event: Some(pb::rebuild_progress::Event::Progress(
+                                        pb::Progress { done, total },
+                                    )),
+                                };
+                                let _ = progress_tx.try_send(Ok(ev));
+                            }
+                        })?;
+                    Ok(summary)
+                })
+                .await;
+            let ev = match out {
+                Ok(sum) => Ok(pb::RebuildProgress {
+                    event: Some(pb::rebuild_progress::Event::Done(pb::RebuildDone {
+                        generation: sum.generation,
+                        previous_generation: sum.previous_generation,
+                        documents: sum.documents,
+                        chunks: sum.chunks,
+                        seconds: sum.seconds,
+                    })),
+                }),
+                Err(e) => Err(e.into()),
+            };
+            let _ = tx.send(ev).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Reply<pb::InfoResponse> {
+        let out = self
+            .state
+            .blocking(|s| {
+                let mut names = s.names()?;
+                names.sort();
+                let mut collections = Vec::with_capacity(names.len());
+                for n in names {
+                    collections.push(convert::collection(s.collection(&n)?.stats()?));
+                }
+                Ok(pb::InfoResponse {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    models: vec![
+                        pb::Model {
+                            role: "encoder".into(),
+                            id: s.embedder.name().to_string(),
+                        },
+                        pb::Model {
+                            role: "decoder".into(),
+                            id: s.generator.name().to_string(),
+                        },
+                    ],
+                    collections,
+                })
+            })
+            .await?;
+        Ok(Response::new(out))
+    }
+}

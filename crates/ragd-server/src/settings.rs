@@ -1,0 +1,324 @@
+//! The server's settings: one serde tree with defaults, layered as defaults < TOML file <
+//! `RAGD_*` environment < command-line flags (figment), then validated with messages that name
+//! the key.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `ragd serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// gRPC address (`RAGD_LISTEN`). Port 0 picks a free one.
+    pub listen: String,
+    /// Prometheus `/metrics` address (`RAGD_METRICS_LISTEN`); empty disables it.
+    pub metrics_listen: String,
+    /// Collections directory (`RAGD_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Models directory (`RAGD_MODELS_DIR`); empty: `$RAGD_MODELS`, else `~/.cache/ragd/models`.
+    pub models_dir: PathBuf,
+    /// `text` or `json` log lines on stderr.
+    pub log_format: String,
+    /// API keys accepted as `authorization: Bearer <key>` (`RAGD_API_KEYS`, comma-separated).
+    /// Empty: no authentication.
+    pub api_keys: KeyList,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub decoder: Decoder,
+    pub answer: Answer,
+    /// Seconds streams get to finish after SIGTERM/SIGINT before they are cut.
+    pub shutdown_grace_seconds: f64,
+    /// Seconds between background checkpoints of collections that have new writes.
+    pub checkpoint_interval_seconds: f64,
+}
+
+/// PEM files; both set enables TLS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Request size limits and admission control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message, in bytes (requests and responses).
+    pub max_message_bytes: usize,
+    /// Documents per Upsert call.
+    pub max_batch_documents: usize,
+    /// Largest document content, in bytes.
+    pub max_document_bytes: usize,
+    /// Longest query or question, in bytes.
+    pub max_query_bytes: usize,
+    /// Texts per Embed call.
+    pub max_embed_texts: usize,
+    /// Requests running or waiting for a CPU worker; beyond this: RESOURCE_EXHAUSTED.
+    pub max_inflight: usize,
+}
+
+/// The decoder's session pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Decoder {
+    /// Concurrent generations.
+    pub sessions: usize,
+    /// Generations waiting for a session; beyond this: RESOURCE_EXHAUSTED.
+    pub queue: usize,
+    /// Context per session, in tokens.
+    pub context: usize,
+}
+
+/// Answer pipeline defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Answer {
+    /// Refusal threshold (cosine).
+    pub min_relevance: f32,
+    /// Most prompt tokens.
+    pub max_prompt_tokens: usize,
+    /// Most sources packed.
+    pub max_sources: usize,
+}
+
+/// API keys from a TOML array or a comma-separated string (environment).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct KeyList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for KeyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(Self(match Raw::deserialize(d)? {
+            Raw::One(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect(),
+            Raw::Many(v) => v,
+        }))
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            metrics_listen: String::new(),
+            data_dir: "indexes".into(),
+            models_dir: PathBuf::new(),
+            log_format: "text".into(),
+            api_keys: KeyList::default(),
+            tls: Tls::default(),
+            limits: Limits::default(),
+            decoder: Decoder::default(),
+            answer: Answer::default(),
+            shutdown_grace_seconds: 10.0,
+            checkpoint_interval_seconds: 30.0,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 32 << 20,
+            max_batch_documents: 256,
+            max_document_bytes: 16 << 20,
+            max_query_bytes: 4096,
+            max_embed_texts: 256,
+            max_inflight: 64,
+        }
+    }
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self {
+            sessions: 1,
+            queue: 8,
+            context: 4096,
+        }
+    }
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        let d = ragd_engine::AnswerConfig::default();
+        Self {
+            min_relevance: d.min_relevance,
+            max_prompt_tokens: d.max_prompt_tokens,
+            max_sources: d.max_sources,
+        }
+    }
+}
+
+/// A settings problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+impl Settings {
+    /// Defaults, then `file` (if any), then `RAGD_*` variables (nested keys with `__`, e.g.
+    /// `RAGD_DECODER__SESSIONS`), then `overrides` (flags), validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(SettingsError(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // Variables ragd reads elsewhere (RAGD_LOG, RAGD_MODELS, RAGD_PYTHON) are not settings.
+        let env = Env::prefixed("RAGD_")
+            .ignore(&["LOG", "MODELS", "PYTHON"])
+            .split("__");
+        fig = fig.merge(env).merge(Serialized::globals(overrides));
+        let s: Settings = fig
+            .extract()
+            .map_err(|e| SettingsError(format!("invalid settings: {e}")))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks ranges and combinations.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, why: String| Err(SettingsError(format!("setting `{key}`: {why}")));
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:50051", self.listen),
+            );
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "metrics_listen",
+                format!("{:?} is not an address", self.metrics_listen),
+            );
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(
+                "log_format",
+                format!("must be text or json, got {:?}", self.log_format),
+            );
+        }
+        if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
+            return bad("tls", "set both tls.cert and tls.key, or neither".into());
+        }
+        if self.api_keys.0.iter().any(|k| k.len() < 8) {
+            return bad("api_keys", "every key must be at least 8 characters".into());
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return bad("limits.max_message_bytes", "must be at least 1024".into());
+        }
+        for (key, v) in [
+            ("limits.max_batch_documents", l.max_batch_documents),
+            ("limits.max_document_bytes", l.max_document_bytes),
+            ("limits.max_query_bytes", l.max_query_bytes),
+            ("limits.max_embed_texts", l.max_embed_texts),
+            ("limits.max_inflight", l.max_inflight),
+            ("decoder.sessions", self.decoder.sessions),
+            ("decoder.queue", self.decoder.queue),
+            ("answer.max_sources", self.answer.max_sources),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.decoder.context < 512 {
+            return bad("decoder.context", "must be at least 512 tokens".into());
+        }
+        if !(-1.0..=1.0).contains(&self.answer.min_relevance) {
+            return bad("answer.min_relevance", "must be within -1..=1".into());
+        }
+        if self.answer.max_prompt_tokens < 128 {
+            return bad("answer.max_prompt_tokens", "must be at least 128".into());
+        }
+        for (key, v) in [
+            ("shutdown_grace_seconds", self.shutdown_grace_seconds),
+            (
+                "checkpoint_interval_seconds",
+                self.checkpoint_interval_seconds,
+            ),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, format!("must be a positive number, got {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The models directory after defaults.
+    pub fn models_dir(&self) -> PathBuf {
+        if self.models_dir.as_os_str().is_empty() {
+            ragd_models::registry::resolve_models_dir(None)
+        } else {
+            self.models_dir.clone()
+        }
+    }
+}
+
+/// Values given as flags (highest precedence); `None` leaves the layer below.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn layers_apply_in_order_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ragd.toml",
+                "listen = \"127.0.0.1:7000\"\n[decoder]\nsessions = 2\n",
+            )?;
+            jail.set_env("RAGD_DECODER__SESSIONS", "3");
+            jail.set_env("RAGD_API_KEYS", "key-one-1234, key-two-5678");
+            jail.set_env("RAGD_LOG", "debug");
+            let o = Overrides {
+                data_dir: Some("/tmp/x".into()),
+                ..Overrides::default()
+            };
+            let s = Settings::load(Some(Path::new("ragd.toml")), &o).map_err(|e| e.0)?;
+            assert_eq!(s.listen, "127.0.0.1:7000");
+            assert_eq!(s.decoder.sessions, 3);
+            assert_eq!(s.api_keys.0, ["key-one-1234", "key-two-5678"]);
+            assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(s.limits, Limits::default());
+
+            jail.set_env("RAGD_DECODER__SESSIONS", "0");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("decoder.sessions"), "{e}");
+            jail.set_env("RAGD_DECODER__SESSIONS", "1");
+            jail.create_file("bad.toml", "listne = \"x\"\n")?;
+            let e = Settings::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("listne"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,180 @@
+//! What every handler shares: settings, the models, open collections, admission control and
+//! the shutdown signal. Blocking work (encoder, indexes, tokenizer, DocStore) runs on tokio's
+//! blocking pool behind a bounded number of permits, never on the async workers.
+
+use crate::error::Error;
+use crate::settings::Settings;
+use ragd_engine::AnswerConfig;
+use ragd_models::{Embedder, Generator};
+use ragd_store::Collection;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{Semaphore, watch};
+
+/// Shared server state.
+pub struct State {
+    pub settings: Settings,
+    pub embedder: Embedder,
+    pub generator: Generator,
+    pub answer: AnswerConfig,
+    collections: RwLock<HashMap<String, Arc<Collection>>>,
+    /// Serialises collection creation and deletion.
+    lifecycle: Mutex<()>,
+    inflight: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("data_dir", &self.settings.data_dir)
+            .finish()
+    }
+}
+
+impl State {
+    pub fn new(
+        settings: Settings,
+        embedder: Embedder,
+        generator: Generator,
+        shutdown: watch::Receiver<bool>,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
+        let answer = AnswerConfig {
+            min_relevance: settings.answer.min_relevance,
+            max_prompt_tokens: settings.answer.max_prompt_tokens,
+            max_sources: settings.answer.max_sources,
+            ..AnswerConfig::default()
+        };
+        let inflight = Arc::new(Semaphore::new(settings.limits.max_inflight));
+        Self {
+            settings,
+            embedder,
+            generator,
+            answer,
+            collections: RwLock::new(HashMap::new()),
+            lifecycle: Mutex::new(()),
+            inflight,
+            shutdown,
+            metrics,
+        }
+    }
+
+    /// True once shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs `f` on the blocking pool. At most `limits.max_inflight` such jobs exist at once;
+    /// beyond that the request is refused (RESOURCE_EXHAUSTED) rather than queued.
+    pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&State) -> Result<T, Error> + Send + 'static,
+    {
+        if self.stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let permit = Arc::clone(&self.inflight)
+            .try_acquire_owned()
+            .map_err(|_| Error::Busy("too many requests in flight"))?;
+        let state = Arc::clone(self);
+        let gauge = self.metrics.inflight.clone();
+        gauge.inc();
+        let out = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&state)
+        })
+        .await;
+        gauge.dec();
+        out.map_err(|e| Error::Worker(e.to_string()))?
+    }
+
+    /// The open collection `name`, opening it on first use (NOT_FOUND when absent).
+    pub fn collection(&self, name: &str) -> Result<Arc<Collection>, Error> {
+        if let Some(c) = self
+            .collections
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+        {
+            return Ok(c);
+        }
+        let _l = self
+            .lifecycle
+            .lock()
+            .map_err(|_| Error::Worker("lock poisoned".into()))?;
+        if let Some(c) = self
+            .collections
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+        {
+            return Ok(c);
+        }
+        let c = Arc::new(Collection::open(&self.settings.data_dir, name)?);
+        ragd_engine::check_encoder(&c.settings()?, &self.embedder)?;
+        if let Ok(mut m) = self.collections.write() {
+            m.insert(name.to_string(), Arc::clone(&c));
+        }
+        Ok(c)
+    }
+
+    /// Creates a collection with the server's encoder.
+    pub fn create(
+        &self,
+        name: &str,
+        settings: &ragd_store::CollectionSettings,
+    ) -> Result<Arc<Collection>, Error> {
+        let _l = self
+            .lifecycle
+            .lock()
+            .map_err(|_| Error::Worker("lock poisoned".into()))?;
+        let c = Arc::new(Collection::create(&self.settings.data_dir, name, settings)?);
+        if let Ok(mut m) = self.collections.write() {
+            m.insert(name.to_string(), Arc::clone(&c));
+        }
+        Ok(c)
+    }
+
+    /// Deletes a collection (requests holding it finish on their open handle).
+    pub fn delete(&self, name: &str) -> Result<(), Error> {
+        let _l = self
+            .lifecycle
+            .lock()
+            .map_err(|_| Error::Worker("lock poisoned".into()))?;
+        let removed = self
+            .collections
+            .write()
+            .ok()
+            .and_then(|mut m| m.remove(name));
+        drop(removed);
+        Collection::delete(&self.settings.data_dir, name)?;
+        Ok(())
+    }
+
+    /// Names of every collection on disk.
+    pub fn names(&self) -> Result<Vec<String>, Error> {
+        Ok(Collection::list(&self.settings.data_dir)?)
+    }
+
+    /// Checkpoints every open collection that has unsaved writes.
+    pub fn checkpoint_all(&self) {
+        let open: Vec<Arc<Collection>> = self
+            .collections
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for c in open {
+            if let Err(e) = c.checkpoint() {
+                tracing::error!(collection = c.name(), error = %e, "checkpoint failed");
+            }
+        }
+    }
+
+    /// The answer settings for requests.
+    pub fn answer_config(&self) -> &AnswerConfig {
+        &self.answer
+    }
+}

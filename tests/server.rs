@@ -1,0 +1,743 @@
+//! The gRPC service end to end: a real server in-process on an ephemeral port with the real
+//! models, real tonic clients.
+#![allow(clippy::unwrap_used)]
+
+use ragd_proto::v1 as pb;
+use ragd_server::Settings;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+const KEY: &str = "test-key-0123456789";
+
+type Auth = fn(Request<()>) -> Result<Request<()>, Status>;
+
+fn with_key(mut req: Request<()>) -> Result<Request<()>, Status> {
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {KEY}")).unwrap(),
+    );
+    Ok(req)
+}
+
+struct Running {
+    channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+    _data: tempfile::TempDir,
+}
+
+async fn start(data: tempfile::TempDir) -> Running {
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.api_keys.0 = vec![KEY.into()];
+    settings.shutdown_grace_seconds = 5.0;
+    let bound = ragd_server::bind(settings).await.unwrap();
+    let addr = bound.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        bound
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Running {
+        channel,
+        stop: Some(stop),
+        done,
+        _data: data,
+    }
+}
+
+impl Running {
+    fn collections(
+        &self,
+    ) -> pb::collections_client::CollectionsClient<InterceptedService<Channel, Auth>> {
+        pb::collections_client::CollectionsClient::with_interceptor(
+            self.channel.clone(),
+            with_key as Auth,
+        )
+    }
+    fn documents(
+        &self,
+    ) -> pb::documents_client::DocumentsClient<InterceptedService<Channel, Auth>> {
+        pb::documents_client::DocumentsClient::with_interceptor(
+            self.channel.clone(),
+            with_key as Auth,
+        )
+    }
+    fn search(&self) -> pb::search_client::SearchClient<InterceptedService<Channel, Auth>> {
+        pb::search_client::SearchClient::with_interceptor(self.channel.clone(), with_key as Auth)
+    }
+    fn answer(&self) -> pb::answer_client::AnswerClient<InterceptedService<Channel, Auth>> {
+        pb::answer_client::AnswerClient::with_interceptor(self.channel.clone(), with_key as Auth)
+    }
+    fn admin(&self) -> pb::admin_client::AdminClient<InterceptedService<Channel, Auth>> {
+        pb::admin_client::AdminClient::with_interceptor(self.channel.clone(), with_key as Auth)
+    }
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.done)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn qa_docs() -> Vec<pb::DocumentInput> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/qa/docs");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| pb::DocumentInput {
+            id: p.file_name().unwrap().to_string_lossy().into_owned(),
+            title: String::new(),
+            content: std::fs::read(&p).unwrap(),
+            format: pb::DocumentFormat::Markdown as i32,
+            metadata: [("set".to_string(), "qa".to_string())].into(),
+        })
+        .collect()
+}
+
+fn search_req(collection: &str, query: &str, mode: pb::SearchMode) -> pb::SearchRequest {
+    pb::SearchRequest {
+        collection: collection.into(),
+        query: query.into(),
+        options: Some(pb::SearchOptions {
+            mode: mode as i32,
+            top_k: 3,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_end_to_end() {
+    let srv = start(tempfile::tempdir().unwrap()).await;
+
+    // Health needs no key; everything else does.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(srv.channel.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ragd.v1.Answer".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        h.get_ref().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut anon = pb::collections_client::CollectionsClient::new(srv.channel.clone());
+    let e = anon.list(pb::ListCollectionsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut wrong = pb::collections_client::CollectionsClient::with_interceptor(
+        srv.channel.clone(),
+        |mut r: Request<()>| {
+            r.metadata_mut().insert(
+                "authorization",
+                MetadataValue::from_static("Bearer not-the-key-at-all"),
+            );
+            Ok(r)
+        },
+    );
+    assert_eq!(
+        wrong
+            .list(pb::ListCollectionsRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // Reflection lists the services.
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut r = ServerReflectionClient::with_interceptor(srv.channel.clone(), with_key as Auth);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = r
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let msg = resp.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("{msg:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for s in [
+            "ragd.v1.Search",
+            "ragd.v1.Answer",
+            "ragd.v1.Documents",
+            "ragd.v1.Admin",
+            "ragd.v1.Collections",
+        ] {
+            assert!(names.iter().any(|n| n == s), "{names:?}");
+        }
+    }
+
+    // Create, ingest over IngestStream (one ack per document, in order).
+    let mut cols = srv.collections();
+    let c = cols
+        .create(pb::CreateCollectionRequest {
+            name: "qa".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.settings.unwrap().encoder, "all-minilm-l6-v2");
+    let e = cols
+        .create(pb::CreateCollectionRequest {
+            name: "qa".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let docs = qa_docs();
+    let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
+    let msgs: Vec<pb::IngestStreamRequest> = docs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| pb::IngestStreamRequest {
+            collection: if i == 0 { "qa".into() } else { String::new() },
+            document: Some(d),
+        })
+        .collect();
+    let mut acks = srv
+        .documents()
+        .ingest_stream(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acked = Vec::new();
+    while let Some(a) = acks.message().await.unwrap() {
+        let r = a.result.unwrap();
+        assert_eq!(r.status, pb::DocumentStatus::Added as i32, "{r:?}");
+        assert_eq!(a.acknowledged as usize, acked.len() + 1);
+        acked.push(r.id);
+    }
+    assert_eq!(acked, ids);
+
+    // Upsert: per-document results, one bad document does not fail the rest.
+    let up = srv
+        .documents()
+        .upsert(pb::UpsertRequest {
+            collection: "qa".into(),
+            documents: vec![
+                pb::DocumentInput {
+                    id: "extra.txt".into(),
+                    title: "Extra".into(),
+                    content: b"The Zorbel lamp glows green at night.".to_vec(),
+                    ..Default::default()
+                },
+                pb::DocumentInput {
+                    id: "bad.txt".into(),
+                    content: vec![0xff, 0xfe, 0x00],
+                    ..Default::default()
+                },
+                pb::DocumentInput {
+                    id: String::new(),
+                    content: b"x".to_vec(),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let st: Vec<i32> = up.results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        st,
+        [
+            pb::DocumentStatus::Added as i32,
+            pb::DocumentStatus::Failed as i32,
+            pb::DocumentStatus::Failed as i32
+        ]
+    );
+    assert!(up.results[1].error.contains("UTF-8"), "{:?}", up.results[1]);
+
+    // Search in every mode finds the bridge document (BM25 sees writes at once too).
+    for mode in [
+        pb::SearchMode::Hybrid,
+        pb::SearchMode::Dense,
+        pb::SearchMode::Lexical,
+    ] {
+        let r = srv
+            .search()
+            .search(search_req("qa", "Kessel Bridge stone arches", mode))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.hits[0].document_id, "kessel-bridge.md", "{mode:?}");
+        assert!(r.hits[0].start < r.hits[0].end);
+    }
+    let r = srv
+        .search()
+        .search(search_req("qa", "Zorbel lamp", pb::SearchMode::Lexical))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.hits[0].document_id, "extra.txt");
+
+    // AskStream: sources, then deltas, then the answer with citations.
+    let mut events = srv
+        .answer()
+        .ask_stream(pb::AskRequest {
+            collection: "qa".into(),
+            question: "Who is the warden of the Gorsel Hut?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    let mut text = String::new();
+    let mut fin = None;
+    while let Some(ev) = events.message().await.unwrap() {
+        match ev.event.unwrap() {
+            pb::ask_event::Event::Sources(s) => {
+                assert!(!s.sources.is_empty());
+                kinds.push('s');
+            }
+            pb::ask_event::Event::Delta(d) => {
+                text.push_str(&d.text);
+                kinds.push('d');
+            }
+            pb::ask_event::Event::Answer(a) => {
+                kinds.push('a');
+                fin = Some(a);
+            }
+        }
+    }
+    let a = fin.unwrap();
+    assert_eq!(kinds.first(), Some(&'s'));
+    assert_eq!(kinds.last(), Some(&'a'));
+    assert!(kinds.iter().filter(|k| **k == 'd').count() > 1);
+    assert_eq!(&text, a.unsupported_draft.as_ref().unwrap_or(&a.answer));
+    assert!(a.answer.contains("Resi Amstutz"), "{a:?}");
+    assert!(
+        a.cited && a.citations[0].document_id == "gorsel-hut.md",
+        "{a:?}"
+    );
+    assert!(a.usage.unwrap().generated_tokens > 0);
+
+    // Unary Ask: an off-topic question is refused without generating.
+    let a = srv
+        .answer()
+        .ask(pb::AskRequest {
+            collection: "qa".into(),
+            question: "What is the VAT rate on restaurant meals in Portugal?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a.refused && !a.cited, "{a:?}");
+
+    // Bad input: the right status, and the server keeps serving.
+    let big = "q".repeat(5000);
+    let cases: Vec<(Code, Status)> = vec![
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .search(search_req("qa", "", pb::SearchMode::Hybrid))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .search(search_req("qa", &big, pb::SearchMode::Hybrid))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::NotFound,
+            srv.search()
+                .search(search_req("nope", "x", pb::SearchMode::Hybrid))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .search(search_req("../etc", "x", pb::SearchMode::Hybrid))
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .search(pb::SearchRequest {
+                    collection: "qa".into(),
+                    query: "x".into(),
+                    options: Some(pb::SearchOptions {
+                        top_k: 5000,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .search(pb::SearchRequest {
+                    collection: "qa".into(),
+                    query: "x".into(),
+                    options: Some(pb::SearchOptions {
+                        mode: 42,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .embed(pb::EmbedRequest { texts: vec![] })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.answer()
+                .ask(pb::AskRequest {
+                    collection: "qa".into(),
+                    question: " ".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.answer()
+                .ask(pb::AskRequest {
+                    collection: "qa".into(),
+                    question: "Who?".into(),
+                    generation: Some(pb::GenerationOptions {
+                        max_tokens: 100_000,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.answer()
+                .ask(pb::AskRequest {
+                    collection: "qa".into(),
+                    question: "Who?".into(),
+                    generation: Some(pb::GenerationOptions {
+                        temperature: Some(-3.0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::NotFound,
+            srv.answer()
+                .ask(pb::AskRequest {
+                    collection: "nope".into(),
+                    question: "Who?".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.documents()
+                .upsert(pb::UpsertRequest {
+                    collection: "qa".into(),
+                    documents: vec![],
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::NotFound,
+            srv.documents()
+                .get(pb::GetDocumentRequest {
+                    collection: "qa".into(),
+                    id: "missing".into(),
+                    include_text: false,
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.documents()
+                .list(pb::ListDocumentsRequest {
+                    collection: "qa".into(),
+                    page_size: 5000,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.documents()
+                .delete(pb::DeleteDocumentsRequest {
+                    collection: "qa".into(),
+                    ids: vec![],
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.collections()
+                .create(pb::CreateCollectionRequest {
+                    name: String::new(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::NotFound,
+            srv.collections()
+                .get(pb::GetCollectionRequest {
+                    name: "nope".into(),
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::NotFound,
+            srv.collections()
+                .delete(pb::DeleteCollectionRequest {
+                    name: "nope".into(),
+                })
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (i, (want, got)) in cases.iter().enumerate() {
+        assert_eq!(got.code(), *want, "case {i}: {got:?}");
+        assert!(!got.message().is_empty(), "case {i}");
+    }
+
+    // Get, List pages, Delete.
+    let d = srv
+        .documents()
+        .get(pb::GetDocumentRequest {
+            collection: "qa".into(),
+            id: "gorsel-hut.md".into(),
+            include_text: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.title.contains("Gorsel Hut"), "{}", d.title);
+    assert!(!d.chunks.is_empty() && d.text.contains("Resi Amstutz"));
+    let p1 = srv
+        .documents()
+        .list(pb::ListDocumentsRequest {
+            collection: "qa".into(),
+            page_size: 15,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p2 = srv
+        .documents()
+        .list(pb::ListDocumentsRequest {
+            collection: "qa".into(),
+            page_size: 15,
+            page_token: p1.next_page_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.documents.len() + p2.documents.len(), 21);
+    assert!(p2.next_page_token.is_empty());
+    let del = srv
+        .documents()
+        .delete(pb::DeleteDocumentsRequest {
+            collection: "qa".into(),
+            ids: vec!["extra.txt".into(), "ghost".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (del.deleted, del.not_found),
+        (vec!["extra.txt".to_string()], vec!["ghost".to_string()])
+    );
+    let r = srv
+        .search()
+        .search(search_req("qa", "Zorbel lamp", pb::SearchMode::Lexical))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.hits.iter().all(|h| h.document_id != "extra.txt"));
+
+    // Rebuild while searches run: none fails, and the generation moves on.
+    let before = srv
+        .collections()
+        .get(pb::GetCollectionRequest { name: "qa".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .generation;
+    let searcher = {
+        let mut client = srv.search();
+        tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..40 {
+                let r = client
+                    .search(search_req(
+                        "qa",
+                        "Kessel Bridge arches",
+                        pb::SearchMode::Hybrid,
+                    ))
+                    .await;
+                assert_eq!(
+                    r.unwrap().into_inner().hits[0].document_id,
+                    "kessel-bridge.md"
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut progress = srv
+        .admin()
+        .rebuild(pb::RebuildRequest {
+            collection: "qa".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut done = None;
+    while let Some(ev) = progress.message().await.unwrap() {
+        if let Some(pb::rebuild_progress::Event::Done(d)) = ev.event {
+            done = Some(d);
+        }
+    }
+    let done = done.unwrap();
+    assert!(done.generation > before);
+    assert_eq!(searcher.await.unwrap(), 40);
+    let info = srv
+        .admin()
+        .info(pb::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.collections[0].generation, done.generation);
+    assert_eq!(info.models.len(), 2);
+
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_ingest_stream_loses_no_acknowledged_document() {
+    let data = tempfile::tempdir().unwrap();
+    let data_path = data.path().to_path_buf();
+    let srv = start(data).await;
+    srv.collections()
+        .create(pb::CreateCollectionRequest {
+            name: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A client that keeps streaming documents, slowly.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestStreamRequest>(4);
+    let feeder = tokio::spawn(async move {
+        for i in 0..1000 {
+            let msg = pb::IngestStreamRequest {
+                collection: if i == 0 { "s".into() } else { String::new() },
+                document: Some(pb::DocumentInput {
+                    id: format!("doc-{i}"),
+                    content: format!("Document number {i} talks about topic {}.", i % 7)
+                        .into_bytes(),
+                    ..Default::default()
+                }),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut acks = srv
+        .documents()
+        .ingest_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acked: Vec<String> = Vec::new();
+    while acked.len() < 10 {
+        acked.push(acks.message().await.unwrap().unwrap().result.unwrap().id);
+    }
+    let Running {
+        stop, done, _data, ..
+    } = srv;
+    let _ = stop.unwrap().send(());
+    // The stream ends cleanly: remaining acks, then UNAVAILABLE (or the end).
+    loop {
+        match acks.message().await {
+            Ok(Some(a)) => acked.push(a.result.unwrap().id),
+            Ok(None) => break,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                break;
+            }
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(30), done)
+        .await
+        .unwrap()
+        .unwrap();
+    feeder.abort();
+    // Every acknowledged document is there after a restart.
+    let c = ragd_store::Collection::open(&data_path, "s").unwrap();
+    for id in &acked {
+        assert!(
+            c.document(id).unwrap().is_some(),
+            "{id} was acknowledged but is gone"
+        );
+    }
+    drop(_data);
+}
