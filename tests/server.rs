@@ -741,3 +741,111 @@ async fn shutdown_during_an_ingest_stream_loses_no_acknowledged_document() {
     }
     drop(_data);
 }
+
+/// Overload is answered with RESOURCE_EXHAUSTED, the server keeps serving, and /metrics counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_resource_exhausted_and_metrics_count_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.decoder.sessions = 1;
+    settings.decoder.queue = 1;
+    let bound = ragd_server::bind(settings).await.unwrap();
+    let addr = bound.local_addr().unwrap();
+    let metrics_addr = bound.metrics_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        bound
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cols = pb::collections_client::CollectionsClient::new(channel.clone());
+    cols.create(pb::CreateCollectionRequest {
+        name: "o".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut docs = pb::documents_client::DocumentsClient::new(channel.clone());
+    docs.upsert(pb::UpsertRequest {
+        collection: "o".into(),
+        documents: qa_docs(),
+    })
+    .await
+    .unwrap();
+
+    // Six answers at once against one session and a queue of one.
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut a = pb::answer_client::AnswerClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            a.ask(pb::AskRequest {
+                collection: "o".into(),
+                question: "Describe the Harrow split method of beekeeping.".into(),
+                generation: Some(pb::GenerationOptions {
+                    max_tokens: 48,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    let mut exhausted = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(s) => panic!("unexpected status {s:?}"),
+        }
+    }
+    assert!(ok >= 1 && exhausted >= 1, "ok {ok}, exhausted {exhausted}");
+    // Still serving.
+    let mut s = pb::search_client::SearchClient::new(channel.clone());
+    s.search(search_req("o", "Kessel Bridge", pb::SearchMode::Hybrid))
+        .await
+        .unwrap();
+
+    // Prometheus text with per-RPC counts, including the refusals.
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(metrics_addr).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains(
+            "ragd_grpc_requests_total{method=\"/ragd.v1.Answer/Ask\",code=\"ResourceExhausted\"}"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("ragd_grpc_request_seconds_bucket"), "{body}");
+    assert!(
+        body.contains("ragd_documents_acknowledged_total 20"),
+        "{body}"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), done)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -521,3 +521,71 @@ fn eval_beir_and_search_json_shapes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode must be"));
 }
+
+/// `ragd serve`: logs `listening on ADDR` once it accepts requests and exits 0 on SIGTERM;
+/// `--print-config` shows the layered settings; a bad setting names its key.
+#[test]
+fn serve_logs_listening_and_exits_zero_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args(["serve", "--print-config", "--listen", "127.0.0.1:7777"])
+        .env("RAGD_DECODER__SESSIONS", "2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("listen = \"127.0.0.1:7777\"") && text.contains("sessions = 2"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args(["serve", "--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--models-dir",
+            &models_dir(),
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    loop {
+        let line = lines
+            .next()
+            .expect("ragd serve ended before listening")
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on 127.0.0.1:") {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for line in lines.map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let code = child.wait().unwrap();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
