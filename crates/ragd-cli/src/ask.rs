@@ -118,6 +118,8 @@ pub(crate) struct AskArgs {
     /// `ragd bench generate --prompt-file`.
     #[arg(long)]
     prompt_out: Option<PathBuf>,
+    #[command(flatten)]
+    remote: crate::client::ServerFlags,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -192,6 +194,9 @@ fn read_history(path: Option<&Path>) -> Result<Vec<Turn>> {
 }
 
 pub(crate) fn ask(a: AskArgs) -> Result<()> {
+    if let Some(url) = a.remote.server.clone() {
+        return ask_remote(&a, &url);
+    }
     let c = Collection::open(&a.data.data_dir, &a.collection)?;
     let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
     let generator = load_decoder(&a.models)?;
@@ -212,6 +217,180 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     answer_and_print(&answerer, request, a.json)
+}
+
+impl AnswerFlags {
+    /// The same options as a gRPC request.
+    fn remote_request(
+        &self,
+        collection: &str,
+        question: &str,
+    ) -> Result<ragd_proto::v1::AskRequest> {
+        use ragd_proto::v1 as pb;
+        let mode = match self.mode.parse::<Mode>()? {
+            Mode::Hybrid => pb::SearchMode::Hybrid,
+            Mode::Dense => pb::SearchMode::Dense,
+            Mode::Lexical => pb::SearchMode::Lexical,
+        };
+        let filter = parse_filters(&self.filters, &self.doc_ids)?;
+        let fusion = match self.fusion.fusion()? {
+            ragd_engine::Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
+            ragd_engine::Fusion::Convex { dense_weight } => {
+                pb::fusion::Method::Convex(pb::Convex { dense_weight })
+            }
+        };
+        let sampled = self.temperature > 0.0 || self.top_p < 1.0 || self.seed.is_some();
+        Ok(pb::AskRequest {
+            collection: collection.to_string(),
+            question: question.to_string(),
+            history: Vec::new(),
+            retrieval: Some(pb::SearchOptions {
+                mode: mode as i32,
+                top_k: self.top_k as u32,
+                ef: self.fusion.ef.unwrap_or(0) as u32,
+                fusion: Some(pb::Fusion {
+                    method: Some(fusion),
+                }),
+                filter: Some(pb::Filter {
+                    document_ids: filter.doc_ids,
+                    metadata: filter
+                        .metadata
+                        .into_iter()
+                        .map(|(k, values)| (k, pb::StringList { values }))
+                        .collect(),
+                }),
+                ..Default::default()
+            }),
+            generation: Some(pb::GenerationOptions {
+                max_tokens: self.max_tokens as u32,
+                temperature: sampled.then_some(self.temperature),
+                top_p: sampled.then_some(self.top_p),
+                seed: self.seed,
+                stop: self.stop.clone(),
+                ..Default::default()
+            }),
+            min_relevance: self.min_relevance,
+        })
+    }
+}
+
+/// `ragd ask --server URL`: AskStream, printed as it arrives (or one JSON object at the end).
+fn ask_remote(a: &AskArgs, url: &str) -> Result<()> {
+    use ragd_proto::v1 as pb;
+    let remote = crate::client::Remote::connect(&a.remote, url)?;
+    let mut req = a.flags.remote_request(&a.collection, &a.question)?;
+    req.history = read_history(a.history.as_deref())?
+        .into_iter()
+        .map(|t| pb::Turn {
+            question: t.question,
+            answer: t.answer,
+        })
+        .collect();
+    let mut request = remote.request(req);
+    if let Some(t) = a.timeout {
+        request.set_timeout(Duration::from_secs_f64(t.max(0.001)));
+    }
+    let json = a.json;
+    let fin = remote.rt.block_on(async {
+        let mut client = pb::answer_client::AnswerClient::new(remote.channel.clone());
+        let mut events = client
+            .ask_stream(request)
+            .await
+            .map_err(crate::client::status)?
+            .into_inner();
+        if !json {
+            println!("Q: {}\n", a.question.trim());
+        }
+        let mut stdout = std::io::stdout();
+        let mut fin = None;
+        while let Some(ev) = events.message().await.map_err(crate::client::status)? {
+            match ev.event {
+                Some(pb::ask_event::Event::Delta(d)) if !json => {
+                    let _ = stdout.write_all(d.text.as_bytes());
+                    let _ = stdout.flush();
+                }
+                Some(pb::ask_event::Event::Answer(r)) => fin = Some(r),
+                _ => {}
+            }
+        }
+        fin.ok_or_else(|| anyhow::anyhow!("the server ended the stream without an answer"))
+    })?;
+    let answer = answer_from_pb(fin);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print_sources(&answer);
+    }
+    Ok(())
+}
+
+/// A server's answer as the engine's type (same JSON and printing as offline).
+fn answer_from_pb(r: ragd_proto::v1::AskResponse) -> Answer {
+    use ragd_proto::v1 as pb;
+    let u = r.usage.unwrap_or_default();
+    Answer {
+        answer: r.answer,
+        refused: r.refused,
+        cited: r.cited,
+        citations: r
+            .citations
+            .into_iter()
+            .map(|c| ragd_engine::Citation {
+                marker: c.marker as usize,
+                document_id: c.document_id,
+                chunk_id: c.chunk_id,
+                title: c.title,
+                start: c.start as usize,
+                end: c.end as usize,
+                snippet: c.snippet,
+            })
+            .collect(),
+        dropped_markers: r.dropped_markers as usize,
+        sources: r
+            .sources
+            .into_iter()
+            .map(|s| ragd_engine::Source {
+                marker: s.marker as usize,
+                document_id: s.document_id,
+                chunk_id: s.chunk_id,
+                title: s.title,
+                start: s.start as usize,
+                end: s.end as usize,
+                score: s.score,
+                relevance: s.relevance,
+                text: s.text,
+                truncated: s.truncated,
+            })
+            .collect(),
+        finish: match pb::FinishReason::try_from(r.finish) {
+            Ok(pb::FinishReason::Stop) => Some(ragd_models::FinishReason::Stop),
+            Ok(pb::FinishReason::StopSequence) => Some(ragd_models::FinishReason::StopSequence),
+            Ok(pb::FinishReason::Length) => Some(ragd_models::FinishReason::Length),
+            _ => None,
+        },
+        grounding: r
+            .unsupported_draft
+            .as_ref()
+            .map(|_| ragd_engine::Grounding {
+                supported: Vec::new(),
+                unsupported: r.unsupported_terms.clone(),
+            }),
+        unsupported_draft: r.unsupported_draft,
+        usage: ragd_engine::AnswerUsage {
+            prompt_tokens: u.prompt_tokens as usize,
+            generated_tokens: u.generated_tokens as usize,
+            time_to_first_token_ms: u.time_to_first_token_ms,
+            decode_tokens_per_s: u.decode_tokens_per_s,
+            prefill_tokens_per_s: u.prefill_tokens_per_s,
+            retrieval_ms: u.retrieval_ms,
+            queue_ms: u.queue_ms,
+            total_ms: u.total_ms,
+            encoder: u.encoder,
+            decoder: u.decoder,
+            index_generation: u.index_generation,
+            sources: 0,
+        },
+    }
 }
 
 /// Streams the answer to stdout (or prints it as JSON) and lists its sources.

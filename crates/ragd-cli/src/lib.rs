@@ -6,6 +6,7 @@
 mod ask;
 mod bench;
 mod bench_search;
+mod client;
 mod collections;
 mod commands;
 mod retrieval;

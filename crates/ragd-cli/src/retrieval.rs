@@ -74,6 +74,8 @@ pub(crate) struct SearchArgs {
     fusion: FusionFlags,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    remote: crate::client::ServerFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,10 +145,15 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         one_per_document: a.one_per_document,
         mmr_lambda: a.mmr,
     };
-    let c = Collection::open(&a.data.data_dir, &a.collection)?;
-    let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
-    let searcher = Searcher::new(&c, &embedder, 16)?;
-    let hits = searcher.search(&a.query, None, &params)?;
+    let hits = match &a.remote.server {
+        Some(url) => search_remote(&a, url, &params)?,
+        None => {
+            let c = Collection::open(&a.data.data_dir, &a.collection)?;
+            let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
+            let searcher = Searcher::new(&c, &embedder, 16)?;
+            searcher.search(&a.query, None, &params)?
+        }
+    };
     if a.json {
         println!(
             "{}",
@@ -171,6 +178,75 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         println!("    {}", snippet.replace('\n', " "));
     }
     Ok(())
+}
+
+/// `ragd search --server URL`: the Search RPC with the same options.
+fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd_engine::Hit>> {
+    use ragd_proto::v1 as pb;
+    let remote = crate::client::Remote::connect(&a.remote, url)?;
+    let mode = match p.mode {
+        Mode::Hybrid => pb::SearchMode::Hybrid,
+        Mode::Dense => pb::SearchMode::Dense,
+        Mode::Lexical => pb::SearchMode::Lexical,
+    };
+    let fusion = match p.fusion {
+        Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
+        Fusion::Convex { dense_weight } => pb::fusion::Method::Convex(pb::Convex { dense_weight }),
+    };
+    let req = pb::SearchRequest {
+        collection: a.collection.clone(),
+        query: a.query.clone(),
+        options: Some(pb::SearchOptions {
+            mode: mode as i32,
+            top_k: p.top_k as u32,
+            candidates: p.candidates as u32,
+            ef: p.ef.unwrap_or(0) as u32,
+            fusion: Some(pb::Fusion {
+                method: Some(fusion),
+            }),
+            filter: Some(pb::Filter {
+                document_ids: p.filter.doc_ids.clone(),
+                metadata: p
+                    .filter
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), pb::StringList { values: v.clone() }))
+                    .collect(),
+            }),
+            min_score: p.min_score,
+            one_per_document: p.one_per_document,
+            mmr_lambda: p.mmr_lambda,
+        }),
+    };
+    let resp = remote
+        .rt
+        .block_on(async {
+            pb::search_client::SearchClient::new(remote.channel.clone())
+                .search(remote.request(req))
+                .await
+        })
+        .map_err(crate::client::status)?
+        .into_inner();
+    Ok(resp
+        .hits
+        .into_iter()
+        .map(|h| ragd_engine::Hit {
+            chunk_id: h.chunk_id,
+            doc_id: h.document_id,
+            title: h.title,
+            metadata: h
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            text: h.text,
+            start: h.start as usize,
+            end: h.end as usize,
+            dense_score: h.dense_score,
+            lexical_score: h.lexical_score,
+            score: h.score,
+        })
+        .collect())
 }
 
 pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {

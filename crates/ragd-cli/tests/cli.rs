@@ -589,3 +589,99 @@ fn serve_logs_listening_and_exits_zero_on_sigterm() {
     assert!(code.success(), "exit {code:?}; log:\n{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// `ragd search|ask --server URL` talk to a running `ragd serve` and print the same JSON shapes
+/// as offline.
+#[test]
+fn search_and_ask_over_grpc_with_server_flag() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap().to_string();
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/qa/docs");
+    let out = ragd(&[
+        "ingest",
+        "--collection",
+        "qa",
+        "--data-dir",
+        &d,
+        "--models-dir",
+        &models_dir(),
+        "--json",
+        docs,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d,
+            "--models-dir",
+            &models_dir(),
+        ])
+        .env("RAGD_API_KEYS", "cli-test-key-1234")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server ended early").unwrap();
+        if let Some(i) = line.find("listening on ") {
+            break line[i + "listening on ".len()..].trim().to_string();
+        }
+    };
+    let url = format!("http://{addr}");
+    let with_key = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ragd"))
+            .args(args)
+            .env("RAGD_API_KEY", "cli-test-key-1234")
+            .output()
+            .unwrap()
+    };
+    let v = json_of(&with_key(&[
+        "search",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--json",
+        "--top-k",
+        "2",
+        "Kessel Bridge stone arches",
+    ]));
+    assert_eq!(
+        v["hits"][0]["doc_id"].as_str().unwrap().rsplit('/').next(),
+        Some("kessel-bridge.md"),
+        "{v}"
+    );
+    let v = json_of(&with_key(&[
+        "ask",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--json",
+        "Who is the warden of the Gorsel Hut?",
+    ]));
+    assert!(
+        v["answer"].as_str().unwrap().contains("Resi Amstutz"),
+        "{v}"
+    );
+    assert!(v["cited"].as_bool().unwrap(), "{v}");
+    assert!(v["usage"]["generated_tokens"].as_u64().unwrap() > 0, "{v}");
+    // Without the key: refused, exit 1 with the status in the message.
+    let out = ragd(&["search", "--server", &url, "--collection", "qa", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    for _ in lines.map_while(Result::ok) {}
+    assert!(server.wait().unwrap().success());
+}

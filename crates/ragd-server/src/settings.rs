@@ -182,9 +182,10 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(f));
         }
-        // Variables ragd reads elsewhere (RAGD_LOG, RAGD_MODELS, RAGD_PYTHON) are not settings.
+        // Variables ragd reads elsewhere (logging, model fetch, the CLI's client mode) are not
+        // server settings.
         let env = Env::prefixed("RAGD_")
-            .ignore(&["LOG", "MODELS", "PYTHON"])
+            .ignore(&["LOG", "MODELS", "PYTHON", "SERVER", "API_KEY"])
             .split("__");
         fig = fig.merge(env).merge(Serialized::globals(overrides));
         let s: Settings = fig
@@ -300,6 +301,7 @@ mod tests {
             jail.set_env("RAGD_DECODER__SESSIONS", "3");
             jail.set_env("RAGD_API_KEYS", "key-one-1234, key-two-5678");
             jail.set_env("RAGD_LOG", "debug");
+            jail.set_env("RAGD_API_KEY", "a-client-key");
             let o = Overrides {
                 data_dir: Some("/tmp/x".into()),
                 ..Overrides::default()

@@ -1,0 +1,60 @@
+//! `--server URL`: commands that talk to a running `ragd serve` over gRPC instead of opening the
+//! data directory.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the server is.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ServerFlags {
+    /// Talk to this ragd server (e.g. http://127.0.0.1:50051) instead of the data directory.
+    #[arg(long, env = "RAGD_SERVER")]
+    pub(crate) server: Option<String>,
+    /// API key sent as `authorization: Bearer <key>`.
+    #[arg(long, env = "RAGD_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+}
+
+/// A connected client and the runtime that drives it.
+pub(crate) struct Remote {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) channel: Channel,
+    key: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Remote {
+    pub(crate) fn connect(flags: &ServerFlags, url: &str) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("{url:?} is not a server URL like http://127.0.0.1:50051"))?;
+        let channel = rt
+            .block_on(endpoint.connect())
+            .with_context(|| format!("connecting to {url}"))?;
+        let key = flags
+            .api_key
+            .as_ref()
+            .map(|k| MetadataValue::try_from(format!("Bearer {k}")))
+            .transpose()
+            .context("the API key must be printable ASCII")?;
+        Ok(Self { rt, channel, key })
+    }
+
+    /// `msg` as a request with the API key attached.
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(k) = &self.key {
+            r.metadata_mut().insert("authorization", k.clone());
+        }
+        r
+    }
+}
+
+/// A gRPC status as a CLI error: the code and the server's message.
+pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
