@@ -290,32 +290,49 @@ fn ask_remote(a: &AskArgs, url: &str) -> Result<()> {
     if let Some(t) = a.timeout {
         request.set_timeout(Duration::from_secs_f64(t.max(0.001)));
     }
-    let json = a.json;
-    let fin = remote.rt.block_on(async {
-        let mut client = pb::answer_client::AnswerClient::new(remote.channel.clone());
-        let mut events = client
-            .ask_stream(request)
-            .await
-            .map_err(crate::client::status)?
-            .into_inner();
-        if !json {
-            println!("Q: {}\n", a.question.trim());
-        }
-        let mut stdout = std::io::stdout();
-        let mut fin = None;
-        while let Some(ev) = events.message().await.map_err(crate::client::status)? {
-            match ev.event {
-                Some(pb::ask_event::Event::Delta(d)) if !json => {
-                    let _ = stdout.write_all(d.text.as_bytes());
-                    let _ = stdout.flush();
-                }
-                Some(pb::ask_event::Event::Answer(r)) => fin = Some(r),
-                _ => {}
+    let fin = remote.rt.block_on(stream_answer(
+        remote.channel.clone(),
+        request,
+        &a.question,
+        a.json,
+    ))?;
+    print_answer(answer_from_pb(fin), a.json)
+}
+
+/// AskStream on `channel`: prints the question and the deltas as they arrive (unless `json`),
+/// returns the final answer.
+async fn stream_answer(
+    channel: tonic::transport::Channel,
+    request: tonic::Request<ragd_proto::v1::AskRequest>,
+    question: &str,
+    json: bool,
+) -> Result<ragd_proto::v1::AskResponse> {
+    use ragd_proto::v1 as pb;
+    let mut client = pb::answer_client::AnswerClient::new(channel);
+    let mut events = client
+        .ask_stream(request)
+        .await
+        .map_err(crate::client::status)?
+        .into_inner();
+    if !json {
+        println!("Q: {}\n", question.trim());
+    }
+    let mut stdout = std::io::stdout();
+    let mut fin = None;
+    while let Some(ev) = events.message().await.map_err(crate::client::status)? {
+        match ev.event {
+            Some(pb::ask_event::Event::Delta(d)) if !json => {
+                let _ = stdout.write_all(d.text.as_bytes());
+                let _ = stdout.flush();
             }
+            Some(pb::ask_event::Event::Answer(r)) => fin = Some(r),
+            _ => {}
         }
-        fin.ok_or_else(|| anyhow::anyhow!("the server ended the stream without an answer"))
-    })?;
-    let answer = answer_from_pb(fin);
+    }
+    fin.ok_or_else(|| anyhow::anyhow!("the server ended the stream without an answer"))
+}
+
+fn print_answer(answer: Answer, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
@@ -517,14 +534,54 @@ pub(crate) fn sample_collection(
     Ok((c, embedder))
 }
 
+/// Builds the sample collection, starts the gRPC server on a free local port, asks the question
+/// over AskStream, prints the cited answer and shuts the server down.
 pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
     ensure_models(&a.models)?;
-    let (c, embedder) = sample_collection(&a.data.data_dir, &a.models, a.json)?;
-    let generator = load_decoder(&a.models)?;
-    let searcher = Searcher::new(&c, &embedder, 4)?;
-    let config = AnswerConfig::default();
-    let answerer = Answerer::new(&searcher, &generator, &config);
-    answer_and_print(&answerer, AnswerRequest::new(&a.question), a.json)
+    // Offline ingest (unchanged documents are skipped); its encoder is released before the
+    // server loads its own.
+    drop(sample_collection(&a.data.data_dir, &a.models, a.json)?);
+    let settings = ragd_server::Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: a.data.data_dir.clone(),
+        models_dir: a.models.resolve(),
+        ..ragd_server::Settings::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let json = a.json;
+    let fin = rt.block_on(async move {
+        let bound = ragd_server::bind(settings).await?;
+        let addr = bound
+            .local_addr()
+            .ok_or_else(|| anyhow::anyhow!("the server has no local address"))?;
+        if !json {
+            eprintln!("ragd server listening on {addr}; asking over gRPC");
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bound.serve(async move {
+            let _ = stopped.await;
+        }));
+        let asked = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .context("connecting to the server")?;
+            let request = tonic::Request::new(ragd_proto::v1::AskRequest {
+                collection: SAMPLE_COLLECTION.into(),
+                question: a.question.clone(),
+                ..Default::default()
+            });
+            stream_answer(channel, request, &a.question, json).await
+        }
+        .await;
+        let _ = stop.send(());
+        server.await.context("the server task failed")??;
+        asked
+    })?;
+    print_answer(answer_from_pb(fin), json)
 }
 
 pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
