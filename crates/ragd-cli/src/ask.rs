@@ -227,40 +227,13 @@ impl AnswerFlags {
         question: &str,
     ) -> Result<ragd_proto::v1::AskRequest> {
         use ragd_proto::v1 as pb;
-        let mode = match self.mode.parse::<Mode>()? {
-            Mode::Hybrid => pb::SearchMode::Hybrid,
-            Mode::Dense => pb::SearchMode::Dense,
-            Mode::Lexical => pb::SearchMode::Lexical,
-        };
-        let filter = parse_filters(&self.filters, &self.doc_ids)?;
-        let fusion = match self.fusion.fusion()? {
-            ragd_engine::Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
-            ragd_engine::Fusion::Convex { dense_weight } => {
-                pb::fusion::Method::Convex(pb::Convex { dense_weight })
-            }
-        };
+        let search = self.request(question)?.search;
         let sampled = self.temperature > 0.0 || self.top_p < 1.0 || self.seed.is_some();
         Ok(pb::AskRequest {
             collection: collection.to_string(),
             question: question.to_string(),
             history: Vec::new(),
-            retrieval: Some(pb::SearchOptions {
-                mode: mode as i32,
-                top_k: self.top_k as u32,
-                ef: self.fusion.ef.unwrap_or(0) as u32,
-                fusion: Some(pb::Fusion {
-                    method: Some(fusion),
-                }),
-                filter: Some(pb::Filter {
-                    document_ids: filter.doc_ids,
-                    metadata: filter
-                        .metadata
-                        .into_iter()
-                        .map(|(k, values)| (k, pb::StringList { values }))
-                        .collect(),
-                }),
-                ..Default::default()
-            }),
+            retrieval: Some(crate::client::search_options(&search)),
             generation: Some(pb::GenerationOptions {
                 max_tokens: self.max_tokens as u32,
                 temperature: sampled.then_some(self.temperature),
@@ -654,15 +627,7 @@ fn calibrate(
 ) -> Result<()> {
     let mut points = Vec::with_capacity(items.len());
     for item in items {
-        let mut r = template.clone();
-        r.question = item.question.clone();
-        r.min_relevance = Some(-1.0);
-        let top = answerer
-            .prepare(r)?
-            .sources
-            .iter()
-            .map(|s| s.relevance)
-            .fold(f32::NEG_INFINITY, f32::max);
+        let top = ragd_engine::top_relevance(answerer, template, &item.question)?;
         points.push((item.id.clone(), top, item.document.is_some()));
     }
     let pts: Vec<(f32, bool)> = points.iter().map(|p| (p.1, p.2)).collect();

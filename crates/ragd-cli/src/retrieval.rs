@@ -184,39 +184,10 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
 fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd_engine::Hit>> {
     use ragd_proto::v1 as pb;
     let remote = crate::client::Remote::connect(&a.remote, url)?;
-    let mode = match p.mode {
-        Mode::Hybrid => pb::SearchMode::Hybrid,
-        Mode::Dense => pb::SearchMode::Dense,
-        Mode::Lexical => pb::SearchMode::Lexical,
-    };
-    let fusion = match p.fusion {
-        Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
-        Fusion::Convex { dense_weight } => pb::fusion::Method::Convex(pb::Convex { dense_weight }),
-    };
     let req = pb::SearchRequest {
         collection: a.collection.clone(),
         query: a.query.clone(),
-        options: Some(pb::SearchOptions {
-            mode: mode as i32,
-            top_k: p.top_k as u32,
-            candidates: p.candidates as u32,
-            ef: p.ef.unwrap_or(0) as u32,
-            fusion: Some(pb::Fusion {
-                method: Some(fusion),
-            }),
-            filter: Some(pb::Filter {
-                document_ids: p.filter.doc_ids.clone(),
-                metadata: p
-                    .filter
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), pb::StringList { values: v.clone() }))
-                    .collect(),
-            }),
-            min_score: p.min_score,
-            one_per_document: p.one_per_document,
-            mmr_lambda: p.mmr_lambda,
-        }),
+        options: Some(crate::client::search_options(p)),
     };
     let resp = remote
         .rt

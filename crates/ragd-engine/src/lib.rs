@@ -37,7 +37,7 @@ pub use parse::{
 };
 pub use qa::{
     QaItem, QaOutcome, QaReport, calibrate_threshold, contains_term, evaluate_answers, load_qa,
-    same_document,
+    same_document, top_relevance,
 };
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
 pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};

@@ -112,6 +112,24 @@ pub struct QaReport {
     pub outcomes: Vec<QaOutcome>,
 }
 
+/// The best relevance (cosine) of any chunk retrieved for `question` with `template`'s options:
+/// what the refusal threshold is compared with. Retrieval and packing only, no decoder.
+pub fn top_relevance(
+    answerer: &Answerer<'_>,
+    template: &AnswerRequest,
+    question: &str,
+) -> Result<f32> {
+    let mut request = template.clone();
+    request.question = question.to_string();
+    request.min_relevance = Some(-1.0);
+    Ok(answerer
+        .prepare(request)?
+        .sources
+        .iter()
+        .map(|s| s.relevance)
+        .fold(f32::NEG_INFINITY, f32::max))
+}
+
 /// Asks every question through `answerer` (with `template`'s options) and scores the answers.
 pub fn evaluate_answers(
     answerer: &Answerer<'_>,
@@ -123,16 +141,9 @@ pub fn evaluate_answers(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut ungiven = 0;
     for item in items {
+        let top_relevance = top_relevance(answerer, template, &item.question)?;
         let mut request = template.clone();
         request.question = item.question.clone();
-        request.min_relevance = Some(-1.0);
-        // Retrieval once with no threshold, to read the best relevance; then the real request.
-        let top_relevance = answerer
-            .prepare(request.clone())?
-            .sources
-            .iter()
-            .map(|s| s.relevance)
-            .fold(f32::NEG_INFINITY, f32::max);
         request.min_relevance = Some(min_relevance);
         let answer = answerer.answer_blocking(request, |_| {})?;
         ungiven += answer

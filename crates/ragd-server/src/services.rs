@@ -24,6 +24,32 @@ pub struct Services {
     pub state: Arc<State>,
 }
 
+/// Every collection on disk with its counts, sorted by name.
+fn all_collections(s: &State) -> Result<Vec<pb::Collection>, Error> {
+    let mut names = s.names()?;
+    names.sort();
+    names
+        .iter()
+        .map(|n| Ok(convert::collection(s.collection(n)?.stats()?)))
+        .collect()
+}
+
+/// The collection an ingest stream writes to: named by its first message, never changed.
+fn stream_collection(current: &mut Option<String>, named: String) -> Result<(), Error> {
+    match current {
+        None if named.is_empty() => Err(invalid("the first message must name the collection")),
+        None => {
+            check_name(&named)?;
+            *current = Some(named);
+            Ok(())
+        }
+        Some(c) if !named.is_empty() && named != *c => Err(invalid(format!(
+            "the stream writes to {c:?}; one message names {named:?}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
     ragd_store::validate_name(name).map_err(Error::from)
 }
@@ -91,13 +117,9 @@ impl pb::collections_server::Collections for Services {
         let out = self
             .state
             .blocking(|s| {
-                let mut names = s.names()?;
-                names.sort();
-                let mut collections = Vec::with_capacity(names.len());
-                for n in names {
-                    collections.push(convert::collection(s.collection(&n)?.stats()?));
-                }
-                Ok(pb::ListCollectionsResponse { collections })
+                Ok(pb::ListCollectionsResponse {
+                    collections: all_collections(s)?,
+                })
             })
             .await?;
         Ok(Response::new(out))
@@ -203,35 +225,10 @@ impl pb::documents_server::Documents for Services {
                 }
                 let mut docs = Vec::with_capacity(batch.len());
                 for m in batch {
-                    let name = match (&collection, m.collection.is_empty()) {
-                        (None, true) => {
-                            let _ = tx
-                                .send(Err(
-                                    invalid("the first message must name the collection").into()
-                                ))
-                                .await;
-                            return;
-                        }
-                        (None, false) => {
-                            if let Err(e) = check_name(&m.collection) {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                            collection.insert(m.collection).clone()
-                        }
-                        (Some(c), _) if !m.collection.is_empty() && m.collection != *c => {
-                            let _ = tx
-                                .send(Err(invalid(format!(
-                                    "the stream writes to {c:?}; one message names {:?}",
-                                    m.collection
-                                ))
-                                .into()))
-                                .await;
-                            return;
-                        }
-                        (Some(c), _) => c.clone(),
-                    };
-                    let _ = name;
+                    if let Err(e) = stream_collection(&mut collection, m.collection) {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
                     match m.document {
                         Some(d) => docs.push(d),
                         None => {
@@ -613,12 +610,7 @@ impl pb::admin_server::Admin for Services {
         let out = self
             .state
             .blocking(|s| {
-                let mut names = s.names()?;
-                names.sort();
-                let mut collections = Vec::with_capacity(names.len());
-                for n in names {
-                    collections.push(convert::collection(s.collection(&n)?.stats()?));
-                }
+                let collections = all_collections(s)?;
                 Ok(pb::InfoResponse {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     models: vec![
