@@ -115,6 +115,7 @@ fn qa_docs() -> Vec<pb::DocumentInput> {
             content: std::fs::read(&p).unwrap(),
             format: pb::DocumentFormat::Markdown as i32,
             metadata: [("set".to_string(), "qa".to_string())].into(),
+            source: format!("qa/docs/{}", p.file_name().unwrap().to_string_lossy()),
         })
         .collect()
 }
@@ -267,6 +268,12 @@ async fn the_service_end_to_end() {
                     content: b"x".to_vec(),
                     ..Default::default()
                 },
+                pb::DocumentInput {
+                    id: "long-source.txt".into(),
+                    content: b"y".to_vec(),
+                    source: "s".repeat(5000),
+                    ..Default::default()
+                },
             ],
         })
         .await
@@ -278,10 +285,16 @@ async fn the_service_end_to_end() {
         [
             pb::DocumentStatus::Added as i32,
             pb::DocumentStatus::Failed as i32,
+            pb::DocumentStatus::Failed as i32,
             pb::DocumentStatus::Failed as i32
         ]
     );
     assert!(up.results[1].error.contains("UTF-8"), "{:?}", up.results[1]);
+    assert!(
+        up.results[3].error.contains("source"),
+        "{:?}",
+        up.results[3]
+    );
 
     // Search in every mode finds the bridge document (BM25 sees writes at once too).
     for mode in [
@@ -567,6 +580,7 @@ async fn the_service_end_to_end() {
         .unwrap()
         .into_inner();
     assert!(d.title.contains("Gorsel Hut"), "{}", d.title);
+    assert_eq!(d.source, "qa/docs/gorsel-hut.md");
     assert!(!d.chunks.is_empty() && d.text.contains("Resi Amstutz"));
     let p1 = srv
         .documents()

@@ -32,9 +32,10 @@ impl Remote {
             .context("starting the async runtime")?;
         let endpoint = Endpoint::from_shared(url.to_string())
             .with_context(|| format!("{url:?} is not a server URL like http://127.0.0.1:50051"))?;
-        let channel = rt
-            .block_on(endpoint.connect())
-            .with_context(|| format!("connecting to {url}"))?;
+        let channel = rt.block_on(endpoint.connect()).map_err(|e| CallFailed {
+            code: tonic::Code::Unavailable,
+            message: format!("cannot connect to {url}: {e}"),
+        })?;
         let key = flags
             .api_key
             .as_ref()
@@ -90,7 +91,40 @@ pub(crate) fn search_options(p: &ragd_engine::SearchParams) -> ragd_proto::v1::S
     }
 }
 
+/// A call the server refused or could not take, kept typed so that the exit code can tell a
+/// retryable failure from a permanent one.
+#[derive(Debug)]
+pub(crate) struct CallFailed {
+    pub(crate) code: tonic::Code,
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for CallFailed {}
+
+/// Exit code for a failure that may succeed when retried (server unreachable, overloaded,
+/// shutting down, out of time): EX_TEMPFAIL.
+pub(crate) const EXIT_RETRY: u8 = 75;
+
+/// The exit code for an error: [`EXIT_RETRY`] for a transient gRPC failure, else 1.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
+    use tonic::Code;
+    match e.downcast_ref::<CallFailed>().map(|c| c.code) {
+        Some(Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded) => EXIT_RETRY,
+        _ => 1,
+    }
+}
+
 /// A gRPC status as a CLI error: the code and the server's message.
 pub(crate) fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    CallFailed {
+        code: s.code(),
+        message: s.message().to_string(),
+    }
+    .into()
 }

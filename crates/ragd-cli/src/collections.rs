@@ -1,7 +1,9 @@
-//! `ragd collections`, `ragd ingest`, `ragd delete` and `ragd rebuild`: offline work on the
-//! collections in a data directory.
+//! `ragd collections`, `ragd ingest`, `ragd delete` and `ragd rebuild`: work on the collections
+//! in a data directory, or on a server's with `--server` (see `remote.rs`).
 
+use crate::client::{Remote, ServerFlags};
 use crate::commands::ModelsDir;
+use crate::remote;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,6 +32,8 @@ pub(crate) enum CollectionsCommand {
     List {
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        remote: ServerFlags,
         #[arg(long)]
         json: bool,
     },
@@ -39,7 +43,9 @@ pub(crate) enum CollectionsCommand {
         name: String,
         #[command(flatten)]
         data: DataDir,
-        /// Also check that the indexes hold exactly the DocStore's live chunks.
+        #[command(flatten)]
+        remote: ServerFlags,
+        /// Also check that the indexes hold exactly the DocStore's live chunks (offline only).
         #[arg(long)]
         verify: bool,
         #[arg(long)]
@@ -51,6 +57,8 @@ pub(crate) enum CollectionsCommand {
         name: String,
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        remote: ServerFlags,
         #[arg(long)]
         json: bool,
     },
@@ -61,27 +69,27 @@ pub(crate) enum CollectionsCommand {
 pub(crate) struct ChunkFlags {
     /// Most encoder tokens per chunk (title and special tokens included).
     #[arg(long)]
-    chunk_max_tokens: Option<usize>,
+    pub(crate) chunk_max_tokens: Option<usize>,
     /// Fill chunks to at least this many tokens when the text allows.
     #[arg(long)]
-    chunk_min_tokens: Option<usize>,
+    pub(crate) chunk_min_tokens: Option<usize>,
     /// Tokens shared by consecutive chunks.
     #[arg(long)]
-    chunk_overlap: Option<usize>,
+    pub(crate) chunk_overlap: Option<usize>,
     /// Embed chunks without their document's title.
     #[arg(long)]
-    no_title_in_embedding: bool,
+    pub(crate) no_title_in_embedding: bool,
 }
 
 impl ChunkFlags {
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.chunk_max_tokens.is_some()
             || self.chunk_min_tokens.is_some()
             || self.chunk_overlap.is_some()
             || self.no_title_in_embedding
     }
 
-    fn apply(&self, mut c: ChunkSettings) -> ChunkSettings {
+    pub(crate) fn apply(&self, mut c: ChunkSettings) -> ChunkSettings {
         if let Some(v) = self.chunk_max_tokens {
             c.max_tokens = v;
             c.min_tokens = c.min_tokens.min(v);
@@ -106,8 +114,11 @@ pub(crate) struct CreateArgs {
     #[command(flatten)]
     data: DataDir,
     #[command(flatten)]
+    remote: ServerFlags,
+    #[command(flatten)]
     models: ModelsDir,
-    /// Encoder model (a directory in the models directory).
+    /// Encoder model (a directory in the models directory; offline only: a server embeds with
+    /// its own).
     #[arg(long, default_value = DEFAULT_ENCODER.name)]
     encoder: String,
     #[command(flatten)]
@@ -129,23 +140,25 @@ pub(crate) struct CreateArgs {
 pub(crate) struct IngestArgs {
     /// Files and directories (walked recursively) to ingest.
     #[arg(required = true)]
-    paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
     /// Target collection (created with default settings if absent).
     #[arg(long)]
-    collection: String,
+    pub(crate) collection: String,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    pub(crate) remote: ServerFlags,
     #[command(flatten)]
     models: ModelsDir,
     /// Only files matching this glob (relative to a given directory); repeatable.
     #[arg(long)]
-    include: Vec<String>,
+    pub(crate) include: Vec<String>,
     /// Skip files matching this glob; repeatable.
     #[arg(long)]
-    exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     /// Largest document accepted, in bytes of text.
     #[arg(long, default_value_t = 16 << 20)]
-    max_document_bytes: usize,
+    pub(crate) max_document_bytes: usize,
     /// Documents per DocStore transaction.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -155,7 +168,7 @@ pub(crate) struct IngestArgs {
     checkpoint_every: u64,
     /// Print one JSON object (and no progress bar).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +180,8 @@ pub(crate) struct DeleteArgs {
     collection: String,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    remote: ServerFlags,
     #[arg(long)]
     json: bool,
 }
@@ -177,6 +192,8 @@ pub(crate) struct RebuildArgs {
     collection: String,
     #[command(flatten)]
     data: DataDir,
+    #[command(flatten)]
+    remote: ServerFlags,
     #[command(flatten)]
     models: ModelsDir,
     /// Chunk every document again (with the chunking flags, if given).
@@ -191,7 +208,7 @@ pub(crate) struct RebuildArgs {
     json: bool,
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -214,7 +231,10 @@ pub(crate) fn load_encoder(models: &ModelsDir, name: &str) -> Result<Embedder> {
 pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
     match cmd {
         CollectionsCommand::Create(a) => create(a),
-        CollectionsCommand::List { data, json } => {
+        CollectionsCommand::List { data, remote, json } => {
+            if let Some(url) = &remote.server {
+                return remote::list(&Remote::connect(&remote, url)?, json);
+            }
             let mut rows = Vec::new();
             for name in Collection::list(&data.data_dir)? {
                 rows.push(
@@ -232,19 +252,15 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                 println!("no collections in {}", data.data_dir.display());
             }
             for r in rows {
+                let name = r["name"].as_str().unwrap_or("");
                 match r.get("error") {
-                    Some(e) => println!(
-                        "{:<24} unavailable: {}",
-                        r["name"].as_str().unwrap_or(""),
-                        e.as_str().unwrap_or("")
-                    ),
-                    None => println!(
-                        "{:<24} {:>8} documents {:>9} chunks  gen {:<3} {:>10.1} MB",
-                        r["name"].as_str().unwrap_or(""),
-                        r["documents"],
-                        r["chunks"],
-                        r["generation"],
-                        r["bytes"].as_f64().unwrap_or(0.0) / 1e6
+                    Some(e) => println!("{name:<24} unavailable: {}", e.as_str().unwrap_or("")),
+                    None => print_row(
+                        name,
+                        r["documents"].as_u64().unwrap_or(0),
+                        r["chunks"].as_u64().unwrap_or(0),
+                        r["generation"].as_u64().unwrap_or(0),
+                        r["bytes"].as_u64().unwrap_or(0),
                     ),
                 }
             }
@@ -253,9 +269,14 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
         CollectionsCommand::Stats {
             name,
             data,
+            remote,
             verify,
             json,
         } => {
+            if let Some(url) = &remote.server {
+                remote::offline_only("--verify", verify)?;
+                return remote::stats(&Remote::connect(&remote, url)?, &name, json);
+            }
             let c = Collection::open(&data.data_dir, &name)?;
             if verify {
                 c.verify()?;
@@ -281,8 +302,16 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             );
             Ok(())
         }
-        CollectionsCommand::Delete { name, data, json } => {
-            Collection::delete(&data.data_dir, &name)?;
+        CollectionsCommand::Delete {
+            name,
+            data,
+            remote,
+            json,
+        } => {
+            match &remote.server {
+                Some(url) => remote::delete_collection(&Remote::connect(&remote, url)?, &name)?,
+                None => Collection::delete(&data.data_dir, &name)?,
+            }
             if json {
                 return print_json(&json!({"deleted": name}));
             }
@@ -292,7 +321,30 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
     }
 }
 
+/// One line of `collections list`.
+pub(crate) fn print_row(name: &str, documents: u64, chunks: u64, generation: u64, bytes: u64) {
+    println!(
+        "{name:<24} {documents:>8} documents {chunks:>9} chunks  gen {generation:<3} {:>10.1} MB",
+        bytes as f64 / 1e6
+    );
+}
+
 fn create(a: CreateArgs) -> Result<()> {
+    if let Some(url) = &a.remote.server {
+        remote::offline_only("--encoder", a.encoder != DEFAULT_ENCODER.name)?;
+        let r = Remote::connect(&a.remote, url)?;
+        let hnsw = ragd_proto::v1::HnswSettings {
+            m: a.hnsw_m.unwrap_or(0) as u32,
+            ef_construction: a.hnsw_ef_construction.unwrap_or(0) as u32,
+            ef_search: a.hnsw_ef_search.unwrap_or(0) as u32,
+        };
+        let c = remote::create(&r, &a.name, &a.chunk, hnsw)?;
+        if a.json {
+            return remote::stats(&r, &c.name, true);
+        }
+        println!("created collection {} on {url}", c.name);
+        return Ok(());
+    }
     let embedder = load_encoder(&a.models, &a.encoder)?;
     let mut s: CollectionSettings = ragd_engine::settings_for(&embedder);
     s.chunking = a.chunk.apply(s.chunking);
@@ -365,7 +417,7 @@ impl ProgressSink for Bar {
     }
 }
 
-fn bar(json: bool) -> ProgressBar {
+pub(crate) fn bar(json: bool) -> ProgressBar {
     if json {
         return ProgressBar::hidden();
     }
@@ -387,6 +439,9 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
         if !p.exists() {
             bail!("{}: no such file or directory", p.display());
         }
+    }
+    if let Some(url) = a.remote.server.clone() {
+        return remote::ingest(a, &url);
     }
     let (collection, embedder) =
         open_or_create(&a.data.data_dir, &a.collection, &a.models, a.json)?;
@@ -435,22 +490,29 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {
-    let c = Collection::open(&a.data.data_dir, &a.collection)?;
-    let writes = a
-        .ids
-        .iter()
-        .map(|id| DocWrite::Delete { id: id.clone() })
-        .collect();
-    let outcomes = c.write(writes)?.outcomes;
-    c.checkpoint()?;
-    let not_found: Vec<&String> = a
-        .ids
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| **o == WriteOutcome::NotFound)
-        .map(|(id, _)| id)
-        .collect();
-    let deleted = outcomes.len() - not_found.len();
+    let (deleted, not_found) = match &a.remote.server {
+        Some(url) => {
+            remote::delete_documents(&Remote::connect(&a.remote, url)?, &a.collection, &a.ids)?
+        }
+        None => {
+            let c = Collection::open(&a.data.data_dir, &a.collection)?;
+            let writes = a
+                .ids
+                .iter()
+                .map(|id| DocWrite::Delete { id: id.clone() })
+                .collect();
+            let outcomes = c.write(writes)?.outcomes;
+            c.checkpoint()?;
+            let not_found: Vec<String> = a
+                .ids
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == WriteOutcome::NotFound)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (outcomes.len() - not_found.len(), not_found)
+        }
+    };
     if a.json {
         return print_json(&json!({"deleted": deleted, "not_found": not_found}));
     }
@@ -462,6 +524,10 @@ pub(crate) fn delete(a: DeleteArgs) -> Result<()> {
 }
 
 pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
+    if let Some(url) = &a.remote.server {
+        let r = Remote::connect(&a.remote, url)?;
+        return remote::rebuild(&r, &a.collection, a.rechunk, a.reembed, &a.chunk, a.json);
+    }
     let c = Collection::open(&a.data.data_dir, &a.collection)?;
     let rechunk = a.rechunk || a.chunk.any();
     let embedder = if rechunk || a.reembed {

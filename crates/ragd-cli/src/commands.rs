@@ -10,7 +10,14 @@ use std::process::ExitCode;
 
 /// ragd: answers questions from your documents, citing them.
 #[derive(Debug, Parser)]
-#[command(name = "ragd", version, about)]
+#[command(
+    name = "ragd",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 error; 2 `ingest` stored some documents but not all; \
+                  64 bad command line; 75 the server was unreachable, overloaded, shutting down \
+                  or out of time (retry later)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -101,7 +108,7 @@ enum BenchCommand {
     Search(crate::bench_search::SearchBenchArgs),
 }
 
-/// Parses `args`, runs the command and maps failures to an exit code (1 on any error).
+/// Parses `args`, runs the command and maps failures to an exit code (see `after_help`).
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -134,7 +141,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(crate::client::exit_code(&e))
         }
     }
 }

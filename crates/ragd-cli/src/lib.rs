@@ -9,6 +9,7 @@ mod bench_search;
 mod client;
 mod collections;
 mod commands;
+mod remote;
 mod retrieval;
 mod serve;
 

@@ -593,27 +593,19 @@ fn serve_logs_listening_and_exits_zero_on_sigterm() {
 /// `ragd search|ask --server URL` talk to a running `ragd serve` and print the same JSON shapes
 /// as offline.
 #[test]
-fn search_and_ask_over_grpc_with_server_flag() {
+fn collections_ingest_search_ask_over_grpc_with_server_flag() {
     use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
     let d = data.path().to_str().unwrap().to_string();
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/qa/docs");
-    let out = ragd(&[
-        "ingest",
-        "--collection",
-        "qa",
-        "--data-dir",
-        &d,
-        "--models-dir",
-        &models_dir(),
-        "--json",
-        docs,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::write(extra.path().join("bad.txt"), [0xffu8, 0xfe, 0x00]).unwrap();
+    std::fs::write(
+        extra.path().join("zorbel.md"),
+        "# Zorbel lamp\n\nThe Zorbel lamp glows green at night.",
+    )
+    .unwrap();
+    let extra_s = extra.path().to_str().unwrap();
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_ragd"))
         .args([
@@ -636,6 +628,8 @@ fn search_and_ask_over_grpc_with_server_flag() {
             break line[i + "listening on ".len()..].trim().to_string();
         }
     };
+    // Keep reading the server's log so that it never blocks on a full pipe.
+    let drain = std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     let url = format!("http://{addr}");
     let with_key = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_ragd"))
@@ -644,6 +638,91 @@ fn search_and_ask_over_grpc_with_server_flag() {
             .output()
             .unwrap()
     };
+    // Collections on the server: create with a setting, list, stats.
+    let v = json_of(&with_key(&[
+        "collections",
+        "create",
+        "other",
+        "--server",
+        &url,
+        "--hnsw-m",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(v["settings"]["hnsw"]["m"], 8, "{v}");
+    let out = with_key(&["collections", "create", "other", "--server", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"));
+
+    // Ingest over IngestStream: the collection is created; a file that cannot be read fails
+    // alone (exit 2) and every other document is acknowledged.
+    let out = with_key(&[
+        "ingest",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--json",
+        docs,
+        extra_s,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["added"], 21, "{v}");
+    assert_eq!(v["failed"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["failed"][0]["reason"].as_str().unwrap().contains("UTF-8"));
+    assert!(v["chunks"].as_u64().unwrap() >= 21, "{v}");
+    // Again: nothing changed, so nothing is re-embedded.
+    let v: Value = serde_json::from_slice(
+        &with_key(&[
+            "ingest",
+            "--server",
+            &url,
+            "--collection",
+            "qa",
+            "--json",
+            docs,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        (v["added"].as_u64(), v["unchanged"].as_u64()),
+        (Some(0), Some(20)),
+        "{v}"
+    );
+    let v = json_of(&with_key(&[
+        "collections",
+        "list",
+        "--server",
+        &url,
+        "--json",
+    ]));
+    let names: Vec<&str> = v["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other", "qa"], "{v}");
+    let v = json_of(&with_key(&[
+        "collections",
+        "stats",
+        "qa",
+        "--server",
+        &url,
+        "--json",
+    ]));
+    assert_eq!(v["documents"], 21, "{v}");
+    let out = with_key(&["collections", "stats", "qa", "--server", &url, "--verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--verify"));
+
     let v = json_of(&with_key(&[
         "search",
         "--server",
@@ -679,9 +758,59 @@ fn search_and_ask_over_grpc_with_server_flag() {
     let out = ragd(&["search", "--server", &url, "--collection", "qa", "x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+
+    // Delete a document, rebuild, delete a collection.
+    let zorbel = format!("{extra_s}/zorbel.md");
+    let v = json_of(&with_key(&[
+        "delete",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--json",
+        &zorbel,
+        "nope",
+    ]));
+    assert_eq!(v["deleted"], 1, "{v}");
+    assert_eq!(v["not_found"][0], "nope", "{v}");
+    let v = json_of(&with_key(&[
+        "rebuild",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--json",
+    ]));
+    assert_eq!(
+        (v["generation"].as_u64(), v["documents"].as_u64()),
+        (
+            Some(v["previous_generation"].as_u64().unwrap() + 1),
+            Some(20)
+        ),
+        "{v}"
+    );
+    json_of(&with_key(&[
+        "collections",
+        "delete",
+        "other",
+        "--server",
+        &url,
+        "--json",
+    ]));
+    let out = with_key(&["collections", "stats", "other", "--server", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
-    for _ in lines.map_while(Result::ok) {}
+    drain.join().unwrap();
     assert!(server.wait().unwrap().success());
+    // Nobody listening: a retryable failure, exit 75.
+    let out = ragd(&["collections", "list", "--server", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -13,6 +13,8 @@ use ragd_store::{ChunkSettings, CollectionSettings, CollectionStats, HnswSetting
 
 /// Longest document id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
+/// Longest document source (path or URL) accepted.
+pub const MAX_SOURCE_BYTES: usize = 4096;
 
 pub fn search_params(
     o: Option<pb::SearchOptions>,
@@ -116,6 +118,12 @@ pub fn document(d: pb::DocumentInput, max_bytes: usize) -> Result<ParsedDoc, (St
             d.content.len()
         )));
     }
+    if d.source.len() > MAX_SOURCE_BYTES {
+        return Err(fail(format!(
+            "the source is {} bytes; the limit is {MAX_SOURCE_BYTES}",
+            d.source.len()
+        )));
+    }
     let format = match pb::DocumentFormat::try_from(d.format) {
         Ok(pb::DocumentFormat::Unspecified | pb::DocumentFormat::Text) => Format::Text,
         Ok(pb::DocumentFormat::Markdown) => Format::Markdown,
@@ -123,7 +131,12 @@ pub fn document(d: pb::DocumentInput, max_bytes: usize) -> Result<ParsedDoc, (St
         Ok(pb::DocumentFormat::Pdf) => Format::Pdf,
         Err(_) => return Err(fail(format!("unknown document format {}", d.format))),
     };
-    let mut parsed = ragd_engine::parse_bytes(&d.id, "grpc", &d.id, format, d.content, max_bytes)
+    let source = if d.source.is_empty() {
+        "grpc"
+    } else {
+        &d.source
+    };
+    let mut parsed = ragd_engine::parse_bytes(&d.id, source, &d.id, format, d.content, max_bytes)
         .map_err(fail)?;
     if !d.title.trim().is_empty() {
         parsed.doc.title = d.title;
