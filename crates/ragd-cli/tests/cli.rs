@@ -524,9 +524,91 @@ fn eval_beir_and_search_json_shapes() {
 
 /// `ragd serve`: logs `listening on ADDR` once it accepts requests and exits 0 on SIGTERM;
 /// `--print-config` shows the layered settings; a bad setting names its key.
+/// `ragd serve` on an ephemeral port over `data`, its log collected as it is written.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    fn start(data: &std::path::Path, api_key: Option<&str>) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ragd"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--models-dir",
+            &models_dir(),
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(std::process::Stdio::piped());
+        if let Some(k) = api_key {
+            cmd.env("RAGD_API_KEYS", k);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = String::new();
+        let addr = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("ragd serve ended before listening:\n{log}"))
+                .unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(i) = line.find("listening on ") {
+                break line[i + "listening on ".len()..].trim().to_string();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(log));
+        let sink = std::sync::Arc::clone(&log);
+        // Keep reading so that the server never blocks on a full pipe.
+        let drain = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child,
+            addr,
+            log,
+            drain: Some(drain),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no checkpoint.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap();
+        if let Some(d) = self.drain.take() {
+            d.join().unwrap();
+        }
+        let log = self.log.lock().unwrap().clone();
+        (code, log)
+    }
+}
+
 #[test]
 fn serve_logs_listening_and_exits_zero_on_sigterm() {
-    use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
         .args(["serve", "--print-config", "--listen", "127.0.0.1:7777"])
@@ -550,42 +632,9 @@ fn serve_logs_listening_and_exits_zero_on_sigterm() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`listen`"));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ragd"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--models-dir",
-            &models_dir(),
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    loop {
-        let line = lines
-            .next()
-            .expect("ragd serve ended before listening")
-            .unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("listening on 127.0.0.1:") {
-            break;
-        }
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for line in lines.map_while(Result::ok) {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    let code = child.wait().unwrap();
+    let served = Served::start(data.path(), None);
+    assert!(served.addr.starts_with("127.0.0.1:"), "{}", served.addr);
+    let (code, log) = served.terminate();
     assert!(code.success(), "exit {code:?}; log:\n{log}");
     assert!(log.contains("stopped"), "{log}");
 }
@@ -594,9 +643,7 @@ fn serve_logs_listening_and_exits_zero_on_sigterm() {
 /// as offline.
 #[test]
 fn collections_ingest_search_ask_over_grpc_with_server_flag() {
-    use std::io::{BufRead, BufReader};
     let data = tempfile::tempdir().unwrap();
-    let d = data.path().to_str().unwrap().to_string();
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/qa/docs");
     let extra = tempfile::tempdir().unwrap();
     std::fs::write(extra.path().join("bad.txt"), [0xffu8, 0xfe, 0x00]).unwrap();
@@ -607,30 +654,8 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
     .unwrap();
     let extra_s = extra.path().to_str().unwrap();
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ragd"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &d,
-            "--models-dir",
-            &models_dir(),
-        ])
-        .env("RAGD_API_KEYS", "cli-test-key-1234")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server ended early").unwrap();
-        if let Some(i) = line.find("listening on ") {
-            break line[i + "listening on ".len()..].trim().to_string();
-        }
-    };
-    // Keep reading the server's log so that it never blocks on a full pipe.
-    let drain = std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    let url = format!("http://{addr}");
+    let served = Served::start(data.path(), Some("cli-test-key-1234"));
+    let url = served.url();
     let with_key = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_ragd"))
             .args(args)
@@ -800,11 +825,8 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
     let out = with_key(&["collections", "stats", "other", "--server", &url]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    drain.join().unwrap();
-    assert!(server.wait().unwrap().success());
+    let (code, log) = served.terminate();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
     // Nobody listening: a retryable failure, exit 75.
     let out = ragd(&["collections", "list", "--server", &url]);
     assert_eq!(
@@ -813,4 +835,123 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// SIGKILL of `ragd serve` in the middle of an IngestStream: every document the server
+/// acknowledged is on disk with its chunks in both indexes, the collection opens clean, and a
+/// second stream of the same documents stores exactly the missing ones.
+#[test]
+fn sigkill_of_the_server_during_ingest_loses_nothing_acknowledged() {
+    use ragd_proto::v1 as pb;
+    const N_DOCS: usize = 1000;
+    const KILL_AFTER: usize = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let messages = || {
+        (0..N_DOCS).map(|i| pb::IngestStreamRequest {
+            collection: "kill".into(),
+            document: Some(pb::DocumentInput {
+                id: format!("k{i}"),
+                content: format!(
+                    "Marker zq{i}x appears only here. This note discusses topic {} and the \
+                     weather on day {}.",
+                    i % 37,
+                    i % 11
+                )
+                .into_bytes(),
+                ..Default::default()
+            }),
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connect = |url: String| async move {
+        tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+
+    let mut served = Served::start(&data, None);
+    let (acked, ended) = rt.block_on(async {
+        let ch = connect(served.url()).await;
+        pb::collections_client::CollectionsClient::new(ch.clone())
+            .create(pb::CreateCollectionRequest {
+                name: "kill".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut acks = pb::documents_client::DocumentsClient::new(ch)
+            .ingest_stream(tokio_stream::iter(messages()))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut acked = Vec::new();
+        loop {
+            match acks.message().await {
+                Ok(Some(a)) => {
+                    let r = a.result.unwrap();
+                    assert_eq!(r.status, pb::DocumentStatus::Added as i32, "{r:?}");
+                    acked.push(r.id);
+                    if acked.len() == KILL_AFTER {
+                        served.kill();
+                    }
+                }
+                Ok(None) => return (acked, None),
+                Err(s) => return (acked, Some(s)),
+            }
+        }
+    });
+    assert!(
+        ended.is_some() && acked.len() < N_DOCS,
+        "the stream finished ({} acks) before the kill",
+        acked.len()
+    );
+
+    // On disk: every acknowledged document, indexes consistent with the DocStore.
+    let c = ragd_store::Collection::open(&data, "kill").unwrap();
+    c.verify().unwrap();
+    for id in &acked {
+        assert!(
+            c.document(id).unwrap().is_some(),
+            "{id} acknowledged, not stored"
+        );
+    }
+    let stored = c.counts().unwrap().documents as usize;
+    assert!(stored >= acked.len());
+    let last = &acked[acked.len() - 1];
+    let hits = c.search_lexical(&format!("zq{}x", &last[1..]), 3).unwrap();
+    assert_eq!(c.chunks(&[hits[0].chunk]).unwrap()[0].1.doc_id, *last);
+    drop(c);
+
+    // Restarted: the same stream again adds exactly what was missing.
+    let served = Served::start(&data, None);
+    let (added, unchanged) = rt.block_on(async {
+        let ch = connect(served.url()).await;
+        let mut acks = pb::documents_client::DocumentsClient::new(ch)
+            .ingest_stream(tokio_stream::iter(messages()))
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut added, mut unchanged) = (0, 0);
+        while let Some(a) = acks.message().await.unwrap() {
+            match pb::DocumentStatus::try_from(a.result.unwrap().status) {
+                Ok(pb::DocumentStatus::Added) => added += 1,
+                Ok(pb::DocumentStatus::Unchanged) => unchanged += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (added, unchanged)
+    });
+    assert_eq!((added, unchanged), (N_DOCS - stored, stored));
+    let (code, log) = served.terminate();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    let c = ragd_store::Collection::open(&data, "kill").unwrap();
+    c.verify().unwrap();
+    assert_eq!(c.counts().unwrap().documents as usize, N_DOCS);
 }
