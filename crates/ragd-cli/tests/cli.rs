@@ -955,3 +955,66 @@ fn sigkill_of_the_server_during_ingest_loses_nothing_acknowledged() {
     c.verify().unwrap();
     assert_eq!(c.counts().unwrap().documents as usize, N_DOCS);
 }
+
+/// The Python example client (`deploy/examples/python`) against a real server: health, ingest
+/// over IngestStream, AskStream with citations, a refusal (exit 3) and a missing key (exit 1).
+/// Its Python is `EXAMPLE_CLIENT_PYTHON` (`.ci/run` makes a venv with the pinned requirements).
+#[test]
+fn python_example_client_ingests_and_asks() {
+    let python = std::env::var("EXAMPLE_CLIENT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let check = Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools, grpc_health"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{python} lacks grpcio: run `python3 -m venv V && V/bin/pip install -r \
+         deploy/examples/python/requirements.txt` and set EXAMPLE_CLIENT_PYTHON=V/bin/python \
+         (.ci/run does this)"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), Some("py-test-key-1234"));
+    let client = |key: &str, extra: &[&str]| {
+        let out = Command::new(&python)
+            .arg(format!("{root}/deploy/examples/python/ragd_client.py"))
+            .args(["--server", &served.addr, "--collection", "qa"])
+            .args(extra)
+            .env("RAGD_API_KEY", key)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let gorsel = format!("{root}/tests/data/qa/docs/gorsel-hut.md");
+    let kessel = format!("{root}/tests/data/qa/docs/kessel-bridge.md");
+    let (code, out) = client(
+        "py-test-key-1234",
+        &[
+            "--ingest",
+            &gorsel,
+            "--ingest",
+            &kessel,
+            "Who is the warden of the Gorsel Hut?",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("SERVING") && out.contains("gorsel-hut.md: added"),
+        "{out}"
+    );
+    assert!(out.contains("Resi Amstutz"), "{out}");
+    assert!(out.contains("[1] The Gorsel Hut (gorsel-hut.md"), "{out}");
+    let (code, out) = client("py-test-key-1234", &["What is the capital of Peru?"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("The documents do not answer"), "{out}");
+    let (code, out) = client("wrong-key-000000", &["Who is the warden?"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("UNAUTHENTICATED"), "{out}");
+    let (code, log) = served.terminate();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+}
