@@ -545,11 +545,16 @@ pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
         batch_documents: 64,
     };
     let pb = bar(a.json);
-    let summary = ragd_engine::rebuild(&c, embedder.as_ref(), &opts, |stage, done, total| {
-        pb.set_length(total);
-        pb.set_position(done);
-        pb.set_message(stage.to_string());
-    })?;
+    let summary = ragd_engine::rebuild(
+        &c,
+        embedder.as_ref().map(|e| e as &dyn ragd_models::Encode),
+        &opts,
+        |stage, done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+            pb.set_message(stage.to_string());
+        },
+    )?;
     pb.finish_and_clear();
     if a.json {
         return print_json(&summary);

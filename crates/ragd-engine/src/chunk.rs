@@ -52,7 +52,7 @@ impl Chunker {
     /// collection's encoder.
     pub fn for_collection(
         settings: &ragd_store::CollectionSettings,
-        embedder: &ragd_models::Embedder,
+        embedder: &dyn ragd_models::Encode,
     ) -> Result<Self> {
         crate::check_encoder(settings, embedder)?;
         Self::new(

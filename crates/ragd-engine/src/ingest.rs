@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::parse::{
     Failure, ParsedDoc, SourceOptions, collect_sources, estimate_documents, read_source,
 };
-use ragd_models::Embedder;
+use ragd_models::Encode;
 use ragd_store::{Collection, DocWrite, WriteOutcome};
 use serde::Serialize;
 use std::collections::HashSet;
@@ -118,7 +118,7 @@ impl ProgressSink for () {
 /// One ingest run into one collection.
 pub struct Ingestor<'a> {
     collection: &'a Collection,
-    embedder: &'a Embedder,
+    embedder: &'a dyn Encode,
     chunker: Chunker,
     opts: IngestOptions,
 }
@@ -148,7 +148,7 @@ impl<'a> Ingestor<'a> {
     /// An ingestor for `collection` using `embedder`, which must be the collection's encoder.
     pub fn new(
         collection: &'a Collection,
-        embedder: &'a Embedder,
+        embedder: &'a dyn Encode,
         opts: IngestOptions,
     ) -> Result<Self> {
         let chunker = Chunker::for_collection(&collection.settings()?, embedder)?;
@@ -293,7 +293,7 @@ impl<'r, 'a> Run<'r, 'a> {
                 chunks.iter().map(move |c| embed_text(prefix, &c.text))
             })
             .collect();
-        let mut embeddings = ing.embedder.embed(&texts)?.into_iter();
+        let mut embeddings = ing.embedder.encode(texts)?.into_iter();
         phases.embed += t.elapsed().as_secs_f64();
 
         let mut writes = Vec::with_capacity(work.len());

@@ -42,12 +42,12 @@ pub use qa::{
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
 pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
 
-use ragd_models::Embedder;
+use ragd_models::Encode;
 use ragd_store::CollectionSettings;
 
 /// Refuses an encoder that is not the one the collection was built with: vectors from two
 /// models are not comparable.
-pub fn check_encoder(settings: &CollectionSettings, embedder: &Embedder) -> Result<()> {
+pub fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode) -> Result<()> {
     if embedder.name() != settings.encoder || embedder.dim() != settings.dim {
         return Err(Error::InvalidInput(format!(
             "the collection uses encoder {:?} ({} dimensions) but {:?} ({} dimensions) is loaded",
@@ -62,7 +62,7 @@ pub fn check_encoder(settings: &CollectionSettings, embedder: &Embedder) -> Resu
 
 /// Collection settings for a new collection with `embedder`: the defaults, with the encoder's
 /// name and dimension, and chunks no longer than the encoder's input.
-pub fn settings_for(embedder: &Embedder) -> CollectionSettings {
+pub fn settings_for(embedder: &dyn Encode) -> CollectionSettings {
     let mut s = CollectionSettings {
         encoder: embedder.name().to_string(),
         dim: embedder.dim(),

@@ -9,7 +9,7 @@
 use crate::chunk::{Chunker, embed_text};
 use crate::error::{Error, Result};
 use ragd_core::{ChunkSpan, DocumentInput};
-use ragd_models::Embedder;
+use ragd_models::Encode;
 use ragd_store::{ChunkSettings, Collection, DocWrite};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -53,7 +53,7 @@ pub struct RebuildSummary {
 /// re-chunking or re-embedding.
 pub fn rebuild(
     collection: &Collection,
-    embedder: Option<&Embedder>,
+    embedder: Option<&dyn Encode>,
     opts: &RebuildOptions,
     mut progress: impl FnMut(&str, u64, u64),
 ) -> Result<RebuildSummary> {
@@ -122,7 +122,7 @@ pub fn rebuild(
                 }
                 plans.push((doc, spans, slots));
             }
-            let fresh = embedder.embed(&texts)?;
+            let fresh = embedder.encode(texts)?;
             embedded += fresh.len() as u64;
             for (doc, mut spans, slots) in plans {
                 let vectors = slots

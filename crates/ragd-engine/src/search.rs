@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use lru::LruCache;
 use ragd_core::Metadata;
-use ragd_models::Embedder;
+use ragd_models::Encode;
 use ragd_store::{Collection, SearchFilter};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -232,7 +232,7 @@ pub fn fuse(dense: &[(u64, f32)], lexical: &[(u64, f32)], fusion: Fusion) -> Vec
 /// Searches one collection.
 pub struct Searcher<'a> {
     collection: &'a Collection,
-    embedder: &'a Embedder,
+    embedder: &'a dyn Encode,
     cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
 }
 
@@ -248,7 +248,7 @@ impl<'a> Searcher<'a> {
     /// A searcher with a query-vector cache of `cache_size` entries.
     pub fn new(
         collection: &'a Collection,
-        embedder: &'a Embedder,
+        embedder: &'a dyn Encode,
         cache_size: usize,
     ) -> Result<Self> {
         crate::check_encoder(&collection.settings()?, embedder)?;
@@ -266,7 +266,7 @@ impl<'a> Searcher<'a> {
     }
 
     /// The encoder queries are embedded with.
-    pub fn embedder(&self) -> &'a Embedder {
+    pub fn embedder(&self) -> &'a dyn Encode {
         self.embedder
     }
 
@@ -282,7 +282,7 @@ impl<'a> Searcher<'a> {
         }
         let v = Arc::new(
             self.embedder
-                .embed(&[query])?
+                .encode(vec![query.to_string()])?
                 .pop()
                 .map(|e| e.vector)
                 .unwrap_or_default(),

@@ -263,6 +263,40 @@ pub fn plan_batches(lens: &[usize], opts: BatchOptions) -> Vec<Vec<usize>> {
 
 type EmbedReply = oneshot::Sender<Result<Vec<Embedding>>>;
 
+/// What the pipelines need from a sentence encoder. The calls block, so the same pipeline code
+/// runs with the encoder in hand ([`Embedder`], offline commands) or with the encoder on its
+/// owning thread ([`EmbedderHandle`], the server, whose pipelines run on blocking threads).
+pub trait Encode: Send + Sync {
+    /// Embeds `texts`, one [`Embedding`] per input in input order.
+    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>>;
+    /// The model's name (its directory name).
+    fn name(&self) -> &str;
+    /// Embedding dimension.
+    fn dim(&self) -> usize;
+    /// Longest input in tokens.
+    fn max_len(&self) -> usize;
+    /// A shareable token counter with the encoder's tokenizer.
+    fn token_counter(&self) -> TokenCounter;
+}
+
+impl Encode for Embedder {
+    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        self.embed(&texts)
+    }
+    fn name(&self) -> &str {
+        Embedder::name(self)
+    }
+    fn dim(&self) -> usize {
+        Embedder::dim(self)
+    }
+    fn max_len(&self) -> usize {
+        Embedder::max_len(self)
+    }
+    fn token_counter(&self) -> TokenCounter {
+        Embedder::token_counter(self)
+    }
+}
+
 /// Cheap, cloneable async handle to an [`Embedder`] running on its own thread.
 ///
 /// Requests wait in a bounded queue; when it is full `embed` fails at once with
@@ -274,16 +308,18 @@ pub struct EmbedderHandle {
     dim: usize,
     max_len: usize,
     name: String,
+    counter: TokenCounter,
 }
 
 impl EmbedderHandle {
     /// Moves `embedder` onto a new thread; `queue` bounds the requests waiting for it.
     pub fn spawn(embedder: Embedder, queue: usize) -> Result<Self> {
         let (tx, mut rx) = mpsc::channel::<(Vec<String>, EmbedReply)>(queue.max(1));
-        let (dim, max_len, name) = (
+        let (dim, max_len, name, counter) = (
             embedder.dim(),
             embedder.max_len(),
             embedder.name().to_string(),
+            embedder.token_counter(),
         );
         let max_texts = embedder.batch.max_batch_size * 4;
         std::thread::Builder::new()
@@ -332,6 +368,7 @@ impl EmbedderHandle {
             dim,
             max_len,
             name,
+            counter,
         })
     }
 
@@ -340,17 +377,35 @@ impl EmbedderHandle {
         Self::spawn(Embedder::load(dir)?, queue)
     }
 
-    /// Embeds `texts` on the worker thread.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Queues `texts` for the worker (failing at once when the queue is full).
+    fn submit(&self, texts: Vec<String>) -> Result<oneshot::Receiver<Result<Vec<Embedding>>>> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send((texts, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Overloaded("embedder"),
             mpsc::error::TrySendError::Closed(_) => Error::WorkerGone("embedder"),
         })?;
+        Ok(rx)
+    }
+
+    /// Embeds `texts` on the worker thread.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(texts)?;
         rx.await.map_err(|_| Error::WorkerGone("embedder"))?
+    }
+
+    /// Embeds `texts` on the worker thread, blocking this thread until they are done. For
+    /// blocking contexts only (a `spawn_blocking` task, a plain thread); panics on an async
+    /// worker thread.
+    pub fn blocking_embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rx = self.submit(texts)?;
+        rx.blocking_recv()
+            .map_err(|_| Error::WorkerGone("embedder"))?
     }
 
     /// Embedding dimension.
@@ -366,6 +421,24 @@ impl EmbedderHandle {
     /// The model's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl Encode for EmbedderHandle {
+    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        self.blocking_embed(texts)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn max_len(&self) -> usize {
+        self.max_len
+    }
+    fn token_counter(&self) -> TokenCounter {
+        self.counter.clone()
     }
 }
 

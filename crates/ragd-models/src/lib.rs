@@ -21,7 +21,9 @@ pub mod registry;
 mod sampling;
 
 pub use bert::Pooling;
-pub use embedder::{BatchOptions, Embedder, EmbedderHandle, Embedding, TokenCounter, plan_batches};
+pub use embedder::{
+    BatchOptions, Embedder, EmbedderHandle, Embedding, Encode, TokenCounter, plan_batches,
+};
 pub use error::{Error, Result};
 pub use generator::{
     Completion, FinishReason, ForceCitation, GenerateRequest, GenerationEvent, GenerationStream,

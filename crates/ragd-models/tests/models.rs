@@ -5,8 +5,8 @@
 
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{
-    BatchOptions, ChatMessage, Embedder, EmbedderHandle, Error, FinishReason, GenerateRequest,
-    GenerationEvent, Generator, GeneratorOptions, Prompt, SamplingParams,
+    BatchOptions, ChatMessage, Embedder, EmbedderHandle, Encode, Error, FinishReason,
+    GenerateRequest, GenerationEvent, Generator, GeneratorOptions, Prompt, SamplingParams,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -147,6 +147,27 @@ async fn embedder_handle_serves_concurrent_callers_and_refuses_overload() {
         ok >= 1 && overloaded >= 1,
         "ok {ok}, overloaded {overloaded}"
     );
+
+    // The blocking form, through the `Encode` trait the pipelines use, from blocking threads.
+    let texts = vec!["a short one".to_string(), "hello world".to_string()];
+    let direct = embedder().embed(&texts).unwrap();
+    let h = handle.clone();
+    let via = tokio::task::spawn_blocking(move || {
+        let enc: &dyn Encode = &h;
+        assert_eq!((enc.name(), enc.dim()), ("all-minilm-l6-v2", 384));
+        assert_eq!(
+            enc.token_counter().count("hello world") + enc.token_counter().special_tokens(),
+            embedder().count_tokens("hello world").unwrap()
+        );
+        enc.encode(texts)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for (a, b) in via.iter().zip(&direct) {
+        assert!(cosine(&a.vector, &b.vector) > 0.9999);
+        assert_eq!(a.tokens, b.tokens);
+    }
 }
 
 #[test]

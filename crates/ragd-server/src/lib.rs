@@ -15,7 +15,7 @@ pub use settings::{Overrides, Settings, SettingsError};
 
 use metrics::{MethodLabels, Metrics, RpcLabels};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{Embedder, Generator, GeneratorOptions};
+use ragd_models::{EmbedderHandle, Generator, GeneratorOptions};
 use ragd_proto::v1 as pb;
 use services::Services;
 use state::State;
@@ -117,13 +117,18 @@ pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
     })
 }
 
-fn load_models(dir: &std::path::Path, s: &Settings) -> Result<(Embedder, Generator), StartError> {
+/// The encoder on its own thread (its queue holds one request per admitted call, so admission
+/// control, not the queue, is what refuses work) and the decoder's session pool.
+fn load_models(
+    dir: &std::path::Path,
+    s: &Settings,
+) -> Result<(EmbedderHandle, Generator), StartError> {
     for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
         if !spec.dir(dir).is_dir() {
             return Err(spec.missing(dir).into());
         }
     }
-    let embedder = Embedder::load(&DEFAULT_ENCODER.dir(dir))?;
+    let embedder = EmbedderHandle::load(&DEFAULT_ENCODER.dir(dir), s.limits.max_inflight)?;
     let generator = Generator::load(
         &DEFAULT_DECODER.gguf_path(dir),
         GeneratorOptions {

@@ -426,7 +426,7 @@ impl pb::search_server::Search for Services {
         let out = self
             .state
             .blocking(move |s| {
-                let e = s.embedder.embed(&r.texts)?;
+                let e = s.embedder.blocking_embed(r.texts)?;
                 Ok(pb::EmbedResponse {
                     embeddings: e
                         .into_iter()

@@ -1,11 +1,13 @@
 //! What every handler shares: settings, the models, open collections, admission control and
-//! the shutdown signal. Blocking work (encoder, indexes, tokenizer, DocStore) runs on tokio's
-//! blocking pool behind a bounded number of permits, never on the async workers.
+//! the shutdown signal. Blocking work (indexes, tokenizers, DocStore) runs on tokio's blocking
+//! pool behind a bounded number of permits, never on the async workers; the encoder and the
+//! decoder live on threads that own them, and those blocking tasks queue work for them over
+//! bounded channels (requests from different calls share the encoder's batches).
 
 use crate::error::Error;
 use crate::settings::Settings;
 use ragd_engine::AnswerConfig;
-use ragd_models::{Embedder, Generator};
+use ragd_models::{EmbedderHandle, Generator};
 use ragd_store::Collection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 /// Shared server state.
 pub struct State {
     pub settings: Settings,
-    pub embedder: Embedder,
+    pub embedder: EmbedderHandle,
     pub generator: Generator,
     pub answer: AnswerConfig,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
@@ -36,7 +38,7 @@ impl std::fmt::Debug for State {
 impl State {
     pub fn new(
         settings: Settings,
-        embedder: Embedder,
+        embedder: EmbedderHandle,
         generator: Generator,
         shutdown: watch::Receiver<bool>,
         metrics: crate::metrics::Metrics,
