@@ -768,6 +768,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     };
     settings.decoder.sessions = 1;
     settings.decoder.queue = 1;
+    settings.limits.max_inflight = 4;
     let bound = ragd_server::bind(settings).await.unwrap();
     let addr = bound.local_addr().unwrap();
     let metrics_addr = bound.metrics_addr().unwrap();
@@ -827,6 +828,37 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         }
     }
     assert!(ok >= 1 && exhausted >= 1, "ok {ok}, exhausted {exhausted}");
+
+    // A burst of searches against 4 admission permits: each one is answered or refused with
+    // RESOURCE_EXHAUSTED at once; nothing else, and no search waits in an unbounded queue.
+    let burst: Vec<_> = (0..200)
+        .map(|i| {
+            let mut s = pb::search_client::SearchClient::new(channel.clone());
+            tokio::spawn(async move {
+                s.search(search_req(
+                    "o",
+                    &format!("stone arches of the bridge {i}"),
+                    pb::SearchMode::Hybrid,
+                ))
+                .await
+            })
+        })
+        .collect();
+    let (mut found, mut refused) = (0, 0);
+    for c in burst {
+        match c.await.unwrap() {
+            Ok(r) => {
+                assert!(!r.into_inner().hits.is_empty());
+                found += 1;
+            }
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            Err(s) => panic!("unexpected status {s:?}"),
+        }
+    }
+    assert!(
+        found >= 4 && refused >= 1,
+        "found {found}, refused {refused}"
+    );
     // Still serving.
     let mut s = pb::search_client::SearchClient::new(channel.clone());
     s.search(search_req("o", "Kessel Bridge", pb::SearchMode::Hybrid))
