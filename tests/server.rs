@@ -201,6 +201,38 @@ async fn the_service_end_to_end() {
             assert!(names.iter().any(|n| n == s), "{names:?}");
         }
     }
+    {
+        // v1alpha too, as older grpcurl asks: the file that defines a service, by symbol.
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let mut r = ServerReflectionClient::with_interceptor(srv.channel.clone(), with_key as Auth);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "ragd.v1.Answer".into(),
+            )),
+        };
+        let msg = r
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = msg.message_response else {
+            panic!("{msg:?}")
+        };
+        let answer_proto = files
+            .file_descriptor_proto
+            .iter()
+            .find(|f| f.windows(18).any(|w| w == b"ragd/v1/answer.pro"))
+            .expect("ragd/v1/answer.proto among the files");
+        assert!(answer_proto.windows(9).any(|w| w == b"AskStream"));
+    }
 
     // Create, ingest over IngestStream (one ack per document, in order).
     let mut cols = srv.collections();

@@ -191,10 +191,18 @@ impl Bound {
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both reflection versions: grpcurl ≥ 1.9 asks v1, older tools (and grpcio's
+        // reflection client) v1alpha.
+        let reflect = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(ragd_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflect()
             .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let reflection_alpha = reflect()
+            .build_v1alpha()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
 
         let mut builder = Server::builder().layer(MetricsLayer(state.metrics.clone()));
@@ -212,6 +220,10 @@ impl Bound {
             .add_service(health_service)
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 reflection,
+                auth.clone(),
+            ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                reflection_alpha,
                 auth.clone(),
             ))
             .add_service(pb::collections_server::CollectionsServer::with_interceptor(
