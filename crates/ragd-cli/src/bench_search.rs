@@ -61,7 +61,7 @@ impl Rng {
     }
 }
 
-fn percentiles(mut ms: Vec<f64>) -> Value {
+pub(crate) fn percentiles(mut ms: Vec<f64>) -> Value {
     ms.sort_by(f64::total_cmp);
     let at = |q| ragd_engine::percentile(&ms, q);
     json!({"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)})

@@ -106,6 +106,9 @@ enum BenchCommand {
     /// Search latency and HNSW recall/QPS on a large synthetic collection built from a real one
     /// (optionally beside faiss HNSW on the same vectors).
     Search(crate::bench_search::SearchBenchArgs),
+    /// A concurrent load of Search or AskStream calls against a running server (`--server`):
+    /// throughput, latency percentiles, outcomes by gRPC code.
+    Load(crate::bench_load::LoadArgs),
 }
 
 /// Parses `args`, runs the command and maps failures to an exit code (see `after_help`).
@@ -171,6 +174,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Search(args),
         } => crate::bench_search::run(&args),
+        Command::Bench {
+            command: BenchCommand::Load(args),
+        } => crate::bench_load::run(&args),
         Command::Ask(args) => crate::ask::ask(args),
         Command::Quickstart(args) => crate::ask::quickstart(args),
     };

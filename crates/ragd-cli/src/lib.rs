@@ -5,6 +5,7 @@
 
 mod ask;
 mod bench;
+mod bench_load;
 mod bench_search;
 mod client;
 mod collections;

@@ -293,17 +293,18 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
         }
         Ok(())
     });
-    let read = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the file reader panicked"))?;
     pb.finish_and_clear();
     if let Err(s) = streamed {
+        // The reader may be blocked on a stream nobody reads any more: leave it to the exit.
         return Err(status(s).context(format!(
             "the server ended the ingest stream after acknowledging {} documents (those are stored)",
             tally.stored() + tally.failed.len() as u64
         )));
     }
-    let mut local = read?;
+    // The server ends the acks after the client's last message, so the reader is done.
+    let mut local = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the file reader panicked"))??;
     local.append(&mut tally.failed);
     tally.failed = local;
     tally.seconds = t0.elapsed().as_secs_f64();

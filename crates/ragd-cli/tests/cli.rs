@@ -784,6 +784,53 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
 
+    // A small load: every call served, the report's shape.
+    let questions = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/qa/questions.jsonl"
+    );
+    let v = json_of(&with_key(&[
+        "bench",
+        "load",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--queries",
+        questions,
+        "--requests",
+        "24",
+        "--concurrency",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(v["by_code"]["Ok"], 24, "{v}");
+    assert!(v["latency_ok"]["p50_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let v = json_of(&with_key(&[
+        "bench",
+        "load",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--queries",
+        questions,
+        "--call",
+        "ask",
+        "--requests",
+        "2",
+        "--concurrency",
+        "2",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(v["requests"], 2, "{v}");
+    assert!(
+        v["time_to_first_token"]["p50_ms"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+
     // Delete a document, rebuild, delete a collection.
     let zorbel = format!("{extra_s}/zorbel.md");
     let v = json_of(&with_key(&[
