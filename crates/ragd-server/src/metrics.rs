@@ -30,6 +30,7 @@ pub struct Metrics {
     pub requests: Family<RpcLabels, Counter>,
     pub latency: Family<MethodLabels, Histogram>,
     pub inflight: Gauge,
+    pub queued: Gauge,
     pub documents_acknowledged: Counter,
     pub documents_failed: Counter,
     pub tokens_generated: Counter,
@@ -50,6 +51,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
         });
         let inflight = Gauge::default();
+        let queued = Gauge::default();
         let documents_acknowledged = Counter::default();
         let documents_failed = Counter::default();
         let tokens_generated = Counter::default();
@@ -66,8 +68,13 @@ impl Metrics {
         );
         registry.register(
             "inflight_jobs",
-            "Blocking jobs running or waiting for a worker",
+            "Admitted jobs, running or waiting for a worker",
             inflight.clone(),
+        );
+        registry.register(
+            "queued_jobs",
+            "Admitted jobs waiting for a worker",
+            queued.clone(),
         );
         registry.register(
             "documents_acknowledged",
@@ -94,6 +101,7 @@ impl Metrics {
             requests,
             latency,
             inflight,
+            queued,
             documents_acknowledged,
             documents_failed,
             tokens_generated,

@@ -59,6 +59,9 @@ pub struct Limits {
     pub max_embed_texts: usize,
     /// Requests running or waiting for a CPU worker; beyond this: RESOURCE_EXHAUSTED.
     pub max_inflight: usize,
+    /// CPU workers running requests at once (the rest wait in the queue that `max_inflight`
+    /// bounds). 0: one per CPU core.
+    pub workers: usize,
 }
 
 /// The decoder's session pool.
@@ -129,6 +132,17 @@ impl Default for Settings {
     }
 }
 
+impl Limits {
+    /// `workers`, or the number of CPU cores when it is 0.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -138,6 +152,7 @@ impl Default for Limits {
             max_query_bytes: 4096,
             max_embed_texts: 256,
             max_inflight: 64,
+            workers: 0,
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct State {
     /// Serialises collection creation and deletion.
     lifecycle: Mutex<()>,
     inflight: Arc<Semaphore>,
+    workers: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: crate::metrics::Metrics,
 }
@@ -50,6 +51,7 @@ impl State {
             ..AnswerConfig::default()
         };
         let inflight = Arc::new(Semaphore::new(settings.limits.max_inflight));
+        let workers = Arc::new(Semaphore::new(settings.limits.worker_count()));
         Self {
             settings,
             embedder,
@@ -58,6 +60,7 @@ impl State {
             collections: RwLock::new(HashMap::new()),
             lifecycle: Mutex::new(()),
             inflight,
+            workers,
             shutdown,
             metrics,
         }
@@ -68,8 +71,10 @@ impl State {
         *self.shutdown.borrow()
     }
 
-    /// Runs `f` on the blocking pool. At most `limits.max_inflight` such jobs exist at once;
-    /// beyond that the request is refused (RESOURCE_EXHAUSTED) rather than queued.
+    /// Runs `f` on the blocking pool, at most `limits.workers` jobs at a time. Up to
+    /// `limits.max_inflight` admitted jobs exist at once (running or waiting for a worker, in
+    /// arrival order); beyond that the request is refused at once (RESOURCE_EXHAUSTED). A job
+    /// whose caller goes away while it waits is dropped without running.
     pub async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
     where
         T: Send + 'static,
@@ -78,19 +83,24 @@ impl State {
         if self.stopping() {
             return Err(Error::ShuttingDown);
         }
-        let permit = Arc::clone(&self.inflight)
+        let admitted = Arc::clone(&self.inflight)
             .try_acquire_owned()
             .map_err(|_| Error::Busy("too many requests in flight"))?;
+        let _inflight = GaugeGuard::new(&self.metrics.inflight);
+        let worker = {
+            let _queued = GaugeGuard::new(&self.metrics.queued);
+            Arc::clone(&self.workers)
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::ShuttingDown)?
+        };
         let state = Arc::clone(self);
-        let gauge = self.metrics.inflight.clone();
-        gauge.inc();
-        let out = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, worker);
             f(&state)
         })
-        .await;
-        gauge.dec();
-        out.map_err(|e| Error::Worker(e.to_string()))?
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
     }
 
     /// The open collection `name`, opening it on first use (NOT_FOUND when absent).
@@ -178,5 +188,21 @@ impl State {
     /// The answer settings for requests.
     pub fn answer_config(&self) -> &AnswerConfig {
         &self.answer
+    }
+}
+
+/// Holds a gauge one higher for its lifetime (also when the future holding it is dropped).
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl GaugeGuard {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
