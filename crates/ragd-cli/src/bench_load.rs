@@ -27,6 +27,9 @@ pub(crate) struct LoadArgs {
     /// `search` (Search, hybrid) or `ask` (AskStream).
     #[arg(long, default_value = "search")]
     call: String,
+    /// Retrieval mode: hybrid, dense or lexical.
+    #[arg(long, default_value = "hybrid")]
+    mode: String,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -76,12 +79,13 @@ async fn one_search(
     r: &Remote,
     collection: &str,
     q: &str,
+    options: &pb::SearchOptions,
 ) -> Outcome {
     let t = Instant::now();
     let req = pb::SearchRequest {
         collection: collection.to_string(),
         query: q.to_string(),
-        options: None,
+        options: Some(options.clone()),
     };
     let code = match client.search(r.request(req)).await {
         Ok(_) => tonic::Code::Ok,
@@ -155,6 +159,16 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
     if a.concurrency == 0 || a.requests == 0 {
         bail!("--concurrency and --requests must be at least 1");
     }
+    let mode = match a.mode.as_str() {
+        "hybrid" => pb::SearchMode::Hybrid,
+        "dense" => pb::SearchMode::Dense,
+        "lexical" => pb::SearchMode::Lexical,
+        other => bail!("--mode {other:?}: expected hybrid, dense or lexical"),
+    };
+    let options = pb::SearchOptions {
+        mode: mode as i32,
+        ..Default::default()
+    };
     let queries = Arc::new(read_queries(&a.queries)?);
     let remote = Arc::new(Remote::connect(&a.remote, url)?);
     let next = Arc::new(AtomicUsize::new(0));
@@ -166,6 +180,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                 (Arc::clone(&remote), Arc::clone(&queries), Arc::clone(&next));
             let (collection, requests, max_tokens) =
                 (a.collection.clone(), a.requests, a.max_tokens);
+            let options = options.clone();
             workers.spawn(async move {
                 let mut search = pb::search_client::SearchClient::new(remote.channel.clone());
                 let mut answer = pb::answer_client::AnswerClient::new(remote.channel.clone());
@@ -179,7 +194,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
                     mine.push(if ask {
                         one_ask(&mut answer, &remote, &collection, q, max_tokens).await
                     } else {
-                        one_search(&mut search, &remote, &collection, q).await
+                        one_search(&mut search, &remote, &collection, q, &options).await
                     });
                 }
             });
@@ -202,6 +217,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
     let tokens: u64 = ok.iter().map(|o| u64::from(o.tokens)).sum();
     let report = json!({
         "call": a.call,
+        "mode": (!ask).then_some(&a.mode),
         "collection": a.collection,
         "concurrency": a.concurrency,
         "requests": outcomes.len(),

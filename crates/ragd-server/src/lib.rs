@@ -280,7 +280,10 @@ impl Bound {
         });
 
         tracing::info!("listening on {addr}");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // TCP_NODELAY: a unary reply is one small write, and with Nagle plus the peer's delayed
+        // ACK every call would wait ~40 ms for it (measured: lexical search p50 48 ms → 2 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut rx = stop_rx.clone();
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
             let _ = rx.wait_for(|s| *s).await;
