@@ -800,7 +800,9 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     };
     settings.decoder.sessions = 1;
     settings.decoder.queue = 1;
+    // One worker and four admitted jobs: a burst must overflow, whatever the machine's speed.
     settings.limits.max_inflight = 4;
+    settings.limits.workers = 1;
     let bound = ragd_server::bind(settings).await.unwrap();
     let addr = bound.local_addr().unwrap();
     let metrics_addr = bound.metrics_addr().unwrap();
@@ -894,7 +896,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         }
     }
     assert!(
-        found >= 4 && refused >= 1,
+        found >= 1 && refused >= 1,
         "found {found}, refused {refused}"
     );
     // Still serving.
