@@ -26,12 +26,19 @@ fn with_key(mut req: Request<()>) -> Result<Request<()>, Status> {
 
 struct Running {
     channel: Channel,
+    /// The `/metrics` address, when `metrics_listen` was set.
+    metrics: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
     _data: tempfile::TempDir,
 }
 
 async fn start(data: tempfile::TempDir) -> Running {
+    start_with(data, |_| {}).await
+}
+
+/// The test server over `data`, with `configure` applied to its settings.
+async fn start_with(data: tempfile::TempDir, configure: impl FnOnce(&mut Settings)) -> Running {
     let mut settings = Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data.path().to_path_buf(),
@@ -39,8 +46,10 @@ async fn start(data: tempfile::TempDir) -> Running {
     };
     settings.api_keys.0 = vec![KEY.into()];
     settings.shutdown_grace_seconds = 5.0;
+    configure(&mut settings);
     let bound = ragd_server::bind(settings).await.unwrap();
     let addr = bound.local_addr().unwrap();
+    let metrics = bound.metrics_addr();
     let (stop, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         bound
@@ -57,6 +66,7 @@ async fn start(data: tempfile::TempDir) -> Running {
         .unwrap();
     Running {
         channel,
+        metrics,
         stop: Some(stop),
         done,
         _data: data,
@@ -791,43 +801,24 @@ async fn shutdown_during_an_ingest_stream_loses_no_acknowledged_document() {
 /// Overload is answered with RESOURCE_EXHAUSTED, the server keeps serving, and /metrics counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_resource_exhausted_and_metrics_count_it() {
-    let data = tempfile::tempdir().unwrap();
-    let mut settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        metrics_listen: "127.0.0.1:0".into(),
-        data_dir: data.path().to_path_buf(),
-        ..Settings::default()
-    };
-    settings.decoder.sessions = 1;
-    settings.decoder.queue = 1;
-    // One worker and four admitted jobs: a burst must overflow, whatever the machine's speed.
-    settings.limits.max_inflight = 4;
-    settings.limits.workers = 1;
-    let bound = ragd_server::bind(settings).await.unwrap();
-    let addr = bound.local_addr().unwrap();
-    let metrics_addr = bound.metrics_addr().unwrap();
-    let (stop, rx) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        bound
-            .serve(async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut cols = pb::collections_client::CollectionsClient::new(channel.clone());
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.metrics_listen = "127.0.0.1:0".into();
+        s.decoder.sessions = 1;
+        s.decoder.queue = 1;
+        // One worker and four admitted jobs: a burst must overflow, whatever the machine's speed.
+        s.limits.max_inflight = 4;
+        s.limits.workers = 1;
+    })
+    .await;
+    let metrics_addr = srv.metrics.unwrap();
+    let mut cols = srv.collections();
     cols.create(pb::CreateCollectionRequest {
         name: "o".into(),
         ..Default::default()
     })
     .await
     .unwrap();
-    let mut docs = pb::documents_client::DocumentsClient::new(channel.clone());
+    let mut docs = srv.documents();
     docs.upsert(pb::UpsertRequest {
         collection: "o".into(),
         documents: qa_docs(),
@@ -838,7 +829,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     // Six answers at once against one session and a queue of one.
     let mut calls = Vec::new();
     for _ in 0..6 {
-        let mut a = pb::answer_client::AnswerClient::new(channel.clone());
+        let mut a = srv.answer();
         calls.push(tokio::spawn(async move {
             a.ask(pb::AskRequest {
                 collection: "o".into(),
@@ -868,7 +859,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     // Every tenth caller gives up after 1 ms (the server drops its queued job).
     let burst: Vec<_> = (0..200)
         .map(|i| {
-            let mut s = pb::search_client::SearchClient::new(channel.clone());
+            let mut s = srv.search();
             tokio::spawn(async move {
                 let mut req = tonic::Request::new(search_req(
                     "o",
@@ -900,7 +891,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         "found {found}, refused {refused}"
     );
     // Still serving.
-    let mut s = pb::search_client::SearchClient::new(channel.clone());
+    let mut s = srv.search();
     s.search(search_req("o", "Kessel Bridge", pb::SearchMode::Hybrid))
         .await
         .unwrap();
@@ -932,9 +923,5 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     // Every admitted job is accounted for, those dropped while queued included.
     assert!(body.contains("ragd_inflight_jobs 0\n"), "{body}");
     assert!(body.contains("ragd_queued_jobs 0\n"), "{body}");
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), done)
-        .await
-        .unwrap()
-        .unwrap();
+    srv.stop().await;
 }

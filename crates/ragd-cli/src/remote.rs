@@ -178,19 +178,11 @@ fn document_input(d: ParsedDoc) -> pb::DocumentInput {
         pb::DocumentFormat::Text
     };
     pb::DocumentInput {
+        metadata: ragd_server::convert::metadata_to_pb(&d.doc.metadata),
         id: d.doc.id,
         title: d.doc.title,
         content: d.doc.text.into_bytes(),
         format: format as i32,
-        metadata: d
-            .doc
-            .metadata
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })
-            .collect(),
         source: d.doc.source,
     }
 }

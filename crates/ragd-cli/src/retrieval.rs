@@ -205,11 +205,7 @@ fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd
             chunk_id: h.chunk_id,
             doc_id: h.document_id,
             title: h.title,
-            metadata: h
-                .metadata
-                .into_iter()
-                .map(|(k, v)| (k, serde_json::Value::String(v)))
-                .collect(),
+            metadata: ragd_server::convert::metadata_from_pb(h.metadata),
             text: h.text,
             start: h.start as usize,
             end: h.end as usize,

@@ -1,4 +1,5 @@
-//! proto ⇄ domain conversions, with the per-field checks the engine does not do itself.
+//! proto ⇄ domain conversions, with the per-field checks the engine does not do itself. Public
+//! so that the CLI's client mode converts metadata the same way.
 
 use crate::error::{Error, invalid};
 use ragd_core::Metadata;
@@ -71,7 +72,8 @@ pub fn search_params(
     })
 }
 
-fn metadata_to_pb(m: &Metadata) -> std::collections::HashMap<String, String> {
+/// Metadata as the API carries it: strings as they are, other JSON values as JSON text.
+pub fn metadata_to_pb(m: &Metadata) -> std::collections::HashMap<String, String> {
     m.iter()
         .map(|(k, v)| {
             let s = match v {
@@ -80,6 +82,13 @@ fn metadata_to_pb(m: &Metadata) -> std::collections::HashMap<String, String> {
             };
             (k.clone(), s)
         })
+        .collect()
+}
+
+/// The API's metadata map as stored metadata (every value a JSON string).
+pub fn metadata_from_pb(m: std::collections::HashMap<String, String>) -> Metadata {
+    m.into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
         .collect()
 }
 
@@ -141,11 +150,7 @@ pub fn document(d: pb::DocumentInput, max_bytes: usize) -> Result<ParsedDoc, (St
     if !d.title.trim().is_empty() {
         parsed.doc.title = d.title;
     }
-    parsed.doc.metadata = d
-        .metadata
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
+    parsed.doc.metadata = metadata_from_pb(d.metadata);
     Ok(parsed)
 }
 

@@ -3,7 +3,7 @@
 //! Prometheus metrics, background checkpoints and a graceful shutdown that loses no
 //! acknowledged write.
 
-mod convert;
+pub mod convert;
 mod error;
 mod metrics;
 mod services;
