@@ -340,7 +340,8 @@ fn create(a: CreateArgs) -> Result<()> {
         };
         let c = remote::create(&r, &a.name, &a.chunk, hnsw)?;
         if a.json {
-            return remote::stats(&r, &c.name, true);
+            // Create answers with the collection: no second call for its stats.
+            return print_json(&remote::collection_json(&c));
         }
         println!("created collection {} on {url}", c.name);
         return Ok(());
@@ -478,15 +479,25 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
             "time: parse {:.1}s, chunk {:.1}s, embed {:.1}s, index {:.1}s, commit {:.1}s",
             p.parse, p.chunk, p.embed, p.index, p.commit
         );
-        for f in &report.failed {
-            println!("failed: {}: {}", f.source, f.reason);
-        }
+        print_failures(&report.failed);
     }
-    Ok(if report.failed.is_empty() {
+    Ok(ingest_exit_code(&report.failed))
+}
+
+/// One line per document that could not be stored.
+pub(crate) fn print_failures(failed: &[ragd_engine::Failure]) {
+    for f in failed {
+        println!("failed: {}: {}", f.source, f.reason);
+    }
+}
+
+/// `ingest`'s exit code: 0 when every document was stored, 2 when some failed.
+pub(crate) fn ingest_exit_code(failed: &[ragd_engine::Failure]) -> ExitCode {
+    if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
-    })
+    }
 }
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {

@@ -36,7 +36,7 @@ pub(crate) fn chunking_msg(flags: &ChunkFlags, base: ChunkSettings) -> pb::Chunk
 }
 
 /// A collection as the offline `collections stats --json` prints it.
-fn collection_json(c: &pb::Collection) -> serde_json::Value {
+pub(crate) fn collection_json(c: &pb::Collection) -> serde_json::Value {
     let s = c.settings.clone().unwrap_or_default();
     let ch = s.chunking.unwrap_or_default();
     let h = s.hnsw.unwrap_or_default();
@@ -314,15 +314,9 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
             tally.seconds,
             tally.documents_per_s
         );
-        for f in &tally.failed {
-            println!("failed: {}: {}", f.source, f.reason);
-        }
+        crate::collections::print_failures(&tally.failed);
     }
-    Ok(if tally.failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    Ok(crate::collections::ingest_exit_code(&tally.failed))
 }
 
 /// `ragd delete --server URL`: Documents.Delete; returns (deleted, not found).
