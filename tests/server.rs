@@ -394,8 +394,14 @@ async fn the_service_end_to_end() {
     let a = fin.unwrap();
     assert_eq!(kinds.first(), Some(&'s'));
     assert_eq!(kinds.last(), Some(&'a'));
-    assert!(kinds.iter().filter(|k| **k == 'd').count() > 1);
-    assert_eq!(&text, a.unsupported_draft.as_ref().unwrap_or(&a.answer));
+    // Checked sentences are streamed as they complete; together they are the answer.
+    assert!(kinds.iter().any(|k| *k == 'd'));
+    assert_eq!(text, a.answer);
+    assert_ne!(a.kind, pb::AnswerKind::Refusal as i32, "{a:?}");
+    assert!(
+        a.support.iter().any(|s| s.supported && s.marker >= 1),
+        "{a:?}"
+    );
     assert!(a.answer.contains("Resi Amstutz"), "{a:?}");
     assert!(
         a.cited && a.citations[0].document_id == "gorsel-hut.md",
@@ -415,6 +421,7 @@ async fn the_service_end_to_end() {
         .unwrap()
         .into_inner();
     assert!(a.refused && !a.cited, "{a:?}");
+    assert_eq!(a.kind, pb::AnswerKind::Refusal as i32);
 
     // Bad input: the right status, and the server keeps serving.
     let big = "q".repeat(5000);

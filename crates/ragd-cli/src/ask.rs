@@ -7,8 +7,8 @@ use crate::retrieval::{FusionFlags, parse_filters};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ragd_engine::{
-    Answer, AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, Mode, QaReport,
-    SearchParams, Searcher, Turn,
+    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Ingestor, Mode,
+    QaReport, SearchParams, Searcher, Turn,
 };
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Generator, GeneratorOptions, SamplingParams};
@@ -35,7 +35,7 @@ pub(crate) struct AnswerFlags {
     #[command(flatten)]
     fusion: FusionFlags,
     /// Most tokens in the answer.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
     /// Sampling temperature; 0 (the default) decodes greedily.
     #[arg(long, default_value_t = 0.0)]
@@ -56,17 +56,58 @@ pub(crate) struct AnswerFlags {
     /// Most prompt tokens (sources, history and question together).
     #[arg(long, default_value_t = AnswerConfig::default().max_prompt_tokens)]
     max_prompt_tokens: usize,
+    /// Also relevant: a chunk holding at least this weighted share of the question's terms
+    /// (rare terms weigh more), whatever its cosine.
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_MIN_LEXICAL)]
+    min_lexical: f32,
+    /// Most bytes of a chunk given to the model (the sentences that best match the question);
+    /// 0 gives whole chunks.
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_SOURCE_BYTES)]
+    source_bytes: usize,
+    /// generate (the model writes; each sentence is checked against its source) or extract
+    /// (quote the best source sentence; no decoder).
+    #[arg(long, default_value = "generate")]
+    strategy: String,
+    /// Unsupported answer sentences: drop them, or decline the whole draft.
+    #[arg(long, default_value = "drop")]
+    unsupported: String,
+    /// Share of a sentence's own terms its source must hold.
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_MIN_SUPPORT)]
+    min_support: f32,
+    /// Question–sentence score a quoted extract needs.
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_MIN_EXTRACT)]
+    min_extract: f32,
+    /// A generated sentence must rest on one of this many source sentences that best match the
+    /// question (0: on any).
+    #[arg(long, default_value_t = ragd_engine::DEFAULT_ON_QUESTION)]
+    on_question: usize,
 }
 
 impl AnswerFlags {
-    fn config(&self) -> AnswerConfig {
+    fn config(&self) -> Result<AnswerConfig> {
         let d = AnswerConfig::default();
-        AnswerConfig {
+        for (flag, v) in [
+            ("--min-lexical", self.min_lexical),
+            ("--min-support", self.min_support),
+            ("--min-extract", self.min_extract),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{flag} must be within 0..=1, got {v}");
+            }
+        }
+        Ok(AnswerConfig {
             max_prompt_tokens: self.max_prompt_tokens,
             max_sources: self.top_k.max(1),
             min_relevance: self.min_relevance.unwrap_or(d.min_relevance),
+            min_lexical: self.min_lexical,
+            source_bytes: self.source_bytes,
+            strategy: self.strategy.parse()?,
+            unsupported: self.unsupported.parse()?,
+            min_support: self.min_support,
+            min_extract: self.min_extract,
+            on_question: self.on_question,
             ..d
-        }
+        })
     }
 
     fn request(&self, question: &str) -> Result<AnswerRequest> {
@@ -140,12 +181,18 @@ pub(crate) struct QuickstartArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct AnswersArgs {
-    /// Directory of documents (ingested into the collection, unchanged ones skipped).
+    /// Documents: a directory, a file, or a BEIR-style JSONL corpus (ingested into the
+    /// collection, unchanged ones skipped).
     #[arg(long)]
     docs: PathBuf,
-    /// Questions, one JSON object per line: {"id", "question", "document" (or null), "expect"}.
+    /// Questions, one JSON object per line: {"id", "question", "document" (or null), "expect",
+    /// optionally "passage" (the gold text, verbatim)}.
     #[arg(long)]
     questions: PathBuf,
+    /// Also run the naive RAG peer (SmolLM2 through llama.cpp, MiniLM top-2, LlamaIndex's QA
+    /// prompt) on the same chunks and questions; needs ../shared/peers/setup.sh.
+    #[arg(long)]
+    compare: bool,
     /// Collection to use (default: qa-<name of the docs directory's parent>).
     #[arg(long)]
     collection: Option<String>,
@@ -209,7 +256,7 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
     }
     let searcher = Searcher::new(&c, &embedder, 4)?;
-    let config = a.flags.config();
+    let config = a.flags.config()?;
     let answerer = Answerer::new(&searcher, &generator, &config);
     if let Some(path) = &a.prompt_out {
         let prepared = answerer.prepare(request.clone())?;
@@ -227,6 +274,23 @@ impl AnswerFlags {
         question: &str,
     ) -> Result<ragd_proto::v1::AskRequest> {
         use ragd_proto::v1 as pb;
+        // The answer pipeline's settings are the server's (`[answer]` in its configuration).
+        let d = AnswerConfig::default();
+        for (flag, given) in [
+            (
+                "--max-prompt-tokens",
+                self.max_prompt_tokens != d.max_prompt_tokens,
+            ),
+            ("--min-lexical", self.min_lexical != d.min_lexical),
+            ("--source-bytes", self.source_bytes != d.source_bytes),
+            ("--strategy", self.strategy != "generate"),
+            ("--unsupported", self.unsupported != "drop"),
+            ("--min-support", self.min_support != d.min_support),
+            ("--min-extract", self.min_extract != d.min_extract),
+            ("--on-question", self.on_question != d.on_question),
+        ] {
+            crate::remote::offline_only(flag, given)?;
+        }
         let search = self.request(question)?.search;
         let sampled = self.temperature > 0.0 || self.top_p < 1.0 || self.seed.is_some();
         Ok(pb::AskRequest {
@@ -318,8 +382,30 @@ fn print_answer(answer: Answer, json: bool) -> Result<()> {
 fn answer_from_pb(r: ragd_proto::v1::AskResponse) -> Answer {
     use ragd_proto::v1 as pb;
     let u = r.usage.unwrap_or_default();
+    let kind = match pb::AnswerKind::try_from(r.kind) {
+        Ok(pb::AnswerKind::Extract) => AnswerKind::Extract,
+        Ok(pb::AnswerKind::Generated) => AnswerKind::Generated,
+        _ if r.refused => AnswerKind::Refusal,
+        _ => AnswerKind::Generated,
+    };
     Answer {
         answer: r.answer,
+        kind,
+        support: r
+            .support
+            .into_iter()
+            .map(|s| ragd_engine::SentenceSupport {
+                sentence: s.sentence,
+                supported: s.supported,
+                score: s.score,
+                marker: (s.marker != 0).then_some(s.marker as usize),
+                document_id: (!s.document_id.is_empty()).then_some(s.document_id),
+                start: s.start as usize,
+                end: s.end as usize,
+                missing: s.missing,
+                on_question: s.on_question,
+            })
+            .collect(),
         refused: r.refused,
         cited: r.cited,
         citations: r
@@ -348,6 +434,7 @@ fn answer_from_pb(r: ragd_proto::v1::AskResponse) -> Answer {
                 end: s.end as usize,
                 score: s.score,
                 relevance: s.relevance,
+                lexical: s.lexical,
                 text: s.text,
                 truncated: s.truncated,
             })
@@ -408,20 +495,34 @@ pub(crate) fn answer_and_print(
 }
 
 fn print_sources(a: &Answer) {
-    if a.finish.is_none() {
+    if a.finish.is_none() && a.kind == AnswerKind::Refusal {
         // Refused before generation: nothing was streamed.
         println!("{}", a.answer);
     }
-    if let (Some(_), Some(g)) = (&a.unsupported_draft, &a.grounding) {
+    let dropped: Vec<&ragd_engine::SentenceSupport> =
+        a.support.iter().filter(|s| !s.supported).collect();
+    if a.unsupported_draft.is_some() && !dropped.is_empty() {
         println!(
-            "\n\n[declined: the sources do not contain {}] {}",
-            g.unsupported
-                .iter()
-                .map(|t| format!("{t:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            a.answer
+            "\n\n[{} sentence(s) of the model's draft left out: no source supports them{}]",
+            dropped.len(),
+            match a.kind {
+                AnswerKind::Extract => "; quoting the best source sentence instead",
+                _ => "",
+            }
         );
+        for s in dropped {
+            if s.marker.is_some() && !s.on_question {
+                println!("  - {} (beside the question)", s.sentence);
+            } else if s.missing.is_empty() {
+                println!("  - {}", s.sentence);
+            } else {
+                println!(
+                    "  - {} (not in the sources: {})",
+                    s.sentence,
+                    s.missing.join(", ")
+                );
+            }
+        }
     }
     if a.sources.is_empty() {
         println!("\n\n(no source was relevant enough to answer from)");
@@ -589,7 +690,7 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
     }
     let generator = load_decoder(&a.models)?;
     let searcher = Searcher::new(&c, &embedder, items.len().max(4))?;
-    let config = a.flags.config();
+    let config = a.flags.config()?;
     let template = a.flags.request("placeholder")?;
     let answerer = Answerer::new(&searcher, &generator, &config);
     if a.calibrate {
@@ -599,21 +700,50 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
         ragd_engine::evaluate_answers(&answerer, &items, &template, config.min_relevance, |o| {
             if !a.json {
                 eprintln!(
-                    "{:<5} rel {:.3} {}{} fact={} cite={} {:?}",
+                    "{:<5} rel {:.3} lex {:.2} {} {:<9} fact={} cite={} {:?}",
                     o.id,
                     o.top_relevance,
+                    o.top_lexical,
                     if o.answerable { "ans " } else { "none" },
-                    if o.refused { " REFUSED" } else { "" },
+                    o.kind,
                     o.fact,
-                    o.right_citation,
+                    o.correct_cited,
                     o.answer.chars().take(100).collect::<String>()
                 );
             }
         })?;
+    let peer = if a.compare {
+        drop(answerer);
+        Some(crate::peer_answers::run(
+            &c,
+            &items,
+            &a.models.resolve(),
+            template.max_tokens,
+        )?)
+    } else {
+        None
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let v = match &peer {
+            Some(p) => serde_json::json!({"ragd": report, "peer": p}),
+            None => serde_json::to_value(&report)?,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_report(&report);
+        if let Some(p) = &peer {
+            println!("\npeer: {}", p.peer);
+            println!("expected fact in answer      {:.1}%", p.fact_rate * 100.0);
+            println!("answered but wrong           {:.1}%", p.wrong_rate * 100.0);
+            println!(
+                "gold document in its top 2   {:.1}%",
+                p.retrieved_rate * 100.0
+            );
+            println!(
+                "time to first token p50      {:.0} ms",
+                p.time_to_first_token_p50_ms
+            );
+        }
     }
     Ok(())
 }
@@ -627,17 +757,22 @@ fn calibrate(
 ) -> Result<()> {
     let mut points = Vec::with_capacity(items.len());
     for item in items {
-        let top = ragd_engine::top_relevance(answerer, template, &item.question)?;
-        points.push((item.id.clone(), top, item.document.is_some()));
+        let (rel, lex) = ragd_engine::top_relevance(answerer, template, &item.question)?;
+        points.push((item.id.clone(), rel, lex, item.document.is_some()));
     }
-    let pts: Vec<(f32, bool)> = points.iter().map(|p| (p.1, p.2)).collect();
-    let best = ragd_engine::calibrate_threshold(&pts, max_false_refusals);
+    let dense: Vec<(f32, bool)> = points.iter().map(|p| (p.1, p.3)).collect();
+    let best = ragd_engine::calibrate_threshold(&dense, max_false_refusals);
+    let both: Vec<(f32, f32, bool)> = points.iter().map(|p| (p.1, p.2, p.3)).collect();
+    let gate = ragd_engine::calibrate_gate(&both, max_false_refusals);
     if json {
         let v = serde_json::json!({
             "threshold": best.map(|b| b.0),
             "balanced_accuracy": best.map(|b| b.1),
-            "questions": points.iter().map(|(id, r, ans)| serde_json::json!({
-                "id": id, "top_relevance": r, "answerable": ans
+            "gate": gate.map(|g| serde_json::json!({
+                "min_relevance": g.0, "min_lexical": g.1, "balanced_accuracy": g.2
+            })),
+            "questions": points.iter().map(|(id, r, l, ans)| serde_json::json!({
+                "id": id, "top_relevance": r, "top_lexical": l, "answerable": ans
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -645,17 +780,20 @@ fn calibrate(
     }
     let mut sorted = points.clone();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
-    for (id, r, ans) in &sorted {
+    for (id, r, l, ans) in &sorted {
         println!(
-            "{id:<6} {r:.3} {}",
+            "{id:<6} cos {r:.3} lex {l:.3} {}",
             if *ans { "answerable" } else { "unanswerable" }
         );
     }
     match best {
         Some((t, acc)) => println!(
-            "best refusal threshold {t:.3} (balanced accuracy {acc:.3} on these questions)"
+            "best cosine-only threshold {t:.3} (balanced accuracy {acc:.3} on these questions)"
         ),
         None => println!("need both answerable and unanswerable questions to calibrate"),
+    }
+    if let Some((td, tl, acc)) = gate {
+        println!("best gate: cosine >= {td:.3} or lexical >= {tl:.3} (balanced accuracy {acc:.3})");
     }
     Ok(())
 }
@@ -666,6 +804,16 @@ fn print_report(r: &QaReport) {
         r.questions, r.answerable, r.unanswerable, r.min_relevance
     );
     println!("expected fact in answer      {:.1}%", r.fact_rate * 100.0);
+    println!(
+        "... and gold passage cited   {:.1}%",
+        r.correct_cited_rate * 100.0
+    );
+    println!("answered but wrong           {:.1}%", r.wrong_rate * 100.0);
+    println!(
+        "answers: {} generated, {} extracts, {} refusals",
+        r.generated, r.extracts, r.refusals
+    );
+    println!("citation precision           {:.3}", r.citation_precision);
     println!(
         "right document cited         {:.1}%",
         r.right_citation_rate * 100.0
@@ -691,8 +839,12 @@ fn print_report(r: &QaReport) {
         r.false_refusal_rate * 100.0
     );
     println!(
-        "markers to sources not given {} (dropped)",
-        r.dropped_markers
+        "unanswerable answered        {:.1}%",
+        r.unanswerable_answered_rate * 100.0
+    );
+    println!(
+        "markers to sources not given {} in answers ({} in drafts); source blocks in answers {}",
+        r.ungiven_markers, r.dropped_markers, r.invented_source_blocks
     );
     println!(
         "time to first token p50      {:.0} ms",

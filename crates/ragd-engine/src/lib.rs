@@ -10,6 +10,7 @@ mod chunk;
 mod cite;
 mod error;
 mod eval;
+mod evidence;
 mod ingest;
 mod parse;
 mod qa;
@@ -17,9 +18,11 @@ mod rebuild;
 mod search;
 
 pub use answer::{
-    Answer, AnswerConfig, AnswerEvent, AnswerRequest, AnswerStream, AnswerUsage, Answerer,
-    Citation, DEFAULT_MIN_RELEVANCE, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, Source,
-    Turn, retrieval_query,
+    Answer, AnswerConfig, AnswerEvent, AnswerKind, AnswerRequest, AnswerStream, AnswerUsage,
+    Answerer, Citation, DEFAULT_MAX_TOKENS, DEFAULT_MIN_EXTRACT, DEFAULT_MIN_LEXICAL,
+    DEFAULT_MIN_RELEVANCE, DEFAULT_MIN_SUPPORT, DEFAULT_ON_QUESTION, DEFAULT_SOURCE_BYTES,
+    Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, SentenceSupport, Source, Strategy, Turn,
+    Unsupported, retrieval_query,
 };
 pub use chunk::{Chunker, embed_text};
 pub use cite::{CitationParser, Marker, parse_citations};
@@ -36,8 +39,8 @@ pub use parse::{
     parse_bytes, read_source,
 };
 pub use qa::{
-    QaItem, QaOutcome, QaReport, calibrate_threshold, contains_term, evaluate_answers, load_qa,
-    same_document, top_relevance,
+    QaItem, QaOutcome, QaReport, calibrate_gate, calibrate_threshold, contains_term,
+    evaluate_answers, load_qa, same_document, top_relevance,
 };
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
 pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};

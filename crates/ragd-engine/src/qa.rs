@@ -2,7 +2,7 @@
 //! asked through the whole answer pipeline, scored on the expected fact, the cited document and
 //! refusals; and calibration of the refusal threshold on the retrieval scores alone.
 
-use crate::answer::{AnswerRequest, Answerer};
+use crate::answer::{Answer, AnswerKind, AnswerRequest, Answerer};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -17,6 +17,12 @@ pub struct QaItem {
     /// Strings of which at least one (case-insensitive) is in a correct answer.
     #[serde(default)]
     pub expect: Vec<String>,
+    /// The gold passage: text of the document that states the answer (verbatim).
+    #[serde(default)]
+    pub passage: Option<String>,
+    /// `answerable`, `offtopic` or `nearmiss` (informational).
+    #[serde(default)]
+    pub kind: Option<String>,
 }
 
 /// Reads a questions file (JSON lines).
@@ -63,12 +69,29 @@ pub struct QaOutcome {
     pub refused: bool,
     /// Refused on retrieval scores, without calling the decoder.
     pub refused_early: bool,
+    /// generated, extract or refusal.
+    pub kind: String,
+    /// For an extract, its question score (what `min_extract` is compared with).
+    pub extract_score: Option<f32>,
+    /// Weighted share of the question's terms in the best retrieved chunk.
+    pub top_lexical: f32,
     /// An expected string is in the answer (answerable questions).
     pub fact: bool,
     /// Some citation points to the expected document (answerable questions).
     pub right_citation: bool,
     /// Every citation points to the expected document and there is at least one.
     pub only_right_citations: bool,
+    /// The expected fact is in the answer and a citation points at the gold passage (its byte
+    /// range overlaps the passage's in the expected document; the document when no passage is
+    /// given).
+    pub correct_cited: bool,
+    /// Sentences of the answer that cite a source, and those whose cited source supports them.
+    pub cited_sentences: usize,
+    pub supported_sentences: usize,
+    /// Markers in the returned answer to sources that were not given.
+    pub ungiven_markers: usize,
+    /// The returned answer holds a line that starts like a source block (`[n] …`).
+    pub invented_source_block: bool,
     /// Documents cited, in order.
     pub cited: Vec<String>,
     /// The expected document was among the packed sources.
@@ -103,6 +126,22 @@ pub struct QaReport {
     pub correct_refusal_rate: f64,
     /// Answerable questions refused.
     pub false_refusal_rate: f64,
+    /// Answerable questions whose answer holds the expected fact and cites the gold passage.
+    pub correct_cited_rate: f64,
+    /// Answerable questions answered (not refused) without the expected fact.
+    pub wrong_rate: f64,
+    /// Unanswerable questions that got an answer (not refused).
+    pub unanswerable_answered_rate: f64,
+    /// Cited sentences whose cited source supports them (ragd's lexical support check).
+    pub citation_precision: f64,
+    /// Answers by kind.
+    pub generated: usize,
+    pub extracts: usize,
+    pub refusals: usize,
+    /// Markers in returned answers to sources not given (must be 0).
+    pub ungiven_markers: usize,
+    /// Returned answers holding a line that starts like a source block (must be 0).
+    pub invented_source_blocks: usize,
     /// Marker occurrences pointing to sources that were not given (dropped, never resolved).
     pub dropped_markers: usize,
     /// Resolved citations that point outside the packed sources (must be 0 by construction).
@@ -112,22 +151,72 @@ pub struct QaReport {
     pub outcomes: Vec<QaOutcome>,
 }
 
-/// The best relevance (cosine) of any chunk retrieved for `question` with `template`'s options:
-/// what the refusal threshold is compared with. Retrieval and packing only, no decoder.
+/// The best relevance (cosine) and lexical coverage of any chunk retrieved for `question` with
+/// `template`'s options: what the gate's thresholds are compared with. Retrieval and packing
+/// only, no decoder.
 pub fn top_relevance(
     answerer: &Answerer<'_>,
     template: &AnswerRequest,
     question: &str,
-) -> Result<f32> {
+) -> Result<(f32, f32)> {
     let mut request = template.clone();
     request.question = question.to_string();
     request.min_relevance = Some(-1.0);
-    Ok(answerer
-        .prepare(request)?
-        .sources
+    let p = answerer.prepare(request)?;
+    Ok(p.sources
         .iter()
-        .map(|s| s.relevance)
-        .fold(f32::NEG_INFINITY, f32::max))
+        .fold((f32::NEG_INFINITY, 0.0f32), |(r, l), s| {
+            (r.max(s.relevance), l.max(s.lexical))
+        }))
+}
+
+/// Byte range of `passage` in the text of document `id` (whitespace-insensitive match on the
+/// first 64 bytes), if found.
+fn passage_range(answerer: &Answerer<'_>, id: &str, passage: &str) -> Option<(usize, usize)> {
+    let (_, text) = answerer.collection().document(id).ok().flatten()?;
+    let p = passage.trim();
+    if let Some(i) = text.find(p) {
+        return Some((i, i + p.len()));
+    }
+    let mut head = p.len().min(64);
+    while !p.is_char_boundary(head) {
+        head -= 1;
+    }
+    text.find(&p[..head]).map(|i| (i, i + p.len()))
+}
+
+/// True when the answer's text has a line that starts like a source block: `[n] …`.
+fn has_source_block(answer: &str) -> bool {
+    answer.lines().skip(1).any(|l| {
+        let l = l.trim_start();
+        l.starts_with('[') && l[1..].chars().next().is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// Sentences of `answer` that carry a marker, and those whose cited sources support them.
+fn citation_support(answer: &Answer, question: &str) -> (usize, usize) {
+    let (mut cited, mut supported) = (0, 0);
+    for (s, e) in crate::answer::answer_sentences(&answer.answer) {
+        let sentence = &answer.answer[s..e];
+        let markers = crate::parse_citations(sentence);
+        if markers.is_empty() {
+            continue;
+        }
+        cited += 1;
+        let claim = crate::evidence::claim_text(sentence);
+        let claim =
+            claim.trim_matches(|c: char| c == '\u{201c}' || c == '\u{201d}' || c.is_whitespace());
+        let ok = markers.iter().any(|m| {
+            answer.sources.iter().any(|src| {
+                src.marker == m.source && {
+                    let sup = crate::evidence::support(claim, question, &src.text, &src.title);
+                    sup.missing.is_empty() && sup.score >= 0.5
+                }
+            })
+        });
+        supported += usize::from(ok);
+    }
+    (cited, supported)
 }
 
 /// Asks every question through `answerer` (with `template`'s options) and scores the answers.
@@ -141,7 +230,7 @@ pub fn evaluate_answers(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut ungiven = 0;
     for item in items {
-        let top_relevance = top_relevance(answerer, template, &item.question)?;
+        let (top_relevance, top_lexical) = top_relevance(answerer, template, &item.question)?;
         let mut request = template.clone();
         request.question = item.question.clone();
         request.min_relevance = Some(min_relevance);
@@ -164,16 +253,40 @@ pub fn evaluate_answers(
             .map(|c| c.document_id.clone())
             .collect();
         let right = |d: &String| expected.is_some_and(|e| same_document(d, e));
+        let fact = item
+            .expect
+            .iter()
+            .any(|e| contains_term(&lower, &e.to_lowercase()));
+        let gold = |c: &crate::answer::Citation| -> bool {
+            if !right(&c.document_id) {
+                return false;
+            }
+            match &item.passage {
+                None => true,
+                Some(p) => passage_range(answerer, &c.document_id, p)
+                    .is_some_and(|(s, e)| c.start < e && s < c.end),
+            }
+        };
+        let (cited_sentences, supported_sentences) = citation_support(&answer, &item.question);
         let outcome = QaOutcome {
             id: item.id.clone(),
             answerable: expected.is_some(),
             top_relevance,
+            top_lexical,
             refused: answer.refused,
-            refused_early: answer.finish.is_none(),
-            fact: item
-                .expect
+            refused_early: answer.finish.is_none() && answer.kind == AnswerKind::Refusal,
+            kind: answer.kind.name().to_string(),
+            extract_score: (answer.kind == AnswerKind::Extract)
+                .then(|| answer.support.first().map_or(0.0, |s| s.score)),
+            fact,
+            correct_cited: fact && answer.citations.iter().any(gold),
+            cited_sentences,
+            supported_sentences,
+            ungiven_markers: crate::parse_citations(&answer.answer)
                 .iter()
-                .any(|e| contains_term(&lower, &e.to_lowercase())),
+                .filter(|m| !answer.sources.iter().any(|s| s.marker == m.source))
+                .count(),
+            invented_source_block: has_source_block(&answer.answer),
             right_citation: cited.iter().any(right),
             only_right_citations: !cited.is_empty() && cited.iter().all(right),
             retrieved: answer.sources.iter().any(|s| right(&s.document_id)),
@@ -212,6 +325,19 @@ fn report(outcomes: Vec<QaOutcome>, ungiven: usize, min_relevance: f32) -> QaRep
         answerable: ans.len(),
         unanswerable: un.len(),
         fact_rate: rate(&ans, |o| o.fact),
+        correct_cited_rate: rate(&ans, |o| o.correct_cited),
+        wrong_rate: rate(&ans, |o| !o.refused && !o.fact),
+        unanswerable_answered_rate: rate(&un, |o| !o.refused),
+        citation_precision: {
+            let c: usize = outcomes.iter().map(|o| o.cited_sentences).sum();
+            let s: usize = outcomes.iter().map(|o| o.supported_sentences).sum();
+            if c == 0 { 1.0 } else { s as f64 / c as f64 }
+        },
+        generated: outcomes.iter().filter(|o| o.kind == "generated").count(),
+        extracts: outcomes.iter().filter(|o| o.kind == "extract").count(),
+        refusals: outcomes.iter().filter(|o| o.kind == "refusal").count(),
+        ungiven_markers: outcomes.iter().map(|o| o.ungiven_markers).sum(),
+        invented_source_blocks: outcomes.iter().filter(|o| o.invented_source_block).count(),
         right_citation_rate: rate(&ans, |o| o.right_citation),
         only_right_citation_rate: rate(&ans, |o| o.only_right_citations),
         answered_right_citation_rate: rate(&answered, |o| o.right_citation),
@@ -263,9 +389,56 @@ pub fn calibrate_threshold(points: &[(f32, bool)], max_false_refusals: f64) -> O
         })
 }
 
+/// Both thresholds of the gate, chosen together: a question passes when its best chunk's
+/// cosine is at least the first or its lexical coverage at least the second. Among pairs that
+/// refuse at most `max_false_refusals` of the answerable questions, the best balanced accuracy
+/// (on a tie, the higher cosine threshold). Points are `(cosine, coverage, answerable)`.
+/// Returns `(cosine threshold, coverage threshold, balanced accuracy)`.
+pub fn calibrate_gate(
+    points: &[(f32, f32, bool)],
+    max_false_refusals: f64,
+) -> Option<(f32, f32, f64)> {
+    let mut dense: Vec<f32> = points.iter().map(|p| p.0).collect();
+    dense.sort_by(f32::total_cmp);
+    dense.dedup();
+    let mut cands: Vec<f32> = dense.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+    cands.extend(dense.last().map(|d| d + 0.01));
+    let mut best: Option<(f32, f32, f64)> = None;
+    for t in cands {
+        // Passing on cosine makes the coverage irrelevant: score such points above any
+        // coverage threshold.
+        let eff: Vec<(f32, bool)> = points
+            .iter()
+            .map(|&(d, l, a)| (if d >= t { 2.0 } else { l }, a))
+            .collect();
+        if let Some((tl, acc)) = calibrate_threshold(&eff, max_false_refusals)
+            && best.is_none_or(|b| acc > b.2 + 1e-12 || ((acc - b.2).abs() <= 1e-12 && t > b.0))
+        {
+            best = Some((t, tl.min(1.0), acc));
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_uses_coverage_where_cosine_fails() {
+        // Two answerable questions with low cosine but full coverage; off-topic ones low on
+        // both.
+        let pts = [
+            (0.7, 0.9, true),
+            (0.2, 0.9, true),
+            (0.25, 0.8, true),
+            (0.3, 0.1, false),
+            (0.1, 0.2, false),
+        ];
+        let (td, tl, acc) = calibrate_gate(&pts, 0.0).unwrap_or((0.0, 0.0, 0.0));
+        assert!((acc - 1.0).abs() < 1e-9, "{td} {tl} {acc}");
+        assert!(td > 0.3 && tl > 0.2 && tl < 0.8, "{td} {tl}");
+    }
 
     #[test]
     fn threshold_sits_in_the_gap() {

@@ -5,7 +5,8 @@
 
 use ragd_core::ErrorKind;
 use ragd_engine::{
-    AnswerConfig, AnswerEvent, AnswerRequest, Answerer, IngestOptions, Ingestor, Searcher, Turn,
+    AnswerConfig, AnswerEvent, AnswerKind, AnswerRequest, Answerer, IngestOptions, Ingestor,
+    Searcher, Strategy, Turn,
 };
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
@@ -69,20 +70,42 @@ fn packing_fits_the_budget_cuts_at_a_sentence_and_never_cuts_the_question() {
     let g = generator();
     let q = "How many stone arches does the Kessel Bridge rest on?";
 
-    // Room for everything: whole chunks, most relevant first.
-    let roomy = AnswerConfig::default();
+    // Room for everything: whole chunks, the one with the best-matching sentence first.
+    let roomy = AnswerConfig {
+        source_bytes: 0,
+        ..AnswerConfig::default()
+    };
     let p = Answerer::new(&searcher, g, &roomy)
         .prepare(AnswerRequest::new(q))
         .unwrap();
     assert!(!p.is_refusal());
     assert!(p.sources[0].document_id.ends_with("kessel-bridge.md"));
     assert!(p.sources.iter().all(|s| !s.truncated));
-    assert!(p.sources.windows(2).all(|w| w[0].score >= w[1].score));
     for (i, s) in p.sources.iter().enumerate() {
         assert_eq!(s.marker, i + 1);
         let (doc, text) = collection().document(&s.document_id).unwrap().unwrap();
         assert_eq!(&text[s.start..s.end], s.text, "{}", doc.title);
     }
+    let whole = prompt_tokens(g, p.messages());
+
+    // The default: windows of whole sentences around the best match, a shorter prompt that
+    // still holds the answer.
+    let windows = AnswerConfig::default();
+    let p = Answerer::new(&searcher, g, &windows)
+        .prepare(AnswerRequest::new(q))
+        .unwrap();
+    assert!(p.sources[0].document_id.ends_with("kessel-bridge.md"));
+    assert!(p.sources[0].text.contains("seven"), "{:?}", p.sources[0]);
+    for s in &p.sources {
+        assert!(s.text.len() <= windows.source_bytes, "{s:?}");
+        let (_, text) = collection().document(&s.document_id).unwrap().unwrap();
+        assert_eq!(&text[s.start..s.end], s.text);
+    }
+    let windowed = prompt_tokens(g, p.messages());
+    assert!(
+        windowed < whole,
+        "windows {windowed} tokens, whole chunks {whole}"
+    );
 
     // A tight budget: the prompt fits, the first source is cut after a whole sentence, the
     // question is intact.
@@ -180,13 +203,17 @@ fn a_streamed_answer_cites_only_sources_it_was_given() {
             |d| streamed.push_str(d),
         )
         .unwrap();
-    // What streamed is the model's text: the answer, or the draft ragd declined.
-    assert_eq!(
-        &streamed,
-        a.unsupported_draft.as_ref().unwrap_or(&a.answer),
-        "{a:?}"
-    );
+    // What streamed is what was returned: checked sentences only.
+    assert_eq!(streamed, a.answer, "{a:?}");
     assert!(!a.refused, "{a:?}");
+    assert_ne!(a.kind, AnswerKind::Refusal);
+    assert!(a.support.iter().any(|s| s.supported), "{a:?}");
+    for s in a.support.iter().filter(|s| s.supported) {
+        // Each kept sentence points at the bytes of the document that support it.
+        let doc = s.document_id.as_ref().unwrap();
+        let (_, text) = collection().document(doc).unwrap().unwrap();
+        assert!(s.start < s.end && s.end <= text.len(), "{s:?}");
+    }
     assert!(a.answer.contains("Resi Amstutz"), "{}", a.answer);
     assert!(a.cited, "{a:?}");
     for c in &a.citations {
@@ -253,4 +280,79 @@ fn a_full_decoder_queue_is_refused_as_overloaded() {
         .filter(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Overloaded))
         .count();
     assert!(overloaded >= 1, "{results:?}");
+}
+
+#[test]
+fn lexical_evidence_passes_the_gate_where_cosine_alone_would_refuse() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    // A cosine threshold nothing reaches: only the lexical half of the gate can let a
+    // question through.
+    let strict = AnswerConfig {
+        min_relevance: 0.99,
+        ..AnswerConfig::default()
+    };
+    let answerer = Answerer::new(&searcher, g, &strict);
+    let p = answerer
+        .prepare(AnswerRequest::new("Who is the warden of the Gorsel Hut?"))
+        .unwrap();
+    assert!(!p.is_refusal(), "{:?}", p.sources);
+    assert!(
+        p.sources[0].lexical >= strict.min_lexical,
+        "{:?}",
+        p.sources[0]
+    );
+    let p = answerer
+        .prepare(AnswerRequest::new(
+            "What is the standard VAT rate on restaurant meals in Portugal?",
+        ))
+        .unwrap();
+    assert!(p.is_refusal(), "{:?}", p.sources);
+}
+
+#[test]
+fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    let config = AnswerConfig {
+        strategy: Strategy::Extract,
+        ..AnswerConfig::default()
+    };
+    let before = g.tokens_generated();
+    let mut streamed = String::new();
+    let a = Answerer::new(&searcher, g, &config)
+        .answer_blocking(
+            AnswerRequest::new("How many stone arches does the Kessel Bridge rest on?"),
+            |d| streamed.push_str(d),
+        )
+        .unwrap();
+    assert_eq!(g.tokens_generated(), before);
+    assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
+    assert_eq!(streamed, a.answer);
+    assert!(a.answer.contains("seven"), "{}", a.answer);
+    assert!(
+        a.answer.starts_with('\u{201c}') && a.answer.ends_with("[1]"),
+        "{}",
+        a.answer
+    );
+    assert!(a.citations[0].document_id.ends_with("kessel-bridge.md"));
+    let s = &a.support[0];
+    let (_, text) = collection()
+        .document(&a.citations[0].document_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        text[s.start..s.end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.sentence
+    );
+    let a = Answerer::new(&searcher, g, &config)
+        .answer_blocking(
+            AnswerRequest::new("What is the standard VAT rate on restaurant meals in Portugal?"),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(a.kind, AnswerKind::Refusal);
 }

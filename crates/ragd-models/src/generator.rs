@@ -399,8 +399,16 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         Some(_) if request.max_tokens > 2 * CITATION_TOKENS => request.max_tokens - CITATION_TOKENS,
         _ => request.max_tokens,
     };
+    let markers = match &request.force_citation {
+        Some(fc) => MarkerTokens::new(&shared.vocab.tokenizer, fc.sources)?,
+        None => None,
+    };
+    let mut decoded = String::new();
     let decode_start = Instant::now();
     let finish = loop {
+        if let Some(m) = &markers {
+            m.constrain(&decoded, &mut logits);
+        }
         let next = sampler.sample(&mut logits, &generated);
         if generated.is_empty() {
             usage.time_to_first_token_seconds = started.elapsed().as_secs_f64();
@@ -411,7 +419,7 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         }
         generated.push(next);
         shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        let decoded = shared.vocab.tokenizer.decode(&generated, true)?;
+        decoded = shared.vocab.tokenizer.decode(&generated, true)?;
         let (delta, hit_stop) = text.update(&decoded);
         if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
             return Err(cancelled());
@@ -445,6 +453,75 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
     };
     let _ = tx.blocking_send(Ok(GenerationEvent::Done(completion)));
     Ok(())
+}
+
+/// Keeps citation markers valid while the model writes them: right after `[` only the digits
+/// of given sources may follow, and right after `[digit` only `]`. A marker to a source that was
+/// not given cannot be written at all.
+#[derive(Debug)]
+struct MarkerTokens {
+    digits: Vec<u32>,
+    close: u32,
+}
+
+impl MarkerTokens {
+    /// `None` when the tokenizer has no single-token digits or `]` (then markers are checked
+    /// after the fact only).
+    fn new(tok: &tokenizers::Tokenizer, sources: usize) -> Result<Option<Self>> {
+        let single = |s: &str| -> Result<Option<u32>> {
+            let e = tok.encode(s, false)?;
+            Ok((e.get_ids().len() == 1).then(|| e.get_ids()[0]))
+        };
+        let mut digits = Vec::new();
+        for d in 1..=sources.min(9) {
+            match single(&d.to_string())? {
+                Some(id) => digits.push(id),
+                None => return Ok(None),
+            }
+        }
+        Ok(match single("]")? {
+            Some(close) if !digits.is_empty() => Some(Self { digits, close }),
+            _ => None,
+        })
+    }
+
+    /// Masks `logits` when `text` (everything generated so far) ends inside a marker.
+    fn constrain(&self, text: &str, logits: &mut [f32]) {
+        let allowed: &[u32] = match marker_state(text) {
+            MarkerState::Open => &self.digits,
+            MarkerState::Digit => std::slice::from_ref(&self.close),
+            MarkerState::Outside => return,
+        };
+        let keep: Vec<(u32, f32)> = allowed
+            .iter()
+            .filter_map(|&id| logits.get(id as usize).map(|&l| (id, l)))
+            .collect();
+        if keep.is_empty() {
+            return;
+        }
+        logits.fill(f32::NEG_INFINITY);
+        for (id, l) in keep {
+            logits[id as usize] = l;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum MarkerState {
+    Outside,
+    /// The text ends with `[`.
+    Open,
+    /// The text ends with `[` and one digit.
+    Digit,
+}
+
+fn marker_state(text: &str) -> MarkerState {
+    let b = text.as_bytes();
+    match b {
+        [.., b'['] => MarkerState::Open,
+        [.., b'[', d] if d.is_ascii_digit() => MarkerState::Digit,
+        _ => MarkerState::Outside,
+    }
 }
 
 /// Most tokens a forced citation adds.
@@ -635,6 +712,32 @@ mod tests {
         }
         out.push(d.finish());
         (out, false, d.emitted)
+    }
+
+    #[test]
+    fn marker_states_follow_the_text_end() {
+        assert_eq!(marker_state("It opened in 1874 ["), MarkerState::Open);
+        assert_eq!(marker_state("It opened in 1874 [2"), MarkerState::Digit);
+        assert_eq!(marker_state("It opened in 1874 [2]"), MarkerState::Outside);
+        assert_eq!(marker_state("in 1874"), MarkerState::Outside);
+        assert_eq!(marker_state(""), MarkerState::Outside);
+        let m = MarkerTokens {
+            digits: vec![1, 2],
+            close: 4,
+        };
+        let mut logits = vec![0.5, 0.1, 0.2, 9.0, 0.3];
+        m.constrain("see [", &mut logits);
+        assert_eq!(argmax_of(&logits), 2);
+        let mut logits = vec![0.5, 0.1, 0.2, 9.0, 0.3];
+        m.constrain("see [2", &mut logits);
+        assert_eq!(argmax_of(&logits), 4);
+        let mut logits = vec![0.5, 0.1, 0.2, 9.0, 0.3];
+        m.constrain("see", &mut logits);
+        assert_eq!(argmax_of(&logits), 3);
+    }
+
+    fn argmax_of(l: &[f32]) -> usize {
+        (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b })
     }
 
     #[test]

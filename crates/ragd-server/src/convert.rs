@@ -4,8 +4,8 @@
 use crate::error::{Error, invalid};
 use ragd_core::Metadata;
 use ragd_engine::{
-    Answer, AnswerRequest, Citation, DocResult, Format, Fusion, Hit, Mode, ParsedDoc, SearchParams,
-    Source, Turn,
+    Answer, AnswerKind, AnswerRequest, Citation, DocResult, Format, Fusion, Hit, Mode, ParsedDoc,
+    SearchParams, Source, Turn,
 };
 use ragd_models::{FinishReason, SamplingParams};
 use ragd_proto::v1 as pb;
@@ -321,6 +321,7 @@ pub fn source(s: &Source) -> pb::Source {
         relevance: s.relevance,
         text: s.text.clone(),
         truncated: s.truncated,
+        lexical: s.lexical,
     }
 }
 
@@ -353,6 +354,26 @@ pub fn answer(a: Answer) -> pb::AskResponse {
         } as i32,
         unsupported_draft: a.unsupported_draft,
         unsupported_terms: a.grounding.map(|g| g.unsupported).unwrap_or_default(),
+        kind: match a.kind {
+            AnswerKind::Generated => pb::AnswerKind::Generated,
+            AnswerKind::Extract => pb::AnswerKind::Extract,
+            AnswerKind::Refusal => pb::AnswerKind::Refusal,
+        } as i32,
+        support: a
+            .support
+            .into_iter()
+            .map(|s| pb::SentenceSupport {
+                sentence: s.sentence,
+                supported: s.supported,
+                score: s.score,
+                marker: s.marker.unwrap_or(0) as u32,
+                document_id: s.document_id.unwrap_or_default(),
+                start: s.start as u64,
+                end: s.end as u64,
+                missing: s.missing,
+                on_question: s.on_question,
+            })
+            .collect(),
         usage: Some(pb::Usage {
             prompt_tokens: u.prompt_tokens as u32,
             generated_tokens: u.generated_tokens as u32,

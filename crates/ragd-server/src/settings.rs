@@ -89,6 +89,23 @@ pub struct Answer {
     pub max_prompt_tokens: usize,
     /// Most sources packed.
     pub max_sources: usize,
+    /// Lexical half of the relevance gate (weighted share of the question's terms a chunk
+    /// holds), 0..=1.
+    pub min_lexical: f32,
+    /// Most bytes of a chunk packed (the window around its best sentences); 0: whole chunks.
+    pub source_bytes: usize,
+    /// `generate` (the model writes, each sentence is checked) or `extract` (quoted source
+    /// sentences only, no decoder).
+    pub strategy: ragd_engine::Strategy,
+    /// Unsupported answer sentences: `drop` them, or `decline` the whole draft.
+    pub unsupported: ragd_engine::Unsupported,
+    /// Share of a sentence's terms its source must hold, 0..=1.
+    pub min_support: f32,
+    /// Question–sentence score an extract needs, 0..=1.
+    pub min_extract: f32,
+    /// Generated sentences must rest on one of this many best-matching source sentences (0:
+    /// any).
+    pub on_question: usize,
 }
 
 /// API keys from a TOML array or a comma-separated string (environment).
@@ -177,6 +194,13 @@ impl Default for Answer {
             min_relevance: d.min_relevance,
             max_prompt_tokens: d.max_prompt_tokens,
             max_sources: d.max_sources,
+            min_lexical: d.min_lexical,
+            source_bytes: d.source_bytes,
+            strategy: d.strategy,
+            unsupported: d.unsupported,
+            min_support: d.min_support,
+            min_extract: d.min_extract,
+            on_question: d.on_question,
         }
     }
 }
@@ -263,6 +287,15 @@ impl Settings {
         }
         if !(-1.0..=1.0).contains(&self.answer.min_relevance) {
             return bad("answer.min_relevance", "must be within -1..=1".into());
+        }
+        for (key, v) in [
+            ("answer.min_lexical", self.answer.min_lexical),
+            ("answer.min_support", self.answer.min_support),
+            ("answer.min_extract", self.answer.min_extract),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, "must be within 0..=1".into());
+            }
         }
         if self.answer.max_prompt_tokens < 128 {
             return bad("answer.max_prompt_tokens", "must be at least 128".into());

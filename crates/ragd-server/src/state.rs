@@ -48,6 +48,13 @@ impl State {
             min_relevance: settings.answer.min_relevance,
             max_prompt_tokens: settings.answer.max_prompt_tokens,
             max_sources: settings.answer.max_sources,
+            min_lexical: settings.answer.min_lexical,
+            source_bytes: settings.answer.source_bytes,
+            strategy: settings.answer.strategy,
+            unsupported: settings.answer.unsupported,
+            min_support: settings.answer.min_support,
+            min_extract: settings.answer.min_extract,
+            on_question: settings.answer.on_question,
             ..AnswerConfig::default()
         };
         let inflight = Arc::new(Semaphore::new(settings.limits.max_inflight));

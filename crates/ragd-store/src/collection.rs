@@ -463,6 +463,12 @@ impl Collection {
         self.live().lexical.search(query, k, filter)
     }
 
+    /// BM25 statistics of `terms` in the live generation: live chunks and, per term, the chunks
+    /// holding it (see [`LexicalIndex::doc_freqs`]).
+    pub fn doc_freqs(&self, terms: &[String]) -> Result<(u64, Vec<u64>)> {
+        self.live().lexical.doc_freqs(terms)
+    }
+
     /// Checks that the live indexes hold exactly the DocStore's live chunks: BM25 document count
     /// and HNSW points net of tombstones. Run after a checkpoint.
     pub fn verify(&self) -> Result<()> {

@@ -63,8 +63,8 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
-fn register_analyzer(index: &Index) {
-    let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
         .filter(
@@ -72,8 +72,25 @@ fn register_analyzer(index: &Index) {
                 .unwrap_or_else(|| StopWordFilter::remove(Vec::<String>::new())),
         )
         .filter(Stemmer::new(Language::English))
-        .build();
-    index.tokenizers().register(ANALYZER, analyzer);
+        .build()
+}
+
+fn register_analyzer(index: &Index) {
+    index.tokenizers().register(ANALYZER, analyzer());
+}
+
+/// The terms BM25 indexes for `text`, in order: lower-cased words without English stop words,
+/// Porter-stemmed ("Proteins folded" → `protein`, `fold`). Query and passage terms compared with
+/// this match exactly what the lexical index matches.
+pub fn analyze(text: &str) -> Vec<String> {
+    static ANALYZER: std::sync::LazyLock<TextAnalyzer> = std::sync::LazyLock::new(analyzer);
+    let mut a = ANALYZER.clone();
+    let mut stream = a.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
 }
 
 /// Metadata values are indexed as strings (numbers and booleans by their JSON text), so a filter
@@ -243,6 +260,18 @@ impl LexicalIndex {
         Ok(meta.payload.and_then(|p| p.parse().ok()).unwrap_or(0))
     }
 
+    /// How many committed chunks hold each of `terms` (terms as [`analyze`] gives them), and
+    /// the number of live chunks: the statistics of BM25's inverse document frequency.
+    /// Deleted chunks not yet merged away still count, as they do in tantivy's own scoring.
+    pub fn doc_freqs(&self, terms: &[String]) -> Result<(u64, Vec<u64>)> {
+        let searcher = self.reader.searcher();
+        let freqs = terms
+            .iter()
+            .map(|t| searcher.doc_freq(&Term::from_field_text(self.fields.text, t)))
+            .collect::<tantivy::Result<Vec<u64>>>()?;
+        Ok((searcher.num_docs(), freqs))
+    }
+
     /// Live (committed, not deleted) chunks.
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
@@ -383,6 +412,32 @@ mod tests {
         let plain = idx.search("words", 1, None).unwrap()[0].score;
         let filtered = idx.search("words", 1, Some(&f)).unwrap()[0].score;
         assert!((plain - filtered).abs() < 1e-6);
+    }
+
+    #[test]
+    fn analyzed_terms_and_their_document_frequencies() {
+        assert_eq!(
+            analyze("The Proteins were folded, PEFT!"),
+            ["protein", "fold", "peft"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LexicalIndex::create(dir.path()).unwrap();
+        let meta = Metadata::new();
+        let docs: Vec<LexicalDoc<'_>> = ["proteins fold", "protein stars", "stars"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| LexicalDoc {
+                chunk: i as u64,
+                doc_id: "d",
+                title: "",
+                text: t,
+                metadata: &meta,
+            })
+            .collect();
+        idx.add(&docs).unwrap();
+        idx.commit(1).unwrap();
+        let terms = analyze("protein stars unknown");
+        assert_eq!(idx.doc_freqs(&terms).unwrap(), (3, vec![2, 2, 0]));
     }
 
     #[test]

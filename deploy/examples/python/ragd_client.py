@@ -90,6 +90,7 @@ def ask(msgs, stubs, channel, md, collection, question, timeout):
     """AskStream: prints the answer as it is generated, then the cited sources."""
     apb = msgs["answer"]
     answer = None
+    streamed = False
     stream = stubs["answer"].AnswerStub(channel).AskStream(
         apb.AskRequest(collection=collection, question=question), metadata=md, timeout=timeout)
     for event in stream:
@@ -98,14 +99,18 @@ def ask(msgs, stubs, channel, md, collection, question, timeout):
             print(f"({len(event.sources.sources)} sources retrieved)")
         elif kind == "delta":
             print(event.delta.text, end="", flush=True)
+            streamed = True
         elif kind == "answer":
             answer = event.answer
     print()
     if answer is None:
         sys.exit("the stream ended without an answer")
     if answer.refused:
-        print(answer.answer)
+        if not streamed:  # refused before generation: nothing was streamed
+            print(answer.answer)
         return 3
+    if answer.kind == apb.ANSWER_KIND_EXTRACT:
+        print("(quoted from the sources: the model's own answer did not hold)")
     for c in answer.citations:
         print(f"[{c.marker}] {c.title} ({c.document_id}, bytes {c.start}..{c.end})")
         print(f"    {c.snippet}")

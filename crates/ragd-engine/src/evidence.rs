@@ -1,0 +1,467 @@
+//! Evidence from the words themselves: how much of a question a passage covers (its terms
+//! weighted by their rarity in the collection, as BM25 weighs them), the sentences of a passage
+//! with their byte ranges, and whether a sentence of an answer is supported by a source.
+//!
+//! All term comparisons use the lexical index's own analyzer ([`ragd_store::analyze`]:
+//! lower-case, English stop words removed, Porter stems), so "fine-tuned" in an answer matches
+//! "fine-tuning" in a source and a question's acronym matches the passage that spells it out.
+
+use crate::error::Result;
+use ragd_store::Collection;
+use std::collections::HashSet;
+use unicode_segmentation::UnicodeSegmentation;
+
+/// A question's terms with their weights: BM25's inverse document frequency in the collection,
+/// doubled for specific terms (numbers, acronyms, capitalised names), which decide topicality.
+#[derive(Debug, Clone, Default)]
+pub struct QueryTerms {
+    terms: Vec<(String, f32)>,
+    total: f32,
+}
+
+impl QueryTerms {
+    /// The analyzed terms of `question` weighted by their rarity in `collection`.
+    pub fn new(collection: &Collection, question: &str) -> Result<Self> {
+        let mut terms: Vec<String> = ragd_store::analyze(question);
+        terms.sort_unstable();
+        terms.dedup();
+        let (n, freqs) = collection.doc_freqs(&terms)?;
+        let specific: HashSet<String> = specific_words(question)
+            .flat_map(|w| ragd_store::analyze(w))
+            .collect();
+        Ok(Self::weighted(
+            terms
+                .into_iter()
+                .zip(freqs)
+                .map(|(t, df)| {
+                    let w = idf(n, df) * if specific.contains(&t) { 2.0 } else { 1.0 };
+                    (t, w)
+                })
+                .collect(),
+        ))
+    }
+
+    fn weighted(terms: Vec<(String, f32)>) -> Self {
+        let total = terms.iter().map(|t| t.1).sum();
+        Self { terms, total }
+    }
+
+    /// True when the question has no searchable term (all stop words).
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// The weighted share of the question's terms that `passage` (its analyzed terms) holds,
+    /// 0..=1.
+    pub fn coverage(&self, passage: &HashSet<String>) -> f32 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        let hit: f32 = self
+            .terms
+            .iter()
+            .filter(|(t, _)| passage.contains(t))
+            .map(|t| t.1)
+            .sum();
+        hit / self.total
+    }
+}
+
+/// BM25's inverse document frequency (Lucene's form, never negative).
+fn idf(n: u64, df: u64) -> f32 {
+    let (n, df) = (n as f32, df.min(n) as f32);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// The analyzed terms of `text` as a set.
+pub fn term_set(text: &str) -> HashSet<String> {
+    ragd_store::analyze(text).into_iter().collect()
+}
+
+/// Words that name something: numbers, acronyms and capitalised words that do not open a
+/// sentence.
+pub fn specific_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split_sentence_bounds().flat_map(|sentence| {
+        sentence
+            .unicode_words()
+            .enumerate()
+            .filter(|(i, w)| {
+                w.chars().any(|c| c.is_ascii_digit())
+                    || (w.chars().count() >= 2 && w.chars().all(|c| !c.is_lowercase()))
+                    || (*i > 0 && w.chars().next().is_some_and(char::is_uppercase))
+            })
+            .map(|(_, w)| w)
+    })
+}
+
+/// Byte ranges of the sentences of `text`, without surrounding whitespace; blank pieces are
+/// skipped. Hard-wrapped prose is joined across single line breaks; a blank line, a heading, a
+/// list item, a table row, a quote or a code fence starts a new sentence.
+pub fn sentences(text: &str) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    // Unicode sentence bounds break after every line feed; pieces are joined back where the
+    // break is only a wrapped line.
+    let mut open: Option<(usize, usize)> = None;
+    for (i, piece) in text.split_sentence_bound_indices() {
+        let start = i + (piece.len() - piece.trim_start().len());
+        let end = i + piece.trim_end().len();
+        if end <= start {
+            // A blank line ends the open sentence.
+            if piece.contains('\n') {
+                out.extend(open.take());
+            }
+            continue;
+        }
+        let ends_line = piece.ends_with('\n');
+        let this = &text[start..end];
+        open = match open {
+            Some((s, e))
+                if !starts_block(this)
+                    && !starts_block(&text[s..e])
+                    && text[e..start].matches('\n').count() == 1
+                    && !text[..e].ends_with(['.', '!', '?', ':', ';']) =>
+            {
+                Some((s, end))
+            }
+            prev => {
+                out.extend(prev);
+                Some((start, end))
+            }
+        };
+        if ends_line && (starts_block(this) || this.ends_with(['.', '!', '?'])) {
+            out.extend(open.take());
+        }
+    }
+    out.extend(open);
+    out
+}
+
+/// True when a line opens a Markdown block of its own.
+fn starts_block(line: &str) -> bool {
+    let t = line.trim_start();
+    let digits = t.chars().take_while(char::is_ascii_digit).count();
+    t.starts_with(['#', '-', '*', '+', '|', '>', '•'])
+        || t.starts_with("```")
+        || (digits > 0 && t[digits..].starts_with(['.', ')']))
+}
+
+/// The part of an answer sentence that states something: citation markers, list numbering,
+/// Markdown emphasis and heading marks removed.
+pub fn claim_text(sentence: &str) -> String {
+    let mut s = String::with_capacity(sentence.len());
+    let mut chars = sentence.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '[' {
+            let rest = &sentence[i + 1..];
+            let digits = rest
+                .find(']')
+                .filter(|&j| {
+                    j > 0
+                        && rest[..j]
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+                })
+                .map(|j| j + 1);
+            if let Some(skip) = digits {
+                for _ in 0..rest[..skip].chars().count() {
+                    chars.next();
+                }
+                s.push(' ');
+                continue;
+            }
+        }
+        if matches!(c, '*' | '_' | '`' | '#') {
+            s.push(' ');
+            continue;
+        }
+        s.push(c);
+    }
+    let t = s.trim_start();
+    // "1." / "2)" / "-" / "•" list marks at the start.
+    let t = t.trim_start_matches(['-', '•', '+']).trim_start();
+    let digits = t.chars().take_while(char::is_ascii_digit).count();
+    let t = if digits > 0 && t[digits..].starts_with(['.', ')']) {
+        t[digits + 1..].trim_start()
+    } else {
+        t
+    };
+    t.trim().to_string()
+}
+
+/// Words an answer uses to talk about the sources rather than to state a fact.
+const META: &[&str] = &[
+    "answer", "sourc", "document", "accord", "mention", "text", "question", "provid", "inform",
+    "passag", "base", "cite", "given",
+];
+
+/// How well one source passage supports one claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Support {
+    /// Share of the claim's own terms (not the question's, not talk about sources) found in the
+    /// best window of the passage, 0..=1; 0 when the claim has no such term (it states nothing
+    /// the question did not).
+    pub score: f32,
+    /// The claim's specific words (numbers, names) that the passage does not contain.
+    pub missing: Vec<String>,
+    /// Byte range of the best window (one or two sentences) in the passage.
+    pub start: usize,
+    pub end: usize,
+    /// Number of terms the claim brings beyond the question.
+    pub terms: usize,
+}
+
+/// Lower-cased words with digits kept whole and thousands separators dropped ("1,300" →
+/// "1300"), for comparing names and numbers exactly.
+fn norm_word(w: &str) -> String {
+    if w.chars().any(|c| c.is_ascii_digit()) {
+        w.chars().filter(|c| *c != ',').collect()
+    } else {
+        w.to_lowercase()
+    }
+}
+
+/// Checks `claim` (already cleaned by [`claim_text`]) against `passage`: its terms beyond the
+/// question's must be in one window of at most two consecutive sentences, and its specific words
+/// anywhere in the passage (or the title, or the question).
+pub fn support(claim: &str, question: &str, passage: &str, title: &str) -> Support {
+    let asked = term_set(question);
+    let claim_terms: HashSet<String> = ragd_store::analyze(claim)
+        .into_iter()
+        .filter(|t| {
+            !asked.contains(t)
+                && !META.contains(&t.as_str())
+                && (t.chars().count() > 1 || t.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect();
+    let known: HashSet<String> = passage
+        .unicode_words()
+        .chain(title.unicode_words())
+        .chain(question.unicode_words())
+        .map(norm_word)
+        .collect();
+    let common: HashSet<&str> = crate::answer::COMMON.iter().copied().collect();
+    let mut missing: Vec<String> = Vec::new();
+    for w in specific_words(claim) {
+        let n = norm_word(w);
+        if !known.contains(&n) && !common.contains(n.as_str()) && !missing.contains(&n) {
+            missing.push(n);
+        }
+    }
+    let spans = sentences(passage);
+    let title_terms = term_set(title);
+    let mut best = (0.0f32, 0usize, passage.len());
+    if !claim_terms.is_empty() {
+        let sets: Vec<HashSet<String>> = spans
+            .iter()
+            .map(|&(s, e)| {
+                let mut t = term_set(&passage[s..e]);
+                t.extend(title_terms.iter().cloned());
+                t
+            })
+            .collect();
+        let share = |sets: &[&HashSet<String>]| {
+            claim_terms
+                .iter()
+                .filter(|t| sets.iter().any(|s| s.contains(*t)))
+                .count() as f32
+                / claim_terms.len() as f32
+        };
+        // Single sentences first, so that a pair wins only when it adds support.
+        for (k, &(s, e)) in spans.iter().enumerate() {
+            let score = share(&[&sets[k]]);
+            if score > best.0 {
+                best = (score, s, e);
+            }
+        }
+        for k in 0..spans.len().saturating_sub(1) {
+            let score = share(&[&sets[k], &sets[k + 1]]);
+            if score > best.0 + 1e-6 {
+                best = (score, spans[k].0, spans[k + 1].1);
+            }
+        }
+    }
+    Support {
+        score: best.0,
+        missing,
+        start: best.1,
+        end: best.2,
+        terms: claim_terms.len(),
+    }
+}
+
+/// The kind of thing a question asks for, where its first words tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expects {
+    /// How many / how much / what year / when …: the answer holds a number.
+    Number,
+    /// Who / whom / whose: the answer names someone.
+    Name,
+    /// Anything.
+    Any,
+}
+
+/// What `question` expects, from its opening words.
+pub fn expects(question: &str) -> Expects {
+    let q = question.trim().to_lowercase();
+    let number = [
+        "how many",
+        "how much",
+        "how long",
+        "how old",
+        "how high",
+        "how tall",
+        "how far",
+        "how big",
+        "how large",
+        "how deep",
+        "how wide",
+        "how heavy",
+        "in what year",
+        "in which year",
+        "what year",
+        "which year",
+        "when ",
+        "what percentage",
+        "what proportion",
+    ];
+    if number.iter().any(|p| q.starts_with(p)) {
+        Expects::Number
+    } else if ["who ", "whom ", "whose "].iter().any(|p| q.starts_with(p)) {
+        Expects::Name
+    } else {
+        Expects::Any
+    }
+}
+
+const NUMBER_WORDS: &[&str] = &[
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+    "twelve", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "billion",
+    "dozen", "half", "once", "twice",
+];
+
+/// True when `sentence` can hold what the question expects: a number for a "how many"
+/// question, a name that is not the question's own for a "who" question.
+pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
+    match expects {
+        Expects::Any => true,
+        Expects::Number => sentence.unicode_words().any(|w| {
+            w.chars().any(|c| c.is_ascii_digit())
+                || NUMBER_WORDS.contains(&w.to_lowercase().as_str())
+        }),
+        Expects::Name => {
+            let asked: HashSet<String> = question.unicode_words().map(norm_word).collect();
+            sentence.unicode_words().skip(1).any(|w| {
+                w.chars().next().is_some_and(char::is_uppercase) && !asked.contains(&norm_word(w))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_split_prose_and_markdown_lines() {
+        let t = "# Title\n\nFirst one. Second one!\n- item a\n- item b\n";
+        let got: Vec<&str> = sentences(t).into_iter().map(|(s, e)| &t[s..e]).collect();
+        assert_eq!(
+            got,
+            [
+                "# Title",
+                "First one.",
+                "Second one!",
+                "- item a",
+                "- item b"
+            ]
+        );
+        // Hard-wrapped prose is one sentence; a blank line or a fence ends it.
+        let t =
+            "Once Rust is installed, updating\nto a new version is easy.\nNext one\n\n```\nx\n```";
+        let got: Vec<&str> = sentences(t).into_iter().map(|(s, e)| &t[s..e]).collect();
+        assert_eq!(
+            got,
+            [
+                "Once Rust is installed, updating\nto a new version is easy.",
+                "Next one",
+                "```",
+                "x",
+                "```"
+            ]
+        );
+    }
+
+    #[test]
+    fn claims_lose_markers_numbering_and_markup() {
+        assert_eq!(
+            claim_text("1. **Pretraining** on text [1]."),
+            "Pretraining   on text  ."
+        );
+        assert_eq!(
+            claim_text("- It opened in 1874 [1, 2]"),
+            "It opened in 1874"
+        );
+        assert_eq!(claim_text("3) see [x] here"), "see [x] here");
+    }
+
+    #[test]
+    fn coverage_weighs_rare_and_specific_terms() {
+        let q = QueryTerms::weighted(vec![("peft".into(), 4.0), ("stand".into(), 1.0)]);
+        let p = term_set("Parameter Efficient Fine-Tuning (PEFT) trains few weights.");
+        assert!((q.coverage(&p) - 0.8).abs() < 1e-6);
+        assert_eq!(q.coverage(&term_set("nothing in common")), 0.0);
+        assert!(idf(100, 1) > idf(100, 50) && idf(100, 100) > 0.0);
+        assert_eq!(
+            specific_words("The PEFT method of Hugging Face, 2021. Then it ends.")
+                .collect::<Vec<_>>(),
+            ["PEFT", "Hugging", "Face", "2021"]
+        );
+    }
+
+    #[test]
+    fn support_needs_the_claims_terms_in_one_window_and_its_names_anywhere() {
+        let p =
+            "The bridge has seven arches. It was completed in 1874 by Ann Ode. Moths live here.";
+        let q = "When was the bridge completed?";
+        let ok = support(
+            "It was completed in 1874 by Ann Ode.",
+            q,
+            p,
+            "Kessel Bridge",
+        );
+        assert!(ok.score >= 0.99 && ok.missing.is_empty(), "{ok:?}");
+        assert_eq!(&p[ok.start..ok.end], "It was completed in 1874 by Ann Ode.");
+        let bad = support("It was completed in 1901 by James Fletcher.", q, p, "");
+        assert_eq!(bad.missing, ["1901", "james", "fletcher"]);
+        let vague = support("Stars orbit galaxies slowly.", q, p, "");
+        assert!(vague.score < 0.1, "{vague:?}");
+        // Restating the question and talking about the sources claims nothing: no support.
+        let restated = support(
+            "According to the sources, the bridge was completed.",
+            q,
+            p,
+            "",
+        );
+        assert_eq!((restated.score, restated.terms), (0.0, 0));
+    }
+
+    #[test]
+    fn expected_answer_kinds() {
+        assert_eq!(expects("How many arches does it have?"), Expects::Number);
+        assert_eq!(expects("When was it built?"), Expects::Number);
+        assert_eq!(expects("Who built it?"), Expects::Name);
+        assert_eq!(expects("What does PEFT stand for?"), Expects::Any);
+        assert!(fits(Expects::Number, "It has seven arches.", ""));
+        assert!(!fits(Expects::Number, "It has arches.", ""));
+        assert!(fits(
+            Expects::Name,
+            "It was built by Ann Ode.",
+            "Who built the bridge?"
+        ));
+        assert!(!fits(
+            Expects::Name,
+            "The Bridge was built long ago.",
+            "Who built the Bridge?"
+        ));
+    }
+}
