@@ -1,17 +1,19 @@
-//! End-to-end answer quality: the written QA corpus (`data/qa`) ingested into a fresh collection,
-//! every question asked through the whole pipeline (retrieval, refusal, packing, the real
-//! decoder, citations), and the rates held to floors the default models reach.
-//! (The gRPC server's end-to-end tests join this crate when the service lands.)
+//! End-to-end answer quality: QA sets ingested into fresh collections, every question asked
+//! through the whole pipeline (gate, sentence selection, packing, the real decoder, per-sentence
+//! checks, extracts, citations), and the rates held to floors under what the default models
+//! reach (BENCHMARKS.md, "Answers on documents nobody tuned for").
 #![allow(clippy::unwrap_used)]
 
-use ragd_engine::{AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, Searcher};
+use ragd_engine::{
+    AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, QaReport, Searcher, Strategy,
+};
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
 use ragd_store::Collection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-#[test]
-fn answers_on_the_qa_set_meet_the_floors() {
+fn models() -> PathBuf {
     let models = registry::resolve_models_dir(None);
     for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
         assert!(
@@ -20,68 +22,145 @@ fn answers_on_the_qa_set_meet_the_floors() {
             spec.missing(&models)
         );
     }
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/qa");
-    let embedder = Embedder::load(&DEFAULT_ENCODER.dir(&models)).unwrap();
-    let generator = Generator::load(
-        &DEFAULT_DECODER.gguf_path(&models),
-        GeneratorOptions::default(),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let c = Collection::create(dir.path(), "qa", &ragd_engine::settings_for(&embedder)).unwrap();
-    let report = Ingestor::new(&c, &embedder, IngestOptions::default())
+    models
+}
+
+fn embedder() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap())
+}
+
+fn generator() -> &'static Generator {
+    static G: OnceLock<Generator> = OnceLock::new();
+    G.get_or_init(|| {
+        Generator::load(
+            &DEFAULT_DECODER.gguf_path(&models()),
+            GeneratorOptions::default(),
+        )
         .unwrap()
-        .ingest_paths(&[data.join("docs")], &mut ())
+    })
+}
+
+/// Ingests `docs` into a fresh collection and asks every question of `questions` with `config`.
+fn evaluate(docs: &Path, questions: &Path, config: &AnswerConfig) -> QaReport {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collection::create(dir.path(), "qa", &ragd_engine::settings_for(embedder())).unwrap();
+    let report = Ingestor::new(&c, embedder(), IngestOptions::default())
+        .unwrap()
+        .ingest_paths(&[docs.to_path_buf()], &mut ())
         .unwrap();
-    assert_eq!(report.added, 20, "{report:?}");
-    let items = ragd_engine::load_qa(&data.join("questions.jsonl")).unwrap();
-    let searcher = Searcher::new(&c, &embedder, 64).unwrap();
-    let config = AnswerConfig::default();
-    let answerer = Answerer::new(&searcher, &generator, &config);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let items = ragd_engine::load_qa(questions).unwrap();
+    let searcher = Searcher::new(&c, embedder(), 64).unwrap();
+    let answerer = Answerer::new(&searcher, generator(), config);
     let template = AnswerRequest::new("");
     let r =
         ragd_engine::evaluate_answers(&answerer, &items, &template, config.min_relevance, |o| {
             eprintln!(
-                "{} rel={:.3} refused={} fact={} cite={:?} {:?}",
-                o.id, o.top_relevance, o.refused, o.fact, o.cited, o.answer
+                "{} rel={:.3} lex={:.3} {} fact={} cited={:?} {:?}",
+                o.id, o.top_relevance, o.top_lexical, o.kind, o.fact, o.cited, o.answer
             );
         })
         .unwrap();
     eprintln!(
-        "fact {:.3} right-citation {:.3} only-right {:.3} retrieved {:.3} refusals {:.3} \
-         false-refusals {:.3} dropped {}",
+        "{}: fact {:.3} correct-cited {:.3} wrong {:.3} unanswerable refused {:.3} false refusals \
+         {:.3} precision {:.3} generated/extracts/refusals {}/{}/{}",
+        questions.display(),
         r.fact_rate,
-        r.right_citation_rate,
-        r.only_right_citation_rate,
-        r.retrieved_rate,
+        r.correct_cited_rate,
+        r.wrong_rate,
         r.correct_refusal_rate,
         r.false_refusal_rate,
-        r.dropped_markers
+        r.citation_precision,
+        r.generated,
+        r.extracts,
+        r.refusals
     );
-    assert_eq!((r.answerable, r.unanswerable), (30, 10));
-    // Floors under what the default models reach here (BENCHMARKS.md has the measured rates):
-    // the 135M decoder gets about two facts in three right; ragd keeps it honest around that.
+    // By construction, whatever the model writes.
     assert_eq!(r.citations_to_ungiven_sources, 0);
+    assert_eq!(r.ungiven_markers, 0);
+    assert_eq!(r.invented_source_blocks, 0);
+    assert!(
+        r.citation_precision >= 0.9,
+        "precision {}",
+        r.citation_precision
+    );
+    r
+}
+
+fn data(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(rel)
+}
+
+#[test]
+fn generated_answers_on_the_qa_set_meet_the_floors() {
+    let config = AnswerConfig {
+        strategy: Strategy::Generate,
+        ..AnswerConfig::default()
+    };
+    let r = evaluate(&data("qa/docs"), &data("qa/questions.jsonl"), &config);
+    assert_eq!((r.answerable, r.unanswerable), (30, 10));
     assert!(r.retrieved_rate >= 0.95, "retrieved {}", r.retrieved_rate);
     assert!(
-        r.correct_refusal_rate >= 0.8,
-        "refusals {}",
+        r.correct_refusal_rate >= FLOOR_GEN_REFUSED,
+        "{}",
         r.correct_refusal_rate
     );
     assert!(
-        r.right_citation_rate >= 0.65,
-        "right citation {}",
-        r.right_citation_rate
+        r.correct_cited_rate >= FLOOR_GEN_CORRECT_CITED,
+        "{}",
+        r.correct_cited_rate
     );
     assert!(
-        r.answered_right_citation_rate >= 0.9,
-        "right citation among answers {}",
-        r.answered_right_citation_rate
-    );
-    assert!(r.fact_rate >= 0.5, "fact {}", r.fact_rate);
-    assert!(
-        r.false_refusal_rate <= 0.35,
-        "false refusals {}",
+        r.false_refusal_rate <= CEIL_GEN_FALSE_REFUSALS,
+        "{}",
         r.false_refusal_rate
     );
 }
+
+#[test]
+fn extracts_on_the_qa_set_and_an_unseen_markdown_set_meet_the_floors() {
+    let config = AnswerConfig {
+        strategy: Strategy::Extract,
+        ..AnswerConfig::default()
+    };
+    let r = evaluate(&data("qa/docs"), &data("qa/questions.jsonl"), &config);
+    assert!(
+        r.correct_refusal_rate >= FLOOR_EXT_REFUSED,
+        "{}",
+        r.correct_refusal_rate
+    );
+    assert!(
+        r.correct_cited_rate >= FLOOR_EXT_CORRECT_CITED,
+        "{}",
+        r.correct_cited_rate
+    );
+    let md = evaluate(
+        &data("answers/markdown/corpus.jsonl"),
+        &data("answers/markdown/test.jsonl"),
+        &config,
+    );
+    assert_eq!((md.answerable, md.unanswerable), (45, 15));
+    assert!(
+        md.correct_cited_rate >= FLOOR_MD_CORRECT_CITED,
+        "{}",
+        md.correct_cited_rate
+    );
+    assert!(
+        md.correct_refusal_rate >= FLOOR_MD_REFUSED,
+        "{}",
+        md.correct_refusal_rate
+    );
+}
+
+// Floors under the rates measured on this machine (greedy decoding is deterministic; the
+// margin absorbs floating-point differences across CPUs). Measured: generate on tests/data/qa
+// 60.0% correct and cited, 50% unanswerable refused, 3.3% answerable refused; extract 53.3%,
+// 70%, 6.7%; extract on the markdown test split 51.1% correct and cited, 80% refused.
+const FLOOR_GEN_REFUSED: f64 = 0.4;
+const FLOOR_GEN_CORRECT_CITED: f64 = 0.5;
+const CEIL_GEN_FALSE_REFUSALS: f64 = 0.15;
+const FLOOR_EXT_REFUSED: f64 = 0.6;
+const FLOOR_EXT_CORRECT_CITED: f64 = 0.45;
+const FLOOR_MD_CORRECT_CITED: f64 = 0.42;
+const FLOOR_MD_REFUSED: f64 = 0.65;

@@ -66,7 +66,7 @@ pub(crate) struct AnswerFlags {
     source_bytes: usize,
     /// generate (the model writes; each sentence is checked against its source) or extract
     /// (quote the best source sentence; no decoder).
-    #[arg(long, default_value = "generate")]
+    #[arg(long, default_value = "extract")]
     strategy: String,
     /// Unsupported answer sentences: drop them, or decline the whole draft.
     #[arg(long, default_value = "drop")]
@@ -283,7 +283,7 @@ impl AnswerFlags {
             ),
             ("--min-lexical", self.min_lexical != d.min_lexical),
             ("--source-bytes", self.source_bytes != d.source_bytes),
-            ("--strategy", self.strategy != "generate"),
+            ("--strategy", self.strategy != "extract"),
             ("--unsupported", self.unsupported != "drop"),
             ("--min-support", self.min_support != d.min_support),
             ("--min-extract", self.min_extract != d.min_extract),
@@ -713,7 +713,6 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             }
         })?;
     let peer = if a.compare {
-        drop(answerer);
         Some(crate::peer_answers::run(
             &c,
             &items,

@@ -86,7 +86,7 @@ pub(crate) enum EvalCommand {
     /// Ask questions with known answers (or none) through the whole answer pipeline and report
     /// fact accuracy, citation correctness and refusals; `--calibrate` picks the refusal
     /// threshold from retrieval scores alone.
-    Answers(crate::ask::AnswersArgs),
+    Answers(Box<crate::ask::AnswersArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -219,7 +219,7 @@ fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd
 pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
     let a = match cmd {
         EvalCommand::Beir(a) => a,
-        EvalCommand::Answers(a) => return crate::ask::eval_answers(a),
+        EvalCommand::Answers(a) => return crate::ask::eval_answers(*a),
     };
     let dataset_name = a
         .dataset

@@ -778,7 +778,9 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
         "{v}"
     );
     assert!(v["cited"].as_bool().unwrap(), "{v}");
-    assert!(v["usage"]["generated_tokens"].as_u64().unwrap() > 0, "{v}");
+    // The server's default strategy quotes the answering sentence.
+    assert_eq!(v["kind"], "extract", "{v}");
+    assert_eq!(v["support"][0]["supported"], true, "{v}");
     // Without the key: refused, exit 1 with the status in the message.
     let out = ragd(&["search", "--server", &url, "--collection", "qa", "x"]);
     assert_eq!(out.status.code(), Some(1));

@@ -27,7 +27,7 @@ impl QueryTerms {
         terms.dedup();
         let (n, freqs) = collection.doc_freqs(&terms)?;
         let specific: HashSet<String> = specific_words(question)
-            .flat_map(|w| ragd_store::analyze(w))
+            .flat_map(ragd_store::analyze)
             .collect();
         Ok(Self::weighted(
             terms
@@ -44,6 +44,22 @@ impl QueryTerms {
     fn weighted(terms: Vec<(String, f32)>) -> Self {
         let total = terms.iter().map(|t| t.1).sum();
         Self { terms, total }
+    }
+
+    /// The terms not in `known` (for example the title of the passage's document: words every
+    /// sentence of it is about), or all of them when none is left.
+    pub fn focus(&self, known: &HashSet<String>) -> Self {
+        let rest: Vec<(String, f32)> = self
+            .terms
+            .iter()
+            .filter(|(t, _)| !known.contains(t))
+            .cloned()
+            .collect();
+        if rest.is_empty() {
+            self.clone()
+        } else {
+            Self::weighted(rest)
+        }
     }
 
     /// True when the question has no searchable term (all stop words).
@@ -410,6 +426,14 @@ mod tests {
         let p = term_set("Parameter Efficient Fine-Tuning (PEFT) trains few weights.");
         assert!((q.coverage(&p) - 0.8).abs() < 1e-6);
         assert_eq!(q.coverage(&term_set("nothing in common")), 0.0);
+        // Focus on what the title does not already say.
+        let f = q.focus(&term_set("PEFT"));
+        assert_eq!(f.coverage(&term_set("it stands for")), 1.0);
+        assert_eq!(
+            q.focus(&term_set("PEFT stands"))
+                .coverage(&term_set("PEFT")),
+            0.8
+        );
         assert!(idf(100, 1) > idf(100, 50) && idf(100, 100) > 0.0);
         assert_eq!(
             specific_words("The PEFT method of Hugging Face, 2021. Then it ends.")
