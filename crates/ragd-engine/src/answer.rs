@@ -150,7 +150,7 @@ pub const DEFAULT_ON_QUESTION: usize = 3;
 
 /// Default lexical half of the gate (see [`AnswerConfig::min_lexical`]), chosen with
 /// [`DEFAULT_MIN_RELEVANCE`].
-pub const DEFAULT_MIN_LEXICAL: f32 = 0.4;
+pub const DEFAULT_MIN_LEXICAL: f32 = 0.56;
 /// Default answer strategy: on the dev splits of the three public QA sets, quoting the best
 /// source sentence answered as often as the 135M decoder with every sentence checked (and the
 /// extract fallback), without its seconds of prefill (BENCHMARKS.md).
@@ -168,7 +168,7 @@ pub const DEFAULT_MAX_TOKENS: usize = 160;
 /// [`DEFAULT_MIN_LEXICAL`] on the dev splits of four QA sets (`tests/data/qa-dev`,
 /// `tests/data/answers/*/dev.jsonl`): no answerable question refused on any of them, the most
 /// off-topic ones refused (BENCHMARKS.md).
-pub const DEFAULT_MIN_RELEVANCE: f32 = 0.5;
+pub const DEFAULT_MIN_RELEVANCE: f32 = 0.49;
 
 /// A previous exchange in the conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -20,9 +20,14 @@ pub struct QueryTerms {
 }
 
 impl QueryTerms {
-    /// The analyzed terms of `question` weighted by their rarity in `collection`.
+    /// The analyzed terms of `question` weighted by their rarity in `collection`; the words
+    /// that make it a question ("what", "does", "how") are not terms: documents rarely contain
+    /// them, so they would weigh as much as the rarest name.
     pub fn new(collection: &Collection, question: &str) -> Result<Self> {
-        let mut terms: Vec<String> = ragd_store::analyze(question);
+        let mut terms: Vec<String> = ragd_store::analyze(question)
+            .into_iter()
+            .filter(|t| !QUESTION_WORDS.contains(&t.as_str()))
+            .collect();
         terms.sort_unstable();
         terms.dedup();
         let (n, freqs) = collection.doc_freqs(&terms)?;
@@ -82,6 +87,12 @@ impl QueryTerms {
         hit / self.total
     }
 }
+
+/// Interrogatives and auxiliaries as the analyzer stems them.
+const QUESTION_WORDS: &[&str] = &[
+    "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "doe", "do", "did",
+    "can", "could", "would", "should", "ha", "has", "have", "had", "been", "mani", "much",
+];
 
 /// BM25's inverse document frequency (Lucene's form, never negative).
 fn idf(n: u64, df: u64) -> f32 {
@@ -418,6 +429,17 @@ mod tests {
             "It opened in 1874"
         );
         assert_eq!(claim_text("3) see [x] here"), "see [x] here");
+    }
+
+    #[test]
+    fn question_words_are_not_terms() {
+        let stems = ragd_store::analyze("What does it do, how many, which one has had it?");
+        assert!(
+            stems
+                .iter()
+                .all(|t| QUESTION_WORDS.contains(&t.as_str()) || t == "one"),
+            "{stems:?}"
+        );
     }
 
     #[test]
