@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn analyzed_terms_and_their_document_frequencies() {
         assert_eq!(
-            analyze("The Proteins were folded, PEFT!"),
+            analyze("The Proteins are folded, PEFT!"),
             ["protein", "fold", "peft"]
         );
         let dir = tempfile::tempdir().unwrap();
