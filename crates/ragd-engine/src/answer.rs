@@ -264,7 +264,8 @@ pub struct Citation {
 pub struct AnswerUsage {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
-    /// From the request to the first token of the answer (retrieval and queueing included).
+    /// From the request to the first text of the answer (retrieval and queueing included; for an
+    /// extract, when the quote is ready).
     pub time_to_first_token_ms: f64,
     /// Decoding speed after the first token.
     pub decode_tokens_per_s: f64,
@@ -775,6 +776,8 @@ impl Prepared {
         let (citations, _) = resolve(&text, &markers, &self.sources);
         let mut usage = self.usage.clone();
         usage.total_ms = ms(self.started);
+        // The quote is the first (and only) text the caller receives.
+        usage.time_to_first_token_ms = usage.total_ms;
         usage.sources = self.sources.len();
         Some(Answer {
             answer: text,
@@ -1029,6 +1032,7 @@ impl AnswerStream {
         usage.total_ms = ms(self.started);
         match fallback {
             Some(mut a) => {
+                usage.time_to_first_token_ms = usage.total_ms;
                 a.usage = usage;
                 a.finish = Some(finish);
                 a.dropped_markers = dropped;
