@@ -154,9 +154,11 @@ fn extracts_on_the_qa_set_and_an_unseen_markdown_set_meet_the_floors() {
 }
 
 // Floors under the rates measured on this machine (greedy decoding is deterministic; the
-// margin absorbs floating-point differences across CPUs). Measured: generate on tests/data/qa
-// 60.0% correct and cited, 50% unanswerable refused, 3.3% answerable refused; extract 53.3%,
-// 70%, 6.7%; extract on the markdown test split 51.1% correct and cited, 80% refused.
+// margin absorbs floating-point differences across CPUs). Measured with the gate at 0.5 / 0.4
+// before its final calibration: generate on tests/data/qa 60.0% correct and cited, 50%
+// unanswerable refused, 3.3% answerable refused; extract 53.3%, 70%, 6.7%; extract on the
+// markdown test split 51.1% correct and cited, 80% refused (48.9% and 86.7% with the final gate,
+// BENCHMARKS.md).
 const FLOOR_GEN_REFUSED: f64 = 0.4;
 const FLOOR_GEN_CORRECT_CITED: f64 = 0.5;
 const CEIL_GEN_FALSE_REFUSALS: f64 = 0.15;
