@@ -411,6 +411,56 @@ struct Extract {
     score: f32,
 }
 
+impl Extract {
+    /// The quote as an answer, when it scores at least `min_extract`.
+    fn answer(
+        &self,
+        sources: &[Source],
+        min_extract: f32,
+        mut usage: AnswerUsage,
+        started: Instant,
+    ) -> Option<Answer> {
+        if self.score < min_extract {
+            return None;
+        }
+        let text = format!(
+            "\u{201c}{}\u{201d} [{}]",
+            quote_text(&self.text),
+            self.marker
+        );
+        let markers = crate::parse_citations(&text);
+        let (citations, _) = resolve(&text, &markers, sources);
+        usage.total_ms = ms(started);
+        // The quote is the first (and only) text the caller receives.
+        usage.time_to_first_token_ms = usage.total_ms;
+        usage.sources = sources.len();
+        Some(Answer {
+            answer: text,
+            kind: AnswerKind::Extract,
+            support: vec![SentenceSupport {
+                sentence: self.text.clone(),
+                supported: true,
+                score: self.score,
+                marker: Some(self.marker),
+                document_id: Some(self.document_id.clone()),
+                start: self.start,
+                end: self.end,
+                missing: Vec::new(),
+                on_question: true,
+            }],
+            refused: false,
+            cited: !citations.is_empty(),
+            citations,
+            dropped_markers: 0,
+            sources: sources.to_vec(),
+            finish: None,
+            unsupported_draft: None,
+            grounding: None,
+            usage,
+        })
+    }
+}
+
 /// A retrieved chunk that passed the gate, with the window of it that will be packed.
 #[derive(Debug)]
 struct Candidate {
@@ -735,11 +785,6 @@ impl Prepared {
             .is_some_and(|a| a.kind == AnswerKind::Refusal)
     }
 
-    /// True when the answer is complete without the decoder.
-    pub fn is_ready(&self) -> bool {
-        self.ready.is_some()
-    }
-
     /// The chat messages the decoder will see (empty when it is not called).
     pub fn messages(&self) -> &[ChatMessage] {
         &self.messages
@@ -767,42 +812,12 @@ impl Prepared {
 
     /// The extract as an answer, when one scores at least the threshold.
     fn extract_answer(&self) -> Option<Answer> {
-        let x = self
-            .extract
-            .as_ref()
-            .filter(|x| x.score >= self.config.min_extract)?;
-        let text = format!("\u{201c}{}\u{201d} [{}]", quote_text(&x.text), x.marker);
-        let markers = crate::parse_citations(&text);
-        let (citations, _) = resolve(&text, &markers, &self.sources);
-        let mut usage = self.usage.clone();
-        usage.total_ms = ms(self.started);
-        // The quote is the first (and only) text the caller receives.
-        usage.time_to_first_token_ms = usage.total_ms;
-        usage.sources = self.sources.len();
-        Some(Answer {
-            answer: text,
-            kind: AnswerKind::Extract,
-            support: vec![SentenceSupport {
-                sentence: x.text.clone(),
-                supported: true,
-                score: x.score,
-                marker: Some(x.marker),
-                document_id: Some(x.document_id.clone()),
-                start: x.start,
-                end: x.end,
-                missing: Vec::new(),
-                on_question: true,
-            }],
-            refused: false,
-            cited: !citations.is_empty(),
-            citations,
-            dropped_markers: 0,
-            sources: self.sources.clone(),
-            finish: None,
-            unsupported_draft: None,
-            grounding: None,
-            usage,
-        })
+        self.extract.as_ref()?.answer(
+            &self.sources,
+            self.config.min_extract,
+            self.usage.clone(),
+            self.started,
+        )
     }
 
     /// Queues the prompt on the decoder (fails at once when its queue is full). An answer made
@@ -852,21 +867,6 @@ impl Prepared {
         let mut usage = self.usage;
         usage.prompt_tokens = self.prompt_tokens;
         usage.sources = self.sources.len();
-        let extract = self.extract.is_some().then(|| {
-            // Only the extract is needed from here on.
-            Prepared {
-                sources: self.sources.clone(),
-                ready: None,
-                extract: self.extract.take(),
-                ranked: Vec::new(),
-                messages: Vec::new(),
-                prompt_tokens: 0,
-                request: AnswerRequest::new(""),
-                usage: usage.clone(),
-                started: self.started,
-                config: self.config.clone(),
-            }
-        });
         Ok(AnswerStream {
             inner: Inner::Generating(generation),
             pending: VecDeque::new(),
@@ -876,7 +876,7 @@ impl Prepared {
                 self.config,
                 self.ranked,
             ),
-            extract: extract.map(Box::new),
+            extract: self.extract,
             parser: CitationParser::new(),
             markers: Vec::new(),
             usage,
@@ -905,8 +905,8 @@ pub struct AnswerStream {
     inner: Inner,
     pending: VecDeque<AnswerEvent>,
     draft: Draft,
-    /// The extract to fall back on (with the sources and settings it needs).
-    extract: Option<Box<Prepared>>,
+    /// The extract to fall back on.
+    extract: Option<Extract>,
     parser: CitationParser,
     markers: Vec<Marker>,
     usage: AnswerUsage,
@@ -1028,12 +1028,13 @@ impl AnswerStream {
         }
         let draft = (!d.raw.trim().is_empty()).then(|| d.raw.clone());
         let support = d.support.clone();
-        let fallback = self.extract.as_ref().and_then(|p| p.extract_answer());
+        let fallback = self
+            .extract
+            .as_ref()
+            .and_then(|x| x.answer(&sources, d.config.min_extract, usage.clone(), self.started));
         usage.total_ms = ms(self.started);
         match fallback {
             Some(mut a) => {
-                usage.time_to_first_token_ms = usage.total_ms;
-                a.usage = usage;
                 a.finish = Some(finish);
                 a.dropped_markers = dropped;
                 a.unsupported_draft = draft;
