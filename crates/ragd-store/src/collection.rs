@@ -174,6 +174,15 @@ impl Collection {
             recovery: Recovery::default(),
         };
         c.recover(&settings)?;
+        // Never serve derived indexes that disagree with the DocStore: whatever the cause (a
+        // crash at an unforeseen point, a bug), they are rebuilt from it.
+        if !c.recovery.rebuilt {
+            if let Err(e) = c.verify() {
+                tracing::warn!(collection = %c.name, error = %e, "derived indexes disagree with the docstore; rebuilding them from it");
+                c.rebuild(|_, _| {})?;
+                c.recovery.rebuilt = true;
+            }
+        }
         c.remove_stale_dirs(current);
         Ok(c)
     }
@@ -362,8 +371,17 @@ impl Collection {
         let live = self.live();
         let dim = self.store.settings()?.dim;
         let t0 = Instant::now();
+        let behind = live.applied_seq();
         let (outcomes, ops) = self.store.write(batch, dim)?;
         let commit_seconds = t0.elapsed().as_secs_f64();
+        // Entries written to the DocStore only (a re-chunking rebuild in progress) lie between
+        // what the live generation applied and this batch. They are applied first, in order: the
+        // applied sequence must never pass an entry it skipped, because a checkpoint prunes the
+        // log up to it and nothing would replay the skipped entries after a crash.
+        let ops = match ops.first() {
+            Some(first) if first.seq > behind + 1 => self.store.log_after(behind)?,
+            _ => ops,
+        };
         // The batch is durable now. Should applying it fail, the generation stays behind and the
         // next open replays the log; the caller's documents are safe either way.
         if let Err(e) = apply(&self.store, &live, &ops) {

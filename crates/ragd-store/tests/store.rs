@@ -222,3 +222,70 @@ fn leftovers_of_an_interrupted_rebuild_are_ignored_and_removed() {
     c.verify().unwrap();
     assert!(!d.join("c/.building-2").exists() && !d.join("c/gen-2").exists());
 }
+
+/// A write during a re-chunking rebuild (which writes the DocStore only) applies the entries the
+/// rebuild left behind before its own, so the checkpoint that follows prunes nothing unapplied:
+/// after a crash the indexes still match the DocStore (issue: 1548 BM25 chunks for 2088).
+#[test]
+fn a_write_during_a_docstore_only_phase_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    c.write(docs(0..10)).unwrap();
+    c.checkpoint().unwrap();
+    // The rebuild's re-chunked documents, then a client's upsert before the rebuild switches.
+    c.write_docstore_only(docs(10..20)).unwrap();
+    c.write(docs(20..25)).unwrap();
+    c.checkpoint().unwrap();
+    c.verify().unwrap();
+    assert_eq!(c.search_lexical("word15", 1).unwrap().len(), 1);
+    // The process dies here (before the rebuild's switch): the reopened collection is whole
+    // without needing a repair.
+    drop(c);
+    let c = open(d);
+    assert!(!c.recovery().rebuilt);
+    c.verify().unwrap();
+    for i in [5, 15, 22] {
+        let hits = c.search_lexical(&format!("word{i}"), 1).unwrap();
+        assert_eq!(hits.len(), 1, "word{i}");
+    }
+}
+
+/// Derived indexes that disagree with the DocStore on open (here: a generation restored from
+/// before later, already pruned writes) are rebuilt from it, never served.
+#[test]
+fn indexes_that_disagree_with_the_docstore_are_rebuilt_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Collection::create(d, "c", &settings()).unwrap();
+    c.write(docs(0..10)).unwrap();
+    c.checkpoint().unwrap();
+    drop(c);
+    let saved = tempfile::tempdir().unwrap();
+    copy_dir(&d.join("c/gen-1"), saved.path());
+    let c = open(d);
+    c.write(docs(10..20)).unwrap();
+    c.checkpoint().unwrap();
+    drop(c);
+    // The old generation put back: it believes it is current but lacks ten documents, and the
+    // log that held them was pruned.
+    std::fs::remove_dir_all(d.join("c/gen-1")).unwrap();
+    copy_dir(saved.path(), &d.join("c/gen-1"));
+    let c = open(d);
+    assert!(c.recovery().rebuilt);
+    c.verify().unwrap();
+    assert_eq!(c.search_lexical("word15", 1).unwrap().len(), 1);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
