@@ -86,21 +86,30 @@ pub(crate) fn list(r: &Remote, json: bool) -> Result<()> {
             .map_err(status)?
             .into_inner();
     if json {
-        let rows: Vec<_> = resp
+        let mut rows: Vec<_> = resp
             .collections
             .iter()
             .map(|c| {
                 json!({"name": c.name, "documents": c.documents, "chunks": c.chunks,
                     "generation": c.generation, "bytes": c.bytes})
             })
+            .chain(
+                resp.unavailable
+                    .iter()
+                    .map(|u| json!({"name": u.name, "error": u.reason})),
+            )
             .collect();
+        rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         return crate::collections::print_json(&json!({ "collections": rows }));
     }
-    if resp.collections.is_empty() {
+    if resp.collections.is_empty() && resp.unavailable.is_empty() {
         println!("no collections on the server");
     }
     for c in &resp.collections {
         crate::collections::print_row(&c.name, c.documents, c.chunks, c.generation, c.bytes);
+    }
+    for u in &resp.unavailable {
+        println!("{:<24} unavailable: {}", u.name, u.reason);
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! so that the CLI's client mode converts metadata the same way.
 
 use crate::error::{Error, invalid};
-use ragd_core::Metadata;
+use ragd_core::{ErrorKind, Metadata};
 use ragd_engine::{
     Answer, AnswerKind, AnswerRequest, Citation, DocResult, Format, Fusion, Hit, Mode, ParsedDoc,
     SearchParams, Source, Turn,
@@ -258,6 +258,16 @@ pub fn collection(s: CollectionStats) -> pb::Collection {
         bytes: s.bytes,
         sequence: s.seq,
     }
+}
+
+/// A collection that could not be opened, with a reason that names the kind of failure but no
+/// internals (paths, OS errors: those go to the server log).
+pub fn unavailable(name: String, e: &Error) -> pb::UnavailableCollection {
+    let reason = match e.kind() {
+        ErrorKind::Internal => "damaged or unreadable (see the server log)".to_string(),
+        _ => e.to_string(),
+    };
+    pb::UnavailableCollection { name, reason }
 }
 
 /// An AskRequest → the engine's request (deadline set by the caller).

@@ -205,7 +205,10 @@ impl Bound {
             .build_v1alpha()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-        let mut builder = Server::builder().layer(MetricsLayer(state.metrics.clone()));
+        let mut builder = Server::builder().layer(MetricsLayer {
+            metrics: state.metrics.clone(),
+            methods: Arc::new(metrics::served_methods()),
+        });
         if !settings.tls.cert.as_os_str().is_empty() {
             let read = |p: &std::path::Path| {
                 std::fs::read(p).map_err(|source| StartError::Io {
@@ -341,16 +344,22 @@ impl Interceptor for ApiKeys {
 }
 
 /// Counts every RPC by method and status code and times it (to the response headers, i.e.
-/// the whole call for unary RPCs and the first message for streams).
+/// the whole call for unary RPCs and the first message for streams). The method label is one of
+/// the methods the server serves, or `other`: a client sending made-up paths (authenticated or
+/// not: this layer runs before auth and routing) cannot grow the label set.
 #[derive(Clone)]
-struct MetricsLayer(Metrics);
+struct MetricsLayer {
+    metrics: Metrics,
+    methods: Arc<std::collections::HashSet<String>>,
+}
 
 impl<S> tower_layer::Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         MetricsService {
             inner,
-            metrics: self.0.clone(),
+            metrics: self.metrics.clone(),
+            methods: Arc::clone(&self.methods),
         }
     }
 }
@@ -359,6 +368,7 @@ impl<S> tower_layer::Layer<S> for MetricsLayer {
 struct MetricsService<S> {
     inner: S,
     metrics: Metrics,
+    methods: Arc<std::collections::HashSet<String>>,
 }
 
 impl<S, B, R> tower_service::Service<http::Request<B>> for MetricsService<S>
@@ -375,7 +385,12 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let path = req.uri().path();
+        let method = if self.methods.contains(path) {
+            path.to_string()
+        } else {
+            metrics::OTHER_METHOD.to_string()
+        };
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);

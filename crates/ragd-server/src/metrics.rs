@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use prost::Message as _;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Labels of an RPC outcome.
@@ -21,6 +23,41 @@ pub struct RpcLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
+}
+
+/// The `method` label of calls to paths the server does not serve.
+pub const OTHER_METHOD: &str = "other";
+
+/// Every RPC path the server serves (`/ragd.v1.Search/Search`, health, both reflection versions),
+/// read from the descriptor sets it registers: the values the `method` label may take.
+pub fn served_methods() -> HashSet<String> {
+    let sets = [
+        ragd_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut out = HashSet::new();
+    for bytes in sets {
+        // Compiled into the binary by the build: a set that does not decode is a build bug, and
+        // its methods are then simply counted as `other`.
+        let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else {
+            continue;
+        };
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    out.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Every metric the server exports. Cheap to clone (all handles are shared).
@@ -149,4 +186,25 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_method_label_takes_only_served_methods() {
+        let m = served_methods();
+        for path in [
+            "/ragd.v1.Search/Search",
+            "/ragd.v1.Answer/AskStream",
+            "/ragd.v1.Documents/IngestStream",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(m.contains(path), "{path} missing from {m:?}");
+        }
+        assert!(!m.contains("/ragd.v1.Search/Nope") && m.len() < 64, "{m:?}");
+    }
 }

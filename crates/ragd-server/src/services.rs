@@ -24,14 +24,24 @@ pub struct Services {
     pub state: Arc<State>,
 }
 
-/// Every collection on disk with its counts, sorted by name.
-fn all_collections(s: &State) -> Result<Vec<pb::Collection>, Error> {
+/// Every collection on disk with its counts, and those that cannot be opened, each sorted by
+/// name: one damaged collection never hides the others.
+fn all_collections(
+    s: &State,
+) -> Result<(Vec<pb::Collection>, Vec<pb::UnavailableCollection>), Error> {
     let mut names = s.names()?;
     names.sort();
-    names
-        .iter()
-        .map(|n| Ok(convert::collection(s.collection(n)?.stats()?)))
-        .collect()
+    let (mut open, mut unavailable) = (Vec::new(), Vec::new());
+    for name in names {
+        match s.collection(&name).and_then(|c| Ok(c.stats()?)) {
+            Ok(stats) => open.push(convert::collection(stats)),
+            Err(e) => {
+                tracing::error!(collection = %name, error = %e, "collection unavailable");
+                unavailable.push(convert::unavailable(name, &e));
+            }
+        }
+    }
+    Ok((open, unavailable))
 }
 
 /// The collection an ingest stream writes to: named by its first message, never changed.
@@ -117,8 +127,10 @@ impl pb::collections_server::Collections for Services {
         let out = self
             .state
             .blocking(|s| {
+                let (collections, unavailable) = all_collections(s)?;
                 Ok(pb::ListCollectionsResponse {
-                    collections: all_collections(s)?,
+                    collections,
+                    unavailable,
                 })
             })
             .await?;
@@ -610,7 +622,7 @@ impl pb::admin_server::Admin for Services {
         let out = self
             .state
             .blocking(|s| {
-                let collections = all_collections(s)?;
+                let (collections, unavailable_collections) = all_collections(s)?;
                 Ok(pb::InfoResponse {
                     version: env!("CARGO_PKG_VERSION").to_string(),
                     models: vec![
@@ -624,6 +636,7 @@ impl pb::admin_server::Admin for Services {
                         },
                     ],
                     collections,
+                    unavailable_collections,
                 })
             })
             .await?;

@@ -10,7 +10,7 @@ use ragd_engine::AnswerConfig;
 use ragd_models::{EmbedderHandle, Generator};
 use ragd_store::Collection;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{Semaphore, watch};
 
 /// Shared server state.
@@ -112,32 +112,38 @@ impl State {
 
     /// The open collection `name`, opening it on first use (NOT_FOUND when absent).
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>, Error> {
-        if let Some(c) = self
-            .collections
-            .read()
-            .ok()
-            .and_then(|m| m.get(name).cloned())
-        {
+        if let Some(c) = self.open_map().get(name).cloned() {
             return Ok(c);
         }
-        let _l = self
-            .lifecycle
-            .lock()
-            .map_err(|_| Error::Worker("lock poisoned".into()))?;
-        if let Some(c) = self
-            .collections
-            .read()
-            .ok()
-            .and_then(|m| m.get(name).cloned())
-        {
+        let _l = self.lifecycle();
+        if let Some(c) = self.open_map().get(name).cloned() {
             return Ok(c);
         }
         let c = Arc::new(Collection::open(&self.settings.data_dir, name)?);
         ragd_engine::check_encoder(&c.settings()?, &self.embedder)?;
-        if let Ok(mut m) = self.collections.write() {
-            m.insert(name.to_string(), Arc::clone(&c));
-        }
+        self.open_map_mut().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
+    }
+
+    // The lifecycle lock and the map guard no invariant a panic could break halfway (a panic
+    // while opening a damaged collection is caught in the store anyway), so a poisoned lock is
+    // taken as it is: one failed request never disables the others.
+    fn lifecycle(&self) -> MutexGuard<'_, ()> {
+        self.lifecycle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open_map(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Collection>>> {
+        self.collections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open_map_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Collection>>> {
+        self.collections
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Creates a collection with the server's encoder.
@@ -146,28 +152,16 @@ impl State {
         name: &str,
         settings: &ragd_store::CollectionSettings,
     ) -> Result<Arc<Collection>, Error> {
-        let _l = self
-            .lifecycle
-            .lock()
-            .map_err(|_| Error::Worker("lock poisoned".into()))?;
+        let _l = self.lifecycle();
         let c = Arc::new(Collection::create(&self.settings.data_dir, name, settings)?);
-        if let Ok(mut m) = self.collections.write() {
-            m.insert(name.to_string(), Arc::clone(&c));
-        }
+        self.open_map_mut().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
     /// Deletes a collection (requests holding it finish on their open handle).
     pub fn delete(&self, name: &str) -> Result<(), Error> {
-        let _l = self
-            .lifecycle
-            .lock()
-            .map_err(|_| Error::Worker("lock poisoned".into()))?;
-        let removed = self
-            .collections
-            .write()
-            .ok()
-            .and_then(|mut m| m.remove(name));
+        let _l = self.lifecycle();
+        let removed = self.open_map_mut().remove(name);
         drop(removed);
         Collection::delete(&self.settings.data_dir, name)?;
         Ok(())
@@ -180,11 +174,7 @@ impl State {
 
     /// Checkpoints every open collection that has unsaved writes.
     pub fn checkpoint_all(&self) {
-        let open: Vec<Arc<Collection>> = self
-            .collections
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let open: Vec<Arc<Collection>> = self.open_map().values().cloned().collect();
         for c in open {
             if let Err(e) = c.checkpoint() {
                 tracing::error!(collection = c.name(), error = %e, "checkpoint failed");

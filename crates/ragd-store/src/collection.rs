@@ -154,8 +154,24 @@ impl Collection {
 
     /// Opens collection `name`, loads its live generation and replays any DocStore writes the
     /// generation has not checkpointed (or rebuilds it from the DocStore when it cannot replay).
+    ///
+    /// A damaged file can make a dependency panic rather than fail (a tantivy assertion, redb's
+    /// `unreachable!`): the panic is caught here and becomes this collection's `Corrupt` error,
+    /// so it never crosses into the caller (a server's other collections, its locks).
     pub fn open(data_dir: &Path, name: &str) -> Result<Self> {
         validate_name(name)?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_unguarded(data_dir, name)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Corrupt {
+                path: data_dir.join(name),
+                reason: format!("damaged: opening it failed with {}", panic_message(&*panic)),
+            })
+        })
+    }
+
+    fn open_unguarded(data_dir: &Path, name: &str) -> Result<Self> {
         let dir = data_dir.join(name);
         if !dir.join(DOCSTORE).is_file() {
             return Err(Error::CollectionNotFound(name.into()));
@@ -261,8 +277,15 @@ impl Collection {
         if !dir.join(DOCSTORE).is_file() {
             return Err(Error::CollectionNotFound(name.into()));
         }
-        // Holding the DocStore lock proves nobody else is using it.
-        let lock = DocStore::open(&dir.join(DOCSTORE), name)?;
+        // Holding the DocStore lock proves nobody else is using it. redb takes its file lock
+        // before it reads anything, so a DocStore too damaged to open (an error or a panic) is
+        // not in use by anyone either: a damaged collection can still be deleted.
+        let path = dir.join(DOCSTORE);
+        let lock = match std::panic::catch_unwind(|| DocStore::open(&path, name)) {
+            Ok(Ok(store)) => Some(store),
+            Ok(Err(Error::InUse(n))) => return Err(Error::InUse(n)),
+            Ok(Err(_)) | Err(_) => None,
+        };
         let aside = data_dir.join(format!(".deleting-{name}-{}", std::process::id()));
         std::fs::rename(&dir, &aside).map_err(Error::io(format!("deleting {}", dir.display())))?;
         drop(lock);
@@ -628,6 +651,16 @@ impl Collection {
         let m = live.manifest.lock().map(|m| m.clone());
         m.unwrap_or_else(|p| p.into_inner().clone())
     }
+}
+
+/// The message a panic carried (`&str` or `String` payloads), for an error.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    format!("a panic ({})", msg.chars().take(200).collect::<String>())
 }
 
 fn verify_fresh(g: &Generation, chunks: u64, seq: u64) -> Result<()> {
