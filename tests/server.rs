@@ -1092,3 +1092,74 @@ async fn a_damaged_collection_does_not_break_the_others() {
     assert!(listed.unavailable.is_empty());
     srv.stop().await;
 }
+
+/// A long upsert whose caller gives up stops on the server too: with one worker, the next call
+/// is served at once instead of after the abandoned job (a nested-list upload used to run for
+/// over 1,000 CPU-seconds past its caller's deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upsert_stops_on_the_server() {
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.limits.workers = 1;
+    })
+    .await;
+    srv.collections()
+        .create(pb::CreateCollectionRequest {
+            name: "j".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    srv.documents()
+        .upsert(pb::UpsertRequest {
+            collection: "j".into(),
+            documents: qa_docs(),
+        })
+        .await
+        .unwrap();
+    // ~5 MB of distinct sentences: thousands of chunks, minutes of embedding on a small machine.
+    let text: String = (0..100_000)
+        .map(|i| format!("Sentence {i} mentions item{i} and topic{}. ", i % 97))
+        .collect();
+    let mut req = Request::new(pb::UpsertRequest {
+        collection: "j".into(),
+        documents: vec![pb::DocumentInput {
+            id: "big".into(),
+            content: text.into_bytes(),
+            format: pb::DocumentFormat::Text as i32,
+            ..Default::default()
+        }],
+    });
+    req.set_timeout(Duration::from_secs(2));
+    let err = srv.documents().upsert(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // The one worker is free again within one embedding slice: a search is answered promptly.
+    let t = std::time::Instant::now();
+    let hits = srv
+        .search()
+        .search(search_req("j", "Kessel Bridge", pb::SearchMode::Hybrid))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(!hits.is_empty());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the abandoned job held the worker for {:?}",
+        t.elapsed()
+    );
+    let stats = srv
+        .collections()
+        .get(pb::GetCollectionRequest { name: "j".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats.documents,
+        qa_docs().len() as u64,
+        "the big document was stored"
+    );
+    srv.stop().await;
+}

@@ -454,6 +454,7 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
         },
         batch_documents: a.batch,
         checkpoint_every: Duration::from_secs(a.checkpoint_every),
+        ..IngestOptions::default()
     };
     let ingestor = Ingestor::new(&collection, &embedder, opts)?;
     let mut sink = Bar(bar(a.json));
@@ -554,6 +555,7 @@ pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
                 .apply(c.settings().map(|s| s.chunking).unwrap_or_default())
         }),
         batch_documents: 64,
+        ..RebuildOptions::default()
     };
     let pb = bar(a.json);
     let summary = ragd_engine::rebuild(

@@ -58,13 +58,17 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         .max_blocking_threads(settings.limits.max_inflight.clamp(4, 512))
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         // Handlers first: a SIGTERM sent as soon as `listening on` appears must find them.
         let stop = shutdown_signal()?;
         let bound = ragd_server::bind(settings).await?;
         bound.serve(stop).await?;
         anyhow::Ok(())
-    })
+    });
+    // Serving is over and every job was told to stop; a blocking task that has not noticed yet
+    // does not hold the process (what it had not committed was never acknowledged).
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on either.

@@ -1067,3 +1067,38 @@ fn python_example_client_ingests_and_asks() {
     let (code, log) = served.terminate();
     assert!(code.success(), "exit {code:?}; log:\n{log}");
 }
+
+/// SIGTERM during a long ingest: the server stops its job when the grace period ends and the
+/// process exits, instead of running on until the job is done (it used to log "stopped" and keep
+/// running for minutes).
+#[test]
+fn sigterm_during_a_long_ingest_exits_within_the_grace_period() {
+    let data = tempfile::tempdir().unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    // ~5 MB of distinct sentences: minutes of embedding on a small machine.
+    let text: String = (0..100_000)
+        .map(|i| format!("Sentence {i} mentions item{i} and topic{}. ", i % 97))
+        .collect();
+    let file = docs.path().join("big.txt");
+    std::fs::write(&file, text).unwrap();
+    let served = Served::start(data.path(), None);
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args(["ingest", "--server", &served.url(), "--collection", "big"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let t = std::time::Instant::now();
+    let (code, log) = served.terminate();
+    let took = t.elapsed();
+    let _ = ingest.kill();
+    let _ = ingest.wait();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    // Grace period 10 s, then the job stops within one embedding slice.
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "exited {took:?} after SIGTERM; log:\n{log}"
+    );
+}

@@ -17,6 +17,12 @@ pub enum Error {
     /// A model failed.
     #[error(transparent)]
     Model(#[from] ragd_models::Error),
+    /// The job was stopped: its caller left or the server is stopping.
+    #[error("the job was stopped (its caller left or the server is stopping)")]
+    Cancelled,
+    /// The job ran past its caller's deadline and was stopped.
+    #[error("the deadline passed before the job finished")]
+    DeadlineExceeded,
     /// Reading input failed.
     #[error("{context}: {source}")]
     Io {
@@ -34,6 +40,8 @@ impl Error {
             Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::Store(e) => e.kind(),
             Self::Model(e) => e.kind(),
+            Self::Cancelled => ErrorKind::Unavailable,
+            Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Self::Io { .. } => ErrorKind::Internal,
         }
     }

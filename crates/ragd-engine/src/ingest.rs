@@ -6,6 +6,7 @@
 //! checkpoint interval of index work on the next open. Runs on the caller's thread; the encoder's
 //! GEMMs use rayon's pool.
 
+use crate::cancel::Cancel;
 use crate::chunk::{Chunker, embed_text};
 use crate::error::Result;
 use crate::parse::{
@@ -18,6 +19,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Chunks per encoder call within a batch (a cancelled ingest stops after at most one).
+const EMBED_SLICE: usize = 256;
+
 /// Ingest knobs.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -27,6 +31,9 @@ pub struct IngestOptions {
     pub batch_documents: usize,
     /// Checkpoint the derived indexes at least this often.
     pub checkpoint_every: Duration,
+    /// Stops the ingest between documents (and inside a long document's chunking): batches
+    /// already committed stay acknowledged, the rest is not written.
+    pub cancel: Cancel,
 }
 
 impl Default for IngestOptions {
@@ -35,6 +42,7 @@ impl Default for IngestOptions {
             sources: SourceOptions::default(),
             batch_documents: 64,
             checkpoint_every: Duration::from_secs(60),
+            cancel: Cancel::default(),
         }
     }
 }
@@ -280,7 +288,11 @@ impl<'r, 'a> Run<'r, 'a> {
                 continue;
             }
             positions.push((i, p.doc.id.clone()));
-            let chunks = ing.chunker.chunk(&p.doc.title, &p.doc.text, p.markdown)?;
+            let cancel = &ing.opts.cancel;
+            cancel.check()?;
+            let chunks = ing
+                .chunker
+                .chunk_until(&p.doc.title, &p.doc.text, p.markdown, cancel)?;
             work.push((p, chunks));
         }
         phases.chunk += t.elapsed().as_secs_f64();
@@ -293,7 +305,15 @@ impl<'r, 'a> Run<'r, 'a> {
                 chunks.iter().map(move |c| embed_text(prefix, &c.text))
             })
             .collect();
-        let mut embeddings = ing.embedder.encode(texts)?.into_iter();
+        // In slices, so that a cancelled job stops within one slice's forward passes.
+        let mut embedded = Vec::with_capacity(texts.len());
+        let mut texts = texts.into_iter().peekable();
+        while texts.peek().is_some() {
+            ing.opts.cancel.check()?;
+            let slice: Vec<String> = texts.by_ref().take(EMBED_SLICE).collect();
+            embedded.extend(ing.embedder.encode(slice)?);
+        }
+        let mut embeddings = embedded.into_iter();
         phases.embed += t.elapsed().as_secs_f64();
 
         let mut writes = Vec::with_capacity(work.len());

@@ -6,6 +6,7 @@
 //! a server calls it from a blocking pool, never from an async worker.
 
 mod answer;
+mod cancel;
 mod chunk;
 mod cite;
 mod error;
@@ -24,6 +25,7 @@ pub use answer::{
     DEFAULT_STRATEGY, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, SentenceSupport, Source,
     Strategy, Turn, Unsupported, retrieval_query,
 };
+pub use cancel::Cancel;
 pub use chunk::{Chunker, embed_text};
 pub use cite::{CitationParser, Marker, parse_citations};
 pub use error::{Error, Result};

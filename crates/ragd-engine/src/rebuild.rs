@@ -6,6 +6,7 @@
 //! through ordinary logged writes: if the process dies midway, the collection still opens
 //! consistent (the log replays into the old generation) and the rebuild can simply be rerun.
 
+use crate::cancel::Cancel;
 use crate::chunk::{Chunker, embed_text};
 use crate::error::{Error, Result};
 use ragd_core::{ChunkSpan, DocumentInput};
@@ -26,6 +27,9 @@ pub struct RebuildOptions {
     pub chunking: Option<ChunkSettings>,
     /// Documents per DocStore transaction.
     pub batch_documents: usize,
+    /// Stops the re-chunking/re-embedding pass between documents; what it wrote so far is
+    /// ordinary logged writes (the collection stays consistent) and the rebuild can be rerun.
+    pub cancel: Cancel,
 }
 
 /// `ragd rebuild --json`.
@@ -90,8 +94,9 @@ pub fn rebuild(
                     metadata: rec.metadata,
                 };
                 let markdown = doc.source.ends_with(".md") || doc.source.ends_with(".markdown");
+                opts.cancel.check()?;
                 let spans: Vec<ChunkSpan> = if rechunk {
-                    chunker.chunk(&doc.title, &doc.text, markdown)?
+                    chunker.chunk_until(&doc.title, &doc.text, markdown, &opts.cancel)?
                 } else {
                     old_chunks.iter().map(|(_, c)| c.span.clone()).collect()
                 };

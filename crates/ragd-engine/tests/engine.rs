@@ -3,12 +3,15 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use ragd_engine::{Chunker, IngestOptions, Ingestor, ParsedDoc, RebuildOptions, embed_text};
+use ragd_engine::{
+    Cancel, Chunker, IngestOptions, Ingestor, ParsedDoc, RebuildOptions, embed_text,
+};
 use ragd_models::Embedder;
 use ragd_models::registry::{self, DEFAULT_ENCODER};
 use ragd_store::{ChunkSettings, Collection, DocWrite};
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 fn embedder() -> &'static Embedder {
     static E: OnceLock<Embedder> = OnceLock::new();
@@ -521,4 +524,74 @@ fn beir_evaluation_on_a_small_dataset() {
         "{v}"
     );
     assert_eq!(r.hnsw_recall_10, 1.0);
+}
+
+/// Deeply nested Markdown lists (each line one level deeper) made chunking quadratic: the
+/// splitter re-tokenized every candidate, and a 161 KB file took 79 s (30 s in this profile).
+/// The text is tokenized once now (measured here: 161 KB in 0.08 s, 4 MB in 2.5 s); and a
+/// cancelled job, or one past its deadline, stops chunking at once.
+#[test]
+fn nested_lists_chunk_in_bounded_time_and_chunking_stops_when_told() {
+    let c = chunker(256, 64, 16);
+    let nested =
+        |n: usize| -> String { (0..n).map(|i| format!("{}- a\n", "  ".repeat(i))).collect() };
+    let text = nested(400);
+    for markdown in [true, false] {
+        let t = Instant::now();
+        let chunks = c.chunk("", &text, markdown).unwrap();
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "161 KB of nested lists took {took:?}"
+        );
+        let (mut start, mut end) = (0, 0);
+        for ch in &chunks {
+            assert!(ch.start >= start && ch.end > end && ch.tokens <= 256);
+            assert_eq!(&text[ch.start..ch.end], ch.text);
+            (start, end) = (ch.start, ch.end);
+        }
+        assert_eq!(text[end..].trim(), "");
+    }
+    let cancelled = Cancel::new();
+    cancelled.cancel();
+    assert!(matches!(
+        c.chunk_until("", &text, true, &cancelled),
+        Err(ragd_engine::Error::Cancelled)
+    ));
+    let big = nested(2000);
+    let expired = Cancel::new().child(Some(Instant::now()));
+    let t = Instant::now();
+    assert!(matches!(
+        c.chunk_until("", &big, true, &expired),
+        Err(ragd_engine::Error::DeadlineExceeded)
+    ));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// An ingest whose token is cancelled writes nothing more and says why.
+#[test]
+fn a_cancelled_ingest_stops_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collection::create(dir.path(), "c", &ragd_engine::settings_for(embedder())).unwrap();
+    let cancel = Cancel::new();
+    cancel.cancel();
+    let opts = IngestOptions {
+        cancel,
+        ..ingestor_opts()
+    };
+    let docs = vec![ParsedDoc {
+        doc: ragd_core::DocumentInput {
+            id: "a".into(),
+            source: "a.txt".into(),
+            title: String::new(),
+            text: "Some text about bridges.".into(),
+            metadata: Default::default(),
+        },
+        markdown: false,
+    }];
+    let r = Ingestor::new(&c, embedder(), opts)
+        .unwrap()
+        .ingest_batch(docs);
+    assert!(matches!(r, Err(ragd_engine::Error::Cancelled)), "{r:?}");
+    assert_eq!(c.counts().unwrap().documents, 0);
 }

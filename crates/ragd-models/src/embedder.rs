@@ -23,6 +23,17 @@ pub struct Embedding {
     pub truncated: bool,
 }
 
+/// One word of a text as the tokenizer cut it: its byte range and its token count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordTokens {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// Tokens it became.
+    pub tokens: usize,
+}
+
 /// Counts tokens the way the encoder will see them; `Send + Sync + Clone`.
 #[derive(Debug, Clone)]
 pub struct TokenCounter {
@@ -38,6 +49,38 @@ impl TokenCounter {
             .encode(text, false)
             .map(|e| e.len())
             .unwrap_or(text.len())
+    }
+
+    /// The words of `text` as the tokenizer's pre-tokenizer cut them, in order, each with its
+    /// byte range in `text` and the tokens it became; `None` when the tokenizer fails or gives
+    /// tokens no word. One pass over the text: with it a chunker sizes any slice of the text
+    /// without tokenizing the slice again (see `ragd_engine`'s chunker).
+    pub fn words(&self, text: &str) -> Option<Vec<WordTokens>> {
+        let enc = self.tokenizer.encode(text, false).ok()?;
+        let mut out: Vec<WordTokens> = Vec::new();
+        let mut last = None;
+        for (word, &(start, end)) in enc.get_word_ids().iter().zip(enc.get_offsets()) {
+            let word = (*word)?;
+            match out.last_mut() {
+                Some(w) if last == Some(word) => {
+                    w.start = w.start.min(start);
+                    w.end = w.end.max(end);
+                    w.tokens += 1;
+                }
+                _ => out.push(WordTokens {
+                    start,
+                    end,
+                    tokens: 1,
+                }),
+            }
+            last = Some(word);
+        }
+        // Ordered, disjoint ranges on character boundaries, or nothing.
+        let ordered = out.windows(2).all(|p| p[0].end <= p[1].start);
+        let bounded = out.iter().all(|w| {
+            w.start < w.end && text.is_char_boundary(w.start) && text.is_char_boundary(w.end)
+        });
+        (ordered && bounded).then_some(out)
     }
 
     /// Special tokens the encoder adds to every input (`[CLS]` and `[SEP]` for BERT).

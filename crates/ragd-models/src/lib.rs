@@ -22,7 +22,8 @@ mod sampling;
 
 pub use bert::Pooling;
 pub use embedder::{
-    BatchOptions, Embedder, EmbedderHandle, Embedding, Encode, TokenCounter, plan_batches,
+    BatchOptions, Embedder, EmbedderHandle, Embedding, Encode, TokenCounter, WordTokens,
+    plan_batches,
 };
 pub use error::{Error, Result};
 pub use generator::{

@@ -304,6 +304,8 @@ impl Bound {
                 Ok(())
             }
         };
+        // Jobs still running (a long ingest, a rebuild) stop at their next check.
+        state.jobs.cancel();
         ticker.abort();
         if let Some(m) = metrics_task {
             m.abort();

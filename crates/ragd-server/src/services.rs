@@ -5,7 +5,9 @@
 use crate::convert;
 use crate::error::{Error, invalid};
 use crate::state::State;
-use ragd_engine::{AnswerEvent, Answerer, IngestOptions, Ingestor, RebuildOptions, Searcher};
+use ragd_engine::{
+    AnswerEvent, Answerer, Cancel, IngestOptions, Ingestor, RebuildOptions, Searcher,
+};
 use ragd_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -153,6 +155,7 @@ fn store_batch(
     s: &State,
     collection: &str,
     docs: Vec<pb::DocumentInput>,
+    cancel: &Cancel,
 ) -> Result<Vec<pb::DocumentResult>, Error> {
     let c = s.collection(collection)?;
     let max = s.settings.limits.max_document_bytes;
@@ -165,7 +168,11 @@ fn store_batch(
             Err((id, why)) => failures.push((i, convert::failed(id, why))),
         }
     }
-    let stored = Ingestor::new(&c, &s.embedder, IngestOptions::default())?.ingest_batch(parsed)?;
+    let opts = IngestOptions {
+        cancel: cancel.clone(),
+        ..IngestOptions::default()
+    };
+    let stored = Ingestor::new(&c, &s.embedder, opts)?.ingest_batch(parsed)?;
     c.refresh()?;
     s.metrics.documents_acknowledged.inc_by(stored.len() as u64);
     s.metrics.documents_failed.inc_by(failures.len() as u64);
@@ -182,6 +189,7 @@ const STREAM_BATCH: usize = 32;
 #[tonic::async_trait]
 impl pb::documents_server::Documents for Services {
     async fn upsert(&self, req: Request<pb::UpsertRequest>) -> Reply<pb::UpsertResponse> {
+        let deadline = deadline(&req);
         let r = req.into_inner();
         check_name(&r.collection)?;
         let max = self.state.settings.limits.max_batch_documents;
@@ -194,7 +202,9 @@ impl pb::documents_server::Documents for Services {
         }
         let results = self
             .state
-            .blocking(move |s| store_batch(s, &r.collection, r.documents))
+            .job(deadline, move |s, cancel| {
+                store_batch(s, &r.collection, r.documents, cancel)
+            })
             .await?;
         Ok(Response::new(pb::UpsertResponse { results }))
     }
@@ -252,7 +262,12 @@ impl pb::documents_server::Documents for Services {
                     }
                 }
                 let name = collection.clone().unwrap_or_default();
-                let results = state.blocking(move |s| store_batch(s, &name, docs)).await;
+                // A client that goes away stops its batch (dropping the job cancels it).
+                let job = state.job(None, move |s, cancel| store_batch(s, &name, docs, cancel));
+                let results = tokio::select! {
+                    r = job => r,
+                    () = tx.closed() => return,
+                };
                 match results {
                     Ok(results) => {
                         for r in results {
@@ -570,7 +585,7 @@ impl pb::admin_server::Admin for Services {
         tokio::spawn(async move {
             let progress_tx = tx.clone();
             let out = state
-                .blocking(move |s| {
+                .job(None, move |s, cancel| {
                     let chunking = r
                         .chunking
                         .as_ref()
@@ -583,6 +598,7 @@ impl pb::admin_server::Admin for Services {
                         rechunk: r.rechunk,
                         reembed: r.reembed,
                         chunking,
+                        cancel: cancel.clone(),
                         ..RebuildOptions::default()
                     };
                     let mut last = Instant::now();

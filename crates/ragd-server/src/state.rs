@@ -6,11 +6,12 @@
 
 use crate::error::Error;
 use crate::settings::Settings;
-use ragd_engine::AnswerConfig;
+use ragd_engine::{AnswerConfig, Cancel};
 use ragd_models::{EmbedderHandle, Generator};
 use ragd_store::Collection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 use tokio::sync::{Semaphore, watch};
 
 /// Shared server state.
@@ -25,6 +26,9 @@ pub struct State {
     inflight: Arc<Semaphore>,
     workers: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
+    /// Parent of every job's [`Cancel`]: cancelled when shutdown's grace period ends, so no
+    /// job outlives the server.
+    pub jobs: Cancel,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -69,6 +73,7 @@ impl State {
             inflight,
             workers,
             shutdown,
+            jobs: Cancel::new(),
             metrics,
         }
     }
@@ -87,6 +92,17 @@ impl State {
         T: Send + 'static,
         F: FnOnce(&State) -> Result<T, Error> + Send + 'static,
     {
+        self.job(None, move |s, _| f(s)).await
+    }
+
+    /// [`State::blocking`] for long jobs (ingest, rebuild), which get a [`Cancel`] to check as
+    /// they go: it stops them when the caller goes away (this future is dropped), at `deadline`,
+    /// or when the server's shutdown grace period ends.
+    pub async fn job<T, F>(self: &Arc<Self>, deadline: Option<Instant>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&State, &Cancel) -> Result<T, Error> + Send + 'static,
+    {
         if self.stopping() {
             return Err(Error::ShuttingDown);
         }
@@ -101,10 +117,12 @@ impl State {
                 .await
                 .map_err(|_| Error::ShuttingDown)?
         };
+        let cancel = self.jobs.child(deadline);
+        let _stop_when_dropped = CancelOnDrop(cancel.clone());
         let state = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permits = (admitted, worker);
-            f(&state)
+            f(&state, &cancel)
         })
         .await
         .map_err(|e| Error::Worker(e.to_string()))?
@@ -185,6 +203,15 @@ impl State {
     /// The answer settings for requests.
     pub fn answer_config(&self) -> &AnswerConfig {
         &self.answer
+    }
+}
+
+/// Cancels a job when the future waiting for it is dropped (its caller went away).
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
