@@ -192,12 +192,12 @@ impl Collection {
         c.recover(&settings)?;
         // Never serve derived indexes that disagree with the DocStore: whatever the cause (a
         // crash at an unforeseen point, a bug), they are rebuilt from it.
-        if !c.recovery.rebuilt {
-            if let Err(e) = c.verify() {
-                tracing::warn!(collection = %c.name, error = %e, "derived indexes disagree with the docstore; rebuilding them from it");
-                c.rebuild(|_, _| {})?;
-                c.recovery.rebuilt = true;
-            }
+        if !c.recovery.rebuilt
+            && let Err(e) = c.verify()
+        {
+            tracing::warn!(collection = %c.name, error = %e, "derived indexes disagree with the docstore; rebuilding them from it");
+            c.rebuild(|_, _| {})?;
+            c.recovery.rebuilt = true;
         }
         c.remove_stale_dirs(current);
         Ok(c)
