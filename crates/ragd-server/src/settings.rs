@@ -224,10 +224,12 @@ impl Settings {
             }
             fig = fig.merge(Toml::file(f));
         }
-        // Variables ragd reads elsewhere (logging, model fetch, the CLI's client mode) are not
-        // server settings.
+        // Variables ragd reads elsewhere (logging, model fetch, the CLI's client mode, the
+        // peers' setup) and those Kubernetes injects for a Service named `ragd` are not server
+        // settings; any other `RAGD_*` must be one (a misspelt setting is an error).
         let env = Env::prefixed("RAGD_")
-            .ignore(&["LOG", "MODELS", "PYTHON", "SERVER", "API_KEY"])
+            .ignore(&["LOG", "MODELS", "PYTHON", "SERVER", "API_KEY", "PEERS"])
+            .filter(|key| !kubernetes_service_link(key.as_str()))
             .split("__");
         fig = fig.merge(env).merge(Serialized::globals(overrides));
         let s: Settings = fig
@@ -337,6 +339,30 @@ pub struct Overrides {
     pub models_dir: Option<PathBuf>,
 }
 
+/// True for the variables Kubernetes injects into every pod for a Service (here named `ragd`),
+/// prefix removed: `SERVICE_HOST`, `SERVICE_PORT`, `SERVICE_PORT_<NAME>`, `PORT`,
+/// `PORT_<n>_<TCP|UDP|SCTP>` and its `_PROTO`, `_PORT`, `_ADDR` forms.
+fn kubernetes_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    if key == "SERVICE_HOST" || key == "SERVICE_PORT" || key == "PORT" {
+        return true;
+    }
+    if key.starts_with("SERVICE_PORT_") {
+        return true;
+    }
+    let Some(rest) = key.strip_prefix("PORT_") else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, '_');
+    let port = parts.next().unwrap_or("");
+    let proto = parts.next().unwrap_or("");
+    let suffix = parts.next();
+    !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && matches!(proto, "TCP" | "UDP" | "SCTP")
+        && matches!(suffix, None | Some("PROTO" | "PORT" | "ADDR"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +394,30 @@ mod tests {
             let e = Settings::load(None, &Overrides::default()).unwrap_err();
             assert!(e.0.contains("decoder.sessions"), "{e}");
             jail.set_env("RAGD_DECODER__SESSIONS", "1");
+            // What Kubernetes injects for a Service named `ragd`, and the peers' variable: not
+            // settings, ignored. A misspelt setting still fails, naming itself.
+            for (k, v) in [
+                ("RAGD_PORT", "tcp://10.0.0.11:50051"),
+                ("RAGD_SERVICE_HOST", "10.0.0.11"),
+                ("RAGD_SERVICE_PORT", "50051"),
+                ("RAGD_SERVICE_PORT_GRPC", "50051"),
+                ("RAGD_PORT_50051_TCP", "tcp://10.0.0.11:50051"),
+                ("RAGD_PORT_50051_TCP_PROTO", "tcp"),
+                ("RAGD_PORT_50051_TCP_PORT", "50051"),
+                ("RAGD_PORT_50051_TCP_ADDR", "10.0.0.11"),
+                ("RAGD_PEERS", "/root/.cache/ragd-peers"),
+            ] {
+                jail.set_env(k, v);
+            }
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            assert_eq!(s.decoder.sessions, 1);
+            jail.set_env("RAGD_DECODER__SESIONS", "2");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("sesions"), "{e}");
+            jail.clear_env();
+            jail.set_env("RAGD_LISTN", "127.0.0.1:1");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("listn"), "{e}");
             jail.create_file("bad.toml", "listne = \"x\"\n")?;
             let e = Settings::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
             assert!(e.0.contains("listne"), "{e}");
