@@ -1163,3 +1163,127 @@ async fn an_abandoned_upsert_stops_on_the_server() {
     );
     srv.stop().await;
 }
+
+/// A message the server cannot read (here: over the message size limit) ends an ingest stream
+/// with an error after the documents before it are acknowledged; the stream never ends OK with
+/// later documents silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stream_message_is_an_error_not_a_silent_drop() {
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.limits.max_message_bytes = 64 << 10;
+    })
+    .await;
+    let doc = |id: &str, bytes: usize| pb::IngestStreamRequest {
+        collection: "u".into(),
+        document: Some(pb::DocumentInput {
+            id: id.into(),
+            content: "Stone bridges carry loads. "
+                .repeat(bytes / 27 + 1)
+                .into_bytes(),
+            ..Default::default()
+        }),
+    };
+    let msgs = vec![doc("one", 100), doc("two", 200 << 10), doc("three", 100)];
+    srv.collections()
+        .create(pb::CreateCollectionRequest {
+            name: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut client = srv.documents().max_encoding_message_size(usize::MAX);
+    let mut acks = client
+        .ingest_stream(tokio_stream::iter(msgs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acked = Vec::new();
+    let end = loop {
+        match acks.message().await {
+            Ok(Some(a)) => acked.push(a.result.unwrap().id),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    let e = end.expect("the stream ended OK although a message was dropped");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_message_bytes"), "{e:?}");
+    assert!(acked.iter().all(|id| id == "one"), "{acked:?}");
+    srv.stop().await;
+}
+
+/// Chunking the encoder cannot take (max_tokens above its 256-token input) is refused by Create
+/// and by Rebuild, and a refused rebuild saves nothing: later upserts still work (such a setting
+/// used to be stored, and every later upsert failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_chunking_settings_are_refused_and_never_saved() {
+    let srv = start(tempfile::tempdir().unwrap()).await;
+    let too_big = pb::ChunkingSettings {
+        max_tokens: 8192,
+        ..Default::default()
+    };
+    let e = srv
+        .collections()
+        .create(pb::CreateCollectionRequest {
+            name: "k".into(),
+            chunking: Some(too_big),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("max_tokens"), "{e:?}");
+    let listed = srv
+        .collections()
+        .list(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.collections.is_empty());
+
+    srv.collections()
+        .create(pb::CreateCollectionRequest {
+            name: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = match srv
+        .admin()
+        .rebuild(pb::RebuildRequest {
+            collection: "k".into(),
+            chunking: Some(too_big),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(e) => Some(e),
+        Ok(r) => {
+            let mut events = r.into_inner();
+            loop {
+                match events.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            }
+        }
+    };
+    let e = refused.expect("a rebuild with max_tokens 8192 succeeded");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let c = srv
+        .collections()
+        .get(pb::GetCollectionRequest { name: "k".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.settings.unwrap().chunking.unwrap().max_tokens, 256);
+    srv.documents()
+        .upsert(pb::UpsertRequest {
+            collection: "k".into(),
+            documents: qa_docs(),
+        })
+        .await
+        .unwrap();
+    srv.stop().await;
+}

@@ -249,9 +249,10 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestStreamRequest>(SEND_QUEUE);
     let name = a.collection.clone();
     let reader_bar = pb.clone();
-    let reader = std::thread::spawn(move || -> Result<Vec<Failure>> {
+    let reader = std::thread::spawn(move || -> Result<(Vec<Failure>, u64)> {
         let mut failed = Vec::new();
         let mut closed = false;
+        let mut sent = 0u64;
         for src in &sources {
             read_source(src, &opts, &mut |r| {
                 match r {
@@ -266,6 +267,7 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
                         };
                         // The stream is gone: the error comes from the acknowledgements.
                         closed = tx.blocking_send(msg).is_err();
+                        sent += u64::from(!closed);
                     }
                     Ok(_) => {}
                 }
@@ -275,7 +277,7 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
                 break;
             }
         }
-        Ok(failed)
+        Ok((failed, sent))
     });
 
     let mut tally = Tally::default();
@@ -303,9 +305,17 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
         )));
     }
     // The server ends the acks after the client's last message, so the reader is done.
-    let mut local = reader
+    let (mut local, sent) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the file reader panicked"))??;
+    let answered = tally.stored() + tally.failed.len() as u64;
+    if answered != sent {
+        anyhow::bail!(
+            "the server acknowledged {answered} of the {sent} documents sent and ended the stream \
+             without an error; the other {} are not stored",
+            sent.saturating_sub(answered)
+        );
+    }
     local.append(&mut tally.failed);
     tally.failed = local;
     tally.seconds = t0.elapsed().as_secs_f64();

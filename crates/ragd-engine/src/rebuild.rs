@@ -71,9 +71,12 @@ pub fn rebuild(
         let mut settings = collection.settings()?;
         if let Some(c) = opts.chunking {
             settings.chunking = c;
+        }
+        // Checked before anything is saved: a rebuild refused for its settings changes nothing.
+        let chunker = Chunker::for_collection(&settings, embedder)?;
+        if opts.chunking.is_some() {
             collection.set_settings(&settings)?;
         }
-        let chunker = Chunker::for_collection(&settings, embedder)?;
         let ids = collection.document_ids()?;
         let total = ids.len() as u64;
         for (n, group) in ids.chunks(opts.batch_documents.max(1)).enumerate() {

@@ -105,6 +105,8 @@ impl pb::collections_server::Collections for Services {
                 if let Some(h) = &r.hnsw {
                     settings.hnsw = convert::hnsw_from(h, &settings.hnsw);
                 }
+                // Chunking the encoder cannot take is refused now, not at every later upsert.
+                ragd_engine::Chunker::for_collection(&settings, &s.embedder)?;
                 let c = s.create(&r.name, &settings)?;
                 Ok(convert::collection(c.stats()?))
             })
@@ -183,6 +185,22 @@ fn store_batch(
     Ok(out)
 }
 
+/// The status that ends an ingest stream whose next message could not be read (over the
+/// message size limit, or not a valid message), after `acked` acknowledged documents. When the
+/// client itself broke off, nobody receives it.
+fn unreadable(e: &Status, acked: u64) -> Status {
+    let after = format!("after {acked} acknowledged documents (those are stored)");
+    match e.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Status::resource_exhausted(
+            format!("a message is larger than limits.max_message_bytes; the stream ended {after}"),
+        ),
+        tonic::Code::Cancelled => Status::cancelled(format!("the stream was cancelled {after}")),
+        _ => Status::invalid_argument(format!(
+            "a message could not be decoded; the stream ended {after}"
+        )),
+    }
+}
+
 /// Documents per transaction on an ingest stream.
 const STREAM_BATCH: usize = 32;
 
@@ -234,14 +252,22 @@ impl pb::documents_server::Documents for Services {
                 let mut batch = match first {
                     None => return,
                     Some(Err(e)) => {
-                        tracing::debug!(error = %e, "ingest stream ended by the client");
+                        let _ = tx.send(Err(unreadable(&e, acked))).await;
                         return;
                     }
                     Some(Ok(m)) => vec![m],
                 };
+                // A message that cannot be read ends the stream with an error once the
+                // documents before it are stored and acknowledged: never an OK end with
+                // documents silently left out.
+                let mut broken = None;
                 while batch.len() < STREAM_BATCH {
                     match tokio::time::timeout(Duration::from_millis(5), incoming.next()).await {
                         Ok(Some(Ok(m))) => batch.push(m),
+                        Ok(Some(Err(e))) => {
+                            broken = Some(e);
+                            break;
+                        }
                         _ => break,
                     }
                 }
@@ -285,6 +311,10 @@ impl pb::documents_server::Documents for Services {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
+                }
+                if let Some(e) = broken {
+                    let _ = tx.send(Err(unreadable(&e, acked))).await;
+                    return;
                 }
             }
         });
