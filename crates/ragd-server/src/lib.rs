@@ -175,7 +175,7 @@ impl Bound {
         let services = Services {
             state: Arc::clone(&state),
         };
-        let auth = ApiKeys(Arc::new(settings.api_keys.0.clone()));
+        let auth = ApiKeys::new(&settings.api_keys.0);
         let limit = settings.limits.max_message_bytes;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -317,10 +317,23 @@ impl Bound {
     }
 }
 
-/// `authorization: Bearer <key>` against the configured keys, compared in constant time.
-/// With no keys configured every call passes.
+/// `authorization: Bearer <key>` against the configured keys. The scheme is matched without
+/// regard to case (RFC 7235); keys are compared as SHA-256 digests in constant time, so neither
+/// a key's bytes nor its length show in the time a refusal takes. With no keys configured every
+/// call passes.
 #[derive(Clone)]
-struct ApiKeys(Arc<Vec<String>>);
+struct ApiKeys(Arc<Vec<[u8; 32]>>);
+
+impl ApiKeys {
+    fn new(keys: &[String]) -> Self {
+        Self(Arc::new(keys.iter().map(|k| digest(k)).collect()))
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
 
 impl Interceptor for ApiKeys {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
@@ -331,11 +344,13 @@ impl Interceptor for ApiKeys {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| digest(key.trim()))
             .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <key>`"))?;
         let mut ok = subtle::Choice::from(0u8);
         for k in self.0.iter() {
-            ok |= k.as_bytes().ct_eq(given.as_bytes());
+            ok |= k.ct_eq(&given);
         }
         if bool::from(ok) {
             Ok(req)
@@ -422,5 +437,37 @@ where
                 .inc();
             res
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(keys: &mut ApiKeys, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut().insert(
+                "authorization",
+                h.parse().map_err(|_| tonic::Code::Internal)?,
+            );
+        }
+        keys.call(req).map(drop).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn api_keys_take_any_case_of_the_scheme_and_only_configured_keys() {
+        let mut keys = ApiKeys::new(&["key-one-1234".into(), "a-much-longer-second-key".into()]);
+        assert!(call(&mut keys, Some("Bearer key-one-1234")).is_ok());
+        assert!(call(&mut keys, Some("bearer key-one-1234")).is_ok());
+        assert!(call(&mut keys, Some("BEARER a-much-longer-second-key")).is_ok());
+        let refused = Err(tonic::Code::Unauthenticated);
+        assert_eq!(call(&mut keys, Some("Bearer key-one-123")), refused);
+        assert_eq!(call(&mut keys, Some("Bearer key-one-12345")), refused);
+        assert_eq!(call(&mut keys, Some("Basic key-one-1234")), refused);
+        assert_eq!(call(&mut keys, Some("key-one-1234")), refused);
+        assert_eq!(call(&mut keys, None), refused);
+        let mut open = ApiKeys::new(&[]);
+        assert!(call(&mut open, None).is_ok());
     }
 }

@@ -418,6 +418,7 @@ mod tests {
             jail.set_env("RAGD_LISTN", "127.0.0.1:1");
             let e = Settings::load(None, &Overrides::default()).unwrap_err();
             assert!(e.0.contains("listn"), "{e}");
+            jail.clear_env();
             jail.create_file("bad.toml", "listne = \"x\"\n")?;
             let e = Settings::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
             assert!(e.0.contains("listne"), "{e}");
