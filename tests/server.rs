@@ -908,17 +908,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         .unwrap();
 
     // Prometheus text with per-RPC counts, including the refusals.
-    let body = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(metrics_addr).unwrap();
-        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        conn.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
+    let body = scrape(metrics_addr).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
         body.contains(

@@ -19,7 +19,7 @@ const DIRECT_BYTES: usize = 64;
 const FRAGMENT_BYTES: usize = 256;
 
 /// Sizes slices of one document in the encoder's tokens, and stops the splitter when the job is
-/// cancelled.
+/// cancelled. Without an index ([`Sizer::exact`]) it tokenizes every slice.
 ///
 /// The document is tokenized once ([`TokenCounter::words`]); a slice's size is the tokens of the
 /// words wholly inside it (a prefix sum) plus those of the at most two words it cuts, tokenized
@@ -30,7 +30,8 @@ const FRAGMENT_BYTES: usize = 256;
 struct Sizer<'t> {
     counter: &'t TokenCounter,
     text: &'t str,
-    /// Empty when the tokenizer gave no word ranges: every slice is then tokenized.
+    /// Empty when there is no index (the tokenizer gave no word ranges, or [`Sizer::exact`]):
+    /// every slice is then tokenized.
     words: Vec<WordTokens>,
     /// `prefix[i]`: tokens of `words[..i]`.
     prefix: Vec<usize>,
@@ -54,6 +55,17 @@ impl<'t> Sizer<'t> {
         }
     }
 
+    /// A sizer that tokenizes every slice (re-cutting a chunk the index under-sized).
+    fn exact(counter: &'t TokenCounter, cancel: &'t Cancel) -> Self {
+        Self {
+            counter,
+            text: "",
+            words: Vec::new(),
+            prefix: vec![0],
+            cancel,
+        }
+    }
+
     /// `chunk`'s byte range in the document, when it is a slice of it.
     fn range(&self, chunk: &str) -> Option<(usize, usize)> {
         let start = (chunk.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
@@ -62,13 +74,10 @@ impl<'t> Sizer<'t> {
     }
 
     fn size(&self, chunk: &str) -> usize {
-        let range = self.range(chunk);
-        let Some((start, end)) = range.filter(|_| chunk.len() > DIRECT_BYTES) else {
+        let indexed = chunk.len() > DIRECT_BYTES && !self.words.is_empty();
+        let Some((start, end)) = self.range(chunk).filter(|_| indexed) else {
             return self.counter.count(chunk);
         };
-        if self.words.is_empty() {
-            return self.counter.count(chunk);
-        }
         let w = &self.words;
         let mut lo = w.partition_point(|x| x.end <= start);
         let mut hi = w.partition_point(|x| x.start < end);
@@ -102,18 +111,6 @@ impl TryChunkSizer for Sizer<'_> {
     fn try_size(&self, chunk: &str) -> Result<usize> {
         self.cancel.check()?;
         Ok(self.size(chunk))
-    }
-}
-
-/// Sizes every candidate by tokenizing it (re-cutting a chunk the index under-sized).
-struct Exact<'t>(&'t TokenCounter, &'t Cancel);
-
-impl TryChunkSizer for Exact<'_> {
-    type Error = Error;
-
-    fn try_size(&self, chunk: &str) -> Result<usize> {
-        self.1.check()?;
-        Ok(self.0.count(chunk))
     }
 }
 
@@ -186,6 +183,7 @@ impl Chunker {
         markdown: bool,
         cancel: &Cancel,
     ) -> Result<Vec<ChunkSpan>> {
+        cancel.check()?;
         let s = &self.settings;
         let prefix = self.title_prefix(title);
         let overhead = self.counter.special_tokens() + prefix.map_or(0, |t| self.counter.count(t));
@@ -221,7 +219,7 @@ impl Chunker {
             }
             // The index under-sized this piece (a tokenizer whose words depend on their
             // neighbours): cut it again, tokenizing every candidate.
-            let config = ChunkConfig::new(max).with_sizer(Exact(&self.counter, cancel));
+            let config = ChunkConfig::new(max).with_sizer(Sizer::exact(&self.counter, cancel));
             for part in TextSplitter::new(config).try_chunk_indices(piece) {
                 let (offset, part) = part?;
                 out.push(span(start + offset, part, self.counter.count(part)));

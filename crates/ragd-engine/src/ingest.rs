@@ -288,11 +288,9 @@ impl<'r, 'a> Run<'r, 'a> {
                 continue;
             }
             positions.push((i, p.doc.id.clone()));
-            let cancel = &ing.opts.cancel;
-            cancel.check()?;
-            let chunks = ing
-                .chunker
-                .chunk_until(&p.doc.title, &p.doc.text, p.markdown, cancel)?;
+            let chunks =
+                ing.chunker
+                    .chunk_until(&p.doc.title, &p.doc.text, p.markdown, &ing.opts.cancel)?;
             work.push((p, chunks));
         }
         phases.chunk += t.elapsed().as_secs_f64();

@@ -52,6 +52,13 @@ fn open(dir: &Path) -> Collection {
     Collection::open(dir, "c").unwrap()
 }
 
+/// Creates collection `c` under `dir` holding `docs(0..n)`, checkpointed and closed.
+fn checkpointed(dir: &Path, n: u64) {
+    let c = Collection::create(dir, "c", &settings()).unwrap();
+    c.write(docs(0..n)).unwrap();
+    c.checkpoint().unwrap();
+}
+
 #[test]
 fn create_list_stats_delete() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,10 +217,7 @@ fn rebuild_switches_generation_and_drops_tombstones() {
 fn leftovers_of_an_interrupted_rebuild_are_ignored_and_removed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let c = Collection::create(d, "c", &settings()).unwrap();
-    c.write(docs(0..10)).unwrap();
-    c.checkpoint().unwrap();
-    drop(c);
+    checkpointed(d, 10);
     // A rebuild that died before switching CURRENT leaves a half-written directory behind.
     std::fs::create_dir_all(d.join("c/.building-2/bm25")).unwrap();
     std::fs::create_dir_all(d.join("c/gen-2")).unwrap();
@@ -257,10 +261,7 @@ fn a_write_during_a_docstore_only_phase_skips_nothing() {
 fn indexes_that_disagree_with_the_docstore_are_rebuilt_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let c = Collection::create(d, "c", &settings()).unwrap();
-    c.write(docs(0..10)).unwrap();
-    c.checkpoint().unwrap();
-    drop(c);
+    checkpointed(d, 10);
     let saved = tempfile::tempdir().unwrap();
     copy_dir(&d.join("c/gen-1"), saved.path());
     let c = open(d);
@@ -298,10 +299,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn a_damaged_file_never_panics_out_of_open_and_can_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let c = Collection::create(d, "c", &settings()).unwrap();
-    c.write(docs(0..50)).unwrap();
-    c.checkpoint().unwrap();
-    drop(c);
+    checkpointed(d, 50);
     let saved = tempfile::tempdir().unwrap();
     copy_dir(&d.join("c"), saved.path());
     let mut files = Vec::new();
