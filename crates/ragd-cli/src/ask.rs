@@ -37,7 +37,7 @@ pub(crate) struct AnswerFlags {
     /// Most tokens in the answer.
     #[arg(long, default_value_t = ragd_engine::DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
-    /// Sampling temperature; 0 (the default) decodes greedily.
+    /// Sampling temperature, 0 to 2; 0 (the default) decodes greedily.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
     /// Nucleus sampling mass (with a temperature above 0).

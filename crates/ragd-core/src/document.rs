@@ -7,6 +7,51 @@ use sha2::{Digest, Sha256};
 /// sorted, so the serialized form, and with it the content hash, does not depend on input order.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
+/// Longest title a document may carry, in bytes. Titles, like metadata, are copied into every
+/// hit and every prompt source of the document: their sizes are bounded so one request cannot
+/// make every later response huge.
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// Most metadata keys per document.
+pub const MAX_METADATA_KEYS: usize = 64;
+/// Largest metadata per document, in bytes of its JSON form.
+pub const MAX_METADATA_BYTES: usize = 8192;
+
+/// Refuses a title or metadata over the bounds ([`MAX_TITLE_BYTES`], [`MAX_METADATA_KEYS`],
+/// [`MAX_METADATA_BYTES`]), with a message that gives sizes, not contents.
+pub fn check_bounds(title: &str, metadata: &Metadata) -> Result<(), String> {
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(format!(
+            "the title is {} bytes; the limit is {MAX_TITLE_BYTES}",
+            title.len()
+        ));
+    }
+    if metadata.len() > MAX_METADATA_KEYS {
+        return Err(format!(
+            "metadata has {} keys; the limit is {MAX_METADATA_KEYS}",
+            metadata.len()
+        ));
+    }
+    let bytes = serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len());
+    if bytes > MAX_METADATA_BYTES {
+        return Err(format!(
+            "metadata is {bytes} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A parsed document, before chunking: what a caller asks the collection to hold under `id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocumentInput {
@@ -23,6 +68,11 @@ pub struct DocumentInput {
 }
 
 impl DocumentInput {
+    /// [`check_bounds`] on this document's title and metadata.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        check_bounds(&self.title, &self.metadata)
+    }
+
     /// The hash that decides whether a re-ingested document changed: everything that is indexed
     /// (title, text, metadata), not where it came from.
     pub fn content_hash(&self) -> String {
@@ -57,7 +107,38 @@ pub struct ChunkSpan {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn titles_and_metadata_are_bounded_and_cuts_keep_characters_whole() {
+        let mut d = DocumentInput {
+            id: "d".into(),
+            source: String::new(),
+            title: "t".repeat(MAX_TITLE_BYTES),
+            text: "x".into(),
+            metadata: Metadata::new(),
+        };
+        assert_eq!(d.check_bounds(), Ok(()));
+        d.title.push('t');
+        assert!(
+            d.check_bounds()
+                .unwrap_err()
+                .contains("title is 1025 bytes")
+        );
+        d.title.clear();
+        for i in 0..=MAX_METADATA_KEYS {
+            d.metadata.insert(format!("k{i}"), "v".into());
+        }
+        assert!(d.check_bounds().unwrap_err().contains("65 keys"));
+        d.metadata.clear();
+        d.metadata
+            .insert("k".into(), "v".repeat(MAX_METADATA_BYTES).into());
+        let e = d.check_bounds().unwrap_err();
+        assert!(e.contains("as JSON") && !e.contains("vvvv"), "{e}");
+        assert_eq!(truncate_utf8("aé", 2), "a");
+        assert_eq!(truncate_utf8("aé", 3), "aé");
+    }
 
     #[test]
     fn hash_changes_with_any_indexed_field_but_not_source() {

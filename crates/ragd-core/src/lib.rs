@@ -7,7 +7,10 @@
 use serde::{Deserialize, Serialize};
 
 mod document;
-pub use document::{ChunkSpan, DocumentInput, Metadata, content_hash};
+pub use document::{
+    ChunkSpan, DocumentInput, MAX_METADATA_BYTES, MAX_METADATA_KEYS, MAX_TITLE_BYTES, Metadata,
+    check_bounds, content_hash, truncate_utf8,
+};
 
 /// What kind of failure an error is, independent of which crate raised it.
 ///
@@ -30,6 +33,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request ran out of time.
     DeadlineExceeded,
+    /// The disk the data lives on is full; the caller may retry once space is freed.
+    StorageFull,
     /// A bug or an environment failure (I/O, corrupt file) the caller cannot fix.
     Internal,
 }
@@ -76,6 +81,7 @@ mod tests {
             ErrorKind::Overloaded,
             ErrorKind::Unavailable,
             ErrorKind::DeadlineExceeded,
+            ErrorKind::StorageFull,
             ErrorKind::Internal,
         ]
         .into_iter()

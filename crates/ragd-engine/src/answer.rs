@@ -36,6 +36,11 @@ const REFUSAL_STEM: &str = "The document";
 
 /// Longest question accepted, in bytes.
 pub const MAX_QUESTION_BYTES: usize = 4096;
+/// Most turns of history an ask may carry.
+pub const MAX_HISTORY_TURNS: usize = 64;
+/// Most bytes of history (questions and answers together) an ask may carry: packing tokenizes
+/// what it keeps, so the bound caps the work one request can ask for.
+pub const MAX_HISTORY_BYTES: usize = 65536;
 
 const SYSTEM_PROMPT: &str = "You answer questions using only the numbered sources in the user's message. \
 Give a short answer, one or two sentences in plain words, and cite the source of each statement with \
@@ -1536,10 +1541,20 @@ fn validate(r: &AnswerRequest) -> Result<()> {
     {
         return bad(format!("min_relevance must be within -1..=1, got {m}"));
     }
-    if r.history.len() > 64 {
+    if r.history.len() > MAX_HISTORY_TURNS {
         return bad(format!(
-            "history holds {} turns; the limit is 64",
+            "history holds {} turns; the limit is {MAX_HISTORY_TURNS}",
             r.history.len()
+        ));
+    }
+    let history_bytes: usize = r
+        .history
+        .iter()
+        .map(|t| t.question.len() + t.answer.len())
+        .sum();
+    if history_bytes > MAX_HISTORY_BYTES {
+        return bad(format!(
+            "history holds {history_bytes} bytes; the limit is {MAX_HISTORY_BYTES}"
         ));
     }
     if let Some(s) = &r.sampling {
@@ -1633,17 +1648,28 @@ fn pack(
     candidates: &[Candidate],
     budget: usize,
 ) -> Result<Packed> {
-    // The question with no sources must fit; history gets at most half of what remains.
+    // The question with no sources must fit; history gets at most half of what remains, newest
+    // turns first. Each turn is priced once, alone (what it adds to the bare prompt), and the
+    // walk stops at the first that does not fit: the work is linear in the history kept.
     let bare = question_fits(g, question, budget)?;
-    let mut from = 0;
-    while from < history.len()
-        && prompt_tokens(g, &messages(&history[from..], &[], question))? - bare
-            > (budget - bare) / 2
-    {
-        from += 1;
+    let half = (budget - bare) / 2;
+    let mut from = history.len();
+    let mut used = 0;
+    while from > 0 {
+        let turn = prompt_tokens(g, &messages(&history[from - 1..from], &[], question))? - bare;
+        if used + turn > half {
+            break;
+        }
+        used += turn;
+        from -= 1;
     }
-    let history = &history[from..];
-    let base = prompt_tokens(g, &messages(history, &[], question))?;
+    let mut history = &history[from..];
+    let mut base = prompt_tokens(g, &messages(history, &[], question))?;
+    // Priced alone, turns can add up to a few tokens less than together.
+    while base - bare > half && !history.is_empty() {
+        history = &history[1..];
+        base = prompt_tokens(g, &messages(history, &[], question))?;
+    }
     let mut left = budget.saturating_sub(base);
     let mut sources: Vec<Source> = Vec::new();
     for c in candidates {

@@ -254,6 +254,8 @@ pub fn parse_bytes(
         Format::Jsonl => Err("a JSONL file holds many documents; send them one by one".into()),
     }?;
     check_text(&text, max_document_bytes)?;
+    // A title found in the content (a heading, <title>) is cut to the bound, not refused.
+    let title = ragd_core::truncate_utf8(&title, ragd_core::MAX_TITLE_BYTES).to_string();
     Ok(ParsedDoc {
         doc: DocumentInput {
             id: id.to_string(),
@@ -405,14 +407,16 @@ fn read_jsonl(
                 _ => return Err("\"_id\" must be a non-empty string or a number".into()),
             };
             check_text(&l.text, opts.max_document_bytes)?;
+            let doc = DocumentInput {
+                id,
+                source: at.clone(),
+                title: l.title,
+                text: l.text,
+                metadata: l.metadata,
+            };
+            doc.check_bounds()?;
             Ok(ParsedDoc {
-                doc: DocumentInput {
-                    id,
-                    source: at.clone(),
-                    title: l.title,
-                    text: l.text,
-                    metadata: l.metadata,
-                },
+                doc,
                 markdown: false,
             })
         })();

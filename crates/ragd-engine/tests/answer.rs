@@ -175,6 +175,34 @@ fn history_stays_within_the_budget_and_steers_retrieval() {
 }
 
 #[test]
+fn history_is_bounded_in_bytes_and_packed_in_linear_work() {
+    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let g = generator();
+    let config = AnswerConfig::default();
+    let answerer = Answerer::new(&searcher, g, &config);
+    let turn = |i: usize, bytes: usize| Turn {
+        question: format!("Question {i}?"),
+        answer: "words that fill the turn ".repeat(bytes / 25),
+    };
+    // Over the byte bound: refused before any tokenizing (64 turns of 48 KB once cost 49 CPU-s).
+    let mut r = AnswerRequest::new("How many stone arches does the Kessel Bridge rest on?");
+    r.history = (0..64).map(|i| turn(i, 48 << 10)).collect();
+    let err = answerer.prepare(r).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("history holds"), "{err}");
+    // At the bound: packed, newest turns kept, within the budget and in bounded time.
+    let mut r = AnswerRequest::new("How many stone arches does the Kessel Bridge rest on?");
+    r.history = (0..64).map(|i| turn(i, 1000)).collect();
+    let t = Instant::now();
+    let p = answerer.prepare(r).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(prompt_tokens(g, p.messages()) <= config.max_prompt_tokens);
+    let contents: Vec<&str> = p.messages().iter().map(|m| m.content.as_str()).collect();
+    assert!(contents.iter().any(|c| c.contains("Question 63?")));
+    assert!(!contents.iter().any(|c| c.contains("Question 0?")));
+}
+
+#[test]
 fn questions_about_nothing_in_the_collection_are_refused_without_the_decoder() {
     let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
     let g = load_generator(1, 2);

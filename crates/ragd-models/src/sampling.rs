@@ -40,9 +40,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Rejects values outside their meaningful ranges, naming the field.
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..=10.0).contains(&self.temperature) || self.temperature.is_nan() {
+        if !(0.0..=2.0).contains(&self.temperature) || self.temperature.is_nan() {
             return Err(Error::InvalidInput(format!(
-                "temperature must be within 0..=10, got {}",
+                "temperature must be within 0..=2, got {}",
                 self.temperature
             )));
         }
@@ -236,15 +236,22 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().to_string().contains("top_p"));
-        let bad = SamplingParams {
-            temperature: -1.0,
+        for t in [-1.0, 2.5, f32::NAN] {
+            let bad = SamplingParams {
+                temperature: t,
+                ..Default::default()
+            };
+            assert!(
+                bad.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("temperature must be within 0..=2")
+            );
+        }
+        let ok = SamplingParams {
+            temperature: 2.0,
             ..Default::default()
         };
-        assert!(
-            bad.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("temperature")
-        );
+        assert!(ok.validate().is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! ragd's gRPC API, package `ragd.v1`, generated from `proto/ragd/v1/*.proto` at build time.
-//! Nothing here is written by hand; the server and clients convert to and from domain types.
+//! Nothing here is written by hand but the codec; the server and clients convert to and from
+//! domain types.
 
 #![allow(
     missing_docs,
@@ -7,6 +8,8 @@
     clippy::pedantic,
     missing_debug_implementations
 )]
+
+pub mod codec;
 
 /// Messages and service stubs of `ragd.v1`.
 pub mod v1 {

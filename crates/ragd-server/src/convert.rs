@@ -133,6 +133,8 @@ pub fn document(d: pb::DocumentInput, max_bytes: usize) -> Result<ParsedDoc, (St
             d.source.len()
         )));
     }
+    let metadata = metadata_from_pb(d.metadata);
+    ragd_core::check_bounds(&d.title, &metadata).map_err(fail)?;
     let format = match pb::DocumentFormat::try_from(d.format) {
         Ok(pb::DocumentFormat::Unspecified | pb::DocumentFormat::Text) => Format::Text,
         Ok(pb::DocumentFormat::Markdown) => Format::Markdown,
@@ -150,7 +152,7 @@ pub fn document(d: pb::DocumentInput, max_bytes: usize) -> Result<ParsedDoc, (St
     if !d.title.trim().is_empty() {
         parsed.doc.title = d.title;
     }
-    parsed.doc.metadata = metadata_from_pb(d.metadata);
+    parsed.doc.metadata = metadata;
     Ok(parsed)
 }
 
@@ -265,6 +267,7 @@ pub fn collection(s: CollectionStats) -> pb::Collection {
 pub fn unavailable(name: String, e: &Error) -> pb::UnavailableCollection {
     let reason = match e.kind() {
         ErrorKind::Internal => "damaged or unreadable (see the server log)".to_string(),
+        ErrorKind::StorageFull => "the server's disk is full".to_string(),
         _ => e.to_string(),
     };
     pb::UnavailableCollection { name, reason }

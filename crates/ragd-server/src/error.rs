@@ -60,6 +60,7 @@ impl From<Error> for Status {
             ErrorKind::Overloaded => Code::ResourceExhausted,
             ErrorKind::Unavailable => Code::Unavailable,
             ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+            ErrorKind::StorageFull => Code::ResourceExhausted,
             ErrorKind::Internal => Code::Internal,
         };
         match kind {
@@ -67,9 +68,29 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "internal error");
                 Status::new(code, "internal error (see the server log)")
             }
-            _ => Status::new(code, e.to_string()),
+            ErrorKind::StorageFull => {
+                tracing::error!(error = %e, "disk full");
+                Status::new(code, "the server's disk is full; retry once space is freed")
+            }
+            _ => Status::new(code, short(&e.to_string())),
         }
     }
+}
+
+/// Longest status message sent, in bytes. Messages may quote what the caller sent (an id, a
+/// name); quoting a megabyte back would make the error larger than gRPC's header limit.
+const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `msg`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary with a marker when cut.
+fn short(msg: &str) -> String {
+    if msg.len() <= MAX_MESSAGE_BYTES {
+        return msg.to_string();
+    }
+    format!(
+        "{}… ({} bytes cut)",
+        ragd_core::truncate_utf8(msg, MAX_MESSAGE_BYTES),
+        msg.len() - ragd_core::truncate_utf8(msg, MAX_MESSAGE_BYTES).len()
+    )
 }
 
 /// Shorthand for a bad request.
@@ -97,5 +118,22 @@ mod tests {
         let s: Status = Error::Worker("/secret/path: boom".into()).into();
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret"));
+        let full = std::io::Error::from_raw_os_error(28);
+        let s: Status = Error::Store(ragd_store::Error::Io {
+            context: "writing /secret/docstore.redb".into(),
+            source: full,
+        })
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("disk is full") && !s.message().contains("secret"));
+    }
+
+    #[test]
+    fn messages_that_quote_input_are_cut() {
+        let id = "é".repeat(1 << 19);
+        let s: Status = Error::NotFound(format!("no document {id:?}")).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().len() < 600, "{}", s.message().len());
+        assert!(s.message().starts_with("no document \"é") && s.message().ends_with("bytes cut)"));
     }
 }

@@ -48,11 +48,17 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error(
+        "the data directory {dir} is in use by another ragd server (pid {holder}); stop it or give this one another data_dir"
+    )]
+    DataDirInUse { dir: String, holder: String },
 }
 
 /// A server with its models loaded and its port bound, ready to serve.
 pub struct Bound {
     state: Arc<State>,
+    /// The data directory's lock, held until `serve` returns.
+    data_lock: std::fs::File,
     listener: tokio::net::TcpListener,
     metrics_listener: Option<tokio::net::TcpListener>,
     shutdown_tx: watch::Sender<bool>,
@@ -69,6 +75,11 @@ impl std::fmt::Debug for Bound {
 /// Loads the models named by `settings` and binds the listening sockets.
 pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
     settings.validate()?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::Io {
+        context: format!("creating {}", settings.data_dir.display()),
+        source,
+    })?;
+    let data_lock = lock_data_dir(&settings.data_dir)?;
     let models = settings.models_dir();
     let (embedder, generator) = {
         let s = settings.clone();
@@ -79,16 +90,20 @@ pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
                 source: std::io::Error::other(e.to_string()),
             })??
     };
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::Io {
-        context: format!("creating {}", settings.data_dir.display()),
-        source,
-    })?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|source| StartError::Io {
             context: format!("binding {}", settings.listen),
             source,
         })?;
+    if let Ok(addr) = listener.local_addr()
+        && exposed_without_keys(addr, settings.api_keys.0.len())
+    {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback without API keys: anyone who can reach this address can read, change and delete every collection; set RAGD_API_KEYS"
+        );
+    }
     let metrics_listener = if settings.metrics_listen.is_empty() {
         None
     } else {
@@ -111,10 +126,52 @@ pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
     ));
     Ok(Bound {
         state,
+        data_lock,
         listener,
         metrics_listener,
         shutdown_tx,
     })
+}
+
+/// Takes `<data_dir>/.lock` exclusively for this process (released by the OS when it exits,
+/// however it exits) and writes its pid there, so a second server on the same directory stops
+/// at once with a message naming the first, instead of failing collection by collection.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(".lock");
+    let io = |source| StartError::Io {
+        context: format!("locking {}", path.display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {
+            f.set_len(0).map_err(io)?;
+            f.rewind().map_err(io)?;
+            writeln!(f, "{}", std::process::id()).map_err(io)?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            Err(StartError::DataDirInUse {
+                dir: dir.display().to_string(),
+                holder: holder.trim().chars().take(20).collect(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// True when `addr` is reachable from other machines and no API key guards it.
+fn exposed_without_keys(addr: SocketAddr, keys: usize) -> bool {
+    keys == 0 && !addr.ip().is_loopback()
 }
 
 /// The encoder on its own thread (its queue holds one request per admitted call, so admission
@@ -163,6 +220,7 @@ impl Bound {
     ) -> Result<(), StartError> {
         let Bound {
             state,
+            data_lock: _data_lock,
             listener,
             metrics_listener,
             shutdown_tx,
@@ -443,6 +501,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unguarded_addresses_beyond_loopback_are_exposed() {
+        let at = |s: &str| {
+            s.parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        };
+        assert!(exposed_without_keys(at("0.0.0.0:50051"), 0));
+        assert!(exposed_without_keys(at("[::]:50051"), 0));
+        assert!(exposed_without_keys(at("10.1.2.3:50051"), 0));
+        assert!(!exposed_without_keys(at("0.0.0.0:50051"), 1));
+        assert!(!exposed_without_keys(at("127.0.0.1:50051"), 0));
+        assert!(!exposed_without_keys(at("[::1]:50051"), 0));
+    }
+
+    #[test]
+    fn a_data_directory_serves_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let held = lock_data_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        match lock_data_dir(dir.path()) {
+            Err(e @ StartError::DataDirInUse { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("pid {}", std::process::id())),
+                    "{msg}"
+                );
+            }
+            other => panic!("a second lock was not refused: {other:?}"),
+        }
+        drop(held);
+        assert!(lock_data_dir(dir.path()).is_ok());
+    }
 
     fn call(keys: &mut ApiKeys, header: Option<&str>) -> Result<(), tonic::Code> {
         let mut req = Request::new(());

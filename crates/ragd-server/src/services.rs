@@ -240,12 +240,21 @@ impl pb::documents_server::Documents for Services {
             let mut shutdown = state.shutdown.clone();
             let mut collection: Option<String> = None;
             let mut acked = 0u64;
+            let idle = Duration::from_secs(state.settings.limits.stream_idle_seconds as u64);
             loop {
-                // One message (or the end, or shutdown), then whatever else is ready.
+                // One message (or the end, or shutdown, or too long a silence), then whatever
+                // else is ready.
                 let first = tokio::select! {
                     m = incoming.next() => m,
                     () = stopped(&mut shutdown) => {
                         let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                    () = tokio::time::sleep(idle) => {
+                        let _ = tx.send(Err(Status::deadline_exceeded(format!(
+                            "no message for {} s; the stream ended after {acked} acknowledged documents (those are stored)",
+                            idle.as_secs()
+                        )))).await;
                         return;
                     }
                 };

@@ -65,6 +65,10 @@ pub struct Limits {
     /// search on 2 cores, 8 concurrent callers: 2 workers 50 calls/s, 8 workers 79, 64 workers
     /// 79 with 50% more memory).
     pub workers: usize,
+    /// Seconds an IngestStream may go without a message before the server ends it
+    /// (DEADLINE_EXCEEDED, after acknowledging what it stored): an idle stream holds a
+    /// connection and a task.
+    pub stream_idle_seconds: usize,
 }
 
 /// The decoder's session pool.
@@ -173,6 +177,7 @@ impl Default for Limits {
             max_embed_texts: 256,
             max_inflight: 64,
             workers: 0,
+            stream_idle_seconds: 60,
         }
     }
 }
@@ -276,6 +281,7 @@ impl Settings {
             ("limits.max_query_bytes", l.max_query_bytes),
             ("limits.max_embed_texts", l.max_embed_texts),
             ("limits.max_inflight", l.max_inflight),
+            ("limits.stream_idle_seconds", l.stream_idle_seconds),
             ("decoder.sessions", self.decoder.sessions),
             ("decoder.queue", self.decoder.queue),
             ("answer.max_sources", self.answer.max_sources),

@@ -128,14 +128,30 @@ impl State {
         .map_err(|e| Error::Worker(e.to_string()))?
     }
 
-    /// The open collection `name`, opening it on first use (NOT_FOUND when absent).
+    /// The open collection `name`, opening it on first use (NOT_FOUND when absent). A handle
+    /// that an I/O error left unusable (a full disk) is dropped and the collection opened
+    /// again, so it recovers once the cause is gone, without a restart.
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>, Error> {
-        if let Some(c) = self.open_map().get(name).cloned() {
+        if let Some(c) = self.open_map().get(name).cloned()
+            && !c.needs_reopen()
+        {
             return Ok(c);
         }
         let _l = self.lifecycle();
-        if let Some(c) = self.open_map().get(name).cloned() {
-            return Ok(c);
+        // A statement of its own: the read guard must be gone before the write below.
+        let cached = self.open_map().get(name).cloned();
+        if let Some(c) = cached {
+            if !c.needs_reopen() {
+                return Ok(c);
+            }
+            tracing::info!(
+                collection = name,
+                "reopening the collection after an I/O error"
+            );
+            self.open_map_mut().remove(name);
+            // Requests still holding the old handle finish on it; the DocStore's file lock is
+            // released with the last of them, and until then the open below is UNAVAILABLE.
+            drop(c);
         }
         let c = Arc::new(Collection::open(&self.settings.data_dir, name)?);
         ragd_engine::check_encoder(&c.settings()?, &self.embedder)?;
@@ -194,6 +210,11 @@ impl State {
     pub fn checkpoint_all(&self) {
         let open: Vec<Arc<Collection>> = self.open_map().values().cloned().collect();
         for c in open {
+            if c.needs_reopen() {
+                // Checkpointing it would only fail again; the next request reopens it, and
+                // the open replays what this handle had not checkpointed.
+                continue;
+            }
             if let Err(e) = c.checkpoint() {
                 tracing::error!(collection = c.name(), error = %e, "checkpoint failed");
             }

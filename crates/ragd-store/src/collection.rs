@@ -17,7 +17,7 @@ use crate::settings::{CollectionSettings, validate_name};
 use crate::vector::{VectorHit, VectorIndex};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -80,13 +80,16 @@ pub struct RebuildReport {
 }
 
 /// How a collection was brought up to date when it was opened.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Recovery {
     /// Log entries replayed into the derived indexes.
     pub replayed: u64,
     /// True when the derived indexes could not be replayed (log pruned past them, or settings
     /// changed) and were rebuilt from the DocStore.
     pub rebuilt: bool,
+    /// Why the derived indexes were rebuilt, when they were damaged (unreadable, failing their
+    /// checksums, disagreeing with the DocStore).
+    pub repaired: Option<String>,
 }
 
 /// One collection, open.
@@ -98,6 +101,10 @@ pub struct Collection {
     live: RwLock<Arc<Generation>>,
     write: Mutex<()>,
     recovery: Recovery,
+    /// Set when an operation failed in a way that may have left the open handles unusable (an
+    /// I/O error: a full disk): the owner should drop this handle and open the collection
+    /// again, which replays the DocStore's log into fresh indexes.
+    broken: AtomicBool,
 }
 
 impl Collection {
@@ -176,11 +183,37 @@ impl Collection {
         if !dir.join(DOCSTORE).is_file() {
             return Err(Error::CollectionNotFound(name.into()));
         }
+        // The DocStore is the system of record: if it cannot be opened, nothing is served.
         let store = DocStore::open(&dir.join(DOCSTORE), name)?;
         let settings = store.settings()?;
-        let current = generation::read_current(&dir)?;
         let tombstones = store.tombstones()?;
-        let generation = Generation::load(&dir.join(gen_dir_name(current)), &tombstones)?;
+        // Everything else is derived from it. A generation that cannot be loaded (missing or
+        // damaged CURRENT or manifest, a checksum that fails, a dependency that panics on a
+        // damaged file) is rebuilt from the DocStore rather than refused.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let current = generation::read_current(&dir)?;
+            Generation::load(&dir.join(gen_dir_name(current)), &tombstones)
+        }))
+        .unwrap_or_else(|panic| {
+            Err(Error::Corrupt {
+                path: dir.clone(),
+                reason: format!(
+                    "loading the live generation failed with {}",
+                    panic_message(&*panic)
+                ),
+            })
+        });
+        let generation = match loaded {
+            Ok(g) => g,
+            Err(e) if repairable(&e) => {
+                tracing::warn!(collection = %name, error = %e, "the live generation is damaged; rebuilding it from the docstore");
+                let c = Self::repair(dir, name, store, &e)?;
+                c.remove_stale_dirs(c.live().number);
+                return Ok(c);
+            }
+            Err(e) => return Err(e),
+        };
+        let current = generation.number;
         let mut c = Self {
             name: name.into(),
             dir,
@@ -188,19 +221,66 @@ impl Collection {
             live: RwLock::new(Arc::new(generation)),
             write: Mutex::new(()),
             recovery: Recovery::default(),
+            broken: AtomicBool::new(false),
         };
-        c.recover(&settings)?;
+        if let Err(e) = c.recover(&settings) {
+            if !repairable(&e) {
+                return Err(e);
+            }
+            tracing::warn!(collection = %c.name, error = %e, "replaying the log into the live generation failed; rebuilding it from the docstore");
+            c.rebuild(|_, _| {})?;
+            c.recovery.rebuilt = true;
+            c.recovery.repaired = Some(e.to_string());
+        }
         // Never serve derived indexes that disagree with the DocStore: whatever the cause (a
         // crash at an unforeseen point, a bug), they are rebuilt from it.
         if !c.recovery.rebuilt
-            && let Err(e) = c.verify()
+            && let Err(e) = c.verify_counts()
         {
             tracing::warn!(collection = %c.name, error = %e, "derived indexes disagree with the docstore; rebuilding them from it");
             c.rebuild(|_, _| {})?;
             c.recovery.rebuilt = true;
+            c.recovery.repaired = Some(e.to_string());
         }
         c.remove_stale_dirs(current);
         Ok(c)
+    }
+
+    /// Opens a collection whose live generation cannot be loaded: builds a new generation from
+    /// the DocStore under a number no directory uses yet, and points `CURRENT` at it.
+    fn repair(dir: PathBuf, name: &str, store: DocStore, damage: &Error) -> Result<Self> {
+        let used = std::fs::read_dir(&dir)
+            .map_err(Error::io(format!("listing {}", dir.display())))?
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let n = n
+                    .strip_prefix("gen-")
+                    .or_else(|| n.strip_prefix(".building-"))?;
+                n.parse::<u64>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let number = used.max(generation::read_current(&dir).unwrap_or(0)) + 1;
+        let settings = store.settings()?;
+        let counts = store.counts()?;
+        let (fresh, seq) = build_generation(&store, &dir, number, &settings, counts, |_, _| {})?;
+        generation::write_current(&dir, number)?;
+        store.drop_tombstoned()?;
+        store.prune_log(seq)?;
+        Ok(Self {
+            name: name.into(),
+            dir,
+            store,
+            live: RwLock::new(Arc::new(fresh)),
+            write: Mutex::new(()),
+            recovery: Recovery {
+                replayed: 0,
+                rebuilt: true,
+                repaired: Some(damage.to_string()),
+            },
+            broken: AtomicBool::new(false),
+        })
     }
 
     fn recover(&mut self, settings: &CollectionSettings) -> Result<()> {
@@ -306,7 +386,24 @@ impl Collection {
 
     /// How the collection was recovered when opened.
     pub fn recovery(&self) -> Recovery {
-        self.recovery
+        self.recovery.clone()
+    }
+
+    /// True once an operation failed in a way that may have left this handle unusable (an I/O
+    /// error such as a full disk): drop it and open the collection again.
+    pub fn needs_reopen(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Passes `r` through, marking the handle for reopening when it failed with an I/O error.
+    fn watch<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && e.needs_reopen()
+        {
+            tracing::warn!(collection = %self.name, error = %e, "an I/O error left the collection needing a reopen");
+            self.broken.store(true, Ordering::Release);
+        }
+        r
     }
 
     /// The live generation.
@@ -390,6 +487,10 @@ impl Collection {
     ///
     /// [`checkpoint`]: Self::checkpoint
     pub fn write(&self, batch: Vec<DocWrite>) -> Result<WriteReport> {
+        self.watch(self.write_locked(batch))
+    }
+
+    fn write_locked(&self, batch: Vec<DocWrite>) -> Result<WriteReport> {
         let _w = self.lock()?;
         let live = self.live();
         let dim = self.store.settings()?.dim;
@@ -422,7 +523,7 @@ impl Collection {
     /// which also dumps the HNSW graph). Dense search sees writes at once without it.
     pub fn refresh(&self) -> Result<()> {
         let _w = self.lock()?;
-        self.live().refresh_lexical()
+        self.watch(self.live().refresh_lexical())
     }
 
     /// Makes the live generation durable up to the last write (tantivy commit, HNSW dump,
@@ -430,7 +531,7 @@ impl Collection {
     pub fn checkpoint(&self) -> Result<()> {
         let _w = self.lock()?;
         let live = self.live();
-        self.checkpoint_locked(&live)
+        self.watch(self.checkpoint_locked(&live))
     }
 
     fn checkpoint_locked(&self, live: &Generation) -> Result<()> {
@@ -510,9 +611,36 @@ impl Collection {
         self.live().lexical.doc_freqs(terms)
     }
 
-    /// Checks that the live indexes hold exactly the DocStore's live chunks: BM25 document count
-    /// and HNSW points net of tombstones. Run after a checkpoint.
+    /// Checks the live generation's files (the HNSW dump against the manifest's sha256, every
+    /// BM25 file against its checksum) and that the indexes hold exactly the DocStore's live
+    /// chunks. Run after a checkpoint.
     pub fn verify(&self) -> Result<()> {
+        self.verify_counts()?;
+        let live = self.live();
+        let current = generation::read_current(&self.dir)?;
+        if current != live.number {
+            return Err(Error::Corrupt {
+                path: self.dir.join(generation::CURRENT),
+                reason: format!(
+                    "names generation {current}; generation {} is live",
+                    live.number
+                ),
+            });
+        }
+        let on_disk = generation::read_manifest(&live.dir)?;
+        if on_disk != self.manifest() {
+            return Err(Error::Corrupt {
+                path: live.dir.clone(),
+                reason: "the manifest on disk is not the one loaded".into(),
+            });
+        }
+        generation::check_files(&live.dir, &on_disk)?;
+        live.lexical.check_files()
+    }
+
+    /// Checks that the live indexes hold exactly the DocStore's live chunks: applied sequence,
+    /// BM25 document count and HNSW points net of tombstones.
+    fn verify_counts(&self) -> Result<()> {
         let _w = self.lock()?;
         let live = self.live();
         let c = self.store.counts()?;
@@ -549,7 +677,7 @@ impl Collection {
     pub fn set_settings(&self, settings: &CollectionSettings) -> Result<()> {
         settings.validate()?;
         let _w = self.lock()?;
-        self.store.set_settings(settings)
+        self.watch(self.store.set_settings(settings))
     }
 
     /// Writes a batch to the DocStore only, leaving the live indexes behind (a rebuild re-chunking
@@ -558,7 +686,7 @@ impl Collection {
     pub fn write_docstore_only(&self, batch: Vec<DocWrite>) -> Result<Vec<WriteOutcome>> {
         let _w = self.lock()?;
         let dim = self.store.settings()?.dim;
-        Ok(self.store.write(batch, dim)?.0)
+        Ok(self.watch(self.store.write(batch, dim))?.0)
     }
 
     /// Builds a new generation from the DocStore: in `.building-<n>`, then verified (manifest
@@ -566,64 +694,19 @@ impl Collection {
     /// `gen-<n>`, made live by rewriting `CURRENT`, and only then are tombstoned chunks dropped
     /// from the DocStore and the old generation removed. Searches keep running on the old
     /// generation until the switch. `progress(done, total)` counts chunks.
-    pub fn rebuild(&self, mut progress: impl FnMut(u64, u64)) -> Result<RebuildReport> {
+    pub fn rebuild(&self, progress: impl FnMut(u64, u64)) -> Result<RebuildReport> {
         let t0 = Instant::now();
         let _w = self.lock()?;
+        self.watch(self.rebuild_locked(t0, progress))
+    }
+
+    fn rebuild_locked(&self, t0: Instant, progress: impl FnMut(u64, u64)) -> Result<RebuildReport> {
         let old = self.live();
         let settings = self.store.settings()?;
         let counts = self.store.counts()?;
         let number = old.number + 1;
-        let building = self.dir.join(format!(".building-{number}"));
-        let _ = std::fs::remove_dir_all(&building);
-        let built = (|| -> Result<u64> {
-            let g = Generation::create(&building, number, &settings, counts.chunks as usize)?;
-            let mut done = 0;
-            let seq = self.store.scan_live(2048, |group| {
-                let points: Vec<(u64, &[f32])> =
-                    group.iter().map(|c| (c.id, c.vector.as_slice())).collect();
-                g.vectors.insert(&points)?;
-                let docs: Vec<LexicalDoc<'_>> = group
-                    .iter()
-                    .map(|c| LexicalDoc {
-                        chunk: c.id,
-                        doc_id: &c.chunk.doc_id,
-                        title: &c.title,
-                        text: &c.chunk.span.text,
-                        metadata: &c.metadata,
-                    })
-                    .collect();
-                g.lexical.add(&docs)?;
-                done += group.len() as u64;
-                progress(done, counts.chunks);
-                Ok(())
-            })?;
-            g.applied.store(seq, Ordering::Release);
-            g.checkpoint(counts.documents, counts.chunks)?;
-            Ok(seq)
-        })();
-        let seq = match built {
-            Ok(seq) => seq,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&building);
-                return Err(e);
-            }
-        };
-        let final_dir = self.dir.join(gen_dir_name(number));
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&building, &final_dir)
-            .map_err(Error::io(format!("renaming {}", building.display())))?;
-        fsutil::sync_dir(&self.dir)?;
-        // Verify what is on disk, loaded fresh, before anyone is switched to it.
-        let fresh = match Generation::load(&final_dir, &[]).and_then(|g| {
-            verify_fresh(&g, counts.chunks, seq)?;
-            Ok(g)
-        }) {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&final_dir);
-                return Err(e);
-            }
-        };
+        let (fresh, seq) =
+            build_generation(&self.store, &self.dir, number, &settings, counts, progress)?;
         generation::write_current(&self.dir, number)?;
         match self.live.write() {
             Ok(mut l) => *l = Arc::new(fresh),
@@ -650,6 +733,92 @@ impl Collection {
         let live = self.live();
         let m = live.manifest.lock().map(|m| m.clone());
         m.unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// Builds generation `number` of the collection in `dir` from the DocStore: in
+/// `.building-<n>`, then verified (manifest checksums, HNSW points and BM25 documents equal to
+/// the DocStore's live chunks) and renamed to `gen-<n>`. Returns it loaded fresh from disk, with
+/// the DocStore sequence it reflects; `CURRENT` is the caller's to move. `progress(done, total)`
+/// counts chunks.
+fn build_generation(
+    store: &DocStore,
+    dir: &Path,
+    number: u64,
+    settings: &CollectionSettings,
+    counts: StoreCounts,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(Generation, u64)> {
+    let building = dir.join(format!(".building-{number}"));
+    let _ = std::fs::remove_dir_all(&building);
+    let built = (|| -> Result<u64> {
+        let g = Generation::create(&building, number, settings, counts.chunks as usize)?;
+        let mut done = 0;
+        let seq = store.scan_live(2048, |group| {
+            let points: Vec<(u64, &[f32])> =
+                group.iter().map(|c| (c.id, c.vector.as_slice())).collect();
+            g.vectors.insert(&points)?;
+            let docs: Vec<LexicalDoc<'_>> = group
+                .iter()
+                .map(|c| LexicalDoc {
+                    chunk: c.id,
+                    doc_id: &c.chunk.doc_id,
+                    title: &c.title,
+                    text: &c.chunk.span.text,
+                    metadata: &c.metadata,
+                })
+                .collect();
+            g.lexical.add(&docs)?;
+            done += group.len() as u64;
+            progress(done, counts.chunks);
+            Ok(())
+        })?;
+        g.applied.store(seq, Ordering::Release);
+        g.checkpoint(counts.documents, counts.chunks)?;
+        Ok(seq)
+    })();
+    let seq = match built {
+        Ok(seq) => seq,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
+    let final_dir = dir.join(gen_dir_name(number));
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&building, &final_dir)
+        .map_err(Error::io(format!("renaming {}", building.display())))?;
+    fsutil::sync_dir(dir)?;
+    // Verify what is on disk, loaded fresh, before anyone is switched to it.
+    match Generation::load(&final_dir, &[]).and_then(|g| {
+        verify_fresh(&g, counts.chunks, seq)?;
+        Ok(g)
+    }) {
+        Ok(g) => Ok((g, seq)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&final_dir);
+            Err(e)
+        }
+    }
+}
+
+/// True when a failure to load or replay the live generation means its files are damaged
+/// (rebuild them from the DocStore), not that the environment failed (a full disk, too many
+/// open files, permissions, another writer: retrying later is right, rebuilding is not).
+fn repairable(e: &Error) -> bool {
+    if e.is_storage_full() {
+        return false;
+    }
+    match e {
+        Error::Io { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::InvalidData
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        Error::Lexical(tantivy::TantivyError::LockFailure(..)) => false,
+        Error::Corrupt { .. } | Error::Json { .. } | Error::Vector(_) | Error::Lexical(_) => true,
+        _ => false,
     }
 }
 

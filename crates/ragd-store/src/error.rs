@@ -72,19 +72,56 @@ pub enum Error {
 impl Error {
     /// The kind of failure, for status and exit codes.
     pub fn kind(&self) -> ErrorKind {
+        if self.is_storage_full() {
+            return ErrorKind::StorageFull;
+        }
         match self {
             Self::InvalidName { .. } | Self::InvalidSettings(_) | Self::InvalidInput(_) => {
                 ErrorKind::InvalidInput
             }
             Self::CollectionNotFound(_) => ErrorKind::NotFound,
             Self::CollectionExists(_) => ErrorKind::AlreadyExists,
-            Self::InUse(_) => ErrorKind::Unavailable,
+            Self::InUse(_) | Self::Db(redb::Error::PreviousIo) => ErrorKind::Unavailable,
             Self::Corrupt { .. }
             | Self::Db(_)
             | Self::Lexical(_)
             | Self::Vector(_)
             | Self::Io { .. }
             | Self::Json { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// True when the disk is full (ENOSPC, or EDQUOT: over quota) anywhere in the cause chain.
+    pub fn is_storage_full(&self) -> bool {
+        let full = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::StorageFull
+                || e.kind() == std::io::ErrorKind::QuotaExceeded
+                || matches!(e.raw_os_error(), Some(28 | 122))
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(c) = cause {
+            if c.downcast_ref::<std::io::Error>().is_some_and(full) {
+                return true;
+            }
+            cause = c.source();
+        }
+        // Some dependencies keep only the text of their I/O error (hnsw_rs's dump, redb's).
+        let text = self.to_string();
+        text.contains("No space left on device")
+            || text.contains("os error 28)")
+            || text.contains("Disk quota exceeded")
+    }
+
+    /// True when this failure may have left the collection's open handles unusable: redb
+    /// refuses every later operation after an I/O error ("close and re-open the database"), and
+    /// a tantivy writer or an HNSW dump that failed half way is not to be trusted either. The
+    /// collection must be closed and opened again, which replays the DocStore's log.
+    pub fn needs_reopen(&self) -> bool {
+        match self {
+            Self::Io { .. } | Self::Vector(_) => true,
+            Self::Db(e) => matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            Self::Lexical(_) => self.is_storage_full() || self.to_string().contains("os error"),
+            _ => self.is_storage_full(),
         }
     }
 

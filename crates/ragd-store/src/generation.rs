@@ -132,22 +132,8 @@ impl Generation {
     /// Loads the generation in `dir`, verifying the checksums its manifest records, and marks
     /// `tombstones` as deleted in the graph.
     pub(crate) fn load(dir: &Path, tombstones: &[u64]) -> Result<Self> {
-        let mpath = dir.join(MANIFEST);
-        let bytes =
-            std::fs::read(&mpath).map_err(Error::io(format!("reading {}", mpath.display())))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            path: mpath.clone(),
-            reason: e.to_string(),
-        })?;
-        for (name, want) in &manifest.checksums {
-            let got = fsutil::sha256_file(&dir.join(name))?;
-            if &got != want {
-                return Err(Error::Corrupt {
-                    path: dir.join(name),
-                    reason: format!("sha256 is {got}, the manifest says {want}"),
-                });
-            }
-        }
+        let manifest = read_manifest(dir)?;
+        check_files(dir, &manifest)?;
         let s = &manifest.settings;
         let vectors = match &manifest.hnsw {
             Some(files) => VectorIndex::load(dir, files, s.dim)?,
@@ -238,6 +224,30 @@ impl Generation {
     pub(crate) fn tombstone_set_len(&self) -> usize {
         self.vectors.tombstones()
     }
+}
+
+/// Reads the manifest of generation directory `dir`.
+pub(crate) fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let mpath = dir.join(MANIFEST);
+    let bytes = std::fs::read(&mpath).map_err(Error::io(format!("reading {}", mpath.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: mpath,
+        reason: e.to_string(),
+    })
+}
+
+/// Checks the files `m` records checksums for (the HNSW dump) in generation directory `dir`.
+pub(crate) fn check_files(dir: &Path, m: &Manifest) -> Result<()> {
+    for (name, want) in &m.checksums {
+        let got = fsutil::sha256_file(&dir.join(name))?;
+        if &got != want {
+            return Err(Error::Corrupt {
+                path: dir.join(name),
+                reason: format!("sha256 is {got}, the manifest says {want}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {

@@ -154,6 +154,7 @@ pub struct LexicalDoc<'a> {
 
 /// The tantivy index of one generation, with its single writer.
 pub struct LexicalIndex {
+    dir: std::path::PathBuf,
     index: Index,
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
@@ -168,12 +169,28 @@ impl std::fmt::Debug for LexicalIndex {
     }
 }
 
+fn check_checksums(index: &Index, dir: &Path) -> Result<()> {
+    let mut damaged: Vec<String> = index
+        .validate_checksum()?
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    damaged.sort();
+    Err(Error::Corrupt {
+        path: dir.to_path_buf(),
+        reason: format!("BM25 files fail their checksums: {}", damaged.join(", ")),
+    })
+}
+
 impl LexicalIndex {
     /// Creates an empty index in `dir` (which must exist and be empty).
     pub fn create(dir: &Path) -> Result<Self> {
         let (schema, _) = schema();
         let index = Index::create_in_dir(dir, schema)?;
-        Self::from_index(index)
+        Self::from_index(index, dir)
     }
 
     /// Opens the index in `dir`.
@@ -185,10 +202,18 @@ impl LexicalIndex {
                 reason: "the lexical index has a different schema (rebuild the collection)".into(),
             });
         }
-        Self::from_index(index)
+        // Before any reader touches them: tantivy trusts its files and may panic on a damaged
+        // one rather than fail.
+        check_checksums(&index, dir)?;
+        Self::from_index(index, dir)
     }
 
-    fn from_index(index: Index) -> Result<Self> {
+    /// Checks every file of the committed index against the checksum in its footer.
+    pub fn check_files(&self) -> Result<()> {
+        check_checksums(&self.index, &self.dir)
+    }
+
+    fn from_index(index: Index, dir: &Path) -> Result<Self> {
         register_analyzer(&index);
         let (_, fields) = schema();
         let writer = index.writer_with_num_threads(1, WRITER_BYTES)?;
@@ -197,6 +222,7 @@ impl LexicalIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         Ok(Self {
+            dir: dir.to_path_buf(),
             index,
             reader,
             writer: Mutex::new(writer),

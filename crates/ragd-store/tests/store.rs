@@ -149,23 +149,91 @@ fn writes_are_searchable_and_survive_reopen_with_and_without_checkpoint() {
     assert_eq!(open(d).recovery().replayed, 0);
 }
 
+/// A damaged derived file is detected (by the manifest's sha256, tantivy's checksums, a
+/// manifest or `CURRENT` that does not parse or is gone) and the generation rebuilt from the
+/// DocStore on open: nothing derived is ever a reason to refuse a collection. `verify` (what
+/// `ragd collections stats --verify` runs) finds the same damage on an open collection.
 #[test]
-fn a_corrupt_dump_is_detected_not_loaded() {
+fn damaged_derived_files_are_detected_and_rebuilt_from_the_docstore() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let c = Collection::create(d, "c", &settings()).unwrap();
-    c.write(docs(0..20)).unwrap();
-    c.checkpoint().unwrap();
-    let m = c.manifest();
-    drop(c);
-    let name = format!("{}.hnsw.graph", m.hnsw.unwrap().basename);
-    let p = d.join("c").join("gen-1").join(&name);
-    let mut bytes = std::fs::read(&p).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&p, bytes).unwrap();
-    let e = Collection::open(d, "c").unwrap_err();
-    assert!(e.to_string().contains("sha256"), "{e}");
+    checkpointed(d, 20);
+    let saved = tempfile::tempdir().unwrap();
+    copy_dir(&d.join("c"), saved.path());
+    let restore = || {
+        std::fs::remove_dir_all(d.join("c")).unwrap();
+        copy_dir(saved.path(), &d.join("c"));
+    };
+    let flip = |p: &Path| {
+        let mut b = std::fs::read(p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(p, b).unwrap();
+    };
+    let gen1 = d.join("c/gen-1");
+    let mut bm25 = Vec::new();
+    files_under(&gen1.join("bm25"), &mut bm25);
+    let segment = |ext: &str| {
+        bm25.iter()
+            .find(|p| p.extension().is_some_and(|e| e == ext))
+            .unwrap_or_else(|| panic!("no .{ext} file in {bm25:?}"))
+            .clone()
+    };
+    let basename = open(d).manifest().hnsw.unwrap().basename;
+    type Damage<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let damages: Vec<Damage<'_>> = vec![
+        (
+            "hnsw graph",
+            Box::new(|| flip(&gen1.join(format!("{basename}.hnsw.graph")))),
+        ),
+        (
+            "hnsw data",
+            Box::new(|| flip(&gen1.join(format!("{basename}.hnsw.data")))),
+        ),
+        ("bm25 .idx", Box::new(|| flip(&segment("idx")))),
+        ("bm25 .term", Box::new(|| flip(&segment("term")))),
+        ("bm25 .store", Box::new(|| flip(&segment("store")))),
+        (
+            "truncated manifest",
+            Box::new(|| {
+                let p = gen1.join("manifest.json");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+            }),
+        ),
+        (
+            "missing CURRENT",
+            Box::new(|| std::fs::remove_file(d.join("c/CURRENT")).unwrap()),
+        ),
+        (
+            "missing generation",
+            Box::new(|| std::fs::remove_dir_all(&gen1).unwrap()),
+        ),
+    ];
+    for (what, damage) in &damages {
+        restore();
+        // Damage under an open collection: verify finds it (the files it can read).
+        let c = open(d);
+        damage();
+        let e = c.verify().expect_err(what);
+        assert!(
+            matches!(e, Error::Corrupt { .. } | Error::Io { .. }),
+            "{what}: {e}"
+        );
+        drop(c);
+        // Opened again: rebuilt from the DocStore, complete and consistent.
+        let c = open(d);
+        let r = c.recovery();
+        assert!(r.rebuilt && r.repaired.is_some(), "{what}: {r:?}");
+        c.verify().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(c.stats().unwrap().documents, 20, "{what}");
+        let hit = c.search_lexical("word7", 1).unwrap()[0].chunk;
+        assert_eq!(c.chunks(&[hit]).unwrap()[0].1.doc_id, "d7", "{what}");
+        drop(c);
+        // And the repair is durable: the next open replays nothing and rebuilds nothing.
+        let c = open(d);
+        assert!(!c.recovery().rebuilt, "{what}");
+    }
 }
 
 #[test]
@@ -292,11 +360,12 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A flipped byte anywhere in a collection (DocStore, BM25 segment files, HNSW dump, manifest)
-/// fails that collection's open or is repaired; it never panics out of it (tantivy and redb
-/// panic on some damaged files: a panic used to poison the server's lifecycle lock). A damaged
-/// collection can still be deleted.
+/// never panics out of open (tantivy and redb panic on some damaged files: a panic used to
+/// poison the server's lifecycle lock). Outside the DocStore it is repaired from the DocStore;
+/// inside, the open is refused or the collection is intact. A collection refused can still be
+/// deleted.
 #[test]
-fn a_damaged_file_never_panics_out_of_open_and_can_be_deleted() {
+fn a_damaged_file_never_panics_out_of_open_and_derived_damage_is_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     checkpointed(d, 50);
@@ -304,7 +373,7 @@ fn a_damaged_file_never_panics_out_of_open_and_can_be_deleted() {
     copy_dir(&d.join("c"), saved.path());
     let mut files = Vec::new();
     files_under(saved.path(), &mut files);
-    let (mut tried, mut failed) = (0, 0);
+    let (mut tried, mut repaired) = (0, 0);
     for f in &files {
         let rel = f.strip_prefix(saved.path()).unwrap();
         let len = std::fs::metadata(f).unwrap().len() as usize;
@@ -317,23 +386,29 @@ fn a_damaged_file_never_panics_out_of_open_and_can_be_deleted() {
             let mut b = std::fs::read(f).unwrap();
             b[((len as f64) * frac) as usize % len] ^= 0xff;
             std::fs::write(d.join("c").join(rel), &b).unwrap();
-            let opened = std::panic::catch_unwind(|| Collection::open(d, "c").map(drop));
-            assert!(
-                opened.is_ok(),
-                "a flipped byte at {frac} of {} panicked out of open",
-                rel.display()
-            );
+            let opened = std::panic::catch_unwind(|| Collection::open(d, "c"));
+            let what = format!("a flipped byte at {frac} of {}", rel.display());
+            let opened = opened.unwrap_or_else(|_| panic!("{what} panicked out of open"));
             tried += 1;
-            if opened.unwrap().is_err() {
-                failed += 1;
-                Collection::delete(d, "c").unwrap();
-                assert!(!d.join("c").exists());
+            let derived = !rel.ends_with("docstore.redb");
+            match opened {
+                Ok(c) => {
+                    c.verify()
+                        .unwrap_or_else(|e| panic!("{what}: served unverified: {e}"));
+                    assert_eq!(c.stats().unwrap().documents, 50, "{what}");
+                    repaired += usize::from(c.recovery().repaired.is_some());
+                }
+                Err(e) => {
+                    assert!(!derived, "{what} was refused, not repaired: {e}");
+                    Collection::delete(d, "c").unwrap();
+                    assert!(!d.join("c").exists());
+                }
             }
         }
     }
     assert!(
-        tried >= 30 && failed > 0,
-        "{tried} corruptions, {failed} refused"
+        tried >= 30 && repaired >= 10,
+        "{tried} corruptions, {repaired} repaired"
     );
 }
 
