@@ -402,3 +402,475 @@ async fn a_full_disk_is_resource_exhausted_and_the_collection_recovers_without_r
     c.verify().unwrap();
     assert_eq!(c.stats().unwrap().documents, acknowledged.len() as u64);
 }
+
+fn code<T>(r: Result<tonic::Response<T>, Status>) -> Code {
+    r.map_or_else(|e| e.code(), |_| Code::Ok)
+}
+
+/// The first event or error of a server stream call.
+async fn first<T>(r: Result<tonic::Response<tonic::Streaming<T>>, Status>) -> Code {
+    match r {
+        Err(e) => e.code(),
+        Ok(s) => match s.into_inner().message().await {
+            Ok(_) => Code::Ok,
+            Err(e) => e.code(),
+        },
+    }
+}
+
+/// Bad input over every RPC: each request answered with the code that names the mistake
+/// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS), never INTERNAL or a dead server; documents that
+/// cannot be stored fail alone, inside an OK Upsert. Prints the count (BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_every_rpc_gets_the_code_that_names_the_mistake() {
+    use Code::{AlreadyExists, InvalidArgument as Invalid, NotFound};
+    let srv = start(tempfile::tempdir().unwrap()).await;
+    create(&srv, "s").await;
+    srv.documents()
+        .upsert(pb::UpsertRequest {
+            collection: "s".into(),
+            documents: vec![text_doc("d", "Stone bridges carry loads.")],
+        })
+        .await
+        .unwrap();
+    let (mut cols, mut docs, mut search, mut answer, mut admin) = (
+        srv.collections(),
+        srv.documents(),
+        srv.search(),
+        srv.answer(),
+        srv.admin(),
+    );
+    let long = "x".repeat(5000);
+    let mut cases: Vec<(&str, Code, Code)> = Vec::new();
+    let new_col = |name: &str| pb::CreateCollectionRequest {
+        name: name.into(),
+        ..Default::default()
+    };
+    for (what, name) in [
+        ("create: empty name", ""),
+        ("create: path", "../x"),
+        ("create: slash", "a/b"),
+        ("create: long name", long.as_str()),
+        ("create: dot name", ".hidden"),
+    ] {
+        cases.push((what, Invalid, code(cols.create(new_col(name)).await)));
+    }
+    cases.push((
+        "create: exists",
+        AlreadyExists,
+        code(cols.create(new_col("s")).await),
+    ));
+    let mut big_chunks = new_col("c2");
+    big_chunks.chunking = Some(pb::ChunkingSettings {
+        max_tokens: 8192,
+        ..Default::default()
+    });
+    cases.push((
+        "create: chunks over the encoder",
+        Invalid,
+        code(cols.create(big_chunks).await),
+    ));
+    let get_col = |name: &str| pb::GetCollectionRequest { name: name.into() };
+    cases.push(("get: empty", Invalid, code(cols.get(get_col("")).await)));
+    cases.push((
+        "get: missing",
+        NotFound,
+        code(cols.get(get_col("nope")).await),
+    ));
+    cases.push(("get: path", Invalid, code(cols.get(get_col("..")).await)));
+    let del_col = |name: &str| pb::DeleteCollectionRequest { name: name.into() };
+    cases.push((
+        "delete: missing",
+        NotFound,
+        code(cols.delete(del_col("nope")).await),
+    ));
+    cases.push((
+        "delete: empty",
+        Invalid,
+        code(cols.delete(del_col("")).await),
+    ));
+
+    let upsert = |c: &str, documents: Vec<pb::DocumentInput>| pb::UpsertRequest {
+        collection: c.into(),
+        documents,
+    };
+    cases.push((
+        "upsert: no documents",
+        Invalid,
+        code(docs.upsert(upsert("s", vec![])).await),
+    ));
+    let many = vec![text_doc("m", "x"); 257];
+    cases.push((
+        "upsert: 257 documents",
+        Invalid,
+        code(docs.upsert(upsert("s", many)).await),
+    ));
+    cases.push((
+        "upsert: missing collection",
+        NotFound,
+        code(docs.upsert(upsert("nope", vec![text_doc("a", "b")])).await),
+    ));
+    cases.push((
+        "upsert: bad collection name",
+        Invalid,
+        code(docs.upsert(upsert("a b", vec![text_doc("a", "b")])).await),
+    ));
+    // Documents that fail alone, inside an OK call.
+    let mut bad_docs = vec![
+        text_doc("", "no id"),
+        text_doc(&"i".repeat(600), "long id"),
+        text_doc("empty", ""),
+        text_doc("blank", "   \n\t "),
+        pb::DocumentInput {
+            id: "not-utf8".into(),
+            content: vec![0xff, 0xfe, 0x00, 0x41],
+            ..Default::default()
+        },
+        pb::DocumentInput {
+            id: "bad-pdf".into(),
+            content: b"%PDF-1.7 this is not a PDF".to_vec(),
+            format: pb::DocumentFormat::Pdf as i32,
+            ..Default::default()
+        },
+        pb::DocumentInput {
+            id: "bad-format".into(),
+            content: b"text".to_vec(),
+            format: 99,
+            ..Default::default()
+        },
+        pb::DocumentInput {
+            id: "long-source".into(),
+            content: b"text".to_vec(),
+            source: "s".repeat(5000),
+            ..Default::default()
+        },
+    ];
+    bad_docs.push(text_doc("fine", "A fine document about arches."));
+    let results = docs
+        .upsert(upsert("s", bad_docs))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let failed = results
+        .iter()
+        .filter(|r| r.status == pb::DocumentStatus::Failed as i32 && !r.error.is_empty())
+        .count();
+    assert_eq!((failed, results.len()), (8, 9), "{results:?}");
+    assert_eq!(results[8].status, pb::DocumentStatus::Added as i32);
+    let del = |c: &str, ids: Vec<String>| pb::DeleteDocumentsRequest {
+        collection: c.into(),
+        ids,
+    };
+    cases.push((
+        "delete docs: none",
+        Invalid,
+        code(docs.delete(del("s", vec![])).await),
+    ));
+    cases.push((
+        "delete docs: 1025",
+        Invalid,
+        code(docs.delete(del("s", vec!["a".into(); 1025])).await),
+    ));
+    cases.push((
+        "delete docs: missing collection",
+        NotFound,
+        code(docs.delete(del("nope", vec!["a".into()])).await),
+    ));
+    let get = |c: &str, id: &str| pb::GetDocumentRequest {
+        collection: c.into(),
+        id: id.into(),
+        include_text: true,
+    };
+    cases.push((
+        "get doc: missing",
+        NotFound,
+        code(docs.get(get("s", "nope")).await),
+    ));
+    cases.push((
+        "get doc: missing collection",
+        NotFound,
+        code(docs.get(get("nope", "d")).await),
+    ));
+    let list = |c: &str, page_size: u32| pb::ListDocumentsRequest {
+        collection: c.into(),
+        page_size,
+        ..Default::default()
+    };
+    cases.push((
+        "list docs: page 5000",
+        Invalid,
+        code(docs.list(list("s", 5000)).await),
+    ));
+    cases.push((
+        "list docs: missing collection",
+        NotFound,
+        code(docs.list(list("nope", 10)).await),
+    ));
+    let stream = |msgs: Vec<pb::IngestStreamRequest>| tokio_stream::iter(msgs);
+    let msg = |c: &str, d: Option<pb::DocumentInput>| pb::IngestStreamRequest {
+        collection: c.into(),
+        document: d,
+    };
+    cases.push((
+        "stream: no collection",
+        Invalid,
+        first(
+            docs.ingest_stream(stream(vec![msg("", Some(text_doc("a", "b")))]))
+                .await,
+        )
+        .await,
+    ));
+    cases.push((
+        "stream: no document",
+        Invalid,
+        first(docs.ingest_stream(stream(vec![msg("s", None)])).await).await,
+    ));
+    cases.push((
+        "stream: collection changes",
+        Invalid,
+        first(
+            docs.ingest_stream(stream(vec![
+                msg("s", Some(text_doc("a", "b"))),
+                msg("t", Some(text_doc("c", "d"))),
+            ]))
+            .await,
+        )
+        .await,
+    ));
+    cases.push((
+        "stream: missing collection",
+        NotFound,
+        first(
+            docs.ingest_stream(stream(vec![msg("nope", Some(text_doc("a", "b")))]))
+                .await,
+        )
+        .await,
+    ));
+
+    let q = |c: &str, query: &str, o: pb::SearchOptions| pb::SearchRequest {
+        collection: c.into(),
+        query: query.into(),
+        options: Some(o),
+    };
+    let d = pb::SearchOptions::default;
+    for (what, o) in [
+        (
+            "search: top_k 5000",
+            pb::SearchOptions { top_k: 5000, ..d() },
+        ),
+        ("search: mode 99", pb::SearchOptions { mode: 99, ..d() }),
+        (
+            "search: candidates 1e6",
+            pb::SearchOptions {
+                candidates: 1_000_000,
+                ..d()
+            },
+        ),
+        (
+            "search: ef 100000",
+            pb::SearchOptions { ef: 100_000, ..d() },
+        ),
+        (
+            "search: mmr 2",
+            pb::SearchOptions {
+                mmr_lambda: Some(2.0),
+                ..d()
+            },
+        ),
+        (
+            "search: empty filter key",
+            pb::SearchOptions {
+                filter: Some(pb::Filter {
+                    metadata: [(
+                        String::new(),
+                        pb::StringList {
+                            values: vec!["v".into()],
+                        },
+                    )]
+                    .into(),
+                    ..Default::default()
+                }),
+                ..d()
+            },
+        ),
+    ] {
+        cases.push((
+            what,
+            Invalid,
+            code(search.search(q("s", "arches", o)).await),
+        ));
+    }
+    cases.push((
+        "search: long query",
+        Invalid,
+        code(search.search(q("s", &long, d())).await),
+    ));
+    cases.push((
+        "search: missing collection",
+        NotFound,
+        code(search.search(q("nope", "arches", d())).await),
+    ));
+    let embed = |texts: Vec<String>| pb::EmbedRequest { texts };
+    cases.push((
+        "embed: none",
+        Invalid,
+        code(search.embed(embed(vec![])).await),
+    ));
+    cases.push((
+        "embed: 300",
+        Invalid,
+        code(search.embed(embed(vec!["a".into(); 300])).await),
+    ));
+    cases.push((
+        "embed: empty text",
+        Invalid,
+        code(search.embed(embed(vec![" ".into()])).await),
+    ));
+    cases.push((
+        "embed: 20 KB",
+        Invalid,
+        code(search.embed(embed(vec!["w ".repeat(10_000)])).await),
+    ));
+
+    let ask = |question: &str, g: pb::GenerationOptions| pb::AskRequest {
+        collection: "s".into(),
+        question: question.into(),
+        generation: Some(g),
+        ..Default::default()
+    };
+    let g = pb::GenerationOptions::default;
+    let asks: Vec<(&str, pb::AskRequest)> = vec![
+        ("ask: empty question", ask(" ", g())),
+        ("ask: long question", ask(&long, g())),
+        (
+            "ask: max_tokens 5000",
+            ask(
+                "arches?",
+                pb::GenerationOptions {
+                    max_tokens: 5000,
+                    ..g()
+                },
+            ),
+        ),
+        (
+            "ask: temperature 3",
+            ask(
+                "arches?",
+                pb::GenerationOptions {
+                    temperature: Some(3.0),
+                    ..g()
+                },
+            ),
+        ),
+        (
+            "ask: top_p 1.5",
+            ask(
+                "arches?",
+                pb::GenerationOptions {
+                    top_p: Some(1.5),
+                    ..g()
+                },
+            ),
+        ),
+        (
+            "ask: 9 stops",
+            ask(
+                "arches?",
+                pb::GenerationOptions {
+                    stop: vec!["x".into(); 9],
+                    ..g()
+                },
+            ),
+        ),
+        (
+            "ask: 65 turns",
+            pb::AskRequest {
+                history: vec![
+                    pb::Turn {
+                        question: "q".into(),
+                        answer: "a".into()
+                    };
+                    65
+                ],
+                ..ask("arches?", g())
+            },
+        ),
+        (
+            "ask: min_relevance 2",
+            pb::AskRequest {
+                min_relevance: Some(2.0),
+                ..ask("arches?", g())
+            },
+        ),
+    ];
+    for (what, req) in asks {
+        cases.push((what, Invalid, code(answer.ask(req.clone()).await)));
+        cases.push((what, Invalid, first(answer.ask_stream(req).await).await));
+    }
+    cases.push((
+        "ask: missing collection",
+        NotFound,
+        code(
+            answer
+                .ask(pb::AskRequest {
+                    collection: "nope".into(),
+                    ..ask("arches?", g())
+                })
+                .await,
+        ),
+    ));
+    let rebuild = |c: &str, chunking: Option<pb::ChunkingSettings>| pb::RebuildRequest {
+        collection: c.into(),
+        chunking,
+        ..Default::default()
+    };
+    cases.push((
+        "rebuild: missing collection",
+        NotFound,
+        first(admin.rebuild(rebuild("nope", None)).await).await,
+    ));
+    cases.push((
+        "rebuild: chunks over the encoder",
+        Invalid,
+        first(
+            admin
+                .rebuild(rebuild(
+                    "s",
+                    Some(pb::ChunkingSettings {
+                        max_tokens: 8192,
+                        ..Default::default()
+                    }),
+                ))
+                .await,
+        )
+        .await,
+    ));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(srv.channel.clone());
+    cases.push((
+        "health: unknown service",
+        NotFound,
+        code(
+            health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: "nope.Nope".into(),
+                })
+                .await,
+        ),
+    ));
+
+    let wrong: Vec<_> = cases.iter().filter(|(_, want, got)| want != got).collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Still serving, the stored documents intact.
+    let info = admin.info(pb::InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.collections.len(), 1);
+    assert_eq!(info.collections[0].documents, 2);
+    println!(
+        "{}",
+        format_args!(
+            "{{\"bad_requests\": {}, \"bad_documents\": {failed}, \"wrong_codes\": 0}}",
+            cases.len()
+        )
+    );
+    srv.stop().await;
+}

@@ -1318,3 +1318,490 @@ fn sigkill_at_random_points_of_every_write_loses_nothing_acknowledged() {
         })
     );
 }
+
+/// A soak: 45 s of mixed load on one `ragd serve` — upserts of new documents, searches, asks,
+/// deletes and changed re-upserts from concurrent clients — with the server's RSS sampled every
+/// half second and every call's latency recorded. No call may fail but for RESOURCE_EXHAUSTED
+/// (admission control), memory must level off (the last third's peak within 25% of the first
+/// third's), and the collection must verify afterwards. Prints the figures as one JSON line
+/// (BENCHMARKS.md, "Reliability").
+#[test]
+fn a_soak_of_mixed_load_levels_off_in_memory_and_fails_nothing() {
+    use ragd_proto::v1 as pb;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    const SECONDS: u64 = 45;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let served = Served::start(&data, None);
+    let pid = served.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<(f64, u64)>>> = Arc::default();
+    let sampler = {
+        let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+                let kb: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap();
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((t0.elapsed().as_secs_f64(), kb));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doc = |id: String, v: u64| pb::DocumentInput {
+        id: id.clone(),
+        content: format!(
+            "Record {id}, revision {v}. The survey of stone bridges on the river Ode found {v} \
+             arches in need of repair, and the ferry at Larkspur carried {} carts an hour.",
+            v % 13
+        )
+        .into_bytes(),
+        metadata: [("kind".to_string(), "survey".to_string())].into(),
+        ..Default::default()
+    };
+    let (latencies, codes) = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(served.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::collections_client::CollectionsClient::new(ch.clone())
+            .create(pb::CreateCollectionRequest {
+                name: "soak".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(SECONDS);
+        let latencies: Arc<Mutex<std::collections::BTreeMap<&'static str, Vec<f64>>>> =
+            Arc::default();
+        let codes: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+        let record = {
+            let (latencies, codes) = (Arc::clone(&latencies), Arc::clone(&codes));
+            move |what: &'static str, t: Instant, code: tonic::Code| {
+                latencies
+                    .lock()
+                    .unwrap()
+                    .entry(what)
+                    .or_default()
+                    .push(t.elapsed().as_secs_f64() * 1e3);
+                *codes
+                    .lock()
+                    .unwrap()
+                    .entry(format!("{what} {code:?}"))
+                    .or_default() += 1;
+            }
+        };
+        let code_of =
+            |r: Result<(), tonic::Status>| r.map_or_else(|e| e.code(), |()| tonic::Code::Ok);
+        let mut tasks = Vec::new();
+        // Writer: four new documents per call.
+        {
+            let (mut docs, record) = (
+                pb::documents_client::DocumentsClient::new(ch.clone()),
+                record.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let batch = (0..4)
+                        .map(|_| {
+                            n += 1;
+                            doc(format!("n{n}"), n)
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    let r = docs
+                        .upsert(pb::UpsertRequest {
+                            collection: "soak".into(),
+                            documents: batch,
+                        })
+                        .await;
+                    record("upsert", t, code_of(r.map(drop)));
+                }
+            }));
+        }
+        // Churn: replace and delete the first documents again and again.
+        {
+            let (mut docs, record) = (
+                pb::documents_client::DocumentsClient::new(ch.clone()),
+                record.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut v = 1000u64;
+                while Instant::now() < deadline {
+                    v += 1;
+                    let id = format!("n{}", v % 8 + 1);
+                    let t = Instant::now();
+                    let r = docs
+                        .upsert(pb::UpsertRequest {
+                            collection: "soak".into(),
+                            documents: vec![doc(id.clone(), v)],
+                        })
+                        .await;
+                    record("replace", t, code_of(r.map(drop)));
+                    let t = Instant::now();
+                    let r = docs
+                        .delete(pb::DeleteDocumentsRequest {
+                            collection: "soak".into(),
+                            ids: vec![id],
+                        })
+                        .await;
+                    record("delete", t, code_of(r.map(drop)));
+                }
+            }));
+        }
+        // Readers: two searching, one asking.
+        for _ in 0..2 {
+            let (mut search, record) = (
+                pb::search_client::SearchClient::new(ch.clone()),
+                record.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let t = Instant::now();
+                    let r = search
+                        .search(pb::SearchRequest {
+                            collection: "soak".into(),
+                            query: format!("how many arches need repair in survey {}", i % 50),
+                            options: None,
+                        })
+                        .await;
+                    record("search", t, code_of(r.map(drop)));
+                }
+            }));
+        }
+        {
+            let (mut answer, record) = (
+                pb::answer_client::AnswerClient::new(ch.clone()),
+                record.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let r = answer
+                        .ask(pb::AskRequest {
+                            collection: "soak".into(),
+                            question: "How many carts an hour did the Larkspur ferry carry?".into(),
+                            ..Default::default()
+                        })
+                        .await;
+                    record("ask", t, code_of(r.map(drop)));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let l = latencies.lock().unwrap().clone();
+        let c = codes.lock().unwrap().clone();
+        (l, c)
+    });
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let (code, log) = served.terminate();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    let failed: Vec<_> = codes
+        .iter()
+        .filter(|(k, _)| !k.ends_with(" Ok") && !k.ends_with(" ResourceExhausted"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let samples = samples.lock().unwrap().clone();
+    let third = |k: usize| {
+        let n = samples.len();
+        samples[k * n / 3..(k + 1) * n / 3]
+            .iter()
+            .map(|s| s.1)
+            .max()
+            .unwrap()
+    };
+    let (first_mb, last_mb) = (third(0) as f64 / 1024.0, third(2) as f64 / 1024.0);
+    assert!(
+        last_mb <= first_mb * 1.25,
+        "RSS kept growing: peak {first_mb:.0} MB in the first third, {last_mb:.0} MB in the last"
+    );
+    let c = ragd_store::Collection::open(&data, "soak").unwrap();
+    c.verify().unwrap();
+    let pct = |v: &Vec<f64>, p: f64| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+    };
+    let by_call: serde_json::Map<String, serde_json::Value> = latencies
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::json!({"calls": v.len(), "p50_ms": pct(v, 0.5).round(), "p99_ms": pct(v, 0.99).round()}),
+            )
+        })
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "seconds": SECONDS,
+            "calls": by_call,
+            "codes": codes,
+            "rss_mb_first_third_peak": first_mb.round(),
+            "rss_mb_last_third_peak": last_mb.round(),
+            "documents_after": c.counts().unwrap().documents,
+        })
+    );
+}
+
+/// The bad-input sweep over the command line (the gRPC one is in `tests/reliability.rs`): every
+/// command with a mistake a user makes — unknown collection, missing file, impossible setting,
+/// wrong flag value, unreachable or malformed server address, a data directory a running server
+/// holds — exits with the documented code and a one-line message naming the mistake; none
+/// panics (exit 101), none touches the served data, and the server serves on. Prints the count.
+#[test]
+fn bad_input_over_every_cli_command_exits_with_a_message_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let doc = tmp.path().join("bridges.md");
+    std::fs::write(
+        &doc,
+        "# Bridges\n\nThe Ode bridge has seven arches and was repaired in 1911.\n",
+    )
+    .unwrap();
+    let docp = doc.to_string_lossy().into_owned();
+    let missing = tmp
+        .path()
+        .join("no-such-file")
+        .to_string_lossy()
+        .into_owned();
+    json_of(&ragd_in(
+        &data,
+        &["collections", "create", "docs", "--json"],
+    ));
+    json_of(&ragd_in(
+        &data,
+        &["ingest", &docp, "--collection", "docs", "--json"],
+    ));
+    // (arguments, the exit code, words the message must contain)
+    type Case<'a> = (Vec<&'a str>, i32, &'a str);
+    let offline: Vec<Case> = vec![
+        (
+            vec!["search", "q", "--collection", "nope"],
+            1,
+            "does not exist",
+        ),
+        (
+            vec!["ask", "q", "--collection", "nope"],
+            1,
+            "does not exist",
+        ),
+        (
+            vec!["delete", "x", "--collection", "nope"],
+            1,
+            "does not exist",
+        ),
+        (vec!["rebuild", "--collection", "nope"], 1, "does not exist"),
+        (vec!["collections", "stats", "nope"], 1, "does not exist"),
+        (vec!["collections", "delete", "nope"], 1, "does not exist"),
+        (
+            vec!["collections", "create", "../up"],
+            1,
+            "invalid collection name",
+        ),
+        (vec!["collections", "create", "docs"], 1, "already exists"),
+        (
+            vec!["collections", "create", "big", "--chunk-max-tokens", "8192"],
+            1,
+            "--chunk-max-tokens 8192",
+        ),
+        (
+            vec!["ingest", &missing, "--collection", "docs"],
+            1,
+            "no-such-file",
+        ),
+        (
+            vec!["search", "q", "--collection", "docs", "--mode", "sideways"],
+            1,
+            "sideways",
+        ),
+        (
+            vec!["search", "q", "--collection", "docs", "--fusion", "magic"],
+            1,
+            "magic",
+        ),
+        (
+            vec![
+                "search",
+                "q",
+                "--collection",
+                "docs",
+                "--filter",
+                "nonsense",
+            ],
+            1,
+            "nonsense",
+        ),
+        (
+            vec!["search", "q", "--collection", "docs", "--top-k", "many"],
+            64,
+            "many",
+        ),
+        (
+            vec!["ask", "q", "--collection", "docs", "--temperature", "5"],
+            1,
+            "temperature",
+        ),
+        (
+            vec!["bench", "embed", "--input", &missing],
+            1,
+            "no-such-file",
+        ),
+        (
+            vec!["eval", "beir", "--dataset", &missing],
+            1,
+            "no-such-file",
+        ),
+        (
+            vec!["serve", "--listen", "not-an-address"],
+            1,
+            "not-an-address",
+        ),
+        (vec!["frobnicate"], 64, "frobnicate"),
+        (
+            vec![
+                "search",
+                "q",
+                "--collection",
+                "docs",
+                "--server",
+                "http://127.0.0.1:1",
+            ],
+            75,
+            "127.0.0.1:1",
+        ),
+        (
+            vec!["collections", "list", "--server", "not a url"],
+            1,
+            "not a url",
+        ),
+    ];
+    // Models through the environment, since not every command takes `--models-dir`.
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ragd"));
+        cmd.args(args).env("RAGD_MODELS", models_dir());
+        if !matches!(args[0], "bench" | "frobnicate") {
+            cmd.arg("--data-dir").arg(&data);
+        }
+        cmd.output().unwrap()
+    };
+    let check = |cases: &[Case], tried: &mut usize| {
+        let mut wrong = Vec::new();
+        for (args, want, needle) in cases {
+            let out = run(args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let code = out.status.code();
+            if code != Some(*want)
+                || !err.contains(needle)
+                || err.contains("panicked")
+                || err.len() > 2_000
+            {
+                wrong.push(format!(
+                    "ragd {args:?}: exit {code:?} (want {want}), stderr must name {needle:?}:\n{err}"
+                ));
+            }
+            *tried += 1;
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    };
+    let mut tried = 0;
+    check(&offline, &mut tried);
+
+    // A server holds the data directory: offline writers are refused, nothing is lost.
+    let served = Served::start(&data, None);
+    let url = served.url();
+    let found = |url: &str| {
+        let v = json_of(&ragd(&[
+            "search",
+            "seven arches",
+            "--collection",
+            "docs",
+            "--server",
+            url,
+            "--json",
+        ]));
+        v["hits"].as_array().unwrap().len()
+    };
+    assert_eq!(found(&url), 1);
+    let held: Vec<Case> = vec![
+        (
+            vec!["ingest", &docp, "--collection", "docs"],
+            1,
+            "another process",
+        ),
+        (
+            vec!["delete", "bridges", "--collection", "docs"],
+            1,
+            "another process",
+        ),
+        (vec!["collections", "delete", "docs"], 1, "another process"),
+        (
+            vec!["rebuild", "--collection", "docs"],
+            1,
+            "another process",
+        ),
+        (vec!["serve", "--listen", "127.0.0.1:0"], 1, "in use"),
+        (
+            vec!["search", "q", "--collection", "nope", "--server", &url],
+            1,
+            "does not exist",
+        ),
+        (
+            vec![
+                "ask",
+                "q",
+                "--collection",
+                "docs",
+                "--server",
+                &url,
+                "--temperature",
+                "5",
+            ],
+            1,
+            "temperature",
+        ),
+        (
+            vec!["collections", "create", "../up", "--server", &url],
+            1,
+            "invalid collection name",
+        ),
+    ];
+    check(&held, &mut tried);
+    assert_eq!(found(&url), 1, "the served collection changed");
+    let (code, log) = served.terminate();
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    let v = json_of(&run(&[
+        "collections",
+        "stats",
+        "docs",
+        "--verify",
+        "--json",
+    ]));
+    assert_eq!(v["documents"], 1, "{v}");
+    println!(
+        "{}",
+        serde_json::json!({"cli_bad_inputs": tried, "wrong": 0})
+    );
+}

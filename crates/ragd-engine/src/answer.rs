@@ -408,7 +408,7 @@ pub struct Prepared {
 struct Extract {
     marker: usize,
     document_id: String,
-    /// The quoted text (one sentence, two when the first is short).
+    /// The quoted text (one sentence, two when the first is short and the second on topic).
     text: String,
     /// Byte range in the document.
     start: usize,
@@ -761,9 +761,18 @@ fn best_extract(question: &str, candidates: &[Candidate], sources: &[Source]) ->
             if !evidence::fits(expects, text, question) || text.split_whitespace().count() < 3 {
                 continue;
             }
-            // A short sentence takes the next one along (at most two sentences).
+            // A short sentence takes the next one along (at most two sentences) when that one
+            // is about the question too, or the first announces it (a colon): never an
+            // unrelated sentence, which may be anything a document holds, instructions to the
+            // reader included.
             let end = match c.sentences.get(k + 1) {
-                Some(&(_, e2, _)) if e - s < 60 && e2 <= hi => e2,
+                Some(&(_, e2, next)) if e - s < 60 && e2 <= hi => {
+                    if next >= score * 0.5 || text.ends_with(':') {
+                        e2
+                    } else {
+                        e
+                    }
+                }
                 _ => e,
             };
             best = Some(Extract {

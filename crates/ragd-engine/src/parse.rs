@@ -566,6 +566,83 @@ mod tests {
         out
     }
 
+    /// Runs `f` on its own thread: `Err` when it panicked past the parser's own guard or did
+    /// not finish within 20 s (a hang).
+    fn guarded<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::result::Result<T, &'static str> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err("a panic escaped the parser"),
+            Err(_) => Err("the parser hung (> 20 s)"),
+        }
+    }
+
+    /// `base` damaged by `edits` (overwrite, insert or delete a byte at a position) and cut at
+    /// `cut` (when below its length).
+    fn damage(mut b: Vec<u8>, edits: &[(u16, u8, u8)], cut: u16) -> Vec<u8> {
+        for &(at, byte, op) in edits {
+            let i = at as usize % (b.len() + 1);
+            match op {
+                0 if i < b.len() => b[i] = byte,
+                1 => b.insert(i, byte),
+                _ if i < b.len() => {
+                    b.remove(i);
+                }
+                _ => {}
+            }
+        }
+        if (cut as usize) < b.len() {
+            b.truncate(cut as usize);
+        }
+        b
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 96, ..Default::default() })]
+
+        /// Every parser, on damaged versions of valid files (PDF, HTML, Markdown, text, JSONL)
+        /// and on random bytes: a document or a failure, never a panic past the parser, never a
+        /// hang. (A bounded-time fuzz that runs in every CI build.)
+        #[test]
+        fn parsers_never_panic_or_hang_on_damaged_input(
+            kind in 0usize..5,
+            edits in proptest::collection::vec((proptest::prelude::any::<u16>(), proptest::prelude::any::<u8>(), 0u8..3), 0..24),
+            cut in proptest::prelude::any::<u16>(),
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+        ) {
+            let nested: String = (0..40).map(|i| format!("{}- item {i}\n", "  ".repeat(i))).collect();
+            let (format, base) = match kind {
+                0 => (Format::Pdf, tiny_pdf("Graphene conducts heat remarkably well")),
+                1 => (Format::Html, b"<html><head><title>T</title><style>p{}</style></head><body><h1>Hi</h1><table><tr><td>a<td>b</table><p>Para &amp; more &#x1F600; <a href='x'>link</a></p><ul><li>one<li>two</ul></body></html>".to_vec()),
+                2 => (Format::Markdown, format!("# Title\n\n{nested}\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```rust\nfn x() {{}}\n```\n> quote *em* **strong** [l](u)\n").into_bytes()),
+                3 => (Format::Text, "Plain text. Naïve café 日本語 🙂\n\nSecond paragraph.".as_bytes().to_vec()),
+                _ => (Format::Jsonl, b"{\"_id\":\"d1\",\"title\":\"T\",\"text\":\"one\",\"metadata\":{\"k\":\"v\",\"n\":[1,2]}}\n{\"_id\":7,\"text\":\"two\"}\n".to_vec()),
+            };
+            for bytes in [damage(base, &edits, cut), random.clone()] {
+                let outcome = if format == Format::Jsonl {
+                    guarded(move || {
+                        let dir = tempfile::tempdir().unwrap();
+                        let p = dir.path().join("c.jsonl");
+                        std::fs::write(&p, bytes).unwrap();
+                        let opts = SourceOptions::default();
+                        let srcs = collect_sources(&[p], &opts).unwrap();
+                        srcs.iter().map(|s| read_all(s, &opts).len()).sum::<usize>()
+                    })
+                } else {
+                    guarded(move || {
+                        usize::from(parse_bytes("f", "f", "f", format, bytes, 1 << 20).is_ok())
+                    })
+                };
+                proptest::prop_assert!(outcome.is_ok(), "{:?} input: {}", format, outcome.unwrap_err());
+            }
+        }
+    }
+
     #[test]
     fn pdf_text_is_extracted() {
         let dir = tempfile::tempdir().unwrap();

@@ -340,6 +340,160 @@ impl Encode for Embedder {
     }
 }
 
+/// Requests of at most this many texts, and [`INTERACTIVE_BYTES`] in all, are interactive
+/// (a query, a few texts): they go before bulk work (ingest, rebuild, large Embed calls).
+const INTERACTIVE_TEXTS: usize = 8;
+const INTERACTIVE_BYTES: usize = 8 << 10;
+/// Bulk work runs in pieces of about this many bytes of text (~1,000 tokens: a fraction of a
+/// second on two cores), so interactive requests wait for at most one piece.
+const PIECE_BYTES: usize = 4 << 10;
+
+/// A bulk request in progress: its texts in order of length (longest first, so each piece pads
+/// little), the embeddings done so far, and where the next piece starts.
+struct BulkJob {
+    texts: Vec<String>,
+    order: Vec<usize>,
+    done: Vec<Option<Embedding>>,
+    next: usize,
+    /// Taken when answered.
+    reply: Option<EmbedReply>,
+}
+
+impl BulkJob {
+    fn new(texts: Vec<String>, reply: EmbedReply) -> Self {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        Self {
+            done: vec![None; texts.len()],
+            texts,
+            order,
+            next: 0,
+            reply: Some(reply),
+        }
+    }
+
+    /// Embeds the next piece; true when the job is finished (answered).
+    fn step(&mut self, embedder: &Embedder) -> bool {
+        let mut end = self.next;
+        let mut bytes = 0;
+        while end < self.order.len() && (end == self.next || bytes < PIECE_BYTES) {
+            bytes += self.texts[self.order[end]].len();
+            end += 1;
+        }
+        let piece: Vec<&str> = self.order[self.next..end]
+            .iter()
+            .map(|&i| self.texts[i].as_str())
+            .collect();
+        match embedder.embed(&piece) {
+            Ok(vectors) => {
+                for (&i, v) in self.order[self.next..end].iter().zip(vectors) {
+                    self.done[i] = Some(v);
+                }
+                self.next = end;
+            }
+            Err(e) => {
+                self.answer(Err(e));
+                return true;
+            }
+        }
+        if self.next < self.order.len() {
+            return false;
+        }
+        let done = std::mem::take(&mut self.done);
+        self.answer(Ok(done.into_iter().flatten().collect()));
+        true
+    }
+
+    fn answer(&mut self, r: Result<Vec<Embedding>>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(r);
+        }
+    }
+
+    /// True when nobody waits for the answer any more.
+    fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_none_or(oneshot::Sender::is_closed)
+    }
+}
+
+/// The embedder thread's loop. Interactive requests that arrive together share one pass and go
+/// first; bulk requests are embedded a piece at a time, oldest first, with the queue checked
+/// between pieces, so a search waits for at most one piece of someone's ingest, not all of it.
+/// A request whose caller has gone is dropped, between pieces too. At most `max_bulk` bulk
+/// requests are held; beyond that they are refused as overload, as a full queue refuses them.
+fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<(Vec<String>, EmbedReply)>, max_bulk: usize) {
+    let max_texts = embedder.batch.max_batch_size * 4;
+    let mut bulk: std::collections::VecDeque<BulkJob> = std::collections::VecDeque::new();
+    let mut interactive: Vec<(Vec<String>, EmbedReply)> = Vec::new();
+    loop {
+        // Block only when there is nothing to do.
+        if bulk.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => interactive.push(r),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            interactive.push(r);
+        }
+        let (small, large): (Vec<_>, Vec<_>) = interactive.drain(..).partition(|(t, _)| {
+            t.len() <= INTERACTIVE_TEXTS
+                && t.iter().map(String::len).sum::<usize>() <= INTERACTIVE_BYTES
+        });
+        for (texts, reply) in large {
+            if bulk.len() < max_bulk {
+                bulk.push_back(BulkJob::new(texts, reply));
+            } else {
+                let _ = reply.send(Err(Error::Overloaded("embedder")));
+            }
+        }
+        let mut small: Vec<_> = small.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        if !small.is_empty() {
+            // Interactive requests are small: one pass holds many of them.
+            while !small.is_empty() {
+                let mut take = 0;
+                let mut texts = 0;
+                while take < small.len() && (take == 0 || texts + small[take].0.len() <= max_texts)
+                {
+                    texts += small[take].0.len();
+                    take += 1;
+                }
+                let group: Vec<_> = small.drain(..take).collect();
+                embed_together(embedder, group);
+            }
+            continue;
+        }
+        bulk.retain(|j| !j.abandoned());
+        if let Some(job) = bulk.front_mut()
+            && job.step(embedder)
+        {
+            bulk.pop_front();
+        }
+    }
+}
+
+/// Embeds several requests in one pass and answers each with its own embeddings.
+fn embed_together(embedder: &Embedder, pending: Vec<(Vec<String>, EmbedReply)>) {
+    let all: Vec<&str> = pending
+        .iter()
+        .flat_map(|(t, _)| t.iter().map(String::as_str))
+        .collect();
+    match embedder.embed(&all) {
+        Ok(mut vectors) => {
+            for (texts, reply) in pending.into_iter().rev() {
+                let mine = vectors.split_off(vectors.len() - texts.len());
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for (_, reply) in pending {
+                let _ = reply.send(Err(Error::InvalidInput(msg.clone())));
+            }
+        }
+    }
+}
+
 /// Cheap, cloneable async handle to an [`Embedder`] running on its own thread.
 ///
 /// Requests wait in a bounded queue; when it is full `embed` fails at once with
@@ -364,47 +518,9 @@ impl EmbedderHandle {
             embedder.name().to_string(),
             embedder.token_counter(),
         );
-        let max_texts = embedder.batch.max_batch_size * 4;
         std::thread::Builder::new()
             .name("ragd-embedder".into())
-            .spawn(move || {
-                while let Some(first) = rx.blocking_recv() {
-                    // Coalesce whatever else is already waiting into the same pass.
-                    let mut pending = vec![first];
-                    let mut total = pending[0].0.len();
-                    while total < max_texts {
-                        match rx.try_recv() {
-                            Ok(req) => {
-                                total += req.0.len();
-                                pending.push(req);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    pending.retain(|(_, reply)| !reply.is_closed());
-                    if pending.is_empty() {
-                        continue;
-                    }
-                    let all: Vec<&str> = pending
-                        .iter()
-                        .flat_map(|(t, _)| t.iter().map(String::as_str))
-                        .collect();
-                    match embedder.embed(&all) {
-                        Ok(mut vectors) => {
-                            for (texts, reply) in pending.into_iter().rev() {
-                                let mine = vectors.split_off(vectors.len() - texts.len());
-                                let _ = reply.send(Ok(mine));
-                            }
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            for (_, reply) in pending {
-                                let _ = reply.send(Err(Error::InvalidInput(msg.clone())));
-                            }
-                        }
-                    }
-                }
-            })
+            .spawn(move || serve(&embedder, &mut rx, queue.max(1)))
             .map_err(Error::io("spawning the embedder thread"))?;
         Ok(Self {
             tx,

@@ -170,6 +170,44 @@ async fn embedder_handle_serves_concurrent_callers_and_refuses_overload() {
     }
 }
 
+/// A query sent while a bulk request (an ingest's chunks) is being embedded is answered between
+/// two pieces of it, not after all of it: searches stay fast while the server ingests or
+/// rebuilds. Both answers are the vectors the encoder gives directly, in order.
+#[test]
+fn queries_overtake_bulk_work_on_the_embedder_thread() {
+    let dir = DEFAULT_ENCODER.dir(&models_dir());
+    let handle = EmbedderHandle::load(&dir, 4).unwrap();
+    let bulk: Vec<String> = (0..96)
+        .map(|i| format!("bulk text number {i} about stone bridges and rivers ").repeat(20))
+        .collect();
+    let h = handle.clone();
+    let texts = bulk.clone();
+    let bulk_call = std::thread::spawn(move || {
+        let v = h.blocking_embed(texts).unwrap();
+        (v, std::time::Instant::now())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let query = handle
+        .blocking_embed(vec!["how old is the bridge?".into()])
+        .unwrap();
+    let query_done = std::time::Instant::now();
+    let (vectors, bulk_done) = bulk_call.join().unwrap();
+    assert!(
+        query_done < bulk_done,
+        "the query waited for the whole bulk request"
+    );
+    let direct = embedder().embed(&["how old is the bridge?"]).unwrap();
+    assert!(cosine(&query[0].vector, &direct[0].vector) > 0.9999);
+    assert_eq!(vectors.len(), bulk.len());
+    for i in [0, 47, 95] {
+        let d = embedder().embed(&[bulk[i].as_str()]).unwrap();
+        assert!(
+            cosine(&vectors[i].vector, &d[0].vector) > 0.9999,
+            "text {i}"
+        );
+    }
+}
+
 #[test]
 fn decoder_tokenizer_matches_llama_cpp() {
     for case in fixture("tokens.json").as_array().unwrap() {
