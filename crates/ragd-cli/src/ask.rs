@@ -551,6 +551,15 @@ fn print_sources(a: &Answer) {
         );
     }
     let u = &a.usage;
+    if u.generated_tokens == 0 {
+        // A quote or a refusal made without the decoder: no token figures to report.
+        println!(
+            "\nanswered without the decoder in {:.2} s (retrieval {:.0} ms)",
+            u.total_ms / 1e3,
+            u.retrieval_ms
+        );
+        return;
+    }
     println!(
         "\n{} prompt tokens, {} generated; first token after {:.2} s (retrieval {:.0} ms); \
          {:.1} tokens/s",

@@ -92,4 +92,24 @@ fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
     assert!(v["refused"].as_bool().unwrap(), "{v}");
     assert!(!v["cited"].as_bool().unwrap(), "{v}");
     assert_eq!(v["usage"]["generated_tokens"], 0, "{v}");
+
+    // Read by a person: a quote says it was made without the decoder, not "0.0 tokens/s".
+    let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+        .args([
+            "ask",
+            "--collection",
+            "sample",
+            "--data-dir",
+            d,
+            "--models-dir",
+        ])
+        .arg(registry::resolve_models_dir(None))
+        .arg("What does a rebuild write before it switches?")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("temporary directory"), "{text}");
+    assert!(text.contains("answered without the decoder in"), "{text}");
+    assert!(!text.contains("tokens/s"), "{text}");
 }
