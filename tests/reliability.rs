@@ -67,16 +67,6 @@ async fn raw_call(channel: &Channel, path: &'static str, body: Vec<u8>) -> Resul
         .map(|r| r.into_inner())
 }
 
-async fn create(srv: &Running, name: &str) {
-    srv.collections()
-        .create(pb::CreateCollectionRequest {
-            name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 fn text_doc(id: &str, text: &str) -> pb::DocumentInput {
     pb::DocumentInput {
         id: id.into(),
@@ -91,7 +81,7 @@ fn text_doc(id: &str, text: &str) -> pb::DocumentInput {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_invalid_argument() {
     let srv = start(tempfile::tempdir().unwrap()).await;
-    create(&srv, "m").await;
+    srv.create("m").await;
     // Field 1 (a string in every request below) as: invalid UTF-8; a length past the end; a
     // varint where a string belongs; a field number 0.
     let bodies: [Vec<u8>; 4] = [
@@ -140,7 +130,7 @@ async fn malformed_messages_are_invalid_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_do_not_echo_large_input() {
     let srv = start(tempfile::tempdir().unwrap()).await;
-    create(&srv, "e").await;
+    srv.create("e").await;
     let big = "x".repeat(1 << 20);
     let e = srv
         .documents()
@@ -173,7 +163,7 @@ async fn errors_do_not_echo_large_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn titles_metadata_history_and_sampling_are_bounded() {
     let srv = start(tempfile::tempdir().unwrap()).await;
-    create(&srv, "b").await;
+    srv.create("b").await;
     let ok = text_doc("ok", "Stone bridges carry their loads through arches.");
     let mut long_title = text_doc("long-title", "A document with a long title.");
     long_title.title = "t".repeat(2048);
@@ -242,7 +232,7 @@ async fn an_idle_ingest_stream_is_ended() {
         s.limits.stream_idle_seconds = 1;
     })
     .await;
-    create(&srv, "i").await;
+    srv.create("i").await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::IngestStreamRequest {
         collection: "i".into(),
@@ -345,7 +335,7 @@ async fn a_full_disk_is_resource_exhausted_and_the_collection_recovers_without_r
         s.data_dir = data.clone();
     })
     .await;
-    create(&srv, "full").await;
+    srv.create("full").await;
     let upsert = |id: String| {
         let mut docs = srv.documents();
         async move {
@@ -425,7 +415,7 @@ async fn first<T>(r: Result<tonic::Response<tonic::Streaming<T>>, Status>) -> Co
 async fn bad_input_over_every_rpc_gets_the_code_that_names_the_mistake() {
     use Code::{AlreadyExists, InvalidArgument as Invalid, NotFound};
     let srv = start(tempfile::tempdir().unwrap()).await;
-    create(&srv, "s").await;
+    srv.create("s").await;
     srv.documents()
         .upsert(pb::UpsertRequest {
             collection: "s".into(),

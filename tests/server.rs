@@ -643,13 +643,7 @@ async fn shutdown_during_an_ingest_stream_loses_no_acknowledged_document() {
     let data = tempfile::tempdir().unwrap();
     let data_path = data.path().to_path_buf();
     let srv = start(data).await;
-    srv.collections()
-        .create(pb::CreateCollectionRequest {
-            name: "s".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    srv.create("s").await;
     // A client that keeps streaming documents, slowly.
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::IngestStreamRequest>(4);
     let feeder = tokio::spawn(async move {
@@ -723,13 +717,7 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
     })
     .await;
     let metrics_addr = srv.metrics.unwrap();
-    let mut cols = srv.collections();
-    cols.create(pb::CreateCollectionRequest {
-        name: "o".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    srv.create("o").await;
     let mut docs = srv.documents();
     docs.upsert(pb::UpsertRequest {
         collection: "o".into(),
@@ -878,13 +866,7 @@ async fn unknown_paths_do_not_grow_the_metrics() {
 async fn a_damaged_collection_does_not_break_the_others() {
     let srv = start(tempfile::tempdir().unwrap()).await;
     for name in ["bad", "good"] {
-        srv.collections()
-            .create(pb::CreateCollectionRequest {
-                name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        srv.create(name).await;
         srv.documents()
             .upsert(pb::UpsertRequest {
                 collection: name.into(),
@@ -938,13 +920,7 @@ async fn a_damaged_collection_does_not_break_the_others() {
             .into_inner();
         assert_eq!(info.collections.len(), 1 + round);
         assert_eq!(info.unavailable_collections.len(), 1);
-        srv.collections()
-            .create(pb::CreateCollectionRequest {
-                name: format!("new{round}"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        srv.create(&format!("new{round}")).await;
         let hits = srv
             .search()
             .search(search_req("good", "Kessel Bridge", pb::SearchMode::Hybrid))
@@ -978,13 +954,7 @@ async fn an_abandoned_upsert_stops_on_the_server() {
         s.limits.workers = 1;
     })
     .await;
-    srv.collections()
-        .create(pb::CreateCollectionRequest {
-            name: "j".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    srv.create("j").await;
     srv.documents()
         .upsert(pb::UpsertRequest {
             collection: "j".into(),
@@ -1060,13 +1030,7 @@ async fn an_unreadable_stream_message_is_an_error_not_a_silent_drop() {
         }),
     };
     let msgs = vec![doc("one", 100), doc("two", 200 << 10), doc("three", 100)];
-    srv.collections()
-        .create(pb::CreateCollectionRequest {
-            name: "u".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    srv.create("u").await;
     let mut client = srv.documents().max_encoding_message_size(usize::MAX);
     let mut acks = client
         .ingest_stream(tokio_stream::iter(msgs))
@@ -1117,13 +1081,7 @@ async fn impossible_chunking_settings_are_refused_and_never_saved() {
         .into_inner();
     assert!(listed.collections.is_empty());
 
-    srv.collections()
-        .create(pb::CreateCollectionRequest {
-            name: "k".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    srv.create("k").await;
     let refused = match srv
         .admin()
         .rebuild(pb::RebuildRequest {

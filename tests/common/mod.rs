@@ -98,6 +98,16 @@ impl Running {
     pub fn admin(&self) -> pb::admin_client::AdminClient<InterceptedService<Channel, Auth>> {
         pb::admin_client::AdminClient::with_interceptor(self.channel.clone(), with_key as Auth)
     }
+    /// Creates collection `name` with default settings (panics when refused).
+    pub async fn create(&self, name: &str) {
+        self.collections()
+            .create(pb::CreateCollectionRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

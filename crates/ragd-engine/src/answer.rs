@@ -1857,11 +1857,8 @@ fn snippet(source: &str, claim: &str) -> String {
     if s.len() <= SNIPPET_BYTES {
         return s;
     }
-    let mut cut = SNIPPET_BYTES;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let cut = s[..cut].rfind(' ').unwrap_or(cut);
+    let head = ragd_core::truncate_utf8(&s, SNIPPET_BYTES);
+    let cut = head.rfind(' ').unwrap_or(head.len());
     format!("{}…", &s[..cut])
 }
 

@@ -178,11 +178,8 @@ fn passage_range(answerer: &Answerer<'_>, id: &str, passage: &str) -> Option<(us
     if let Some(i) = text.find(p) {
         return Some((i, i + p.len()));
     }
-    let mut head = p.len().min(64);
-    while !p.is_char_boundary(head) {
-        head -= 1;
-    }
-    text.find(&p[..head]).map(|i| (i, i + p.len()))
+    text.find(ragd_core::truncate_utf8(p, 64))
+        .map(|i| (i, i + p.len()))
 }
 
 /// True when the answer's text has a line that starts like a source block: `[n] …`.

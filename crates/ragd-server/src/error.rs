@@ -86,11 +86,8 @@ fn short(msg: &str) -> String {
     if msg.len() <= MAX_MESSAGE_BYTES {
         return msg.to_string();
     }
-    format!(
-        "{}… ({} bytes cut)",
-        ragd_core::truncate_utf8(msg, MAX_MESSAGE_BYTES),
-        msg.len() - ragd_core::truncate_utf8(msg, MAX_MESSAGE_BYTES).len()
-    )
+    let kept = ragd_core::truncate_utf8(msg, MAX_MESSAGE_BYTES);
+    format!("{kept}… ({} bytes cut)", msg.len() - kept.len())
 }
 
 /// Shorthand for a bad request.
