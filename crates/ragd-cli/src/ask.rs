@@ -81,6 +81,10 @@ pub(crate) struct AnswerFlags {
     /// question (0: on any).
     #[arg(long, default_value_t = ragd_engine::DEFAULT_ON_QUESTION)]
     on_question: usize,
+    /// Search a second time with the best sentences found added to the question (for
+    /// questions that name their subject through something else).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    second_hop: bool,
 }
 
 impl AnswerFlags {
@@ -106,6 +110,7 @@ impl AnswerFlags {
             min_support: self.min_support,
             min_extract: self.min_extract,
             on_question: self.on_question,
+            second_hop: self.second_hop,
             ..d
         })
     }
@@ -288,6 +293,7 @@ impl AnswerFlags {
             ("--min-support", self.min_support != d.min_support),
             ("--min-extract", self.min_extract != d.min_extract),
             ("--on-question", self.on_question != d.on_question),
+            ("--second-hop", self.second_hop != d.second_hop),
         ] {
             crate::remote::offline_only(flag, given)?;
         }

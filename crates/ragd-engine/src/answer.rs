@@ -22,7 +22,7 @@ use ragd_models::{
 };
 use ragd_store::Collection;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use unicode_segmentation::UnicodeSegmentation;
@@ -83,6 +83,9 @@ pub struct AnswerConfig {
     /// question (0: on any): an answer supported by a passage that is not about the question
     /// does not answer it.
     pub on_question: usize,
+    /// Search again with the best sentences of the first hop added to the question, for
+    /// questions that name their subject through something else (see `Answerer::second_hop`).
+    pub second_hop: bool,
 }
 
 /// How answers are made.
@@ -146,6 +149,7 @@ impl Default for AnswerConfig {
             min_support: DEFAULT_MIN_SUPPORT,
             min_extract: DEFAULT_MIN_EXTRACT,
             on_question: DEFAULT_ON_QUESTION,
+            second_hop: true,
         }
     }
 }
@@ -403,17 +407,25 @@ pub struct Prepared {
     config: AnswerConfig,
 }
 
-/// A source sentence that answers the question well enough to be quoted.
+/// Source text that answers the question well enough to be quoted: one passage, or the
+/// sentence that links to a second document and that document's answering sentence.
 #[derive(Debug, Clone)]
 struct Extract {
+    /// At most two sentences in all.
+    parts: Vec<Quoted>,
+    score: f32,
+}
+
+/// One quoted passage of an extract.
+#[derive(Debug, Clone)]
+struct Quoted {
     marker: usize,
     document_id: String,
-    /// The quoted text (one sentence, two when the first is short and the second on topic).
+    /// The quoted text (one sentence, two when the first needs its neighbour).
     text: String,
     /// Byte range in the document.
     start: usize,
     end: usize,
-    score: f32,
 }
 
 impl Extract {
@@ -428,11 +440,12 @@ impl Extract {
         if self.score < min_extract {
             return None;
         }
-        let text = format!(
-            "\u{201c}{}\u{201d} [{}]",
-            quote_text(&self.text),
-            self.marker
-        );
+        let text = self
+            .parts
+            .iter()
+            .map(|q| format!("\u{201c}{}\u{201d} [{}]", quote_text(&q.text), q.marker))
+            .collect::<Vec<_>>()
+            .join(" ");
         let markers = crate::parse_citations(&text);
         let (citations, _) = resolve(&text, &markers, sources);
         usage.total_ms = ms(started);
@@ -442,17 +455,21 @@ impl Extract {
         Some(Answer {
             answer: text,
             kind: AnswerKind::Extract,
-            support: vec![SentenceSupport {
-                sentence: self.text.clone(),
-                supported: true,
-                score: self.score,
-                marker: Some(self.marker),
-                document_id: Some(self.document_id.clone()),
-                start: self.start,
-                end: self.end,
-                missing: Vec::new(),
-                on_question: true,
-            }],
+            support: self
+                .parts
+                .iter()
+                .map(|q| SentenceSupport {
+                    sentence: q.text.clone(),
+                    supported: true,
+                    score: self.score,
+                    marker: Some(q.marker),
+                    document_id: Some(q.document_id.clone()),
+                    start: q.start,
+                    end: q.end,
+                    missing: Vec::new(),
+                    on_question: true,
+                })
+                .collect(),
             refused: false,
             cited: !citations.is_empty(),
             citations,
@@ -465,6 +482,55 @@ impl Extract {
         })
     }
 }
+
+/// A retrieved chunk that passed the gate.
+struct Gated {
+    hit: Hit,
+    /// Cosine with the question.
+    relevance: f32,
+    /// Weighted share of the question's terms in the chunk and its title.
+    lexical: f32,
+    /// On a second hop, the sentence that named the chunk's document.
+    link: Option<Link>,
+}
+
+impl Gated {
+    fn new(hit: Hit, relevance: f32, terms: &QueryTerms) -> Self {
+        let lexical = if terms.is_empty() {
+            0.0
+        } else {
+            let mut t = evidence::term_set(&hit.text);
+            t.extend(evidence::term_set(&hit.title));
+            terms.coverage(&t)
+        };
+        Self {
+            hit,
+            relevance,
+            lexical,
+            link: None,
+        }
+    }
+}
+
+/// The first-hop sentence that led a second hop to a chunk by naming its document.
+#[derive(Debug)]
+struct Link {
+    /// Chunk of the sentence.
+    chunk_id: u64,
+    /// Byte range of the sentence in that chunk's text.
+    start: usize,
+    end: usize,
+    text: String,
+    /// The sentence's terms and its document title's.
+    terms: HashSet<String>,
+    /// Its document title's terms.
+    title: HashSet<String>,
+}
+
+/// First-hop chunks whose best sentence is searched with the question on a second hop.
+const BRIDGES: usize = 2;
+/// Hits of each second-hop search.
+const HOP_HITS: usize = 3;
 
 /// A retrieved chunk that passed the gate, with the window of it that will be packed.
 #[derive(Debug)]
@@ -479,6 +545,10 @@ struct Candidate {
     sentences: Vec<(usize, usize, f32)>,
     /// Best sentence score.
     best: f32,
+    /// On a second hop, the sentence that linked to this chunk.
+    link: Option<Link>,
+    /// Per sentence: its score is the pair's (the linking sentence and this one).
+    chained: Vec<bool>,
 }
 
 /// Most sentences of one chunk scored against the question.
@@ -527,22 +597,18 @@ impl<'a> Answerer<'a> {
             ..AnswerUsage::default()
         };
         // The gate: dense similarity or lexical coverage of the question's rare terms.
-        let relevant: Vec<(Hit, f32, f32)> = hits
+        let relevant: Vec<Gated> = hits
             .into_iter()
             .zip(relevance)
-            .map(|(hit, r)| {
-                let lexical = if terms.is_empty() {
-                    0.0
-                } else {
-                    let mut t = evidence::term_set(&hit.text);
-                    t.extend(evidence::term_set(&hit.title));
-                    terms.coverage(&t)
-                };
-                (hit, r, lexical)
-            })
-            .filter(|(_, r, l)| *r >= min_relevance || *l >= config.min_lexical)
+            .map(|(hit, relevance)| Gated::new(hit, relevance, &terms))
+            .filter(|g| g.relevance >= min_relevance || g.lexical >= config.min_lexical)
             .collect();
-        let candidates = self.select(&qv, &terms, relevant, &config)?;
+        let mut candidates = self.select(&qv, &terms, relevant, &config)?;
+        if config.second_hop {
+            let more = self.second_hop(&qv, &query, &terms, &candidates, &search)?;
+            candidates.extend(self.select(&qv, &terms, more, &config)?);
+            candidates.sort_by(|a, b| b.best.total_cmp(&a.best));
+        }
         let packed = if candidates.is_empty() {
             None
         } else {
@@ -585,6 +651,85 @@ impl<'a> Answerer<'a> {
         Ok(prepared)
     }
 
+    /// The second hop of a question that names its subject only through something else ("the
+    /// sitcom on which Jean Vander Pyl voiced Rosie"): the best sentence of each of the first
+    /// hop's best chunks is added to the query ("… she voiced Rosie on The Jetsons") and the
+    /// collection searched again. A chunk found this way joins the candidates when the sentence
+    /// that led to it names its document (all of the title's terms are in it): the link makes
+    /// it relevant whatever its own similarity to the question, and its sentences are scored
+    /// together with the linking one (see `select`).
+    fn second_hop(
+        &self,
+        qv: &[f32],
+        query: &str,
+        terms: &QueryTerms,
+        first: &[Candidate],
+        search: &SearchParams,
+    ) -> Result<Vec<Gated>> {
+        let mut seen: HashSet<u64> = first.iter().map(|c| c.hit.chunk_id).collect();
+        let mut params = search.clone();
+        params.top_k = HOP_HITS;
+        let mut linked: Vec<(Hit, Link)> = Vec::new();
+        for c in first.iter().take(BRIDGES) {
+            let sentences: Vec<(usize, usize, f32, HashSet<String>)> = c
+                .sentences
+                .iter()
+                .map(|&(s, e, score)| (s, e, score, evidence::term_set(&c.hit.text[s..e])))
+                .collect();
+            // The question with the chunk's best sentence, and with its whole packed window
+            // (which may name the document in another sentence).
+            let best = c.sentences.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+            let mut hits = Vec::new();
+            for extra in [best.map(|&(s, e, _)| (s, e)), Some((c.start, c.end))]
+                .into_iter()
+                .flatten()
+            {
+                let hop = format!("{query} {}", &c.hit.text[extra.0..extra.1]);
+                let v = self.searcher.embed_query(&hop)?;
+                hits.extend(self.searcher.search(&hop, Some(&v), &params)?);
+            }
+            for hit in hits {
+                let title = evidence::term_set(&hit.title);
+                if title.is_empty() || seen.contains(&hit.chunk_id) {
+                    continue;
+                }
+                // The best sentence of the first chunk that names the document.
+                let Some((s, e, _, words)) = sentences
+                    .iter()
+                    .filter(|x| title.is_subset(&x.3))
+                    .max_by(|a, b| a.2.total_cmp(&b.2))
+                else {
+                    continue;
+                };
+                seen.insert(hit.chunk_id);
+                let mut known = words.clone();
+                known.extend(evidence::term_set(&c.hit.title));
+                linked.push((
+                    hit,
+                    Link {
+                        chunk_id: c.hit.chunk_id,
+                        start: *s,
+                        end: *e,
+                        text: c.hit.text[*s..*e].to_string(),
+                        terms: known,
+                        title: evidence::term_set(&c.hit.title),
+                    },
+                ));
+            }
+        }
+        let hits: Vec<Hit> = linked.iter().map(|(h, _)| h.clone()).collect();
+        let relevance = self.relevance(qv, &hits)?;
+        Ok(linked
+            .into_iter()
+            .zip(relevance)
+            .map(|((hit, link), relevance)| {
+                let mut g = Gated::new(hit, relevance, terms);
+                g.link = Some(link);
+                g
+            })
+            .collect())
+    }
+
     /// Scores the sentences of each relevant chunk against the question (encoder similarity
     /// and lexical coverage, equally weighted), picks the window to pack around the best ones
     /// and orders the chunks by their best sentence.
@@ -592,21 +737,26 @@ impl<'a> Answerer<'a> {
         &self,
         qv: &[f32],
         terms: &QueryTerms,
-        relevant: Vec<(Hit, f32, f32)>,
+        relevant: Vec<Gated>,
         config: &AnswerConfig,
     ) -> Result<Vec<Candidate>> {
         let spans: Vec<Vec<(usize, usize)>> = relevant
             .iter()
-            .map(|(h, _, _)| {
-                let mut s = evidence::sentences(&h.text);
+            .map(|g| {
+                let mut s = evidence::sentences(&g.hit.text);
                 s.truncate(MAX_SENTENCES);
                 s
             })
             .collect();
+        // Each chunk's sentences, then the sentence that linked to it on a second hop.
         let texts: Vec<String> = relevant
             .iter()
             .zip(&spans)
-            .flat_map(|((h, _, _), sp)| sp.iter().map(|&(s, e)| h.text[s..e].to_string()))
+            .flat_map(|(g, sp)| {
+                sp.iter()
+                    .map(|&(s, e)| g.hit.text[s..e].to_string())
+                    .chain(g.link.iter().map(|l| l.text.clone()))
+            })
             .collect();
         let vectors = if texts.is_empty() {
             Vec::new()
@@ -615,20 +765,62 @@ impl<'a> Answerer<'a> {
         };
         let mut vectors = vectors.into_iter();
         let mut out = Vec::with_capacity(relevant.len());
-        for ((hit, relevance, lexical), sp) in relevant.into_iter().zip(spans) {
+        for (g, sp) in relevant.into_iter().zip(spans) {
+            let Gated {
+                hit,
+                relevance,
+                lexical,
+                link,
+            } = g;
             // Within a document, the title's words are what every sentence is about: a sentence
             // is scored on the question's other terms ("warden" in "Who is the warden of the
             // Gorsel Hut?" over a document titled "The Gorsel Hut").
-            let focus = terms.focus(&evidence::term_set(&hit.title));
-            let sentences: Vec<(usize, usize, f32)> = sp
+            let title = evidence::term_set(&hit.title);
+            let focus = terms.focus(&title);
+            let scored: Vec<(usize, usize, f32, f32, HashSet<String>)> = sp
                 .iter()
                 .map(|&(s, e)| {
                     let cos = vectors
                         .next()
                         .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
                     let t = evidence::term_set(&hit.text[s..e]);
-                    (s, e, sentence_score(cos, focus.coverage(&t)))
+                    (s, e, cos, sentence_score(cos, focus.coverage(&t)), t)
                 })
+                .collect();
+            // On a second hop, a sentence that answers what the linking sentence leaves open
+            // is scored as the pair: the pair's coverage of the question (both documents'
+            // titles known) and the closer of the two to it.
+            let (link, chained) = match link {
+                Some(l) => {
+                    let cos_link = vectors
+                        .next()
+                        .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
+                    let mut known = title.clone();
+                    known.extend(l.title.iter().cloned());
+                    let both = terms.focus(&known);
+                    let alone = both.coverage(&l.terms);
+                    let chained: Vec<Option<f32>> = scored
+                        .iter()
+                        .map(|(_, _, cos, _, t)| {
+                            let mut pair = t.clone();
+                            pair.extend(l.terms.iter().cloned());
+                            let c = both.coverage(&pair);
+                            (c > alone).then(|| sentence_score(cos.max(cos_link), c))
+                        })
+                        .collect();
+                    (Some(l), chained)
+                }
+                None => (None, vec![None; scored.len()]),
+            };
+            let sentences: Vec<(usize, usize, f32)> = scored
+                .iter()
+                .zip(&chained)
+                .map(|((s, e, _, plain, _), pair)| (*s, *e, pair.unwrap_or(*plain).max(*plain)))
+                .collect();
+            let chained: Vec<bool> = scored
+                .iter()
+                .zip(&chained)
+                .map(|((.., plain, _), pair)| pair.is_some_and(|p| p > *plain))
                 .collect();
             let best = sentences.iter().map(|s| s.2).fold(0.0f32, f32::max);
             let (start, end) = window(&hit.text, &sentences, config.source_bytes);
@@ -640,6 +832,8 @@ impl<'a> Answerer<'a> {
                 end,
                 sentences,
                 best,
+                link,
+                chained,
             });
         }
         out.sort_by(|a, b| b.best.total_cmp(&a.best));
@@ -744,9 +938,21 @@ fn ranked_sentences(candidates: &[Candidate], sources: &[Source]) -> Vec<(usize,
     all.into_iter().map(|(_, m, s, e)| (m, s, e)).collect()
 }
 
-/// The best sentence inside the packed sources that can hold what the question asks for.
+/// The best sentence inside the packed sources that can hold what the question asks for, with
+/// its neighbour where it needs one, or after the sentence that linked to its document when
+/// the two answer together.
 fn best_extract(question: &str, candidates: &[Candidate], sources: &[Source]) -> Option<Extract> {
     let expects = evidence::expects(question);
+    let quoted = |src: &Source, c: &Candidate, (start, end): (usize, usize)| Quoted {
+        marker: src.marker,
+        document_id: src.document_id.clone(),
+        text: c.hit.text[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        start: c.hit.start + start,
+        end: c.hit.start + end,
+    };
     let mut best: Option<Extract> = None;
     for src in sources {
         let Some(c) = candidates.iter().find(|c| c.hit.chunk_id == src.chunk_id) else {
@@ -761,21 +967,40 @@ fn best_extract(question: &str, candidates: &[Candidate], sources: &[Source]) ->
             if !evidence::fits(expects, text, question) || text.split_whitespace().count() < 3 {
                 continue;
             }
-            let (start, end) = extract_span(&c.hit.text, &c.sentences, k, (lo, hi));
-            best = Some(Extract {
-                marker: src.marker,
-                document_id: src.document_id.clone(),
-                text: c.hit.text[start..end]
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                start: c.hit.start + start,
-                end: c.hit.start + end,
-                score,
-            });
+            let link = c
+                .link
+                .as_ref()
+                .filter(|_| c.chained.get(k).copied().unwrap_or(false))
+                .and_then(|l| linked_source(l, candidates, sources));
+            let parts = match link {
+                Some((l, ls, lc)) => vec![quoted(ls, lc, (l.start, l.end)), quoted(src, c, (s, e))],
+                None => vec![quoted(
+                    src,
+                    c,
+                    extract_span(&c.hit.text, &c.sentences, k, (lo, hi)),
+                )],
+            };
+            best = Some(Extract { parts, score });
         }
     }
     best
+}
+
+/// The packed source holding a linking sentence, with its candidate.
+fn linked_source<'c>(
+    link: &'c Link,
+    candidates: &'c [Candidate],
+    sources: &'c [Source],
+) -> Option<(&'c Link, &'c Source, &'c Candidate)> {
+    let c = candidates
+        .iter()
+        .find(|c| c.hit.chunk_id == link.chunk_id)?;
+    let src = sources.iter().find(|s| {
+        s.chunk_id == link.chunk_id
+            && s.start <= c.hit.start + link.start
+            && c.hit.start + link.end <= s.end
+    })?;
+    Some((link, src, c))
 }
 
 /// The bytes to quote around sentence `k` of a chunk (at most two sentences, inside the packed
@@ -1475,7 +1700,7 @@ pub(crate) fn grounding(
     } else {
         cited
     };
-    let known: std::collections::HashSet<String> = checked
+    let known: HashSet<String> = checked
         .iter()
         .flat_map(|s| {
             norm_words(&s.title)
@@ -1483,7 +1708,7 @@ pub(crate) fn grounding(
                 .collect::<Vec<_>>()
         })
         .collect();
-    let asked: std::collections::HashSet<String> = norm_words(question).collect();
+    let asked: HashSet<String> = norm_words(question).collect();
     let mut g = Grounding::default();
     for w in text.unicode_words() {
         let specific = w.chars().any(|c| c.is_ascii_digit())
@@ -1833,7 +2058,7 @@ fn citing_sentence(answer: &str, at: usize) -> &str {
 
 const SNIPPET_BYTES: usize = 200;
 
-fn words(s: &str) -> std::collections::HashSet<String> {
+fn words(s: &str) -> HashSet<String> {
     s.unicode_words()
         .filter(|w| w.chars().count() >= 3 || w.chars().all(|c| c.is_ascii_digit()))
         .map(str::to_lowercase)

@@ -60,6 +60,19 @@ fn collection() -> &'static Collection {
     .1
 }
 
+/// A collection of its own holding `docs`.
+fn collection_of(name: &str, docs: Vec<ragd_engine::ParsedDoc>) -> (tempfile::TempDir, Collection) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = embedder();
+    let c = Collection::create(dir.path(), name, &ragd_engine::settings_for(e)).unwrap();
+    Ingestor::new(&c, e, IngestOptions::default())
+        .unwrap()
+        .ingest_batch(docs)
+        .unwrap();
+    c.refresh().unwrap();
+    (dir, c)
+}
+
 fn prompt_tokens(g: &Generator, m: &[ragd_models::ChatMessage]) -> usize {
     g.tokenize(&g.render_chat(m).unwrap()).unwrap().len()
 }
@@ -207,9 +220,6 @@ fn history_is_bounded_in_bytes_and_packed_in_linear_work() {
 /// with the decoder writing (generate) and without it (extract).
 #[test]
 fn instructions_inside_sources_do_not_steer_the_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let e = embedder();
-    let c = Collection::create(dir.path(), "inj", &ragd_engine::settings_for(e)).unwrap();
     let docs = [
         (
             "larkspur.md",
@@ -239,12 +249,8 @@ fn instructions_inside_sources_do_not_steer_the_answer() {
             .unwrap()
         })
         .collect();
-    Ingestor::new(&c, e, IngestOptions::default())
-        .unwrap()
-        .ingest_batch(parsed)
-        .unwrap();
-    c.refresh().unwrap();
-    let searcher = Searcher::new(&c, e, 8).unwrap();
+    let (_dir, c) = collection_of("inj", parsed);
+    let searcher = Searcher::new(&c, embedder(), 8).unwrap();
     for strategy in [Strategy::Generate, Strategy::Extract] {
         let config = AnswerConfig {
             strategy,
@@ -442,9 +448,97 @@ fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
         a.answer
     );
     assert!(a.citations[0].document_id.ends_with("kessel-bridge.md"));
-    let s = &a.support[0];
-    let (_, text) = collection()
-        .document(&a.citations[0].document_id)
+    assert_quotes_its_range(collection(), &a.support[0]);
+    let a = Answerer::new(&searcher, g, &config)
+        .answer_blocking(
+            AnswerRequest::new("What is the standard VAT rate on restaurant meals in Portugal?"),
+            |_| {},
+        )
+        .unwrap();
+    assert_eq!(a.kind, AnswerKind::Refusal);
+}
+
+#[test]
+fn a_second_hop_follows_the_sentence_that_names_the_answering_document() {
+    let docs = [
+        (
+            "Marra Quell",
+            "Marra Quell is a voice actress from Dunmere. She voiced the robot maid Tibbet on \
+             the animated sitcom The Orrery Family.",
+        ),
+        (
+            "The Orrery Family",
+            "The Orrery Family is an animated sitcom produced by Fenwick Studios. It first aired \
+             on 14 March 1971 and ran for two seasons.",
+        ),
+        (
+            "Pell Street Gang",
+            "Pell Street Gang is an animated sitcom produced by Fenwick Studios. It first aired \
+             on 2 June 1975.",
+        ),
+        (
+            "Dunmere",
+            "Dunmere is a market town on the river Ost, known for its wool fair.",
+        ),
+        (
+            "Fenwick Studios",
+            "Fenwick Studios is an animation studio founded in Harlow in 1958.",
+        ),
+    ];
+    let parsed = docs
+        .iter()
+        .map(|(title, text)| ragd_engine::ParsedDoc {
+            doc: ragd_core::DocumentInput {
+                id: title.to_lowercase().replace(' ', "-"),
+                source: "test".into(),
+                title: (*title).into(),
+                text: (*text).into(),
+                metadata: Default::default(),
+            },
+            markdown: false,
+        })
+        .collect();
+    let (_dir, c) = collection_of("hops", parsed);
+    let searcher = Searcher::new(&c, embedder(), 8).unwrap();
+    let q = "On which date did the show in which Marra Quell voiced Tibbet first air?";
+    // One chunk per hop: the first finds the actress, whose sentence names the show.
+    let single = AnswerConfig {
+        max_sources: 1,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let a = Answerer::new(&searcher, generator(), &single)
+        .answer_blocking(AnswerRequest::new(q), |_| {})
+        .unwrap();
+    assert!(!a.answer.contains("14 March 1971"), "{a:?}");
+    let hops = AnswerConfig {
+        second_hop: true,
+        ..single
+    };
+    let a = Answerer::new(&searcher, generator(), &hops)
+        .answer_blocking(AnswerRequest::new(q), |_| {})
+        .unwrap();
+    assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
+    assert!(a.answer.contains("14 March 1971"), "{}", a.answer);
+    // The linking sentence, then the answering one, each quoted with its own source.
+    let docs: Vec<&str> = a
+        .support
+        .iter()
+        .map(|s| s.document_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(docs, ["marra-quell", "the-orrery-family"], "{a:?}");
+    let mut cited: Vec<&str> = a.citations.iter().map(|c| c.document_id.as_str()).collect();
+    cited.sort_unstable();
+    assert_eq!(cited, ["marra-quell", "the-orrery-family"], "{a:?}");
+    for s in &a.support {
+        assert_quotes_its_range(&c, s);
+    }
+}
+
+/// A quoted sentence is its document's bytes at its range (whitespace runs joined).
+fn assert_quotes_its_range(c: &Collection, s: &ragd_engine::SentenceSupport) {
+    let (_, text) = c
+        .document(s.document_id.as_ref().unwrap())
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -454,11 +548,4 @@ fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
             .join(" "),
         s.sentence
     );
-    let a = Answerer::new(&searcher, g, &config)
-        .answer_blocking(
-            AnswerRequest::new("What is the standard VAT rate on restaurant meals in Portugal?"),
-            |_| {},
-        )
-        .unwrap();
-    assert_eq!(a.kind, AnswerKind::Refusal);
 }

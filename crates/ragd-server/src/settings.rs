@@ -110,6 +110,9 @@ pub struct Answer {
     /// Generated sentences must rest on one of this many best-matching source sentences (0:
     /// any).
     pub on_question: usize,
+    /// Search a second time with the first hop's best sentences added to the question
+    /// (questions that name their subject through something else).
+    pub second_hop: bool,
 }
 
 /// API keys from a TOML array or a comma-separated string (environment).
@@ -206,6 +209,7 @@ impl Default for Answer {
             min_support: d.min_support,
             min_extract: d.min_extract,
             on_question: d.on_question,
+            second_hop: d.second_hop,
         }
     }
 }

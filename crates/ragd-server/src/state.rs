@@ -59,6 +59,7 @@ impl State {
             min_support: settings.answer.min_support,
             min_extract: settings.answer.min_extract,
             on_question: settings.answer.on_question,
+            second_hop: settings.answer.second_hop,
             ..AnswerConfig::default()
         };
         let inflight = Arc::new(Semaphore::new(settings.limits.max_inflight));

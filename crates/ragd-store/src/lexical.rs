@@ -348,7 +348,9 @@ impl LexicalIndex {
     }
 
     /// The `k` best chunks for `query` by BM25 over title and text, among those `filter` lets
-    /// through. Query syntax errors are tolerated (the query is read as plain words).
+    /// through. Query syntax errors are tolerated (the query is read as plain words), and there
+    /// is no field syntax: a colon is a separator ("beta: *" in a pasted passage would name a
+    /// field that does not exist and fail the search).
     pub fn search(
         &self,
         query: &str,
@@ -359,7 +361,7 @@ impl LexicalIndex {
             return Ok(vec![]);
         }
         let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
-        let (q, _errors) = parser.parse_query_lenient(query);
+        let (q, _errors) = parser.parse_query_lenient(&query.replace(':', " "));
         let q: Box<dyn Query> = match filter.and_then(|f| self.filter_query(f)) {
             Some(fq) => Box::new(BooleanQuery::new(vec![(Occur::Must, q), (Occur::Must, fq)])),
             None => q,
@@ -438,6 +440,37 @@ mod tests {
         let plain = idx.search("words", 1, None).unwrap()[0].score;
         let filtered = idx.search("words", 1, Some(&f)).unwrap()[0].score;
         assert!((plain - filtered).abs() < 1e-6);
+    }
+
+    #[test]
+    fn query_syntax_in_pasted_text_is_read_as_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = LexicalIndex::create(dir.path()).unwrap();
+        let meta = Metadata::new();
+        idx.add(&[LexicalDoc {
+            chunk: 7,
+            doc_id: "d",
+            title: "",
+            text: "the beta channel gets nightly builds",
+            metadata: &meta,
+        }])
+        .unwrap();
+        idx.commit(1).unwrap();
+        // Field syntax with an unknown field (an exists query on "beta" failed the search),
+        // ranges, boosts and unbalanced brackets.
+        for q in [
+            "beta:*",
+            "beta: *",
+            "title:beta",
+            "beta:[a TO b]",
+            "beta^2 (",
+            "\"beta",
+        ] {
+            let hits = idx
+                .search(q, 5, None)
+                .unwrap_or_else(|e| panic!("{q}: {e}"));
+            assert_eq!(hits.iter().map(|h| h.chunk).collect::<Vec<_>>(), [7], "{q}");
+        }
     }
 
     #[test]
