@@ -603,10 +603,11 @@ impl<'a> Answerer<'a> {
             .map(|(hit, relevance)| Gated::new(hit, relevance, &terms))
             .filter(|g| g.relevance >= min_relevance || g.lexical >= config.min_lexical)
             .collect();
-        let mut candidates = self.select(&qv, &terms, relevant, &config)?;
+        let question = request.question.as_str();
+        let mut candidates = self.select(&qv, &terms, question, relevant, &config)?;
         if config.second_hop {
             let more = self.second_hop(&qv, &query, &terms, &candidates, &search)?;
-            candidates.extend(self.select(&qv, &terms, more, &config)?);
+            candidates.extend(self.select(&qv, &terms, question, more, &config)?);
             candidates.sort_by(|a, b| b.best.total_cmp(&a.best));
         }
         let packed = if candidates.is_empty() {
@@ -731,12 +732,14 @@ impl<'a> Answerer<'a> {
     }
 
     /// Scores the sentences of each relevant chunk against the question (encoder similarity
-    /// and lexical coverage, equally weighted), picks the window to pack around the best ones
-    /// and orders the chunks by their best sentence.
+    /// and lexical coverage, equally weighted), picks the window to pack around the best one
+    /// that can hold what `question` asks for (a number, a name) and orders the chunks by their
+    /// best sentence.
     fn select(
         &self,
         qv: &[f32],
         terms: &QueryTerms,
+        question: &str,
         relevant: Vec<Gated>,
         config: &AnswerConfig,
     ) -> Result<Vec<Candidate>> {
@@ -776,14 +779,21 @@ impl<'a> Answerer<'a> {
             // is scored on the question's other terms ("warden" in "Who is the warden of the
             // Gorsel Hut?" over a document titled "The Gorsel Hut").
             let title = evidence::term_set(&hit.title);
-            let focus = terms.focus(&title);
+            // Within the chunk, a question term most sentences share is its topic, one few
+            // sentences hold is what tells them apart ("confirmed cases" in a paper on one ship).
+            let sets: Vec<HashSet<String>> = sp
+                .iter()
+                .map(|&(s, e)| evidence::term_set(&hit.text[s..e]))
+                .collect();
+            let local = evidence::SentenceFreqs::new(&sets);
+            let focus = terms.focus(&title).scaled(|t| local.weight(t));
             let scored: Vec<(usize, usize, f32, f32, HashSet<String>)> = sp
                 .iter()
-                .map(|&(s, e)| {
+                .zip(sets)
+                .map(|(&(s, e), t)| {
                     let cos = vectors
                         .next()
                         .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
-                    let t = evidence::term_set(&hit.text[s..e]);
                     (s, e, cos, sentence_score(cos, focus.coverage(&t)), t)
                 })
                 .collect();
@@ -797,7 +807,7 @@ impl<'a> Answerer<'a> {
                         .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
                     let mut known = title.clone();
                     known.extend(l.title.iter().cloned());
-                    let both = terms.focus(&known);
+                    let both = terms.focus(&known).scaled(|t| local.weight(t));
                     let alone = both.coverage(&l.terms);
                     let chained: Vec<Option<f32>> = scored
                         .iter()
@@ -823,7 +833,12 @@ impl<'a> Answerer<'a> {
                 .map(|((.., plain, _), pair)| pair.is_some_and(|p| p > *plain))
                 .collect();
             let best = sentences.iter().map(|s| s.2).fold(0.0f32, f32::max);
-            let (start, end) = window(&hit.text, &sentences, config.source_bytes);
+            let expects = evidence::expects(question);
+            let fitting: Vec<bool> = sentences
+                .iter()
+                .map(|&(s, e, _)| evidence::fits(expects, &hit.text[s..e], question))
+                .collect();
+            let (start, end) = window(&hit.text, &sentences, &fitting, config.source_bytes);
             out.push(Candidate {
                 hit,
                 relevance,
@@ -888,14 +903,22 @@ fn sentence_score(cos: f32, coverage: f32) -> f32 {
     0.5 * cos.max(0.0) + 0.5 * coverage
 }
 
-/// The window of whole sentences to pack: the best sentence, then its neighbours (the one
-/// before first, which often names the subject) while the window stays within `max_bytes`.
-/// The whole text when it fits or when `max_bytes` is 0.
-fn window(text: &str, sentences: &[(usize, usize, f32)], max_bytes: usize) -> (usize, usize) {
+/// The window of whole sentences to pack: the best sentence among those that can hold the
+/// answer (`fitting`; among all when none can), then its neighbours (the one before first,
+/// which often names the subject) while the window stays within `max_bytes`. The whole text
+/// when it fits or when `max_bytes` is 0.
+fn window(
+    text: &str,
+    sentences: &[(usize, usize, f32)],
+    fitting: &[bool],
+    max_bytes: usize,
+) -> (usize, usize) {
     if max_bytes == 0 || text.trim().len() <= max_bytes || sentences.is_empty() {
         return (0, text.len());
     }
+    let any_fits = fitting.iter().any(|f| *f);
     let best = (0..sentences.len())
+        .filter(|&i| !any_fits || fitting.get(i).copied().unwrap_or(false))
         .max_by(|&a, &b| sentences[a].2.total_cmp(&sentences[b].2).then(b.cmp(&a)))
         .unwrap_or(0);
     let (mut lo, mut hi) = (best, best);
@@ -2338,10 +2361,16 @@ mod tests {
             .zip([0.1, 0.2, 0.9, 0.3])
             .map(|((s, e), sc)| (s, e, sc))
             .collect();
-        assert_eq!(window(text, &sents, 0), (0, text.len()));
-        let (s, e) = window(text, &sents, 32);
+        let all = [true; 4];
+        assert_eq!(window(text, &sents, &all, 0), (0, text.len()));
+        let (s, e) = window(text, &sents, &all, 32);
         assert_eq!(&text[s..e], "Bbbb bbbb. Cccc cccc. Dddd dddd.");
-        let (s, e) = window(text, &sents, 12);
+        let (s, e) = window(text, &sents, &all, 12);
+        assert_eq!(&text[s..e], "Cccc cccc.");
+        // Around the best sentence that can hold the answer, when one can.
+        let (s, e) = window(text, &sents, &[true, false, false, true], 12);
+        assert_eq!(&text[s..e], "Dddd dddd.");
+        let (s, e) = window(text, &sents, &[false; 4], 12);
         assert_eq!(&text[s..e], "Cccc cccc.");
     }
 

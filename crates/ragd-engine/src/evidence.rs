@@ -67,6 +67,16 @@ impl QueryTerms {
         }
     }
 
+    /// The same terms with each weight multiplied by `scale(term)`.
+    pub fn scaled(&self, scale: impl Fn(&str) -> f32) -> Self {
+        Self::weighted(
+            self.terms
+                .iter()
+                .map(|(t, w)| (t.clone(), w * scale(t)))
+                .collect(),
+        )
+    }
+
     /// True when the question has no searchable term (all stop words).
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
@@ -85,6 +95,39 @@ impl QueryTerms {
             .map(|t| t.1)
             .sum();
         hit / self.total
+    }
+}
+
+/// How many sentences of one passage hold each term: a term in most of them is what the
+/// passage is about, one in few is what tells its sentences apart.
+#[derive(Debug, Default)]
+pub struct SentenceFreqs {
+    freqs: std::collections::HashMap<String, usize>,
+    sentences: usize,
+}
+
+impl SentenceFreqs {
+    /// Counts over the analyzed term sets of a passage's sentences.
+    pub fn new(sentences: &[HashSet<String>]) -> Self {
+        let mut freqs = std::collections::HashMap::new();
+        for t in sentences.iter().flatten() {
+            *freqs.entry(t.clone()).or_insert(0) += 1;
+        }
+        Self {
+            freqs,
+            sentences: sentences.len(),
+        }
+    }
+
+    /// The term's inverse sentence frequency (BM25's form), 1 for a passage of one sentence
+    /// and for terms it does not hold, so that a lone sentence is scored as before.
+    pub fn weight(&self, term: &str) -> f32 {
+        match self.freqs.get(term) {
+            Some(&sf) if self.sentences > 1 => {
+                idf(self.sentences as u64, sf as u64) / idf(self.sentences as u64, 1)
+            }
+            _ => 1.0,
+        }
     }
 }
 
@@ -321,6 +364,8 @@ pub fn support(claim: &str, question: &str, passage: &str, title: &str) -> Suppo
 pub enum Expects {
     /// How many / how much / what year / when …: the answer holds a number.
     Number,
+    /// What percentage / proportion: the answer holds a percentage.
+    Share,
     /// Who / whom / whose: the answer names someone.
     Name,
     /// Anything.
@@ -348,10 +393,13 @@ pub fn expects(question: &str) -> Expects {
         "what year",
         "which year",
         "when ",
-        "what percentage",
-        "what proportion",
     ];
-    if number.iter().any(|p| q.starts_with(p)) {
+    if ["what percentage", "what proportion", "what percent"]
+        .iter()
+        .any(|p| q.starts_with(p))
+    {
+        Expects::Share
+    } else if number.iter().any(|p| q.starts_with(p)) {
         Expects::Number
     } else if ["who ", "whom ", "whose "].iter().any(|p| q.starts_with(p)) {
         Expects::Name
@@ -367,21 +415,43 @@ const NUMBER_WORDS: &[&str] = &[
 ];
 
 /// True when `sentence` can hold what the question expects: a number for a "how many"
-/// question, a name that is not the question's own for a "who" question.
+/// question (not one the question states, as in "COVID-19", nor a reference such as "(1)"),
+/// a percentage for "what percentage", a name that is not the question's own for a "who"
+/// question.
 pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
+    let asked = || -> HashSet<String> { question.unicode_words().map(norm_word).collect() };
     match expects {
         Expects::Any => true,
-        Expects::Number => sentence.unicode_words().any(|w| {
-            w.chars().any(|c| c.is_ascii_digit())
-                || NUMBER_WORDS.contains(&w.to_lowercase().as_str())
-        }),
+        Expects::Number => {
+            let asked = asked();
+            sentence.unicode_word_indices().any(|(i, w)| {
+                let numeric = w.chars().any(|c| c.is_ascii_digit())
+                    || NUMBER_WORDS.contains(&w.to_lowercase().as_str());
+                numeric && !asked.contains(&norm_word(w)) && !is_reference(sentence, i, w)
+            })
+        }
+        Expects::Share => {
+            let lower = sentence.to_lowercase();
+            lower.contains('%') || lower.contains("percent") || lower.contains("per cent")
+        }
         Expects::Name => {
-            let asked: HashSet<String> = question.unicode_words().map(norm_word).collect();
+            let asked = asked();
             sentence.unicode_words().skip(1).any(|w| {
                 w.chars().next().is_some_and(char::is_uppercase) && !asked.contains(&norm_word(w))
             })
         }
     }
+}
+
+/// True when the word at byte `at` of `text` is a bracketed reference number: "(1)", "[4]".
+fn is_reference(text: &str, at: usize, word: &str) -> bool {
+    let before = text[..at].chars().next_back();
+    let after = text[at + word.len()..].chars().next();
+    word.chars().all(|c| c.is_ascii_digit())
+        && matches!(
+            (before, after),
+            (Some('('), Some(')')) | (Some('['), Some(']'))
+        )
 }
 
 #[cfg(test)]
@@ -492,6 +562,31 @@ mod tests {
     }
 
     #[test]
+    fn terms_most_sentences_share_weigh_less_than_those_few_hold() {
+        let sets: Vec<HashSet<String>> = [
+            "The ship Diamond Princess had an outbreak.",
+            "The Diamond Princess was quarantined in Yokohama.",
+            "In all, 199 confirmed cases on the Diamond Princess.",
+        ]
+        .iter()
+        .map(|s| term_set(s))
+        .collect();
+        let f = SentenceFreqs::new(&sets);
+        assert!(f.weight("princess") < f.weight("confirm"), "{f:?}");
+        assert!((f.weight("confirm") - 1.0).abs() < 1e-6);
+        assert_eq!(f.weight("absent"), 1.0);
+        // A lone sentence is scored as without the scaling.
+        let one = SentenceFreqs::new(&sets[..1]);
+        assert_eq!(one.weight("princess"), 1.0);
+        let q = QueryTerms::weighted(vec![("princess".into(), 2.0), ("confirm".into(), 1.0)]);
+        let scaled = q.scaled(|t| f.weight(t));
+        // Unscaled, the topic word alone is two thirds of the question; scaled, the sentence
+        // holding only it covers far less than the one with the word that tells them apart.
+        assert!((q.coverage(&sets[0]) - 2.0 / 3.0).abs() < 1e-6);
+        assert!(scaled.coverage(&sets[0]) < 0.5 * scaled.coverage(&sets[2]));
+    }
+
+    #[test]
     fn expected_answer_kinds() {
         assert_eq!(expects("How many arches does it have?"), Expects::Number);
         assert_eq!(expects("When was it built?"), Expects::Number);
@@ -499,6 +594,35 @@ mod tests {
         assert_eq!(expects("What does PEFT stand for?"), Expects::Any);
         assert!(fits(Expects::Number, "It has seven arches.", ""));
         assert!(!fits(Expects::Number, "It has arches.", ""));
+        // Numbers the question states and reference marks are not answers.
+        let q = "How many COVID-19 cases were confirmed on the ship?";
+        assert!(!fits(
+            Expects::Number,
+            "COVID-19 spread on the ship (1).",
+            q
+        ));
+        assert!(!fits(
+            Expects::Number,
+            "Cases were confirmed on the ship [12].",
+            q
+        ));
+        assert!(fits(
+            Expects::Number,
+            "A total of 199 confirmed cases (1).",
+            q
+        ));
+        let q = "What percentage of patients tested positive for HBoV1?";
+        assert_eq!(expects(q), Expects::Share);
+        assert!(!fits(
+            Expects::Share,
+            "Of 248 HBoV1 patients, 112 tested positive.",
+            q
+        ));
+        assert!(fits(
+            Expects::Share,
+            "Of them, 2.2% were positive for HBoV1.",
+            q
+        ));
         assert!(fits(
             Expects::Name,
             "It was built by Ann Ode.",

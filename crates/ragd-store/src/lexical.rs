@@ -348,9 +348,8 @@ impl LexicalIndex {
     }
 
     /// The `k` best chunks for `query` by BM25 over title and text, among those `filter` lets
-    /// through. Query syntax errors are tolerated (the query is read as plain words), and there
-    /// is no field syntax: a colon is a separator ("beta: *" in a pasted passage would name a
-    /// field that does not exist and fail the search).
+    /// through. The query is read as plain words (see [`plain_words`]): questions and pasted
+    /// passages are not written in tantivy's query language.
     pub fn search(
         &self,
         query: &str,
@@ -361,7 +360,7 @@ impl LexicalIndex {
             return Ok(vec![]);
         }
         let parser = QueryParser::for_index(&self.index, vec![self.fields.text]);
-        let (q, _errors) = parser.parse_query_lenient(&query.replace(':', " "));
+        let (q, _errors) = parser.parse_query_lenient(&plain_words(query));
         let q: Box<dyn Query> = match filter.and_then(|f| self.filter_query(f)) {
             Some(fq) => Box::new(BooleanQuery::new(vec![(Occur::Must, q), (Occur::Must, fq)])),
             None => q,
@@ -380,6 +379,33 @@ impl LexicalIndex {
         }
         Ok(out)
     }
+}
+
+/// `query` with tantivy's query syntax taken out, so that it parses as plain words: its
+/// operator characters become spaces, a hyphen is kept only inside a word ("fine-tuned" stays
+/// the phrase it was), and the text is lower-cased (the analyzer lower-cases anyway) so that
+/// AND/OR/NOT/IN/TO are words. Read as syntax, a pasted "beta: *" named a field that does not
+/// exist and failed the search, and "cargo test -- --ignored" excluded what it asked for.
+fn plain_words(query: &str) -> String {
+    const SYNTAX: &[char] = &[
+        '+', '^', '`', ':', '{', '}', '"', '\'', '[', ']', '(', ')', '!', '\\', '*', '~', '<', '>',
+        '=',
+    ];
+    let mut out = String::with_capacity(query.len());
+    let mut in_word = false;
+    for c in query.chars() {
+        let keep = match c {
+            '-' => in_word,
+            c => !c.is_whitespace() && !SYNTAX.contains(&c),
+        };
+        if keep {
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(' ');
+        }
+        in_word = keep;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -457,8 +483,12 @@ mod tests {
         .unwrap();
         idx.commit(1).unwrap();
         // Field syntax with an unknown field (an exists query on "beta" failed the search),
-        // ranges, boosts and unbalanced brackets.
+        // ranges, boosts, unbalanced brackets, exclusions and operators.
         for q in [
+            "-beta",
+            "nightly -- --beta-channel",
+            "NOT beta",
+            "+beta AND -nightly",
             "beta:*",
             "beta: *",
             "title:beta",
@@ -471,6 +501,13 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{q}: {e}"));
             assert_eq!(hits.iter().map(|h| h.chunk).collect::<Vec<_>>(), [7], "{q}");
         }
+    }
+
+    #[test]
+    fn plain_words_keep_inner_hyphens_and_drop_operators() {
+        assert_eq!(plain_words("fine-tuned"), "fine-tuned");
+        assert_eq!(plain_words("--show-output"), "  show-output");
+        assert_eq!(plain_words("a:b (c) \"d\" NOT e*"), "a b  c   d  not e ");
     }
 
     #[test]
