@@ -527,7 +527,7 @@ struct Link {
     title: HashSet<String>,
 }
 
-/// First-hop chunks whose best sentence is searched with the question on a second hop.
+/// First-hop chunks searched again with the question on a second hop.
 const BRIDGES: usize = 2;
 /// Hits of each second-hop search.
 const HOP_HITS: usize = 3;
@@ -672,6 +672,7 @@ impl<'a> Answerer<'a> {
         params.top_k = HOP_HITS;
         let mut linked: Vec<(Hit, Link)> = Vec::new();
         for c in first.iter().take(BRIDGES) {
+            let first_title = evidence::term_set(&c.hit.title);
             let sentences: Vec<(usize, usize, f32, HashSet<String>)> = c
                 .sentences
                 .iter()
@@ -704,7 +705,7 @@ impl<'a> Answerer<'a> {
                 };
                 seen.insert(hit.chunk_id);
                 let mut known = words.clone();
-                known.extend(evidence::term_set(&c.hit.title));
+                known.extend(first_title.iter().cloned());
                 linked.push((
                     hit,
                     Link {
@@ -713,15 +714,16 @@ impl<'a> Answerer<'a> {
                         end: *e,
                         text: c.hit.text[*s..*e].to_string(),
                         terms: known,
-                        title: evidence::term_set(&c.hit.title),
+                        title: first_title.clone(),
                     },
                 ));
             }
         }
-        let hits: Vec<Hit> = linked.iter().map(|(h, _)| h.clone()).collect();
+        let (hits, links): (Vec<Hit>, Vec<Link>) = linked.into_iter().unzip();
         let relevance = self.relevance(qv, &hits)?;
-        Ok(linked
+        Ok(hits
             .into_iter()
+            .zip(links)
             .zip(relevance)
             .map(|((hit, link), relevance)| {
                 let mut g = Gated::new(hit, relevance, terms);
@@ -767,6 +769,7 @@ impl<'a> Answerer<'a> {
             self.searcher.embedder().encode(texts)?
         };
         let mut vectors = vectors.into_iter();
+        let expects = evidence::expects(question);
         let mut out = Vec::with_capacity(relevant.len());
         for (g, sp) in relevant.into_iter().zip(spans) {
             let Gated {
@@ -825,7 +828,7 @@ impl<'a> Answerer<'a> {
             let sentences: Vec<(usize, usize, f32)> = scored
                 .iter()
                 .zip(&chained)
-                .map(|((s, e, _, plain, _), pair)| (*s, *e, pair.unwrap_or(*plain).max(*plain)))
+                .map(|((s, e, _, plain, _), pair)| (*s, *e, pair.map_or(*plain, |p| p.max(*plain))))
                 .collect();
             let chained: Vec<bool> = scored
                 .iter()
@@ -833,7 +836,6 @@ impl<'a> Answerer<'a> {
                 .map(|((.., plain, _), pair)| pair.is_some_and(|p| p > *plain))
                 .collect();
             let best = sentences.iter().map(|s| s.2).fold(0.0f32, f32::max);
-            let expects = evidence::expects(question);
             let fitting: Vec<bool> = sentences
                 .iter()
                 .map(|&(s, e, _)| evidence::fits(expects, &hit.text[s..e], question))

@@ -8,7 +8,7 @@
 
 use crate::error::Result;
 use ragd_store::Collection;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use unicode_segmentation::UnicodeSegmentation;
 
 /// A question's terms with their weights: BM25's inverse document frequency in the collection,
@@ -102,14 +102,14 @@ impl QueryTerms {
 /// passage is about, one in few is what tells its sentences apart.
 #[derive(Debug, Default)]
 pub struct SentenceFreqs {
-    freqs: std::collections::HashMap<String, usize>,
+    freqs: HashMap<String, usize>,
     sentences: usize,
 }
 
 impl SentenceFreqs {
     /// Counts over the analyzed term sets of a passage's sentences.
     pub fn new(sentences: &[HashSet<String>]) -> Self {
-        let mut freqs = std::collections::HashMap::new();
+        let mut freqs = HashMap::new();
         for t in sentences.iter().flatten() {
             *freqs.entry(t.clone()).or_insert(0) += 1;
         }
