@@ -11,7 +11,7 @@ use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
 use ragd_store::Collection;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 fn models() -> PathBuf {
     let models = registry::resolve_models_dir(None);
@@ -25,9 +25,9 @@ fn models() -> PathBuf {
     models
 }
 
-fn embedder() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
-    E.get_or_init(|| Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap())
+fn embedder() -> &'static Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
+    E.get_or_init(|| Arc::new(Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap()))
 }
 
 fn generator() -> &'static Generator {
@@ -51,7 +51,7 @@ fn evaluate(docs: &Path, questions: &Path, config: &AnswerConfig) -> QaReport {
         .unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
     let items = ragd_engine::load_qa(questions).unwrap();
-    let searcher = Searcher::new(&c, embedder(), 64).unwrap();
+    let searcher = Searcher::new(Arc::new(c), embedder().clone(), 64).unwrap();
     let answerer = Answerer::new(&searcher, generator(), config);
     let template = AnswerRequest::new("");
     let r =

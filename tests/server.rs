@@ -790,11 +790,14 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         found >= 1 && refused >= 1,
         "found {found}, refused {refused}"
     );
-    // Still serving.
+    // Still serving; a repeated query's vector comes from the collection's cache (the
+    // searcher lives as long as the collection stays open, not one request).
     let mut s = srv.search();
-    s.search(search_req("o", "Kessel Bridge", pb::SearchMode::Hybrid))
-        .await
-        .unwrap();
+    for _ in 0..2 {
+        s.search(search_req("o", "Kessel Bridge", pb::SearchMode::Hybrid))
+            .await
+            .unwrap();
+    }
 
     // Prometheus text with per-RPC counts, including the refusals.
     let body = scrape(metrics_addr).await;
@@ -810,6 +813,12 @@ async fn overload_is_resource_exhausted_and_metrics_count_it() {
         body.contains("ragd_documents_acknowledged_total 20"),
         "{body}"
     );
+    let hits: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("ragd_query_cache_lookups_total{outcome=\"hit\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(hits >= 1, "no query-cache hit counted: {body}");
     // Every admitted job is accounted for, those dropped while queued included.
     assert!(body.contains("ragd_inflight_jobs 0\n"), "{body}");
     assert!(body.contains("ragd_queued_jobs 0\n"), "{body}");

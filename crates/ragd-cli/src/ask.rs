@@ -15,6 +15,7 @@ use ragd_models::{Generator, GeneratorOptions, SamplingParams};
 use ragd_store::Collection;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Retrieval and generation flags shared by `ask`, `quickstart` and `eval answers`.
@@ -260,7 +261,7 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         }
         request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
     }
-    let searcher = Searcher::new(&c, &embedder, 4)?;
+    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), 4)?;
     let config = a.flags.config()?;
     let answerer = Answerer::new(&searcher, &generator, &config);
     if let Some(path) = &a.prompt_out {
@@ -704,7 +705,7 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
         );
     }
     let generator = load_decoder(&a.models)?;
-    let searcher = Searcher::new(&c, &embedder, items.len().max(4))?;
+    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), items.len().max(4))?;
     let config = a.flags.config()?;
     let template = a.flags.request("placeholder")?;
     let answerer = Answerer::new(&searcher, &generator, &config);
@@ -729,7 +730,7 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
         })?;
     let peer = if a.compare {
         Some(crate::peer_answers::run(
-            &c,
+            searcher.collection(),
             &items,
             &a.models.resolve(),
             template.max_tokens,

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Args)]
@@ -172,7 +173,8 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
         .collect();
 
     // Latency per mode (query embedding excluded), after one warm-up pass.
-    let searcher = Searcher::new(&bench, &embedder, 16)?;
+    let bench = Arc::new(bench);
+    let searcher = Searcher::new(Arc::clone(&bench), Arc::new(embedder), 16)?;
     let mut modes = serde_json::Map::new();
     for mode in [Mode::Lexical, Mode::Dense, Mode::Hybrid] {
         let p = SearchParams {

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use ragd_engine::{EvalSpec, Fusion, IngestOptions, Ingestor, Mode, SearchParams, Searcher};
 use ragd_store::{Collection, SearchFilter};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Retrieval flags shared by `search` and `eval`.
 #[derive(Debug, Args, Clone)]
@@ -150,7 +151,7 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         None => {
             let c = Collection::open(&a.data.data_dir, &a.collection)?;
             let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
-            let searcher = Searcher::new(&c, &embedder, 16)?;
+            let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), 16)?;
             searcher.search(&a.query, None, &params)?
         }
     };
@@ -260,7 +261,7 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
             ingest.failed.len()
         );
     }
-    let searcher = Searcher::new(&c, &embedder, queries.len().max(16))?;
+    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), queries.len().max(16))?;
     let spec = EvalSpec {
         dataset: dataset_name,
         split: a.split,
@@ -271,7 +272,7 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
         },
         candidates: a.candidates,
     };
-    let report = ragd_engine::evaluate(&spec, &c, &searcher, &queries, &qrels)?;
+    let report = ragd_engine::evaluate(&spec, searcher.collection(), &searcher, &queries, &qrels)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

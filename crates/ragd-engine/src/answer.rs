@@ -382,7 +382,7 @@ pub enum AnswerEvent {
 /// Answers questions over one collection.
 #[derive(Debug)]
 pub struct Answerer<'a> {
-    searcher: &'a Searcher<'a>,
+    searcher: &'a Searcher,
     generator: &'a Generator,
     config: &'a AnswerConfig,
 }
@@ -556,11 +556,7 @@ const MAX_SENTENCES: usize = 48;
 
 impl<'a> Answerer<'a> {
     /// An answerer over `searcher`'s collection with `generator`.
-    pub fn new(
-        searcher: &'a Searcher<'a>,
-        generator: &'a Generator,
-        config: &'a AnswerConfig,
-    ) -> Self {
+    pub fn new(searcher: &'a Searcher, generator: &'a Generator, config: &'a AnswerConfig) -> Self {
         Self {
             searcher,
             generator,

@@ -194,7 +194,7 @@ pub struct EvalSpec {
 pub fn evaluate(
     spec: &EvalSpec,
     collection: &Collection,
-    searcher: &Searcher<'_>,
+    searcher: &Searcher,
     queries: &HashMap<String, String>,
     qrels: &Qrels,
 ) -> Result<EvalReport> {

@@ -9,6 +9,7 @@ mod answer;
 mod cancel;
 mod chunk;
 mod cite;
+mod engine;
 mod error;
 mod eval;
 mod evidence;
@@ -28,6 +29,11 @@ pub use answer::{
 pub use cancel::Cancel;
 pub use chunk::{Chunker, embed_text};
 pub use cite::{CitationParser, Marker, parse_citations};
+pub use engine::{
+    DEFAULT_PAGE_SIZE, DEFAULT_QUERY_CACHE, Deleted, DocumentPage, Engine, EngineConfig, Listing,
+    MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, SearchResults,
+    StoredDocument,
+};
 pub use error::{Error, Result};
 pub use eval::{
     EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
@@ -45,10 +51,22 @@ pub use qa::{
     evaluate_answers, load_qa, same_document, top_relevance,
 };
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
-pub use search::{Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
+pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
 
-use ragd_models::Encode;
-use ragd_store::CollectionSettings;
+// The data model and model handles the engine's operations take and return, so that front
+// doors need no crate below the engine.
+pub use ragd_models::registry as models;
+pub use ragd_models::{Embedding, Encode, FinishReason, GeneratorOptions, SamplingParams};
+pub use ragd_store::{
+    ChunkRecord, ChunkSettings, CollectionSettings, CollectionStats, DocRecord, HnswSettings,
+    SearchFilter, WriteOutcome,
+};
+
+/// Refuses a collection name the store cannot hold (empty, too long, or not
+/// `[A-Za-z0-9_-]`).
+pub fn validate_name(name: &str) -> Result<()> {
+    Ok(ragd_store::validate_name(name)?)
+}
 
 /// Refuses an encoder that is not the one the collection was built with: vectors from two
 /// models are not comparable.

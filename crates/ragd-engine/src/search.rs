@@ -13,6 +13,7 @@ use ragd_store::{Collection, SearchFilter};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Which retrievers run.
@@ -114,7 +115,7 @@ impl Default for SearchParams {
 }
 
 impl SearchParams {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidInput(m));
         if self.top_k == 0 || self.top_k > 1000 {
             return bad(format!("top_k must be 1..=1000, got {}", self.top_k));
@@ -229,14 +230,17 @@ pub fn fuse(dense: &[(u64, f32)], lexical: &[(u64, f32)], fusion: Fusion) -> Vec
     out
 }
 
-/// Searches one collection.
-pub struct Searcher<'a> {
-    collection: &'a Collection,
-    embedder: &'a dyn Encode,
+/// Searches one collection. Long-lived: it owns its collection handle and encoder, and its
+/// query-vector cache serves every request that repeats a query.
+pub struct Searcher {
+    collection: Arc<Collection>,
+    embedder: Arc<dyn Encode>,
     cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
-impl std::fmt::Debug for Searcher<'_> {
+impl std::fmt::Debug for Searcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Searcher")
             .field("collection", &self.collection.name())
@@ -244,42 +248,74 @@ impl std::fmt::Debug for Searcher<'_> {
     }
 }
 
-impl<'a> Searcher<'a> {
-    /// A searcher with a query-vector cache of `cache_size` entries.
+/// How often a searcher's query-vector cache answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Queries whose vector came from the cache.
+    pub hits: u64,
+    /// Queries the encoder embedded.
+    pub misses: u64,
+}
+
+impl Searcher {
+    /// A searcher with a query-vector cache of `cache_size` entries. Refuses an encoder that
+    /// is not the collection's.
     pub fn new(
-        collection: &'a Collection,
-        embedder: &'a dyn Encode,
+        collection: Arc<Collection>,
+        embedder: Arc<dyn Encode>,
         cache_size: usize,
     ) -> Result<Self> {
-        crate::check_encoder(&collection.settings()?, embedder)?;
+        crate::check_encoder(&collection.settings()?, embedder.as_ref())?;
         let cap = NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             collection,
             embedder,
             cache: Mutex::new(LruCache::new(cap)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
     }
 
     /// The collection searched.
-    pub fn collection(&self) -> &'a Collection {
-        self.collection
+    pub fn collection(&self) -> &Collection {
+        &self.collection
+    }
+
+    /// The shared handle of the collection searched.
+    pub fn collection_handle(&self) -> &Arc<Collection> {
+        &self.collection
     }
 
     /// The encoder queries are embedded with.
-    pub fn embedder(&self) -> &'a dyn Encode {
-        self.embedder
+    pub fn embedder(&self) -> &dyn Encode {
+        self.embedder.as_ref()
+    }
+
+    /// How often the query-vector cache answered so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     /// The query's vector, from the cache or the encoder.
     pub fn embed_query(&self, query: &str) -> Result<Arc<Vec<f32>>> {
+        Ok(self.query_vector(query)?.0)
+    }
+
+    /// The query's vector, and whether it came from the cache.
+    pub fn query_vector(&self, query: &str) -> Result<(Arc<Vec<f32>>, bool)> {
         if let Some(v) = self
             .cache
             .lock()
             .ok()
             .and_then(|mut c| c.get(query).cloned())
         {
-            return Ok(v);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((v, true));
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let v = Arc::new(
             self.embedder
                 .encode(vec![query.to_string()])?
@@ -290,7 +326,7 @@ impl<'a> Searcher<'a> {
         if let Ok(mut c) = self.cache.lock() {
             c.put(query.to_string(), Arc::clone(&v));
         }
-        Ok(v)
+        Ok((v, false))
     }
 
     /// Runs a search. `query_vector` skips the encoder (and the cache) when given.

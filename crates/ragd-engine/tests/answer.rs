@@ -12,7 +12,7 @@ use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
 use ragd_store::Collection;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 fn models() -> PathBuf {
@@ -23,9 +23,9 @@ fn models() -> PathBuf {
     dir
 }
 
-fn embedder() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
-    E.get_or_init(|| Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap())
+fn embedder() -> &'static Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
+    E.get_or_init(|| Arc::new(Embedder::load(&DEFAULT_ENCODER.dir(&models())).unwrap()))
 }
 
 fn load_generator(sessions: usize, queue: usize) -> Generator {
@@ -43,8 +43,8 @@ fn generator() -> &'static Generator {
 }
 
 /// The written QA corpus in a collection of its own (one per test binary).
-fn collection() -> &'static Collection {
-    static C: OnceLock<(tempfile::TempDir, Collection)> = OnceLock::new();
+fn collection() -> &'static Arc<Collection> {
+    static C: OnceLock<(tempfile::TempDir, Arc<Collection>)> = OnceLock::new();
     &C.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let e = embedder();
@@ -55,13 +55,16 @@ fn collection() -> &'static Collection {
             .ingest_paths(&[docs], &mut ())
             .unwrap();
         assert_eq!(r.added, 20);
-        (dir, c)
+        (dir, Arc::new(c))
     })
     .1
 }
 
 /// A collection of its own holding `docs`.
-fn collection_of(name: &str, docs: Vec<ragd_engine::ParsedDoc>) -> (tempfile::TempDir, Collection) {
+fn collection_of(
+    name: &str,
+    docs: Vec<ragd_engine::ParsedDoc>,
+) -> (tempfile::TempDir, Arc<Collection>) {
     let dir = tempfile::tempdir().unwrap();
     let e = embedder();
     let c = Collection::create(dir.path(), name, &ragd_engine::settings_for(e)).unwrap();
@@ -70,7 +73,7 @@ fn collection_of(name: &str, docs: Vec<ragd_engine::ParsedDoc>) -> (tempfile::Te
         .ingest_batch(docs)
         .unwrap();
     c.refresh().unwrap();
-    (dir, c)
+    (dir, Arc::new(c))
 }
 
 fn prompt_tokens(g: &Generator, m: &[ragd_models::ChatMessage]) -> usize {
@@ -79,7 +82,7 @@ fn prompt_tokens(g: &Generator, m: &[ragd_models::ChatMessage]) -> usize {
 
 #[test]
 fn packing_fits_the_budget_cuts_at_a_sentence_and_never_cuts_the_question() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     let q = "How many stone arches does the Kessel Bridge rest on?";
 
@@ -155,7 +158,7 @@ fn packing_fits_the_budget_cuts_at_a_sentence_and_never_cuts_the_question() {
 
 #[test]
 fn history_stays_within_the_budget_and_steers_retrieval() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     let config = AnswerConfig {
         max_prompt_tokens: 700,
@@ -189,7 +192,7 @@ fn history_stays_within_the_budget_and_steers_retrieval() {
 
 #[test]
 fn history_is_bounded_in_bytes_and_packed_in_linear_work() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     let config = AnswerConfig::default();
     let answerer = Answerer::new(&searcher, g, &config);
@@ -250,7 +253,7 @@ fn instructions_inside_sources_do_not_steer_the_answer() {
         })
         .collect();
     let (_dir, c) = collection_of("inj", parsed);
-    let searcher = Searcher::new(&c, embedder(), 8).unwrap();
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     for strategy in [Strategy::Generate, Strategy::Extract] {
         let config = AnswerConfig {
             strategy,
@@ -277,7 +280,7 @@ fn instructions_inside_sources_do_not_steer_the_answer() {
 
 #[test]
 fn questions_about_nothing_in_the_collection_are_refused_without_the_decoder() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = load_generator(1, 2);
     let config = AnswerConfig::default();
     let before = g.tokens_generated();
@@ -295,7 +298,7 @@ fn questions_about_nothing_in_the_collection_are_refused_without_the_decoder() {
 
 #[test]
 fn a_streamed_answer_cites_only_sources_it_was_given() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     let config = AnswerConfig {
         strategy: Strategy::Generate,
@@ -336,7 +339,7 @@ fn a_streamed_answer_cites_only_sources_it_was_given() {
 
 #[test]
 fn dropping_the_stream_stops_generation_and_deadlines_are_honoured() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = load_generator(1, 2);
     let config = AnswerConfig {
         strategy: Strategy::Generate,
@@ -374,7 +377,7 @@ fn dropping_the_stream_stops_generation_and_deadlines_are_honoured() {
 
 #[test]
 fn a_full_decoder_queue_is_refused_as_overloaded() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = load_generator(1, 1);
     let config = AnswerConfig {
         strategy: Strategy::Generate,
@@ -395,7 +398,7 @@ fn a_full_decoder_queue_is_refused_as_overloaded() {
 
 #[test]
 fn lexical_evidence_passes_the_gate_where_cosine_alone_would_refuse() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     // A cosine threshold nothing reaches: only the lexical half of the gate can let a
     // question through.
@@ -423,7 +426,7 @@ fn lexical_evidence_passes_the_gate_where_cosine_alone_would_refuse() {
 
 #[test]
 fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
-    let searcher = Searcher::new(collection(), embedder(), 8).unwrap();
+    let searcher = Searcher::new(collection().clone(), embedder().clone(), 8).unwrap();
     let g = generator();
     let config = AnswerConfig {
         strategy: Strategy::Extract,
@@ -499,7 +502,7 @@ fn a_second_hop_follows_the_sentence_that_names_the_answering_document() {
         })
         .collect();
     let (_dir, c) = collection_of("hops", parsed);
-    let searcher = Searcher::new(&c, embedder(), 8).unwrap();
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let q = "On which date did the show in which Marra Quell voiced Tibbet first air?";
     // One chunk per hop: the first finds the actress, whose sentence names the show.
     let single = AnswerConfig {

@@ -10,11 +10,11 @@ use ragd_models::Embedder;
 use ragd_models::registry::{self, DEFAULT_ENCODER};
 use ragd_store::{ChunkSettings, Collection, DocWrite};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-fn embedder() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
+fn embedder() -> &'static Arc<Embedder> {
+    static E: OnceLock<Arc<Embedder>> = OnceLock::new();
     E.get_or_init(|| {
         let dir = registry::resolve_models_dir(None);
         assert!(
@@ -22,7 +22,7 @@ fn embedder() -> &'static Embedder {
             "{}",
             DEFAULT_ENCODER.missing(&dir)
         );
-        Embedder::load(&DEFAULT_ENCODER.dir(&dir)).unwrap()
+        Arc::new(Embedder::load(&DEFAULT_ENCODER.dir(&dir)).unwrap())
     })
 }
 
@@ -290,8 +290,8 @@ fn search_modes_filters_and_options() {
     use ragd_engine::{Fusion, Mode, SearchParams, Searcher};
     use ragd_store::SearchFilter;
     let tmp = tempfile::tempdir().unwrap();
-    let c = search_fixture(tmp.path());
-    let s = Searcher::new(&c, embedder(), 8).unwrap();
+    let c = Arc::new(search_fixture(tmp.path()));
+    let s = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let q = "how does the heart pump blood";
     for mode in [Mode::Dense, Mode::Lexical, Mode::Hybrid] {
         let hits = s
@@ -484,7 +484,7 @@ fn search_modes_filters_and_options() {
 fn beir_evaluation_on_a_small_dataset() {
     use ragd_engine::{EvalSpec, SearchParams, Searcher};
     let tmp = tempfile::tempdir().unwrap();
-    let c = search_fixture(&tmp.path().join("data"));
+    let c = Arc::new(search_fixture(&tmp.path().join("data")));
     let ds = tmp.path().join("ds");
     std::fs::create_dir_all(ds.join("qrels")).unwrap();
     std::fs::write(ds.join("queries.jsonl"), "{\"_id\":\"q1\",\"text\":\"photosynthesis in chloroplasts\"}\n{\"_id\":\"q2\",\"text\":\"uniq4q\"}\n{\"_id\":\"q3\",\"text\":\"unjudged\"}\n").unwrap();
@@ -495,7 +495,7 @@ fn beir_evaluation_on_a_small_dataset() {
     .unwrap();
     let queries = ragd_engine::load_queries(&ds).unwrap();
     let qrels = ragd_engine::load_qrels(&ds, "test").unwrap();
-    let s = Searcher::new(&c, embedder(), 8).unwrap();
+    let s = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let spec = EvalSpec {
         dataset: "ds".into(),
         split: "test".into(),
@@ -594,4 +594,134 @@ fn a_cancelled_ingest_stops_and_writes_nothing() {
         .ingest_batch(docs);
     assert!(matches!(r, Err(ragd_engine::Error::Cancelled)), "{r:?}");
     assert_eq!(c.counts().unwrap().documents, 0);
+}
+
+fn note(id: &str, text: &str) -> ParsedDoc {
+    ParsedDoc {
+        doc: ragd_core::DocumentInput {
+            id: id.into(),
+            source: "fixture".into(),
+            title: format!("note {id}"),
+            text: text.into(),
+            metadata: ragd_core::Metadata::new(),
+        },
+        markdown: false,
+    }
+}
+
+/// The engine every front door uses: collections opened once, each with one searcher whose
+/// query cache serves repeated queries; documents written, paged, read and deleted; limits
+/// and missing things reported with their kind.
+#[test]
+fn the_engine_keeps_collections_open_and_caches_query_vectors() {
+    use ragd_core::ErrorKind;
+    use ragd_engine::{Engine, EngineConfig, Mode, SearchParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None);
+    let stats = engine.create("a", &engine.default_settings()).unwrap();
+    assert_eq!((stats.name.as_str(), stats.documents), ("a", 0));
+    let again = engine.create("a", &engine.default_settings()).unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(
+        engine
+            .create("no/slash", &engine.default_settings())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+
+    let texts = [
+        "The heart pumps blood through arteries.",
+        "Stars fuse hydrogen into helium.",
+        "Plants turn sunlight into sugar.",
+        "Glaciers carve valleys over millennia.",
+        "Bees dance to point at flowers.",
+    ];
+    let docs = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| note(&format!("d{i}"), t))
+        .collect();
+    let results = engine.ingest("a", docs, ingestor_opts()).unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(engine.stats("a").unwrap().documents, 5);
+
+    // The same searcher serves every request: the second identical query is a cache hit.
+    let p = SearchParams::default();
+    let first = engine.search("a", "how do bees find flowers", &p).unwrap();
+    assert_eq!(first.hits[0].doc_id, "d4");
+    assert_eq!(first.cached_vector, Some(false));
+    let second = engine.search("a", "how do bees find flowers", &p).unwrap();
+    assert_eq!(second.cached_vector, Some(true));
+    assert_eq!(second.hits[0].chunk_id, first.hits[0].chunk_id);
+    let lexical = SearchParams {
+        mode: Mode::Lexical,
+        ..SearchParams::default()
+    };
+    assert_eq!(
+        engine
+            .search("a", "glaciers", &lexical)
+            .unwrap()
+            .cached_vector,
+        None
+    );
+    let cache = engine.query_cache_stats("a").unwrap();
+    assert_eq!((cache.hits, cache.misses), (1, 1));
+
+    // Pages in id order, each after the last id of the one before.
+    let page = engine.list_documents("a", "", 2).unwrap();
+    let ids: Vec<&str> = page.documents.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["d0", "d1"]);
+    assert_eq!(page.documents[0].1, "note d0");
+    let last = engine.list_documents("a", "d3", 2).unwrap();
+    assert_eq!(last.documents.len(), 1);
+    assert!(last.next_page_token.is_empty());
+    assert_eq!(page.next_page_token, "d1");
+    assert_eq!(
+        engine.list_documents("a", "", 1001).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    let d = engine.document("a", "d2", true).unwrap().unwrap();
+    let (text, chunks) = d.text.unwrap();
+    assert_eq!(text, texts[2]);
+    assert!(!chunks.is_empty());
+    assert!(engine.document("a", "nope", false).unwrap().is_none());
+
+    let deleted = engine
+        .delete_documents("a", vec!["d0".into(), "nope".into()])
+        .unwrap();
+    assert_eq!(
+        (deleted.deleted, deleted.not_found),
+        (vec!["d0".to_string()], vec!["nope".to_string()])
+    );
+    assert_eq!(
+        engine.delete_documents("a", vec![]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert!(
+        engine
+            .search("a", "heart pumps blood", &p)
+            .unwrap()
+            .hits
+            .iter()
+            .all(|h| h.doc_id != "d0")
+    );
+
+    // Embedding checks its input; asking needs a decoder this engine was built without.
+    assert_eq!(engine.embed(vec!["x".into()]).unwrap().len(), 1);
+    assert_eq!(
+        engine.embed(vec![" ".into()]).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let ask = engine.ask("a", ragd_engine::AnswerRequest::new("what do bees do?"));
+    assert_eq!(ask.unwrap_err().kind(), ErrorKind::InvalidInput);
+
+    let listing = engine.list().unwrap();
+    assert_eq!(listing.open.len(), 1);
+    assert!(listing.unavailable.is_empty());
+    engine.checkpoint_all();
+    engine.delete_collection("a").unwrap();
+    assert_eq!(engine.stats("a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(engine.list().unwrap().open.is_empty());
 }

@@ -322,6 +322,25 @@ pub trait Encode: Send + Sync {
     fn token_counter(&self) -> TokenCounter;
 }
 
+/// A shared encoder encodes as the one it shares.
+impl<T: Encode + ?Sized> Encode for std::sync::Arc<T> {
+    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        (**self).encode(texts)
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn dim(&self) -> usize {
+        (**self).dim()
+    }
+    fn max_len(&self) -> usize {
+        (**self).max_len()
+    }
+    fn token_counter(&self) -> TokenCounter {
+        (**self).token_counter()
+    }
+}
+
 impl Encode for Embedder {
     fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
         self.embed(&texts)

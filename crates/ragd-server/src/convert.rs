@@ -4,13 +4,11 @@
 use crate::error::{Error, invalid};
 use ragd_core::{ErrorKind, Metadata};
 use ragd_engine::{
-    Answer, AnswerKind, AnswerRequest, Citation, DocResult, Format, Fusion, Hit, Mode, ParsedDoc,
-    SearchParams, Source, Turn,
+    Answer, AnswerKind, AnswerRequest, ChunkSettings, Citation, CollectionSettings,
+    CollectionStats, DocResult, FinishReason, Format, Fusion, Hit, HnswSettings, Mode, ParsedDoc,
+    SamplingParams, SearchFilter, SearchParams, Source, StoredDocument, Turn, WriteOutcome,
 };
-use ragd_models::{FinishReason, SamplingParams};
 use ragd_proto::v1 as pb;
-use ragd_store::WriteOutcome;
-use ragd_store::{ChunkSettings, CollectionSettings, CollectionStats, HnswSettings, SearchFilter};
 
 /// Longest document id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 512;
@@ -183,14 +181,24 @@ pub fn failed(id: String, why: String) -> pb::DocumentResult {
     }
 }
 
-pub fn stored_document(
-    id: &str,
-    rec: ragd_store::DocRecord,
-    text: Option<(String, Vec<pb::Chunk>)>,
-) -> pb::Document {
+pub fn stored_document(d: StoredDocument) -> pb::Document {
+    let StoredDocument {
+        id,
+        record: rec,
+        text,
+    } = d;
     let (text, chunks) = text.unwrap_or_default();
+    let chunks = chunks
+        .into_iter()
+        .map(|(id, ch)| pb::Chunk {
+            chunk_id: id,
+            start: ch.span.start as u64,
+            end: ch.span.end as u64,
+            tokens: ch.span.tokens as u32,
+        })
+        .collect();
     pb::Document {
-        id: id.to_string(),
+        id,
         metadata: metadata_to_pb(&rec.metadata),
         title: rec.title,
         source: rec.source,

@@ -15,12 +15,6 @@ pub enum Error {
     /// A pipeline failed.
     #[error(transparent)]
     Engine(#[from] ragd_engine::Error),
-    /// The collection store failed.
-    #[error(transparent)]
-    Store(#[from] ragd_store::Error),
-    /// A model failed.
-    #[error(transparent)]
-    Model(#[from] ragd_models::Error),
     /// Too many requests in flight.
     #[error("the server is busy ({0}); retry later")]
     Busy(&'static str),
@@ -39,8 +33,6 @@ impl Error {
             Self::InvalidArgument(_) => ErrorKind::InvalidInput,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Engine(e) => e.kind(),
-            Self::Store(e) => e.kind(),
-            Self::Model(e) => e.kind(),
             Self::Busy(_) => ErrorKind::Overloaded,
             Self::ShuttingDown => ErrorKind::Unavailable,
             Self::Worker(_) => ErrorKind::Internal,
@@ -108,18 +100,22 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         let s: Status = Error::ShuttingDown.into();
         assert_eq!(s.code(), Code::Unavailable);
-        let s: Status = Error::Model(ragd_models::Error::DeadlineExceeded).into();
+        let s: Status = Error::Engine(ragd_models::Error::DeadlineExceeded.into()).into();
         assert_eq!(s.code(), Code::DeadlineExceeded);
-        let s: Status = Error::Store(ragd_store::Error::CollectionNotFound("x".into())).into();
+        let s: Status =
+            Error::Engine(ragd_store::Error::CollectionNotFound("x".into()).into()).into();
         assert_eq!(s.code(), Code::NotFound);
         let s: Status = Error::Worker("/secret/path: boom".into()).into();
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret"));
         let full = std::io::Error::from_raw_os_error(28);
-        let s: Status = Error::Store(ragd_store::Error::Io {
-            context: "writing /secret/docstore.redb".into(),
-            source: full,
-        })
+        let s: Status = Error::Engine(
+            ragd_store::Error::Io {
+                context: "writing /secret/docstore.redb".into(),
+                source: full,
+            }
+            .into(),
+        )
         .into();
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(s.message().contains("disk is full") && !s.message().contains("secret"));

@@ -14,8 +14,7 @@ pub use error::Error;
 pub use settings::{Overrides, Settings, SettingsError};
 
 use metrics::{MethodLabels, Metrics, RpcLabels};
-use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{EmbedderHandle, Generator, GeneratorOptions};
+use ragd_engine::{Engine, EngineConfig, GeneratorOptions, ModelOptions};
 use ragd_proto::v1 as pb;
 use services::Services;
 use state::State;
@@ -38,7 +37,7 @@ pub enum StartError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error("loading models: {0}")]
-    Models(#[from] ragd_models::Error),
+    Models(#[from] ragd_engine::Error),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -81,9 +80,9 @@ pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
     })?;
     let data_lock = lock_data_dir(&settings.data_dir)?;
     let models = settings.models_dir();
-    let (embedder, generator) = {
+    let engine = {
         let s = settings.clone();
-        tokio::task::spawn_blocking(move || load_models(&models, &s))
+        tokio::task::spawn_blocking(move || load_engine(&models, &s))
             .await
             .map_err(|e| StartError::Io {
                 context: "loading models".into(),
@@ -117,13 +116,7 @@ pub async fn bind(settings: Settings) -> Result<Bound, StartError> {
         )
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(State::new(
-        settings,
-        embedder,
-        generator,
-        shutdown_rx,
-        Metrics::new(),
-    ));
+    let state = Arc::new(State::new(settings, engine, shutdown_rx, Metrics::new()));
     Ok(Bound {
         state,
         data_lock,
@@ -174,28 +167,24 @@ fn exposed_without_keys(addr: SocketAddr, keys: usize) -> bool {
     keys == 0 && !addr.ip().is_loopback()
 }
 
-/// The encoder on its own thread (its queue holds one request per admitted call, so admission
-/// control, not the queue, is what refuses work) and the decoder's session pool.
-fn load_models(
-    dir: &std::path::Path,
-    s: &Settings,
-) -> Result<(EmbedderHandle, Generator), StartError> {
-    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
-        if !spec.dir(dir).is_dir() {
-            return Err(spec.missing(dir).into());
-        }
-    }
-    let embedder = EmbedderHandle::load(&DEFAULT_ENCODER.dir(dir), s.limits.max_inflight)?;
-    let generator = Generator::load(
-        &DEFAULT_DECODER.gguf_path(dir),
-        GeneratorOptions {
+/// The engine over the data directory: the encoder on its own thread (its queue holds one
+/// request per admitted call, so admission control, not the queue, is what refuses work) and
+/// the decoder's session pool.
+fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, StartError> {
+    let config = EngineConfig {
+        answer: state::answer_config(s),
+        ..EngineConfig::new(&s.data_dir)
+    };
+    let opts = ModelOptions {
+        encoder_queue: s.limits.max_inflight,
+        decoder: Some(GeneratorOptions {
             sessions: s.decoder.sessions,
             context: s.decoder.context,
             queue: s.decoder.queue,
             ..GeneratorOptions::default()
-        },
-    )?;
-    Ok((embedder, generator))
+        }),
+    };
+    Ok(Engine::load(config, models_dir, &opts)?)
 }
 
 impl Bound {
@@ -318,7 +307,7 @@ impl Bound {
             loop {
                 t.tick().await;
                 let s = Arc::clone(&ticker_state);
-                let _ = tokio::task::spawn_blocking(move || s.checkpoint_all()).await;
+                let _ = tokio::task::spawn_blocking(move || s.engine.checkpoint_all()).await;
             }
         });
 
@@ -369,7 +358,7 @@ impl Bound {
             m.abort();
         }
         let s = Arc::clone(&state);
-        let _ = tokio::task::spawn_blocking(move || s.checkpoint_all()).await;
+        let _ = tokio::task::spawn_blocking(move || s.engine.checkpoint_all()).await;
         tracing::info!("stopped");
         result
     }

@@ -72,6 +72,14 @@ pub struct Metrics {
     pub documents_failed: Counter,
     pub tokens_generated: Counter,
     pub answers_refused: Counter,
+    pub query_cache: Family<CacheLabels, Counter>,
+}
+
+/// Labels of a query-vector cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -93,6 +101,7 @@ impl Metrics {
         let documents_failed = Counter::default();
         let tokens_generated = Counter::default();
         let answers_refused = Counter::default();
+        let query_cache = Family::<CacheLabels, Counter>::default();
         registry.register(
             "grpc_requests",
             "RPCs finished, by method and status code",
@@ -133,6 +142,11 @@ impl Metrics {
             "Answers declined (nothing relevant or unsupported)",
             answers_refused.clone(),
         );
+        registry.register(
+            "query_cache_lookups",
+            "Search query vectors looked up in their collection's cache, by outcome",
+            query_cache.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -143,6 +157,7 @@ impl Metrics {
             documents_failed,
             tokens_generated,
             answers_refused,
+            query_cache,
         }
     }
 

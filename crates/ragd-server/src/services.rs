@@ -5,9 +5,7 @@
 use crate::convert;
 use crate::error::{Error, invalid};
 use crate::state::State;
-use ragd_engine::{
-    AnswerEvent, Answerer, Cancel, IngestOptions, Ingestor, RebuildOptions, Searcher,
-};
+use ragd_engine::{AnswerEvent, Cancel, IngestOptions, RebuildOptions};
 use ragd_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,18 +29,13 @@ pub struct Services {
 fn all_collections(
     s: &State,
 ) -> Result<(Vec<pb::Collection>, Vec<pb::UnavailableCollection>), Error> {
-    let mut names = s.names()?;
-    names.sort();
-    let (mut open, mut unavailable) = (Vec::new(), Vec::new());
-    for name in names {
-        match s.collection(&name).and_then(|c| Ok(c.stats()?)) {
-            Ok(stats) => open.push(convert::collection(stats)),
-            Err(e) => {
-                tracing::error!(collection = %name, error = %e, "collection unavailable");
-                unavailable.push(convert::unavailable(name, &e));
-            }
-        }
-    }
+    let listing = s.engine.list()?;
+    let open = listing.open.into_iter().map(convert::collection).collect();
+    let unavailable = listing
+        .unavailable
+        .into_iter()
+        .map(|(name, e)| convert::unavailable(name, &Error::from(e)))
+        .collect();
     Ok((open, unavailable))
 }
 
@@ -63,7 +56,7 @@ fn stream_collection(current: &mut Option<String>, named: String) -> Result<(), 
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
-    ragd_store::validate_name(name).map_err(Error::from)
+    ragd_engine::validate_name(name).map_err(Error::from)
 }
 
 /// Resolves once shutdown has begun.
@@ -98,17 +91,14 @@ impl pb::collections_server::Collections for Services {
         let out = self
             .state
             .blocking(move |s| {
-                let mut settings = ragd_engine::settings_for(&s.embedder);
+                let mut settings = s.engine.default_settings();
                 if let Some(c) = &r.chunking {
                     settings.chunking = convert::chunking_from(c, &settings.chunking);
                 }
                 if let Some(h) = &r.hnsw {
                     settings.hnsw = convert::hnsw_from(h, &settings.hnsw);
                 }
-                // Chunking the encoder cannot take is refused now, not at every later upsert.
-                ragd_engine::Chunker::for_collection(&settings, &s.embedder)?;
-                let c = s.create(&r.name, &settings)?;
-                Ok(convert::collection(c.stats()?))
+                Ok(convert::collection(s.engine.create(&r.name, &settings)?))
             })
             .await?;
         Ok(Response::new(out))
@@ -119,7 +109,7 @@ impl pb::collections_server::Collections for Services {
         check_name(&name)?;
         let out = self
             .state
-            .blocking(move |s| Ok(convert::collection(s.collection(&name)?.stats()?)))
+            .blocking(move |s| Ok(convert::collection(s.engine.stats(&name)?)))
             .await?;
         Ok(Response::new(out))
     }
@@ -147,7 +137,9 @@ impl pb::collections_server::Collections for Services {
     ) -> Reply<pb::DeleteCollectionResponse> {
         let name = req.into_inner().name;
         check_name(&name)?;
-        self.state.blocking(move |s| s.delete(&name)).await?;
+        self.state
+            .blocking(move |s| Ok(s.engine.delete_collection(&name)?))
+            .await?;
         Ok(Response::new(pb::DeleteCollectionResponse {}))
     }
 }
@@ -159,7 +151,6 @@ fn store_batch(
     docs: Vec<pb::DocumentInput>,
     cancel: &Cancel,
 ) -> Result<Vec<pb::DocumentResult>, Error> {
-    let c = s.collection(collection)?;
     let max = s.settings.limits.max_document_bytes;
     let mut parsed = Vec::with_capacity(docs.len());
     // (position, result) for documents that failed before storage.
@@ -174,8 +165,7 @@ fn store_batch(
         cancel: cancel.clone(),
         ..IngestOptions::default()
     };
-    let stored = Ingestor::new(&c, &s.embedder, opts)?.ingest_batch(parsed)?;
-    c.refresh()?;
+    let stored = s.engine.ingest(collection, parsed, opts)?;
     s.metrics.documents_acknowledged.inc_by(stored.len() as u64);
     s.metrics.documents_failed.inc_by(failures.len() as u64);
     let mut out: Vec<pb::DocumentResult> = stored.into_iter().map(convert::result).collect();
@@ -336,28 +326,14 @@ impl pb::documents_server::Documents for Services {
     ) -> Reply<pb::DeleteDocumentsResponse> {
         let r = req.into_inner();
         check_name(&r.collection)?;
-        if r.ids.is_empty() || r.ids.len() > 1024 {
-            return Err(invalid(format!("delete takes 1 to 1024 ids, got {}", r.ids.len())).into());
-        }
         let out = self
             .state
             .blocking(move |s| {
-                let c = s.collection(&r.collection)?;
-                let writes = r
-                    .ids
-                    .iter()
-                    .map(|id| ragd_store::DocWrite::Delete { id: id.clone() })
-                    .collect();
-                let w = c.write(writes)?;
-                c.refresh()?;
-                let mut resp = pb::DeleteDocumentsResponse::default();
-                for (id, o) in r.ids.into_iter().zip(w.outcomes) {
-                    match o {
-                        ragd_store::WriteOutcome::Deleted => resp.deleted.push(id),
-                        _ => resp.not_found.push(id),
-                    }
-                }
-                Ok(resp)
+                let d = s.engine.delete_documents(&r.collection, r.ids)?;
+                Ok(pb::DeleteDocumentsResponse {
+                    deleted: d.deleted,
+                    not_found: d.not_found,
+                })
             })
             .await?;
         Ok(Response::new(out))
@@ -368,31 +344,15 @@ impl pb::documents_server::Documents for Services {
         check_name(&r.collection)?;
         let out = self
             .state
-            .blocking(move |s| {
-                let c = s.collection(&r.collection)?;
-                let Some((rec, text)) = c.document(&r.id)? else {
-                    return Err(Error::NotFound(format!(
+            .blocking(
+                move |s| match s.engine.document(&r.collection, &r.id, r.include_text)? {
+                    Some(d) => Ok(convert::stored_document(d)),
+                    None => Err(Error::NotFound(format!(
                         "no document {:?} in collection {:?}",
                         r.id, r.collection
-                    )));
-                };
-                let extra = if r.include_text {
-                    let chunks = c
-                        .chunks(&rec.chunks)?
-                        .into_iter()
-                        .map(|(id, ch)| pb::Chunk {
-                            chunk_id: id,
-                            start: ch.span.start as u64,
-                            end: ch.span.end as u64,
-                            tokens: ch.span.tokens as u32,
-                        })
-                        .collect();
-                    Some((text, chunks))
-                } else {
-                    None
-                };
-                Ok(convert::stored_document(&r.id, rec, extra))
-            })
+                    ))),
+                },
+            )
             .await?;
         Ok(Response::new(out))
     }
@@ -403,37 +363,19 @@ impl pb::documents_server::Documents for Services {
     ) -> Reply<pb::ListDocumentsResponse> {
         let r = req.into_inner();
         check_name(&r.collection)?;
-        let size = match r.page_size {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => return Err(invalid(format!("page_size must be 1..=1000, got {n}")).into()),
-        };
         let out = self
             .state
             .blocking(move |s| {
-                let c = s.collection(&r.collection)?;
-                let mut ids = c.document_ids()?;
-                ids.sort();
-                let from = ids.partition_point(|id| id.as_str() <= r.page_token.as_str());
-                let from = if r.page_token.is_empty() { 0 } else { from };
-                let page: Vec<String> = ids.iter().skip(from).take(size).cloned().collect();
-                let refs: Vec<&str> = page.iter().map(String::as_str).collect();
-                let recs = c.doc_records(&refs)?;
-                let next = if from + page.len() < ids.len() {
-                    page.last().cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                };
+                let page =
+                    s.engine
+                        .list_documents(&r.collection, &r.page_token, r.page_size as usize)?;
                 Ok(pb::ListDocumentsResponse {
                     documents: page
+                        .documents
                         .into_iter()
-                        .zip(recs)
-                        .map(|(id, rec)| pb::DocumentSummary {
-                            id,
-                            title: rec.map(|r| r.title).unwrap_or_default(),
-                        })
+                        .map(|(id, title)| pb::DocumentSummary { id, title })
                         .collect(),
-                    next_page_token: next,
+                    next_page_token: page.next_page_token,
                 })
             })
             .await?;
@@ -459,13 +401,18 @@ impl pb::search_server::Search for Services {
             .state
             .blocking(move |s| {
                 let t = Instant::now();
-                let c = s.collection(&r.collection)?;
-                let searcher = Searcher::new(&c, &s.embedder, 1)?;
-                let hits = searcher.search(&r.query, None, &params)?;
+                let found = s.engine.search(&r.collection, &r.query, &params)?;
+                if let Some(cached) = found.cached_vector {
+                    let outcome = if cached { "hit" } else { "miss" };
+                    s.metrics
+                        .query_cache
+                        .get_or_create(&crate::metrics::CacheLabels { outcome })
+                        .inc();
+                }
                 Ok(pb::SearchResponse {
-                    hits: hits.into_iter().map(convert::hit).collect(),
+                    hits: found.hits.into_iter().map(convert::hit).collect(),
                     took_ms: t.elapsed().as_secs_f64() * 1e3,
-                    index_generation: c.manifest().generation,
+                    index_generation: found.generation,
                 })
             })
             .await?;
@@ -482,17 +429,10 @@ impl pb::search_server::Search for Services {
             ))
             .into());
         }
-        if let Some(i) = r
-            .texts
-            .iter()
-            .position(|t| t.trim().is_empty() || t.len() > 16384)
-        {
-            return Err(invalid(format!("text {i} is empty or longer than 16384 bytes")).into());
-        }
         let out = self
             .state
             .blocking(move |s| {
-                let e = s.embedder.blocking_embed(r.texts)?;
+                let e = s.engine.embed(r.texts)?;
                 Ok(pb::EmbedResponse {
                     embeddings: e
                         .into_iter()
@@ -502,8 +442,8 @@ impl pb::search_server::Search for Services {
                             truncated: e.truncated,
                         })
                         .collect(),
-                    model: s.embedder.name().to_string(),
-                    dim: s.embedder.dim() as u32,
+                    model: s.engine.encoder().name().to_string(),
+                    dim: s.engine.encoder().dim() as u32,
                 })
             })
             .await?;
@@ -521,20 +461,14 @@ impl Services {
         let deadline = deadline(&req);
         let (collection, mut request) = convert::ask(
             req.into_inner(),
-            self.state.answer_config().max_sources,
+            self.state.engine.answer_config().max_sources,
             self.state.settings.limits.max_query_bytes,
         )?;
         check_name(&collection)?;
         request.deadline = deadline;
         let stream = self
             .state
-            .blocking(move |s| {
-                let c = s.collection(&collection)?;
-                let searcher = Searcher::new(&c, &s.embedder, 1)?;
-                let answerer = Answerer::new(&searcher, &s.generator, s.answer_config());
-                let prepared = answerer.prepare(request)?;
-                Ok(prepared.start(&s.generator)?)
-            })
+            .blocking(move |s| Ok(s.engine.ask(&collection, request)?))
             .await?;
         let sources = stream.sources().iter().map(convert::source).collect();
         Ok((sources, stream))
@@ -615,10 +549,13 @@ impl pb::admin_server::Admin for Services {
     async fn rebuild(&self, req: Request<pb::RebuildRequest>) -> Reply<Self::RebuildStream> {
         let r = req.into_inner();
         check_name(&r.collection)?;
-        let c = {
+        {
+            // NOT_FOUND before the stream starts.
             let name = r.collection.clone();
-            self.state.blocking(move |s| s.collection(&name)).await?
-        };
+            self.state
+                .blocking(move |s| Ok(s.engine.searcher(&name).map(drop)?))
+                .await?;
+        }
         let (tx, rx) = mpsc::channel::<Result<pb::RebuildProgress, Status>>(16);
         let state = Arc::clone(&self.state);
         tokio::spawn(async move {
@@ -629,7 +566,8 @@ impl pb::admin_server::Admin for Services {
                         .chunking
                         .as_ref()
                         .map(|p| {
-                            c.settings()
+                            s.engine
+                                .settings(&r.collection)
                                 .map(|cur| convert::chunking_from(p, &cur.chunking))
                         })
                         .transpose()?;
@@ -641,18 +579,18 @@ impl pb::admin_server::Admin for Services {
                         ..RebuildOptions::default()
                     };
                     let mut last = Instant::now();
-                    let summary =
-                        ragd_engine::rebuild(&c, Some(&s.embedder), &opts, |_, done, total| {
-                            if last.elapsed() >= Duration::from_millis(200) || done == total {
-                                last = Instant::now();
-                                let ev = pb::RebuildProgress {
-                                    event: Some(pb::rebuild_progress::Event::Progress(
-                                        pb::Progress { done, total },
-                                    )),
-                                };
-                                let _ = progress_tx.try_send(Ok(ev));
-                            }
-                        })?;
+                    let summary = s.engine.rebuild(&r.collection, &opts, |_, done, total| {
+                        if last.elapsed() >= Duration::from_millis(200) || done == total {
+                            last = Instant::now();
+                            let ev = pb::RebuildProgress {
+                                event: Some(pb::rebuild_progress::Event::Progress(pb::Progress {
+                                    done,
+                                    total,
+                                })),
+                            };
+                            let _ = progress_tx.try_send(Ok(ev));
+                        }
+                    })?;
                     Ok(summary)
                 })
                 .await;
@@ -683,11 +621,11 @@ impl pb::admin_server::Admin for Services {
                     models: vec![
                         pb::Model {
                             role: "encoder".into(),
-                            id: s.embedder.name().to_string(),
+                            id: s.engine.encoder().name().to_string(),
                         },
                         pb::Model {
                             role: "decoder".into(),
-                            id: s.generator.name().to_string(),
+                            id: s.engine.generator()?.name().to_string(),
                         },
                     ],
                     collections,

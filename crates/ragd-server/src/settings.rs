@@ -329,7 +329,7 @@ impl Settings {
     /// The models directory after defaults.
     pub fn models_dir(&self) -> PathBuf {
         if self.models_dir.as_os_str().is_empty() {
-            ragd_models::registry::resolve_models_dir(None)
+            ragd_engine::models::resolve_models_dir(None)
         } else {
             self.models_dir.clone()
         }
