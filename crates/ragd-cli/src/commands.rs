@@ -131,8 +131,11 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAGD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Spans (a call, its search, selection, packing, prefill, decode) are debug-level: with
+    // `RAGD_LOG=debug` each one's close is logged with its busy and idle time.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if json {

@@ -113,3 +113,59 @@ fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
     assert!(text.contains("answered without the decoder in"), "{text}");
     assert!(!text.contains("tokens/s"), "{text}");
 }
+
+/// `RAGD_LOG=debug` shows where an answer's time went: over gRPC under a span naming the call
+/// and its request id, offline too; each stage's span closes with its busy time.
+#[test]
+fn debug_logs_break_an_answer_down_by_stage() {
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let models = registry::resolve_models_dir(None);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ragd"))
+            .args(args)
+            .arg("--models-dir")
+            .arg(&models)
+            .env(
+                "RAGD_LOG",
+                "ragd_server=debug,ragd_engine=debug,ragd_models=debug",
+            )
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "ragd {args:?}: {log}");
+        log
+    };
+    let log = run(&["quickstart", "--json", "--data-dir", d]);
+    let call = log
+        .lines()
+        .find(|l| {
+            l.contains("rpc{method=/ragd.v1.Answer/AskStream request_id=") && l.contains(":prepare")
+        })
+        .unwrap_or_else(|| panic!("no answer stage under the call's span: {log}"));
+    assert!(call.contains("time.busy="), "{call}");
+    let log = run(&[
+        "ask",
+        "--collection",
+        "sample",
+        "--data-dir",
+        d,
+        "--strategy",
+        "generate",
+        "--json",
+        "What does a rebuild write before it switches?",
+    ]);
+    for stage in ["prepare", "search", "select", "pack", "prefill", "decode"] {
+        assert!(
+            log.lines().any(|l| {
+                // `name{fields}` or a bare `name`, at the root or under a parent span.
+                let named = [" ", ":"].iter().any(|before| {
+                    l.contains(&format!("{before}{stage}{{"))
+                        || l.contains(&format!("{before}{stage}:"))
+                });
+                named && l.contains("close time.busy=")
+            }),
+            "no closed {stage} span: {log}"
+        );
+    }
+}

@@ -565,6 +565,8 @@ impl<'a> Answerer<'a> {
     }
 
     /// Retrieves, gates, selects and packs (blocking). Validates the request first.
+    #[tracing::instrument(level = "debug", name = "prepare", skip_all,
+        fields(collection = self.searcher.collection().name()))]
     pub fn prepare(&self, request: AnswerRequest) -> Result<Prepared> {
         let started = Instant::now();
         validate(&request)?;
@@ -655,6 +657,7 @@ impl<'a> Answerer<'a> {
     /// that led to it names its document (all of the title's terms are in it): the link makes
     /// it relevant whatever its own similarity to the question, and its sentences are scored
     /// together with the linking one (see `select`).
+    #[tracing::instrument(level = "debug", skip_all)]
     fn second_hop(
         &self,
         qv: &[f32],
@@ -733,6 +736,7 @@ impl<'a> Answerer<'a> {
     /// and lexical coverage, equally weighted), picks the window to pack around the best one
     /// that can hold what `question` asks for (a number, a name) and orders the chunks by their
     /// best sentence.
+    #[tracing::instrument(level = "debug", skip_all)]
     fn select(
         &self,
         qv: &[f32],
@@ -1940,6 +1944,7 @@ fn question_fits(g: &Generator, question: &str, budget: usize) -> Result<usize> 
 }
 
 /// Packs sources (most relevant first) and history under `budget` prompt tokens.
+#[tracing::instrument(level = "debug", skip_all)]
 fn pack(
     g: &Generator,
     question: &str,

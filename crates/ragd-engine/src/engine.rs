@@ -295,6 +295,7 @@ impl Engine {
 
     /// Stores parsed documents in collection `name` in one pass of transactions and makes
     /// them searchable; one result per document, in input order.
+    #[tracing::instrument(level = "debug", skip_all, fields(collection = name, documents = docs.len()))]
     pub fn ingest(
         &self,
         name: &str,

@@ -305,6 +305,7 @@ impl Searcher {
     }
 
     /// The query's vector, and whether it came from the cache.
+    #[tracing::instrument(level = "debug", name = "query_vector", skip_all, fields(cached))]
     pub fn query_vector(&self, query: &str) -> Result<(Arc<Vec<f32>>, bool)> {
         if let Some(v) = self
             .cache
@@ -313,6 +314,7 @@ impl Searcher {
             .and_then(|mut c| c.get(query).cloned())
         {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            tracing::Span::current().record("cached", true);
             return Ok((v, true));
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +332,8 @@ impl Searcher {
     }
 
     /// Runs a search. `query_vector` skips the encoder (and the cache) when given.
+    #[tracing::instrument(level = "debug", name = "search", skip_all,
+        fields(collection = self.collection.name(), mode = p.mode.name(), hits))]
     pub fn search(
         &self,
         query: &str,
@@ -341,7 +345,9 @@ impl Searcher {
             return Err(Error::InvalidInput("the query is empty".into()));
         }
         let fused = self.retrieve(query, query_vector, p)?;
-        self.finish(fused, p)
+        let hits = self.finish(fused, p)?;
+        tracing::Span::current().record("hits", hits.len());
+        Ok(hits)
     }
 
     /// Candidates, fused and ordered, before filtering by score, per-document dedup and MMR.

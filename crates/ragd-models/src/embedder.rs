@@ -493,21 +493,39 @@ fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<(Vec<String>, EmbedReply)>
 
 /// Embeds several requests in one pass and answers each with its own embeddings.
 fn embed_together(embedder: &Embedder, pending: Vec<(Vec<String>, EmbedReply)>) {
+    answer_together(|texts| embedder.embed(texts), pending);
+}
+
+/// [`embed_together`] over any `embed`. When the shared pass fails, each request is embedded
+/// alone, so each caller gets its own result with its error's real kind (an internal failure
+/// stays internal, not "invalid input"), and one request's failure never fails the others.
+fn answer_together(
+    embed: impl Fn(&[&str]) -> Result<Vec<Embedding>>,
+    pending: Vec<(Vec<String>, EmbedReply)>,
+) {
     let all: Vec<&str> = pending
         .iter()
         .flat_map(|(t, _)| t.iter().map(String::as_str))
         .collect();
-    match embedder.embed(&all) {
+    match embed(&all) {
         Ok(mut vectors) => {
+            drop(all);
             for (texts, reply) in pending.into_iter().rev() {
                 let mine = vectors.split_off(vectors.len() - texts.len());
                 let _ = reply.send(Ok(mine));
             }
         }
-        Err(e) => {
-            let msg = e.to_string();
-            for (_, reply) in pending {
-                let _ = reply.send(Err(Error::InvalidInput(msg.clone())));
+        Err(e) if pending.len() == 1 => {
+            drop(all);
+            if let Some((_, reply)) = pending.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        Err(_) => {
+            drop(all);
+            for (texts, reply) in pending {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let _ = reply.send(embed(&refs));
             }
         }
     }
@@ -686,6 +704,45 @@ mod tests {
             },
         );
         assert_eq!(b, vec![vec![3, 1, 5], vec![4, 2, 0]]);
+    }
+
+    /// A failed shared pass answers each caller alone: the good request gets its vectors, the
+    /// bad one its own error with its kind.
+    #[test]
+    fn a_failed_shared_pass_answers_each_request_alone() {
+        let embed = |texts: &[&str]| -> Result<Vec<Embedding>> {
+            if texts.contains(&"bad") {
+                return Err(Error::Tokenizer("cannot tokenize".into()));
+            }
+            Ok(texts
+                .iter()
+                .map(|t| Embedding {
+                    vector: vec![t.len() as f32],
+                    tokens: 1,
+                    truncated: false,
+                })
+                .collect())
+        };
+        let (good_tx, good_rx) = oneshot::channel();
+        let (bad_tx, bad_rx) = oneshot::channel();
+        let (alone_tx, alone_rx) = oneshot::channel();
+        answer_together(
+            embed,
+            vec![
+                (vec!["abc".into(), "de".into()], good_tx),
+                (vec!["bad".into()], bad_tx),
+            ],
+        );
+        answer_together(embed, vec![(vec!["bad".into()], alone_tx)]);
+        let good = good_rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(
+            good.iter().map(|e| e.vector[0]).collect::<Vec<_>>(),
+            [3.0, 2.0]
+        );
+        for rx in [bad_rx, alone_rx] {
+            let e = rx.blocking_recv().unwrap().unwrap_err();
+            assert_eq!(e.kind(), ragd_core::ErrorKind::Internal, "{e}");
+        }
     }
 
     #[test]

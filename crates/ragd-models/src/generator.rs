@@ -183,6 +183,8 @@ struct Job {
     request: GenerateRequest,
     tx: mpsc::Sender<Result<GenerationEvent>>,
     enqueued: Instant,
+    /// The caller's span: the session's prefill and decode spans are its children.
+    span: tracing::Span,
 }
 
 /// What every session shares.
@@ -271,6 +273,7 @@ impl Generator {
                 request,
                 tx,
                 enqueued: Instant::now(),
+                span: tracing::Span::current(),
             })
             .map_err(|e| match e {
                 std_mpsc::TrySendError::Full(_) => Error::Overloaded("generator"),
@@ -330,6 +333,8 @@ fn session_loop(shared: &Shared, rx: &Mutex<std_mpsc::Receiver<Job>>) {
         }
         state.reset();
         let tx = job.tx.clone();
+        let span = job.span.clone();
+        let _in = span.enter();
         if let Err(e) = run_job(shared, &mut state, job) {
             let _ = tx.blocking_send(Err(e));
         }
@@ -347,6 +352,7 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         request,
         tx,
         enqueued,
+        span: _,
     } = job;
     let text = match &request.prompt {
         Prompt::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
@@ -380,6 +386,12 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
     };
     let expired = || request.deadline.is_some_and(|d| Instant::now() >= d);
     let mut logits = Vec::new();
+    let prefill = tracing::debug_span!(
+        "prefill",
+        tokens = prompt.len(),
+        queue_ms = usage.queue_seconds * 1e3
+    )
+    .entered();
     for chunk in prompt.chunks(shared.prefill_chunk) {
         if tx.is_closed() {
             return Err(cancelled());
@@ -390,6 +402,8 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         logits = shared.weights.forward(chunk, state)?;
     }
     usage.prefill_seconds = started.elapsed().as_secs_f64();
+    drop(prefill);
+    let decode = tracing::debug_span!("decode", tokens = tracing::field::Empty).entered();
 
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut generated: Vec<u32> = Vec::new();
@@ -440,6 +454,8 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         logits = shared.weights.forward(&[next], state)?;
     };
     usage.generated_tokens = generated.len();
+    decode.record("tokens", generated.len());
+    drop(decode);
     // The first token came out of prefill; decode time covers the rest.
     usage.decode_seconds = decode_start.elapsed().as_secs_f64();
     let tail = text.finish();

@@ -457,39 +457,87 @@ where
         };
         let metrics = self.metrics.clone();
         let started = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
-            let code = match &res {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or_else(
-                        || "OK".to_string(),
-                        |c| format!("{:?}", tonic::Code::from(c)),
-                    ),
-                Err(_) => "TRANSPORT_ERROR".to_string(),
-            };
-            metrics
-                .latency
-                .get_or_create(&MethodLabels {
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .requests
-                .get_or_create(&RpcLabels { method, code })
-                .inc();
-            res
-        })
+        // One span per call, named by its request id (the caller's `x-request-id` when it is
+        // a short plain token, else a number of ours): `RAGD_LOG=debug` shows where a call's
+        // time went (search, selection, packing, prefill, decode) under it.
+        let span = tracing::debug_span!("rpc", method = %method, request_id = %request_id(&req));
+        let fut = {
+            let _in = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let res = fut.await;
+                let code = match &res {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or_else(
+                            || "OK".to_string(),
+                            |c| format!("{:?}", tonic::Code::from(c)),
+                        ),
+                    Err(_) => "TRANSPORT_ERROR".to_string(),
+                };
+                metrics
+                    .latency
+                    .get_or_create(&MethodLabels {
+                        method: method.clone(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                metrics
+                    .requests
+                    .get_or_create(&RpcLabels { method, code })
+                    .inc();
+                res
+            },
+            span,
+        ))
     }
+}
+
+/// The caller's `x-request-id` when it is 1 to 64 characters of `[A-Za-z0-9._-]`, else the next
+/// number of this process.
+fn request_id<B>(req: &http::Request<B>) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+        .map_or_else(
+            || {
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .to_string()
+            },
+            str::to_string,
+        )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_the_callers_when_plain_and_ours_otherwise() {
+        let with = |v: &str| {
+            let mut r = http::Request::new(());
+            r.headers_mut().insert("x-request-id", v.parse().unwrap());
+            request_id(&r)
+        };
+        assert_eq!(with("job-42.a_b"), "job-42.a_b");
+        for bad in ["has space", "a\"b", &"x".repeat(65)] {
+            let id = with(bad);
+            assert!(id.parse::<u64>().is_ok(), "{bad:?} -> {id:?}");
+        }
+        let a: u64 = request_id(&http::Request::new(())).parse().unwrap();
+        let b: u64 = request_id(&http::Request::new(())).parse().unwrap();
+        assert!(b > a);
+    }
 
     #[test]
     fn only_unguarded_addresses_beyond_loopback_are_exposed() {

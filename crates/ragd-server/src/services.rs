@@ -226,7 +226,7 @@ impl pb::documents_server::Documents for Services {
         let mut incoming = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<pb::IngestAck, Status>>(STREAM_BATCH * 2);
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut shutdown = state.shutdown.clone();
             let mut collection: Option<String> = None;
             let mut acked = 0u64;
@@ -316,7 +316,7 @@ impl pb::documents_server::Documents for Services {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -507,7 +507,7 @@ impl pb::answer_server::Answer for Services {
         let (sources, mut stream) = self.start_answer(req).await?;
         let (tx, rx) = mpsc::channel::<Result<pb::AskEvent, Status>>(64);
         let this = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let ev = pb::AskEvent {
                 event: Some(pb::ask_event::Event::Sources(pb::SourcesEvent { sources })),
             };
@@ -537,7 +537,7 @@ impl pb::answer_server::Answer for Services {
                     return;
                 }
             }
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -558,7 +558,7 @@ impl pb::admin_server::Admin for Services {
         }
         let (tx, rx) = mpsc::channel::<Result<pb::RebuildProgress, Status>>(16);
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let progress_tx = tx.clone();
             let out = state
                 .job(None, move |s, cancel| {
@@ -607,7 +607,7 @@ impl pb::admin_server::Admin for Services {
                 Err(e) => Err(e.into()),
             };
             let _ = tx.send(ev).await;
-        });
+        }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

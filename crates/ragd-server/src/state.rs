@@ -113,7 +113,9 @@ impl State {
         let cancel = self.jobs.child(deadline);
         let _stop_when_dropped = CancelOnDrop(cancel.clone());
         let state = Arc::clone(self);
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
             let _permits = (admitted, worker);
             f(&state, &cancel)
         })
