@@ -1,21 +1,19 @@
 //! `ragd ask`, `ragd quickstart` and `ragd eval answers`: grounded answers over a collection,
 //! offline on the data directory.
 
-use crate::collections::{DataDir, load_encoder, open_or_create};
+use crate::collections::{DataDir, engine, open_or_create};
 use crate::commands::ModelsDir;
 use crate::retrieval::{FusionFlags, parse_filters};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ragd_engine::SamplingParams;
+use ragd_engine::models::{self as registry, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_engine::{
-    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Ingestor, Mode,
-    QaReport, SearchParams, Searcher, Turn,
+    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Mode, QaReport,
+    SearchParams, Turn,
 };
-use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{Generator, GeneratorOptions, SamplingParams};
-use ragd_store::Collection;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Retrieval and generation flags shared by `ask`, `quickstart` and `eval answers`.
@@ -219,19 +217,6 @@ pub(crate) struct AnswersArgs {
     json: bool,
 }
 
-/// Loads the default decoder with one session.
-pub(crate) fn load_decoder(models: &ModelsDir) -> Result<Generator> {
-    let dir = models.resolve();
-    if !DEFAULT_DECODER.dir(&dir).is_dir() {
-        return Err(DEFAULT_DECODER.missing(&dir).into());
-    }
-    Generator::load(
-        &DEFAULT_DECODER.gguf_path(&dir),
-        GeneratorOptions::default(),
-    )
-    .context("loading the decoder")
-}
-
 fn read_history(path: Option<&Path>) -> Result<Vec<Turn>> {
     let Some(path) = path else {
         return Ok(Vec::new());
@@ -250,9 +235,10 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
     if let Some(url) = a.remote.server.clone() {
         return ask_remote(&a, &url);
     }
-    let c = Collection::open(&a.data.data_dir, &a.collection)?;
-    let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
-    let generator = load_decoder(&a.models)?;
+    let engine = engine(&a.data, &a.models, a.flags.config()?);
+    // The collection and its encoder first: a missing collection fails before the decoder loads.
+    let searcher = engine.searcher(&a.collection)?;
+    let generator = engine.generator()?;
     let mut request = a.flags.request(&a.question)?;
     request.history = read_history(a.history.as_deref())?;
     if let Some(t) = a.timeout {
@@ -261,9 +247,7 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         }
         request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
     }
-    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), 4)?;
-    let config = a.flags.config()?;
-    let answerer = Answerer::new(&searcher, &generator, &config);
+    let answerer = Answerer::new(&searcher, generator, engine.answer_config());
     if let Some(path) = &a.prompt_out {
         let prepared = answerer.prepare(request.clone())?;
         let text = generator.render_chat(prepared.messages())?;
@@ -447,9 +431,9 @@ fn answer_from_pb(r: ragd_proto::v1::AskResponse) -> Answer {
             })
             .collect(),
         finish: match pb::FinishReason::try_from(r.finish) {
-            Ok(pb::FinishReason::Stop) => Some(ragd_models::FinishReason::Stop),
-            Ok(pb::FinishReason::StopSequence) => Some(ragd_models::FinishReason::StopSequence),
-            Ok(pb::FinishReason::Length) => Some(ragd_models::FinishReason::Length),
+            Ok(pb::FinishReason::Stop) => Some(ragd_engine::FinishReason::Stop),
+            Ok(pb::FinishReason::StopSequence) => Some(ragd_engine::FinishReason::StopSequence),
+            Ok(pb::FinishReason::Length) => Some(ragd_engine::FinishReason::Length),
             _ => None,
         },
         grounding: r
@@ -600,12 +584,9 @@ pub(crate) fn ensure_models(models: &ModelsDir) -> Result<()> {
 }
 
 /// Creates (or updates) the sample collection from the bundled documents.
-pub(crate) fn sample_collection(
-    data: &Path,
-    models: &ModelsDir,
-    quiet: bool,
-) -> Result<(Collection, ragd_models::Embedder)> {
-    let (c, embedder) = open_or_create(data, SAMPLE_COLLECTION, models, quiet)?;
+pub(crate) fn sample_collection(data: &DataDir, models: &ModelsDir, quiet: bool) -> Result<()> {
+    let engine = engine(data, models, AnswerConfig::default());
+    open_or_create(&engine, SAMPLE_COLLECTION, quiet)?;
     let docs = SAMPLE_DOCUMENTS
         .iter()
         .map(|(id, text)| {
@@ -620,8 +601,8 @@ pub(crate) fn sample_collection(
             .map_err(|reason| anyhow::anyhow!("sample document {id}: {reason}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ingestor::new(&c, &embedder, IngestOptions::default())?.ingest_documents(docs, &mut ())?;
-    Ok((c, embedder))
+    engine.ingest_documents(SAMPLE_COLLECTION, docs, IngestOptions::default(), &mut ())?;
+    Ok(())
 }
 
 /// Builds the sample collection, starts the gRPC server on a free local port, asks the question
@@ -630,7 +611,7 @@ pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
     ensure_models(&a.models)?;
     // Offline ingest (unchanged documents are skipped); its encoder is released before the
     // server loads its own.
-    drop(sample_collection(&a.data.data_dir, &a.models, a.json)?);
+    sample_collection(&a.data, &a.models, a.json)?;
     let settings = ragd_server::Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: a.data.data_dir.clone(),
@@ -694,9 +675,14 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             format!("qa-{set}")
         }
     };
-    let (c, embedder) = open_or_create(&a.data.data_dir, &name, &a.models, a.json)?;
-    let report = Ingestor::new(&c, &embedder, IngestOptions::default())?
-        .ingest_paths(std::slice::from_ref(&a.docs), &mut ())?;
+    let engine = engine(&a.data, &a.models, a.flags.config()?);
+    open_or_create(&engine, &name, a.json)?;
+    let report = engine.ingest_paths(
+        &name,
+        std::slice::from_ref(&a.docs),
+        IngestOptions::default(),
+        &mut (),
+    )?;
     if !report.failed.is_empty() {
         bail!(
             "{} documents failed to ingest: {:?}",
@@ -704,11 +690,10 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             report.failed
         );
     }
-    let generator = load_decoder(&a.models)?;
-    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), items.len().max(4))?;
-    let config = a.flags.config()?;
+    let searcher = engine.searcher(&name)?;
+    let config = engine.answer_config();
     let template = a.flags.request("placeholder")?;
-    let answerer = Answerer::new(&searcher, &generator, &config);
+    let answerer = Answerer::new(&searcher, engine.generator()?, config);
     if a.calibrate {
         return calibrate(&answerer, &items, &template, a.max_false_refusals, a.json);
     }

@@ -3,12 +3,12 @@
 //! faiss HNSW run on the same vectors in the same invocation (`--compare`).
 
 use crate::bench::PeerArgs;
-use crate::collections::{DataDir, load_encoder};
+use crate::collections::DataDir;
 use crate::commands::ModelsDir;
 use anyhow::{Result, bail};
 use clap::Args;
 use ragd_core::{ChunkSpan, DocumentInput};
-use ragd_engine::{Mode, SearchParams, Searcher};
+use ragd_engine::{Encode, Mode, SearchParams, Searcher};
 use ragd_store::{Collection, DocWrite};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -98,7 +98,8 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
     }
     let ids: Vec<u64> = live.iter().map(|(id, _)| *id).collect();
     let chunks: HashMap<u64, ragd_store::ChunkRecord> = src.chunks(&ids)?.into_iter().collect();
-    let embedder = load_encoder(&a.models, &settings.encoder)?;
+    let embedder = crate::collections::engine(&a.data, &a.models, Default::default())
+        .encoder_named(&settings.encoder)?;
     drop(src);
 
     // The synthetic collection: copy r of chunk c has its words rotated by r and its vector
@@ -167,14 +168,14 @@ pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
         bail!("{} holds no queries", a.queries.display());
     }
     let qv: Vec<Vec<f32>> = embedder
-        .embed(&texts)?
+        .encode(texts.clone())?
         .into_iter()
         .map(|e| e.vector)
         .collect();
 
     // Latency per mode (query embedding excluded), after one warm-up pass.
     let bench = Arc::new(bench);
-    let searcher = Searcher::new(Arc::clone(&bench), Arc::new(embedder), 16)?;
+    let searcher = Searcher::new(Arc::clone(&bench), embedder, 16)?;
     let mut modes = serde_json::Map::new();
     for mode in [Mode::Lexical, Mode::Dense, Mode::Hybrid] {
         let p = SearchParams {

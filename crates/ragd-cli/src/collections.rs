@@ -4,15 +4,16 @@
 use crate::client::{Remote, ServerFlags};
 use crate::commands::ModelsDir;
 use crate::remote;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use ragd_engine::{IngestOptions, Ingestor, Progress, ProgressSink, RebuildOptions, SourceOptions};
-use ragd_models::Embedder;
-use ragd_models::registry::DEFAULT_ENCODER;
-use ragd_store::{ChunkSettings, Collection, CollectionSettings, DocWrite, WriteOutcome};
+use ragd_engine::models::DEFAULT_ENCODER;
+use ragd_engine::{
+    AnswerConfig, ChunkSettings, Engine, EngineConfig, GeneratorOptions, IngestOptions,
+    MAX_DELETE_IDS, Progress, ProgressSink, RebuildOptions, SourceOptions,
+};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -213,19 +214,20 @@ pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn load_encoder(models: &ModelsDir, name: &str) -> Result<Embedder> {
-    let dir = models.resolve();
-    let path = dir.join(name);
-    if !path.join("config.json").is_file() {
-        if name == DEFAULT_ENCODER.name {
-            return Err(DEFAULT_ENCODER.missing(&dir).into());
-        }
-        bail!(
-            "encoder {name:?} is not in the models directory {}",
-            dir.display()
-        );
-    }
-    Embedder::load(&path).with_context(|| format!("loading encoder {}", path.display()))
+/// The engine over a data directory for one offline command: it loads models from the models
+/// directory only when the command needs them (listing loads none; a search loads the
+/// collection's own encoder; an answer the decoder too).
+pub(crate) fn engine(data: &DataDir, models: &ModelsDir, answer: AnswerConfig) -> Engine {
+    let config = EngineConfig {
+        answer,
+        ..EngineConfig::new(&data.data_dir)
+    };
+    Engine::offline(config, &models.resolve(), GeneratorOptions::default())
+}
+
+/// [`engine`] with the default answer settings (commands that do not answer).
+fn plain_engine(data: &DataDir, models: &ModelsDir) -> Engine {
+    engine(data, models, AnswerConfig::default())
 }
 
 pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
@@ -235,16 +237,22 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             if let Some(url) = &remote.server {
                 return remote::list(&Remote::connect(&remote, url)?, json);
             }
-            let mut rows = Vec::new();
-            for name in Collection::list(&data.data_dir)? {
-                rows.push(
-                    match Collection::open(&data.data_dir, &name).and_then(|c| c.stats()) {
-                        Ok(s) => json!({"name": name, "documents": s.documents, "chunks": s.chunks,
-                        "generation": s.generation, "bytes": s.bytes}),
-                        Err(e) => json!({"name": name, "error": e.to_string()}),
-                    },
-                );
-            }
+            let listing = plain_engine(&data, &ModelsDir::default()).list()?;
+            let mut rows: Vec<serde_json::Value> = listing
+                .open
+                .iter()
+                .map(|s| {
+                    json!({"name": s.name, "documents": s.documents, "chunks": s.chunks,
+                        "generation": s.generation, "bytes": s.bytes})
+                })
+                .chain(
+                    listing
+                        .unavailable
+                        .iter()
+                        .map(|(name, e)| json!({"name": name, "error": e.to_string()})),
+                )
+                .collect();
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             if json {
                 return print_json(&json!({ "collections": rows }));
             }
@@ -277,11 +285,11 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                 remote::offline_only("--verify", verify)?;
                 return remote::stats(&Remote::connect(&remote, url)?, &name, json);
             }
-            let c = Collection::open(&data.data_dir, &name)?;
+            let engine = plain_engine(&data, &ModelsDir::default());
             if verify {
-                c.verify()?;
+                engine.verify(&name)?;
             }
-            let s = c.stats()?;
+            let s = engine.stats(&name)?;
             if json {
                 return print_json(&s);
             }
@@ -310,7 +318,7 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
         } => {
             match &remote.server {
                 Some(url) => remote::delete_collection(&Remote::connect(&remote, url)?, &name)?,
-                None => Collection::delete(&data.data_dir, &name)?,
+                None => plain_engine(&data, &ModelsDir::default()).delete_collection(&name)?,
             }
             if json {
                 return print_json(&json!({"deleted": name}));
@@ -346,8 +354,8 @@ fn create(a: CreateArgs) -> Result<()> {
         println!("created collection {} on {url}", c.name);
         return Ok(());
     }
-    let embedder = load_encoder(&a.models, &a.encoder)?;
-    let mut s: CollectionSettings = ragd_engine::settings_for(&embedder);
+    let engine = plain_engine(&a.data, &a.models);
+    let mut s = engine.settings_with_encoder(&a.encoder)?;
     s.chunking = a.chunk.apply(s.chunking);
     if let Some(v) = a.hnsw_m {
         s.hnsw.m = v;
@@ -358,15 +366,14 @@ fn create(a: CreateArgs) -> Result<()> {
     if let Some(v) = a.hnsw_ef_search {
         s.hnsw.ef_search = v;
     }
-    if s.chunking.max_tokens > embedder.max_len() {
+    let max_len = engine.encoder_named(&a.encoder)?.max_len();
+    if s.chunking.max_tokens > max_len {
         bail!(
-            "--chunk-max-tokens {} is more than the encoder's maximum input of {} tokens",
+            "--chunk-max-tokens {} is more than the encoder's maximum input of {max_len} tokens",
             s.chunking.max_tokens,
-            embedder.max_len()
         );
     }
-    let c = Collection::create(&a.data.data_dir, &a.name, &s)?;
-    let stats = c.stats()?;
+    let stats = engine.create(&a.name, &s)?;
     if a.json {
         return print_json(&stats);
     }
@@ -378,29 +385,16 @@ fn create(a: CreateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens `name` with its encoder loaded, or creates it with default settings and the default
-/// encoder when absent. The collection is opened once: opening replays its log.
-pub(crate) fn open_or_create(
-    data: &Path,
-    name: &str,
-    models: &ModelsDir,
-    quiet: bool,
-) -> Result<(Collection, Embedder)> {
-    match Collection::open(data, name) {
-        Ok(c) => {
-            let embedder = load_encoder(models, &c.settings()?.encoder)?;
-            Ok((c, embedder))
-        }
-        Err(ragd_store::Error::CollectionNotFound(_)) => {
-            let embedder = load_encoder(models, DEFAULT_ENCODER.name)?;
-            if !quiet {
-                eprintln!("creating collection {name} in {}", data.display());
-            }
-            let c = Collection::create(data, name, &ragd_engine::settings_for(&embedder))?;
-            Ok((c, embedder))
-        }
-        Err(e) => Err(e.into()),
+/// Opens collection `name`, creating it with the default settings and encoder when absent
+/// (and saying so unless `quiet`).
+pub(crate) fn open_or_create(engine: &Engine, name: &str, quiet: bool) -> Result<()> {
+    if engine.open_or_create(name)? && !quiet {
+        eprintln!(
+            "creating collection {name} in {}",
+            engine.data_dir().display()
+        );
     }
+    Ok(())
 }
 
 struct Bar(ProgressBar);
@@ -444,8 +438,8 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
     if let Some(url) = a.remote.server.clone() {
         return remote::ingest(a, &url);
     }
-    let (collection, embedder) =
-        open_or_create(&a.data.data_dir, &a.collection, &a.models, a.json)?;
+    let engine = plain_engine(&a.data, &a.models);
+    open_or_create(&engine, &a.collection, a.json)?;
     let opts = IngestOptions {
         sources: SourceOptions {
             include: a.include,
@@ -456,9 +450,8 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
         checkpoint_every: Duration::from_secs(a.checkpoint_every),
         ..IngestOptions::default()
     };
-    let ingestor = Ingestor::new(&collection, &embedder, opts)?;
     let mut sink = Bar(bar(a.json));
-    let report = ingestor.ingest_paths(&a.paths, &mut sink)?;
+    let report = engine.ingest_paths(&a.collection, &a.paths, opts, &mut sink)?;
     sink.0.finish_and_clear();
     if a.json {
         print_json(&report)?;
@@ -507,22 +500,15 @@ pub(crate) fn delete(a: DeleteArgs) -> Result<()> {
             remote::delete_documents(&Remote::connect(&a.remote, url)?, &a.collection, &a.ids)?
         }
         None => {
-            let c = Collection::open(&a.data.data_dir, &a.collection)?;
-            let writes = a
-                .ids
-                .iter()
-                .map(|id| DocWrite::Delete { id: id.clone() })
-                .collect();
-            let outcomes = c.write(writes)?.outcomes;
-            c.checkpoint()?;
-            let not_found: Vec<String> = a
-                .ids
-                .iter()
-                .zip(&outcomes)
-                .filter(|(_, o)| **o == WriteOutcome::NotFound)
-                .map(|(id, _)| id.clone())
-                .collect();
-            (outcomes.len() - not_found.len(), not_found)
+            let engine = plain_engine(&a.data, &ModelsDir::default());
+            let (mut deleted, mut not_found) = (0, Vec::new());
+            for ids in a.ids.chunks(MAX_DELETE_IDS) {
+                let d = engine.delete_documents(&a.collection, ids.to_vec())?;
+                deleted += d.deleted.len();
+                not_found.extend(d.not_found);
+            }
+            engine.checkpoint_all();
+            (deleted, not_found)
         }
     };
     if a.json {
@@ -540,34 +526,21 @@ pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
         let r = Remote::connect(&a.remote, url)?;
         return remote::rebuild(&r, &a.collection, a.rechunk, a.reembed, &a.chunk, a.json);
     }
-    let c = Collection::open(&a.data.data_dir, &a.collection)?;
-    let rechunk = a.rechunk || a.chunk.any();
-    let embedder = if rechunk || a.reembed {
-        Some(load_encoder(&a.models, &c.settings()?.encoder)?)
-    } else {
-        None
-    };
+    let engine = plain_engine(&a.data, &a.models);
+    let current = engine.settings(&a.collection)?;
     let opts = RebuildOptions {
-        rechunk,
+        rechunk: a.rechunk || a.chunk.any(),
         reembed: a.reembed,
-        chunking: a.chunk.any().then(|| {
-            a.chunk
-                .apply(c.settings().map(|s| s.chunking).unwrap_or_default())
-        }),
+        chunking: a.chunk.any().then(|| a.chunk.apply(current.chunking)),
         batch_documents: 64,
         ..RebuildOptions::default()
     };
     let pb = bar(a.json);
-    let summary = ragd_engine::rebuild(
-        &c,
-        embedder.as_ref().map(|e| e as &dyn ragd_models::Encode),
-        &opts,
-        |stage, done, total| {
-            pb.set_length(total);
-            pb.set_position(done);
-            pb.set_message(stage.to_string());
-        },
-    )?;
+    let summary = engine.rebuild(&a.collection, &opts, |stage, done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+        pb.set_message(stage.to_string());
+    })?;
     pb.finish_and_clear();
     if a.json {
         return print_json(&summary);

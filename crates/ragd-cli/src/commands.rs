@@ -3,7 +3,7 @@ use crate::collections::{self, CollectionsCommand, DeleteArgs, IngestArgs, Rebui
 use crate::retrieval::{self, EvalCommand, SearchArgs};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use ragd_models::registry::{self, DEFAULT_MODELS};
+use ragd_engine::models::{self as registry, DEFAULT_MODELS};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,7 +66,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub(crate) struct ModelsDir {
     /// Models directory [default: $RAGD_MODELS, else ~/.cache/ragd/models].
     #[arg(long, global = true)]

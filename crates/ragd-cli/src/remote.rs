@@ -6,9 +6,9 @@
 use crate::client::{Remote, status};
 use crate::collections::{ChunkFlags, IngestArgs, bar};
 use anyhow::{Result, bail};
+use ragd_engine::ChunkSettings;
 use ragd_engine::{Failure, ParsedDoc, SourceOptions, collect_sources, read_source};
 use ragd_proto::v1 as pb;
-use ragd_store::ChunkSettings;
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Instant;

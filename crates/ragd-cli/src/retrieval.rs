@@ -1,13 +1,12 @@
 //! `ragd search` and `ragd eval beir`.
 
-use crate::collections::{DataDir, load_encoder};
+use crate::collections::DataDir;
 use crate::commands::ModelsDir;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use ragd_engine::{EvalSpec, Fusion, IngestOptions, Ingestor, Mode, SearchParams, Searcher};
-use ragd_store::{Collection, SearchFilter};
+use ragd_engine::SearchFilter;
+use ragd_engine::{EvalSpec, Fusion, IngestOptions, Mode, SearchParams};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Retrieval flags shared by `search` and `eval`.
 #[derive(Debug, Args, Clone)]
@@ -149,10 +148,8 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
     let hits = match &a.remote.server {
         Some(url) => search_remote(&a, url, &params)?,
         None => {
-            let c = Collection::open(&a.data.data_dir, &a.collection)?;
-            let embedder = load_encoder(&a.models, &c.settings()?.encoder)?;
-            let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), 16)?;
-            searcher.search(&a.query, None, &params)?
+            let engine = crate::collections::engine(&a.data, &a.models, Default::default());
+            engine.search(&a.collection, &a.query, &params)?.hits
         }
     };
     if a.json {
@@ -248,11 +245,10 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
     }
     let queries = ragd_engine::load_queries(&a.dataset)?;
     let qrels = ragd_engine::load_qrels(&a.dataset, &a.split)?;
-    let (c, embedder) =
-        crate::collections::open_or_create(&a.data.data_dir, &name, &a.models, a.json)?;
+    let engine = crate::collections::engine(&a.data, &a.models, Default::default());
+    crate::collections::open_or_create(&engine, &name, a.json)?;
     // Ingest skips documents already stored unchanged, so a second evaluation costs seconds.
-    let ingest =
-        Ingestor::new(&c, &embedder, IngestOptions::default())?.ingest_paths(&[corpus], &mut ())?;
+    let ingest = engine.ingest_paths(&name, &[corpus], IngestOptions::default(), &mut ())?;
     if !a.json {
         eprintln!(
             "collection {name}: {} added, {} unchanged, {} failed",
@@ -261,7 +257,7 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
             ingest.failed.len()
         );
     }
-    let searcher = Searcher::new(Arc::new(c), Arc::new(embedder), queries.len().max(16))?;
+    let searcher = engine.searcher(&name)?;
     let spec = EvalSpec {
         dataset: dataset_name,
         split: a.split,

@@ -1,6 +1,11 @@
 //! The one long-lived object every front door (the gRPC server, the CLI) works through: it owns
-//! the encoder, the decoder, the answer settings and the open collections, each with one
+//! the encoders, the decoder, the answer settings and the open collections, each with one
 //! [`Searcher`] whose query-vector cache lives as long as the collection stays open.
+//!
+//! A server's engine is built with its models loaded ([`Engine::new`], [`Engine::load`]); the
+//! CLI's loads them from the models directory when an operation first needs them
+//! ([`Engine::offline`]: listing collections loads no model, searching loads the collection's
+//! own encoder by name, asking loads the decoder).
 //!
 //! Every method blocks (indexes, tokenizers, the DocStore, the models' queues): a server calls
 //! them from its blocking pool, never from an async worker.
@@ -8,18 +13,20 @@
 use crate::answer::{AnswerConfig, AnswerRequest, AnswerStream, Answerer, Prepared};
 use crate::chunk::Chunker;
 use crate::error::{Error, Result};
-use crate::ingest::{DocResult, IngestOptions, Ingestor};
+use crate::ingest::{DocResult, IngestOptions, IngestReport, Ingestor, ProgressSink};
 use crate::parse::ParsedDoc;
 use crate::rebuild::{RebuildOptions, RebuildSummary};
 use crate::search::{CacheStats, Hit, Mode, SearchParams, Searcher};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{EmbedderHandle, Embedding, Encode, Generator, GeneratorOptions};
+use ragd_models::{Embedder, EmbedderHandle, Embedding, Encode, Generator, GeneratorOptions};
 use ragd_store::{
     ChunkRecord, Collection, CollectionSettings, CollectionStats, DocRecord, DocWrite, WriteOutcome,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 
 /// Most document ids one delete takes.
 pub const MAX_DELETE_IDS: usize = 1024;
@@ -117,35 +124,87 @@ pub struct SearchResults {
 /// The engine. See the module docs.
 pub struct Engine {
     config: EngineConfig,
-    encoder: Arc<dyn Encode>,
-    generator: Option<Generator>,
-    open: RwLock<HashMap<String, Arc<Searcher>>>,
+    models: Models,
+    open: RwLock<HashMap<String, Arc<Open>>>,
     /// Serialises collection creation, reopening and deletion.
     lifecycle: Mutex<()>,
+}
+
+/// One open collection and, once something searched it, its searcher.
+struct Open {
+    collection: Arc<Collection>,
+    searcher: Mutex<Option<Arc<Searcher>>>,
+}
+
+/// The engine's models: those given, and those it may load from a models directory.
+struct Models {
+    /// Loaded encoders by name.
+    encoders: Mutex<HashMap<String, Arc<dyn Encode>>>,
+    /// The encoder new collections get.
+    default_encoder: String,
+    /// Where encoders and the decoder not loaded yet come from (`None`: only those given).
+    dir: Option<PathBuf>,
+    /// How the decoder is loaded from `dir`.
+    decoder_opts: GeneratorOptions,
+    generator: OnceLock<Generator>,
+    /// Serialises loading.
+    loading: Mutex<()>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("data_dir", &self.config.data_dir)
-            .field("encoder", &self.encoder.name())
-            .field("decoder", &self.generator.as_ref().map(Generator::name))
+            .field("encoder", &self.models.default_encoder)
+            .field("decoder", &self.models.generator.get().map(Generator::name))
             .finish()
     }
 }
 
 impl Engine {
-    /// An engine over `config.data_dir` with `encoder`, and `generator` when it answers
-    /// questions (ingest, search and rebuild need no decoder).
+    /// An engine over `config.data_dir` with `encoder` (for every collection), and `generator`
+    /// when it answers questions (ingest, search and rebuild need no decoder).
     pub fn new(
         config: EngineConfig,
         encoder: Arc<dyn Encode>,
         generator: Option<Generator>,
     ) -> Self {
+        let default_encoder = encoder.name().to_string();
+        let models = Models {
+            encoders: Mutex::new(HashMap::from([(default_encoder.clone(), encoder)])),
+            default_encoder,
+            dir: None,
+            decoder_opts: GeneratorOptions::default(),
+            generator: OnceLock::new(),
+            loading: Mutex::new(()),
+        };
+        if let Some(g) = generator {
+            let _ = models.generator.set(g);
+        }
+        Self::with_models(config, models)
+    }
+
+    /// An engine that loads models from `models_dir` when an operation first needs them: each
+    /// collection's own encoder by name, the default encoder for new collections, the default
+    /// decoder (with `decoder`'s sessions and context) for answers.
+    pub fn offline(config: EngineConfig, models_dir: &Path, decoder: GeneratorOptions) -> Self {
+        Self::with_models(
+            config,
+            Models {
+                encoders: Mutex::new(HashMap::new()),
+                default_encoder: DEFAULT_ENCODER.name.to_string(),
+                dir: Some(models_dir.to_path_buf()),
+                decoder_opts: decoder,
+                generator: OnceLock::new(),
+                loading: Mutex::new(()),
+            },
+        )
+    }
+
+    fn with_models(config: EngineConfig, models: Models) -> Self {
         Self {
             config,
-            encoder,
-            generator,
+            models,
             open: RwLock::new(HashMap::new()),
             lifecycle: Mutex::new(()),
         }
@@ -178,16 +237,61 @@ impl Engine {
         &self.config.data_dir
     }
 
-    /// The encoder.
-    pub fn encoder(&self) -> &dyn Encode {
-        self.encoder.as_ref()
+    /// The encoder new collections get (loaded on first use by an offline engine).
+    pub fn encoder(&self) -> Result<Arc<dyn Encode>> {
+        self.encoder_named(&self.models.default_encoder)
     }
 
-    /// The decoder (an error when this engine was built without one).
+    /// Encoder `name`, loaded from the models directory on first use.
+    pub fn encoder_named(&self, name: &str) -> Result<Arc<dyn Encode>> {
+        if let Some(e) = lock(&self.models.encoders).get(name) {
+            return Ok(Arc::clone(e));
+        }
+        let Some(dir) = &self.models.dir else {
+            return Err(Error::InvalidInput(format!(
+                "encoder {name:?} is not loaded (this engine runs {:?})",
+                self.models.default_encoder
+            )));
+        };
+        let _l = lock(&self.models.loading);
+        if let Some(e) = lock(&self.models.encoders).get(name) {
+            return Ok(Arc::clone(e));
+        }
+        let path = dir.join(name);
+        if !path.join("config.json").is_file() {
+            if name == DEFAULT_ENCODER.name {
+                return Err(DEFAULT_ENCODER.missing(dir).into());
+            }
+            return Err(Error::InvalidInput(format!(
+                "encoder {name:?} is not in the models directory {}",
+                dir.display()
+            )));
+        }
+        let e: Arc<dyn Encode> = Arc::new(Embedder::load(&path)?);
+        lock(&self.models.encoders).insert(name.to_string(), Arc::clone(&e));
+        Ok(e)
+    }
+
+    /// The decoder (loaded from the models directory on first use by an offline engine; an
+    /// error when the engine was built without one).
     pub fn generator(&self) -> Result<&Generator> {
-        self.generator
-            .as_ref()
-            .ok_or_else(|| Error::InvalidInput("this engine was started without a decoder".into()))
+        if let Some(g) = self.models.generator.get() {
+            return Ok(g);
+        }
+        let Some(dir) = &self.models.dir else {
+            return Err(Error::InvalidInput(
+                "this engine was started without a decoder".into(),
+            ));
+        };
+        let _l = lock(&self.models.loading);
+        if let Some(g) = self.models.generator.get() {
+            return Ok(g);
+        }
+        if !DEFAULT_DECODER.dir(dir).is_dir() {
+            return Err(DEFAULT_DECODER.missing(dir).into());
+        }
+        let g = Generator::load(&DEFAULT_DECODER.gguf_path(dir), self.models.decoder_opts)?;
+        Ok(self.models.generator.get_or_init(|| g))
     }
 
     /// The answer settings.
@@ -195,41 +299,64 @@ impl Engine {
         &self.config.answer
     }
 
-    /// Settings a new collection gets with this engine's encoder.
-    pub fn default_settings(&self) -> CollectionSettings {
-        crate::settings_for(self.encoder.as_ref())
+    /// Settings a new collection gets with the default encoder.
+    pub fn default_settings(&self) -> Result<CollectionSettings> {
+        Ok(crate::settings_for(self.encoder()?.as_ref()))
+    }
+
+    /// Settings a new collection gets with encoder `name`.
+    pub fn settings_with_encoder(&self, name: &str) -> Result<CollectionSettings> {
+        Ok(crate::settings_for(self.encoder_named(name)?.as_ref()))
     }
 
     /// Creates collection `name` (ALREADY_EXISTS when it exists). Chunking the encoder cannot
     /// take is refused now, not at every later upsert.
     pub fn create(&self, name: &str, settings: &CollectionSettings) -> Result<CollectionStats> {
         ragd_store::validate_name(name)?;
-        crate::check_encoder(settings, self.encoder.as_ref())?;
-        Chunker::for_collection(settings, self.encoder.as_ref())?;
+        let encoder = self.encoder_named(&settings.encoder)?;
+        crate::check_encoder(settings, encoder.as_ref())?;
+        Chunker::for_collection(settings, encoder.as_ref())?;
         let _l = self.lifecycle();
         let c = Arc::new(Collection::create(self.data_dir(), name, settings)?);
-        let searcher = Arc::new(self.searcher_for(c)?);
-        let stats = searcher.collection().stats()?;
-        self.open_map_mut().insert(name.to_string(), searcher);
+        let stats = c.stats()?;
+        self.open_map_mut()
+            .insert(name.to_string(), Arc::new(Open::new(c)));
         Ok(stats)
     }
 
-    /// The searcher of collection `name`, opening the collection on first use (NOT_FOUND
-    /// when absent). A handle that an I/O error left unusable (a full disk) is dropped and the
-    /// collection opened again, so it recovers once the cause is gone, without a restart.
-    pub fn searcher(&self, name: &str) -> Result<Arc<Searcher>> {
+    /// Opens collection `name`, creating it with the default settings when absent; true when
+    /// this call created it.
+    pub fn open_or_create(&self, name: &str) -> Result<bool> {
+        match self.open(name) {
+            Ok(_) => Ok(false),
+            Err(Error::Store(ragd_store::Error::CollectionNotFound(_))) => {
+                match self.create(name, &self.default_settings()?) {
+                    Ok(_) => Ok(true),
+                    // Created by another call in between.
+                    Err(Error::Store(ragd_store::Error::CollectionExists(_))) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Collection `name`, opened on first use (NOT_FOUND when absent). A handle that an I/O
+    /// error left unusable (a full disk) is dropped and the collection opened again, so it
+    /// recovers once the cause is gone, without a restart.
+    fn open(&self, name: &str) -> Result<Arc<Open>> {
         ragd_store::validate_name(name)?;
-        if let Some(s) = self.open_map().get(name).cloned()
-            && !s.collection().needs_reopen()
+        if let Some(o) = self.open_map().get(name).cloned()
+            && !o.collection.needs_reopen()
         {
-            return Ok(s);
+            return Ok(o);
         }
         let _l = self.lifecycle();
         // A statement of its own: the read guard must be gone before the write below.
         let cached = self.open_map().get(name).cloned();
-        if let Some(s) = cached {
-            if !s.collection().needs_reopen() {
-                return Ok(s);
+        if let Some(o) = cached {
+            if !o.collection.needs_reopen() {
+                return Ok(o);
             }
             tracing::info!(
                 collection = name,
@@ -238,32 +365,50 @@ impl Engine {
             self.open_map_mut().remove(name);
             // Requests still holding the old handle finish on it; the DocStore's file lock is
             // released with the last of them, and until then the open below is UNAVAILABLE.
-            drop(s);
+            drop(o);
         }
-        let c = Arc::new(Collection::open(self.data_dir(), name)?);
-        let searcher = Arc::new(self.searcher_for(c)?);
-        self.open_map_mut()
-            .insert(name.to_string(), Arc::clone(&searcher));
-        Ok(searcher)
+        let c = Collection::open(self.data_dir(), name)?;
+        let o = Arc::new(Open::new(Arc::new(c)));
+        self.open_map_mut().insert(name.to_string(), Arc::clone(&o));
+        Ok(o)
     }
 
-    /// The open collection `name` (see [`Engine::searcher`]).
+    /// The searcher of collection `name` (opened on first use), with the collection's own
+    /// encoder: one per open collection, so its query-vector cache serves every request.
+    pub fn searcher(&self, name: &str) -> Result<Arc<Searcher>> {
+        let o = self.open(name)?;
+        let mut slot = lock(&o.searcher);
+        if let Some(s) = slot.as_ref() {
+            return Ok(Arc::clone(s));
+        }
+        let encoder = self.encoder_named(&o.collection.settings()?.encoder)?;
+        let s = Arc::new(Searcher::new(
+            Arc::clone(&o.collection),
+            encoder,
+            self.config.query_cache,
+        )?);
+        *slot = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// The open collection `name` (opened on first use; loads no model).
     pub fn collection(&self, name: &str) -> Result<Arc<Collection>> {
-        Ok(Arc::clone(self.searcher(name)?.collection_handle()))
-    }
-
-    fn searcher_for(&self, c: Arc<Collection>) -> Result<Searcher> {
-        Searcher::new(c, Arc::clone(&self.encoder), self.config.query_cache)
+        Ok(Arc::clone(&self.open(name)?.collection))
     }
 
     /// Counts and settings of collection `name`.
     pub fn stats(&self, name: &str) -> Result<CollectionStats> {
-        Ok(self.searcher(name)?.collection().stats()?)
+        Ok(self.open(name)?.collection.stats()?)
+    }
+
+    /// Checks that collection `name`'s indexes hold exactly its DocStore's live chunks.
+    pub fn verify(&self, name: &str) -> Result<()> {
+        Ok(self.open(name)?.collection.verify()?)
     }
 
     /// Current settings of collection `name`.
     pub fn settings(&self, name: &str) -> Result<CollectionSettings> {
-        Ok(self.searcher(name)?.collection().settings()?)
+        Ok(self.open(name)?.collection.settings()?)
     }
 
     /// Every collection on disk (see [`Listing`]).
@@ -303,10 +448,40 @@ impl Engine {
         opts: IngestOptions,
     ) -> Result<Vec<DocResult>> {
         let s = self.searcher(name)?;
-        let stored =
-            Ingestor::new(s.collection(), self.encoder.as_ref(), opts)?.ingest_batch(docs)?;
+        let stored = Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_batch(docs)?;
         s.collection().refresh()?;
         Ok(stored)
+    }
+
+    /// Reads, parses and stores the files under `paths` in collection `name`, reporting
+    /// progress to `sink`.
+    pub fn ingest_paths(
+        &self,
+        name: &str,
+        paths: &[PathBuf],
+        opts: IngestOptions,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<IngestReport> {
+        let s = self.searcher(name)?;
+        let report =
+            Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_paths(paths, sink)?;
+        s.collection().refresh()?;
+        Ok(report)
+    }
+
+    /// Stores parsed documents in collection `name` in batches, reporting progress to `sink`.
+    pub fn ingest_documents(
+        &self,
+        name: &str,
+        docs: Vec<ParsedDoc>,
+        opts: IngestOptions,
+        sink: &mut dyn ProgressSink,
+    ) -> Result<IngestReport> {
+        let s = self.searcher(name)?;
+        let report =
+            Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_documents(docs, sink)?;
+        s.collection().refresh()?;
+        Ok(report)
     }
 
     /// Deletes documents by id (1 to [`MAX_DELETE_IDS`]).
@@ -317,8 +492,8 @@ impl Engine {
                 ids.len()
             )));
         }
-        let s = self.searcher(name)?;
-        let c = s.collection();
+        let o = self.open(name)?;
+        let c = &o.collection;
         let writes = ids
             .iter()
             .map(|id| DocWrite::Delete { id: id.clone() })
@@ -342,8 +517,8 @@ impl Engine {
         id: &str,
         with_text: bool,
     ) -> Result<Option<StoredDocument>> {
-        let s = self.searcher(name)?;
-        let c = s.collection();
+        let o = self.open(name)?;
+        let c = &o.collection;
         let Some((record, text)) = c.document(id)? else {
             return Ok(None);
         };
@@ -376,8 +551,8 @@ impl Engine {
                 )));
             }
         };
-        let s = self.searcher(name)?;
-        let c = s.collection();
+        let o = self.open(name)?;
+        let c = &o.collection;
         let mut ids = c.document_ids()?;
         ids.sort();
         let from = if page_token.is_empty() {
@@ -440,7 +615,7 @@ impl Engine {
                 "text {i} is empty or longer than {MAX_EMBED_TEXT_BYTES} bytes"
             )));
         }
-        Ok(self.encoder.encode(texts)?)
+        Ok(self.encoder()?.encode(texts)?)
     }
 
     /// Retrieves, gates, selects and packs an answer over collection `name` without starting
@@ -465,15 +640,21 @@ impl Engine {
         opts: &RebuildOptions,
         progress: impl FnMut(&str, u64, u64),
     ) -> Result<RebuildSummary> {
-        let s = self.searcher(name)?;
-        crate::rebuild(s.collection(), Some(self.encoder.as_ref()), opts, progress)
+        let o = self.open(name)?;
+        let c = &o.collection;
+        let encoder = if opts.rechunk || opts.reembed || opts.chunking.is_some() {
+            Some(self.encoder_named(&c.settings()?.encoder)?)
+        } else {
+            None
+        };
+        crate::rebuild(c, encoder.as_deref(), opts, progress)
     }
 
     /// Checkpoints every open collection that has unsaved writes.
     pub fn checkpoint_all(&self) {
-        let open: Vec<Arc<Searcher>> = self.open_map().values().cloned().collect();
-        for s in open {
-            let c = s.collection();
+        let open: Vec<Arc<Open>> = self.open_map().values().cloned().collect();
+        for o in open {
+            let c = &o.collection;
             if c.needs_reopen() {
                 // Checkpointing it would only fail again; the next request reopens it, and
                 // the open replays what this handle had not checkpointed.
@@ -489,16 +670,27 @@ impl Engine {
     // while opening a damaged collection is caught in the store anyway), so a poisoned lock is
     // taken as it is: one failed request never disables the others.
     fn lifecycle(&self) -> MutexGuard<'_, ()> {
-        self.lifecycle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.lifecycle)
     }
 
-    fn open_map(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Searcher>>> {
+    fn open_map(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Open>>> {
         self.open.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open_map_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Searcher>>> {
+    fn open_map_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Open>>> {
         self.open.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+impl Open {
+    fn new(collection: Arc<Collection>) -> Self {
+        Self {
+            collection,
+            searcher: Mutex::new(None),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

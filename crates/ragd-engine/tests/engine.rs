@@ -618,13 +618,17 @@ fn the_engine_keeps_collections_open_and_caches_query_vectors() {
     use ragd_engine::{Engine, EngineConfig, Mode, SearchParams};
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None);
-    let stats = engine.create("a", &engine.default_settings()).unwrap();
+    let stats = engine
+        .create("a", &engine.default_settings().unwrap())
+        .unwrap();
     assert_eq!((stats.name.as_str(), stats.documents), ("a", 0));
-    let again = engine.create("a", &engine.default_settings()).unwrap_err();
+    let again = engine
+        .create("a", &engine.default_settings().unwrap())
+        .unwrap_err();
     assert_eq!(again.kind(), ErrorKind::AlreadyExists);
     assert_eq!(
         engine
-            .create("no/slash", &engine.default_settings())
+            .create("no/slash", &engine.default_settings().unwrap())
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidInput

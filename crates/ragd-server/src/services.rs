@@ -91,7 +91,7 @@ impl pb::collections_server::Collections for Services {
         let out = self
             .state
             .blocking(move |s| {
-                let mut settings = s.engine.default_settings();
+                let mut settings = s.engine.default_settings()?;
                 if let Some(c) = &r.chunking {
                     settings.chunking = convert::chunking_from(c, &settings.chunking);
                 }
@@ -442,8 +442,8 @@ impl pb::search_server::Search for Services {
                             truncated: e.truncated,
                         })
                         .collect(),
-                    model: s.engine.encoder().name().to_string(),
-                    dim: s.engine.encoder().dim() as u32,
+                    model: s.engine.encoder()?.name().to_string(),
+                    dim: s.engine.encoder()?.dim() as u32,
                 })
             })
             .await?;
@@ -621,7 +621,7 @@ impl pb::admin_server::Admin for Services {
                     models: vec![
                         pb::Model {
                             role: "encoder".into(),
-                            id: s.engine.encoder().name().to_string(),
+                            id: s.engine.encoder()?.name().to_string(),
                         },
                         pb::Model {
                             role: "decoder".into(),
