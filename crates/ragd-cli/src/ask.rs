@@ -714,7 +714,7 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             }
         })?;
     let peer = if a.compare {
-        Some(crate::peer_answers::run(
+        Some(ragd_eval::peer_answers::run(
             searcher.collection(),
             &items,
             &a.models.resolve(),

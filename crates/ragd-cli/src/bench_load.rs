@@ -2,10 +2,10 @@
 //! Reports throughput, latency percentiles and every outcome by gRPC code, so overload shows as
 //! RESOURCE_EXHAUSTED counts beside the latencies of the calls that were served.
 
-use crate::bench_search::percentiles;
 use crate::client::{Remote, ServerFlags};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ragd_eval::percentiles;
 use ragd_proto::v1 as pb;
 use serde_json::json;
 use std::collections::BTreeMap;

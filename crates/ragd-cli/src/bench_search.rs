@@ -1,22 +1,13 @@
-//! `ragd bench search`: search latency and HNSW speed on a large synthetic collection made by
-//! repeating a real collection's chunks with perturbation (reworded text, jittered vectors), with
-//! faiss HNSW run on the same vectors in the same invocation (`--compare`).
+//! `ragd bench search`: flags for `ragd_eval::search` (search latency and HNSW speed on a large
+//! synthetic collection built from a real one, beside faiss with `--compare`).
 
 use crate::bench::PeerArgs;
 use crate::collections::DataDir;
 use crate::commands::ModelsDir;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
-use ragd_core::{ChunkSpan, DocumentInput};
-use ragd_engine::{Encode, Mode, SearchParams, Searcher};
-use ragd_store::{Collection, DocWrite};
-use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-use std::sync::Arc;
-use std::time::Instant;
+use ragd_eval::search::SearchBench;
+use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub(crate) struct SearchBenchArgs {
@@ -45,261 +36,21 @@ pub(crate) struct SearchBenchArgs {
     json: bool,
 }
 
-/// Deterministic pseudo-random numbers for the perturbation (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Roughly normal: the sum of four uniforms, centred and scaled to unit variance.
-    fn normal(&mut self) -> f32 {
-        (self.next() + self.next() + self.next() + self.next() - 2.0) * 1.732
-    }
-}
-
-pub(crate) fn percentiles(mut ms: Vec<f64>) -> Value {
-    ms.sort_by(f64::total_cmp);
-    let at = |q| ragd_engine::percentile(&ms, q);
-    json!({"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)})
-}
-
-fn write_npy(path: &Path, rows: usize, dim: usize, data: &[f32]) -> Result<()> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    header.push_str(&" ".repeat(pad % 64));
-    header.push('\n');
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    f.write_all(b"\x93NUMPY\x01\x00")?;
-    f.write_all(&(header.len() as u16).to_le_bytes())?;
-    f.write_all(header.as_bytes())?;
-    for x in data {
-        f.write_all(&x.to_le_bytes())?;
-    }
-    Ok(())
-}
-
 pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
-    if a.chunks == 0 {
-        bail!("--chunks must be at least 1");
-    }
-    let src = Collection::open(&a.data.data_dir, &a.collection)?;
-    let settings = src.settings()?;
-    let dim = settings.dim;
-    let live = src.live_vectors()?;
-    if live.is_empty() {
-        bail!("collection {} has no chunks", a.collection);
-    }
-    let ids: Vec<u64> = live.iter().map(|(id, _)| *id).collect();
-    let chunks: HashMap<u64, ragd_store::ChunkRecord> = src.chunks(&ids)?.into_iter().collect();
-    let embedder = crate::collections::engine(&a.data, &a.models, Default::default())
-        .encoder_named(&settings.encoder)?;
-    drop(src);
-
-    // The synthetic collection: copy r of chunk c has its words rotated by r and its vector
-    // jittered (σ = 0.02 per dimension, cosine ≈ 0.93 to the original) and renormalised.
-    let scratch = tempfile::tempdir()?;
-    let t_build = Instant::now();
-    let bench = Collection::create(scratch.path(), "bench", &settings)?;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut all = Vec::with_capacity(a.chunks * dim);
-    let mut batch = Vec::new();
-    for i in 0..a.chunks {
-        let (id, v) = &live[i % live.len()];
-        let r = i / live.len();
-        let c = &chunks[id];
-        let text = if r == 0 {
-            c.span.text.clone()
-        } else {
-            let mut words: Vec<&str> = c.span.text.split_whitespace().collect();
-            if !words.is_empty() {
-                let n = r % words.len();
-                words.rotate_left(n);
-            }
-            words.join(" ")
-        };
-        let mut vec: Vec<f32> = v
-            .iter()
-            .map(|x| x + 0.02 * rng.normal() * (r > 0) as u8 as f32)
-            .collect();
-        let norm = ragd_store::dot(&vec, &vec).sqrt();
-        vec.iter_mut().for_each(|x| *x /= norm);
-        all.extend_from_slice(&vec);
-        batch.push(DocWrite::Upsert {
-            doc: DocumentInput {
-                id: format!("{}:{}~{r}", c.doc_id, c.ordinal),
-                source: "bench".into(),
-                title: String::new(),
-                text: text.clone(),
-                metadata: Default::default(),
-            },
-            chunks: vec![ChunkSpan {
-                start: 0,
-                end: text.len(),
-                tokens: c.span.tokens,
-                text,
-            }],
-            vectors: vec![vec],
-            force: false,
-        });
-        if batch.len() == 2000 {
-            bench.write(std::mem::take(&mut batch))?;
-        }
-    }
-    if !batch.is_empty() {
-        bench.write(batch)?;
-    }
-    bench.checkpoint()?;
-    let build_s = t_build.elapsed().as_secs_f64();
-
-    let texts: Vec<String> = std::fs::read_to_string(&a.queries)?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["text"].as_str().map(str::to_string))
-        .take(a.max_queries)
-        .collect();
-    if texts.is_empty() {
-        bail!("{} holds no queries", a.queries.display());
-    }
-    let qv: Vec<Vec<f32>> = embedder
-        .encode(texts.clone())?
-        .into_iter()
-        .map(|e| e.vector)
-        .collect();
-
-    // Latency per mode (query embedding excluded), after one warm-up pass.
-    let bench = Arc::new(bench);
-    let searcher = Searcher::new(Arc::clone(&bench), embedder, 16)?;
-    let mut modes = serde_json::Map::new();
-    for mode in [Mode::Lexical, Mode::Dense, Mode::Hybrid] {
-        let p = SearchParams {
-            mode,
-            top_k: 10,
-            ..SearchParams::default()
-        };
-        for (t, v) in texts.iter().zip(&qv) {
-            searcher.search(t, Some(v), &p)?;
-        }
-        let mut ms = Vec::with_capacity(texts.len());
-        for (t, v) in texts.iter().zip(&qv) {
-            let t0 = Instant::now();
-            searcher.search(t, Some(v), &p)?;
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        let name = mode.name().to_string();
-        modes.insert(name, percentiles(ms));
-    }
-
-    // HNSW alone: recall@10 against brute force, single-thread queries per second.
-    let exact: Vec<Vec<u64>> = qv
-        .iter()
-        .map(|q| {
-            let mut s: Vec<(f32, u64)> = all
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(i, row)| (ragd_store::dot(q, row), i as u64))
-                .collect();
-            let k = 10.min(s.len());
-            s.select_nth_unstable_by(k - 1, |x, y| y.0.total_cmp(&x.0));
-            s[..k].iter().map(|(_, i)| *i).collect()
-        })
-        .collect();
-    let generation = bench.live();
-    let mut hnsw = Vec::new();
-    for &ef in &a.ef {
-        let t0 = Instant::now();
-        let mut found = Vec::with_capacity(qv.len());
-        for q in &qv {
-            found.push(generation.vectors().search(q, 10, ef, None)?);
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        // Chunk ids were assigned in write order, so chunk id = row index.
-        let recall = found
-            .iter()
-            .zip(&exact)
-            .map(|(f, e)| f.iter().filter(|h| e.contains(&h.chunk)).count() as f64 / e.len() as f64)
-            .sum::<f64>()
-            / qv.len() as f64;
-        hnsw.push(
-            json!({"ef": ef, "recall@10": recall, "qps_single_thread": qv.len() as f64 / secs}),
-        );
-    }
-
-    let mut peer = Vec::new();
-    if a.peers.compare {
-        let base = scratch.path().join("base.npy");
-        let queries = scratch.path().join("queries.npy");
-        write_npy(&base, a.chunks, dim, &all)?;
-        let flat: Vec<f32> = qv.iter().flatten().copied().collect();
-        write_npy(&queries, qv.len(), dim, &flat)?;
-        for &ef in &a.ef {
-            let h = settings.hnsw;
-            let extra = [
-                "--m".to_string(),
-                h.m.to_string(),
-                "--ef-construction".into(),
-                h.ef_construction.to_string(),
-                "--ef".into(),
-                ef.to_string(),
-                "--k".into(),
-                "10".into(),
-            ];
-            peer.push(a.peers.run("ann.py", &[&base, &queries], &extra)?);
-        }
-    }
-    let report = json!({
-        "chunks": a.chunks,
-        "source_collection": a.collection,
-        "queries": qv.len(),
-        "build_seconds": build_s,
-        "search": modes,
-        "hnsw": hnsw,
-        "hnsw_settings": settings.hnsw,
-        "peer": peer,
-    });
+    let report = ragd_eval::search::run(&SearchBench {
+        collection: a.collection.clone(),
+        data_dir: a.data.data_dir.clone(),
+        models_dir: a.models.resolve(),
+        queries: a.queries.clone(),
+        chunks: a.chunks,
+        max_queries: a.max_queries,
+        ef: a.ef.clone(),
+        peers: a.peers.peers(),
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    println!(
-        "{} chunks built in {:.1}s; {} queries",
-        a.chunks,
-        build_s,
-        qv.len()
-    );
-    for (mode, p) in &report["search"].as_object().cloned().unwrap_or_default() {
-        println!(
-            "{mode:<8} p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
-            p["p50_ms"].as_f64().unwrap_or(0.0),
-            p["p95_ms"].as_f64().unwrap_or(0.0),
-            p["p99_ms"].as_f64().unwrap_or(0.0)
-        );
-    }
-    for (i, h) in report["hnsw"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let p = report["peer"].get(i);
-        println!(
-            "ef {:>4}: ragd recall@10 {:.4} {:>8.0} QPS{}",
-            h["ef"],
-            h["recall@10"].as_f64().unwrap_or(0.0),
-            h["qps_single_thread"].as_f64().unwrap_or(0.0),
-            p.map(|p| format!(
-                "   faiss recall@10 {} {} QPS",
-                p["recall@10"], p["qps_single_thread"]
-            ))
-            .unwrap_or_default()
-        );
+    } else {
+        ragd_eval::search::print_report(&report);
     }
     Ok(())
 }

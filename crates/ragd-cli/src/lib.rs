@@ -10,7 +10,6 @@ mod bench_search;
 mod client;
 mod collections;
 mod commands;
-mod peer_answers;
 mod remote;
 mod retrieval;
 mod serve;

@@ -1,4 +1,4 @@
-//! `ragd eval answers --compare`: a naive RAG peer on the same chunks and questions — the same
+//! The peer of `ragd eval answers --compare`: a naive RAG peer on the same chunks and questions — the same
 //! SmolLM2 GGUF through llama.cpp (llama-cpp-python), dense top-2 passages by all-MiniLM-L6-v2
 //! (sentence-transformers), LlamaIndex's default QA prompt, greedy — run from the peers'
 //! Python environment (`../shared/peers/setup.sh`, `$RAGD_PEERS`).
@@ -15,7 +15,7 @@ const SCRIPT: &str = include_str!("peers/naive_rag.py");
 
 /// The peer's rates, measured like ragd's.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct PeerReport {
+pub struct PeerReport {
     pub peer: &'static str,
     pub questions: usize,
     pub answerable: usize,
@@ -53,7 +53,7 @@ fn peer_python() -> Result<PathBuf> {
 }
 
 /// Runs the peer over `collection`'s chunks and `items`, and scores it.
-pub(crate) fn run(
+pub fn run(
     collection: &Collection,
     items: &[QaItem],
     models: &Path,

@@ -1,0 +1,178 @@
+//! Model throughput, optionally beside the peer run on the same input in the same invocation,
+//! so a speed claim is always a ratio measured together.
+
+use crate::peers::{Peers, ratio, threads};
+use anyhow::{Context, Result, bail};
+use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{BatchOptions, Embedder, GenerateRequest, Generator, GeneratorOptions, Prompt};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// `ragd bench embed`: every non-empty line of `input` embedded.
+#[derive(Debug, Clone)]
+pub struct EmbedBench {
+    /// File with one text per line.
+    pub input: PathBuf,
+    /// Encoder directory [default: the default encoder in `models_dir`].
+    pub model: Option<PathBuf>,
+    pub models_dir: PathBuf,
+    pub batch: BatchOptions,
+    /// Also run sentence-transformers on the same texts.
+    pub peers: Option<Peers>,
+}
+
+/// `ragd bench generate`: a prompt file prefilled (verbatim) and decoded greedily.
+#[derive(Debug, Clone)]
+pub struct GenerateBench {
+    /// The full prompt, used verbatim (no chat template), special tokens recognised.
+    pub prompt_file: PathBuf,
+    /// Tokens to generate (fewer if the model ends its answer).
+    pub max_tokens: usize,
+    /// GGUF file [default: the default decoder in `models_dir`].
+    pub model: Option<PathBuf>,
+    pub models_dir: PathBuf,
+    /// Also run llama.cpp on the same prompt.
+    pub peers: Option<Peers>,
+}
+
+/// Texts and tokens per second (with the peer's figures and the ratio when asked).
+pub fn embed(args: &EmbedBench) -> Result<Value> {
+    let model_dir = match &args.model {
+        Some(p) => p.clone(),
+        None => {
+            let dir = &args.models_dir;
+            if !DEFAULT_ENCODER.dir(dir).is_dir() {
+                return Err(DEFAULT_ENCODER.missing(dir).into());
+            }
+            DEFAULT_ENCODER.dir(dir)
+        }
+    };
+    let raw = std::fs::read_to_string(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    let texts: Vec<&str> = raw.lines().filter(|l| !l.trim().is_empty()).collect();
+    if texts.is_empty() {
+        bail!("{} has no non-empty lines", args.input.display());
+    }
+    let embedder = Embedder::load(&model_dir)?.with_batch_options(args.batch);
+    embedder.embed(&texts[..texts.len().min(64)])?; // warm-up, as the peer does
+    let t = Instant::now();
+    let out = embedder.embed(&texts)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let tokens: usize = out.iter().map(|e| e.tokens).sum();
+    let mut report = json!({
+        "system": "ragd",
+        "model": embedder.name(),
+        "texts": texts.len(),
+        "tokens": tokens,
+        "truncated": out.iter().filter(|e| e.truncated).count(),
+        "seconds": round3(seconds),
+        "texts_per_s": round1(texts.len() as f64 / seconds),
+        "tokens_per_s": round1(tokens as f64 / seconds),
+        "threads": threads(),
+    });
+    if let Some(peers) = &args.peers {
+        let peer = peers.run("embed.py", &[&model_dir, &args.input], &[])?;
+        report["ratio_texts_per_s"] = ratio(texts.len() as f64 / seconds, &peer, "texts_per_s");
+        report["peer"] = peer;
+    }
+    Ok(report)
+}
+
+/// Prefill and decode tokens per second and time to first token (with the peer's figures and
+/// the ratios when asked).
+pub fn generate(args: &GenerateBench) -> Result<Value> {
+    let gguf = match &args.model {
+        Some(p) => p.clone(),
+        None => {
+            let dir = &args.models_dir;
+            let path = DEFAULT_DECODER.gguf_path(dir);
+            if !path.is_file() {
+                return Err(DEFAULT_DECODER.missing(dir).into());
+            }
+            path
+        }
+    };
+    let prompt = std::fs::read_to_string(&args.prompt_file)
+        .with_context(|| format!("reading {}", args.prompt_file.display()))?;
+    let generator = Generator::load(
+        &gguf,
+        GeneratorOptions {
+            sessions: 1,
+            context: 8192,
+            ..GeneratorOptions::default()
+        },
+    )?;
+    // Warm-up: a few tokens through every code path, as the peer does.
+    generator
+        .generate(GenerateRequest::greedy(
+            Prompt::Text("Hello, world".into()),
+            2,
+        ))?
+        .blocking_collect(|_| ())?;
+    let c = generator
+        .generate(GenerateRequest::greedy(
+            Prompt::Text(prompt),
+            args.max_tokens,
+        ))?
+        .blocking_collect(|_| ())?;
+    let u = &c.usage;
+    let prefill = u.prefill_tokens_per_s();
+    let decode = u.decode_tokens_per_s();
+    let mut report = json!({
+        "system": "ragd",
+        "model": generator.name(),
+        "prompt_tokens": u.prompt_tokens,
+        "generated_tokens": u.generated_tokens,
+        "prefill_seconds": round3(u.prefill_seconds),
+        "time_to_first_token_seconds": round3(u.time_to_first_token_seconds),
+        "prefill_tokens_per_s": round1(prefill),
+        "decode_tokens_per_s": round1(decode),
+        "finish": c.finish,
+        "threads": threads(),
+        "text": c.text,
+    });
+    if let Some(peers) = &args.peers {
+        let peer = peers.run(
+            "generate.py",
+            &[&gguf, &args.prompt_file],
+            &["--max-tokens".into(), args.max_tokens.to_string()],
+        )?;
+        report["ratio_prefill"] = ratio(prefill, &peer, "prefill_tokens_per_s");
+        // The peer's time to first token is its prefill time (sampling one token is noise).
+        if let (Some(n), Some(rate)) = (
+            peer["prompt_tokens"].as_f64(),
+            peer["prefill_tokens_per_s"].as_f64(),
+        ) && rate > 0.0
+        {
+            let peer_ttft = n / rate;
+            report["peer_time_to_first_token_seconds"] = json!(round3(peer_ttft));
+            // Above 1: ragd's first token comes sooner.
+            report["ratio_time_to_first_token"] =
+                json!(round3(peer_ttft / u.time_to_first_token_seconds.max(1e-9)));
+        }
+        report["ratio_decode"] = ratio(decode, &peer, "decode_tokens_per_s");
+        report["peer"] = peer;
+    }
+    Ok(report)
+}
+
+/// Prints a report: one JSON line, or one `key: value` line per field.
+pub fn print_report(report: &Value, json: bool) {
+    if json {
+        println!("{report}");
+        return;
+    }
+    if let Some(obj) = report.as_object() {
+        for (k, v) in obj {
+            println!("{k:>28}: {v}");
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
