@@ -1130,3 +1130,64 @@ async fn impossible_chunking_settings_are_refused_and_never_saved() {
         .unwrap();
     srv.stop().await;
 }
+
+/// One metadata model: a document ingested offline with JSON-valued metadata (a JSONL file's
+/// numbers and booleans) and sent again over gRPC, where metadata values are strings, is the same
+/// document — unchanged, not replaced and re-embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_ingested_offline_is_unchanged_when_sent_again_over_grpc() {
+    let data = tempfile::tempdir().unwrap();
+    let text = "Honey bees dance to tell their sisters where the flowers are.";
+    {
+        let engine = ragd_engine::Engine::offline(
+            ragd_engine::EngineConfig::new(data.path()),
+            &ragd_models::registry::resolve_models_dir(None),
+            ragd_engine::GeneratorOptions::default(),
+        );
+        assert!(engine.open_or_create("m").unwrap());
+        let metadata: ragd_core::Metadata =
+            serde_json::from_str(r#"{"year": 2020, "reviewed": true, "lab": "north"}"#).unwrap();
+        let doc = ragd_engine::ParsedDoc {
+            doc: ragd_core::DocumentInput {
+                id: "d1".into(),
+                source: "bees.jsonl".into(),
+                title: "Bees".into(),
+                text: text.into(),
+                metadata,
+            },
+            markdown: false,
+        };
+        let r = engine
+            .ingest("m", vec![doc], ragd_engine::IngestOptions::default())
+            .unwrap();
+        assert_eq!(r[0].outcome, ragd_engine::WriteOutcome::Added);
+        engine.checkpoint_all();
+    }
+    let srv = start(data).await;
+    let mut docs = srv.documents();
+    let metadata = [("year", "2020"), ("reviewed", "true"), ("lab", "north")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let r = docs
+        .upsert(pb::UpsertRequest {
+            collection: "m".into(),
+            documents: vec![pb::DocumentInput {
+                id: "d1".into(),
+                title: "Bees".into(),
+                content: text.as_bytes().to_vec(),
+                format: pb::DocumentFormat::Text as i32,
+                metadata,
+                source: String::new(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results[0].status,
+        pb::DocumentStatus::Unchanged as i32,
+        "{r:?}"
+    );
+    srv.stop().await;
+}

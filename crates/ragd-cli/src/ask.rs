@@ -288,7 +288,7 @@ impl AnswerFlags {
             collection: collection.to_string(),
             question: question.to_string(),
             history: Vec::new(),
-            retrieval: Some(crate::client::search_options(&search)),
+            retrieval: Some((&search).into()),
             generation: Some(pb::GenerationOptions {
                 max_tokens: self.max_tokens as u32,
                 temperature: sampled.then_some(self.temperature),
@@ -324,7 +324,7 @@ fn ask_remote(a: &AskArgs, url: &str) -> Result<()> {
         &a.question,
         a.json,
     ))?;
-    print_answer(answer_from_pb(fin), a.json)
+    print_answer(fin.into(), a.json)
 }
 
 /// AskStream on `channel`: prints the question and the deltas as they arrive (unless `json`),
@@ -367,98 +367,6 @@ fn print_answer(answer: Answer, json: bool) -> Result<()> {
         print_sources(&answer);
     }
     Ok(())
-}
-
-/// A server's answer as the engine's type (same JSON and printing as offline).
-fn answer_from_pb(r: ragd_proto::v1::AskResponse) -> Answer {
-    use ragd_proto::v1 as pb;
-    let u = r.usage.unwrap_or_default();
-    let kind = match pb::AnswerKind::try_from(r.kind) {
-        Ok(pb::AnswerKind::Extract) => AnswerKind::Extract,
-        Ok(pb::AnswerKind::Generated) => AnswerKind::Generated,
-        _ if r.refused => AnswerKind::Refusal,
-        _ => AnswerKind::Generated,
-    };
-    Answer {
-        answer: r.answer,
-        kind,
-        support: r
-            .support
-            .into_iter()
-            .map(|s| ragd_engine::SentenceSupport {
-                sentence: s.sentence,
-                supported: s.supported,
-                score: s.score,
-                marker: (s.marker != 0).then_some(s.marker as usize),
-                document_id: (!s.document_id.is_empty()).then_some(s.document_id),
-                start: s.start as usize,
-                end: s.end as usize,
-                missing: s.missing,
-                on_question: s.on_question,
-            })
-            .collect(),
-        refused: r.refused,
-        cited: r.cited,
-        citations: r
-            .citations
-            .into_iter()
-            .map(|c| ragd_engine::Citation {
-                marker: c.marker as usize,
-                document_id: c.document_id,
-                chunk_id: c.chunk_id,
-                title: c.title,
-                start: c.start as usize,
-                end: c.end as usize,
-                snippet: c.snippet,
-            })
-            .collect(),
-        dropped_markers: r.dropped_markers as usize,
-        sources: r
-            .sources
-            .into_iter()
-            .map(|s| ragd_engine::Source {
-                marker: s.marker as usize,
-                document_id: s.document_id,
-                chunk_id: s.chunk_id,
-                title: s.title,
-                start: s.start as usize,
-                end: s.end as usize,
-                score: s.score,
-                relevance: s.relevance,
-                lexical: s.lexical,
-                text: s.text,
-                truncated: s.truncated,
-            })
-            .collect(),
-        finish: match pb::FinishReason::try_from(r.finish) {
-            Ok(pb::FinishReason::Stop) => Some(ragd_engine::FinishReason::Stop),
-            Ok(pb::FinishReason::StopSequence) => Some(ragd_engine::FinishReason::StopSequence),
-            Ok(pb::FinishReason::Length) => Some(ragd_engine::FinishReason::Length),
-            _ => None,
-        },
-        grounding: r
-            .unsupported_draft
-            .as_ref()
-            .map(|_| ragd_engine::Grounding {
-                supported: Vec::new(),
-                unsupported: r.unsupported_terms.clone(),
-            }),
-        unsupported_draft: r.unsupported_draft,
-        usage: ragd_engine::AnswerUsage {
-            prompt_tokens: u.prompt_tokens as usize,
-            generated_tokens: u.generated_tokens as usize,
-            time_to_first_token_ms: u.time_to_first_token_ms,
-            decode_tokens_per_s: u.decode_tokens_per_s,
-            prefill_tokens_per_s: u.prefill_tokens_per_s,
-            retrieval_ms: u.retrieval_ms,
-            queue_ms: u.queue_ms,
-            total_ms: u.total_ms,
-            encoder: u.encoder,
-            decoder: u.decoder,
-            index_generation: u.index_generation,
-            sources: 0,
-        },
-    }
 }
 
 /// Streams the answer to stdout (or prints it as JSON) and lists its sources.
@@ -652,7 +560,7 @@ pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
         server.await.context("the server task failed")??;
         asked
     })?;
-    print_answer(answer_from_pb(fin), json)
+    print_answer(fin.into(), json)
 }
 
 pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {

@@ -55,42 +55,6 @@ impl Remote {
     }
 }
 
-/// Retrieval options as the API's message (the same for `search` and `ask`).
-pub(crate) fn search_options(p: &ragd_engine::SearchParams) -> ragd_proto::v1::SearchOptions {
-    use ragd_engine::{Fusion, Mode};
-    use ragd_proto::v1 as pb;
-    let mode = match p.mode {
-        Mode::Hybrid => pb::SearchMode::Hybrid,
-        Mode::Dense => pb::SearchMode::Dense,
-        Mode::Lexical => pb::SearchMode::Lexical,
-    };
-    let fusion = match p.fusion {
-        Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
-        Fusion::Convex { dense_weight } => pb::fusion::Method::Convex(pb::Convex { dense_weight }),
-    };
-    pb::SearchOptions {
-        mode: mode as i32,
-        top_k: p.top_k as u32,
-        candidates: p.candidates as u32,
-        ef: p.ef.unwrap_or(0) as u32,
-        fusion: Some(pb::Fusion {
-            method: Some(fusion),
-        }),
-        filter: Some(pb::Filter {
-            document_ids: p.filter.doc_ids.clone(),
-            metadata: p
-                .filter
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), pb::StringList { values: v.clone() }))
-                .collect(),
-        }),
-        min_score: p.min_score,
-        one_per_document: p.one_per_document,
-        mmr_lambda: p.mmr_lambda,
-    }
-}
-
 /// A call the server refused or could not take, kept typed so that the exit code can tell a
 /// retryable failure from a permanent one.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use crate::client::{Remote, status};
 use crate::collections::{ChunkFlags, IngestArgs, bar};
 use anyhow::{Result, bail};
 use ragd_engine::ChunkSettings;
-use ragd_engine::{Failure, ParsedDoc, SourceOptions, collect_sources, read_source};
+use ragd_engine::{Failure, SourceOptions, collect_sources, read_source};
 use ragd_proto::v1 as pb;
 use serde_json::json;
 use std::process::ExitCode;
@@ -178,24 +178,6 @@ fn ensure_collection(r: &Remote, name: &str, quiet: bool) -> Result<()> {
     }
 }
 
-/// A parsed document as the API's input: the text (Markdown kept as Markdown, so it is split on
-/// its structure), its title, metadata values as strings (JSON for non-strings) and its source.
-fn document_input(d: ParsedDoc) -> pb::DocumentInput {
-    let format = if d.markdown {
-        pb::DocumentFormat::Markdown
-    } else {
-        pb::DocumentFormat::Text
-    };
-    pb::DocumentInput {
-        metadata: ragd_server::convert::metadata_to_pb(&d.doc.metadata),
-        id: d.doc.id,
-        title: d.doc.title,
-        content: d.doc.text.into_bytes(),
-        format: format as i32,
-        source: d.doc.source,
-    }
-}
-
 /// What the server said about the documents of one ingest run.
 #[derive(Default, serde::Serialize)]
 struct Tally {
@@ -263,7 +245,7 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
                     Ok(d) if !closed => {
                         let msg = pb::IngestStreamRequest {
                             collection: name.clone(),
-                            document: Some(document_input(d)),
+                            document: Some(d.into()),
                         };
                         // The stream is gone: the error comes from the acknowledgements.
                         closed = tx.blocking_send(msg).is_err();

@@ -185,7 +185,7 @@ fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd
     let req = pb::SearchRequest {
         collection: a.collection.clone(),
         query: a.query.clone(),
-        options: Some(crate::client::search_options(p)),
+        options: Some(p.into()),
     };
     let resp = remote
         .rt
@@ -196,22 +196,7 @@ fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd
         })
         .map_err(crate::client::status)?
         .into_inner();
-    Ok(resp
-        .hits
-        .into_iter()
-        .map(|h| ragd_engine::Hit {
-            chunk_id: h.chunk_id,
-            doc_id: h.document_id,
-            title: h.title,
-            metadata: ragd_server::convert::metadata_from_pb(h.metadata),
-            text: h.text,
-            start: h.start as usize,
-            end: h.end as usize,
-            dense_score: h.dense_score,
-            lexical_score: h.lexical_score,
-            score: h.score,
-        })
-        .collect())
+    Ok(resp.hits.into_iter().map(ragd_engine::Hit::from).collect())
 }
 
 pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {

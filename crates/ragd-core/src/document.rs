@@ -80,10 +80,25 @@ impl DocumentInput {
     }
 }
 
-/// sha256 over title, text and metadata, each length-prefixed so fields cannot run into each
-/// other.
+/// A metadata value as text: a string as it is, anything else as its JSON (`2019`, `true`,
+/// `["a","b"]`). The one form the gRPC API carries, filters compare and the content hash reads,
+/// so a document hashes the same whether its metadata arrived as JSON values (a JSONL file) or
+/// as strings (gRPC).
+pub fn metadata_text(v: &serde_json::Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    }
+}
+
+/// sha256 over title, text and metadata (each value as [`metadata_text`], keys sorted), each
+/// length-prefixed so fields cannot run into each other.
 pub fn content_hash(title: &str, text: &str, metadata: &Metadata) -> String {
-    let meta = serde_json::to_string(metadata).unwrap_or_default();
+    let texts: std::collections::BTreeMap<&str, std::borrow::Cow<'_, str>> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), metadata_text(v)))
+        .collect();
+    let meta = serde_json::to_string(&texts).unwrap_or_default();
     let mut h = Sha256::new();
     for part in [title, text, meta.as_str()] {
         h.update((part.len() as u64).to_le_bytes());
@@ -138,6 +153,39 @@ mod tests {
         assert!(e.contains("as JSON") && !e.contains("vvvv"), "{e}");
         assert_eq!(truncate_utf8("aé", 2), "a");
         assert_eq!(truncate_utf8("aé", 3), "aé");
+    }
+
+    /// Metadata hashes by its text: `2020` from a JSONL file and `"2020"` over gRPC are one
+    /// document, and string-only metadata hashes as it always did.
+    #[test]
+    fn metadata_hashes_by_its_text_whichever_way_it_arrived() {
+        let json: Metadata =
+            serde_json::from_str(r#"{"year": 2020, "ok": true, "tags": ["a", "b"], "who": "x"}"#)
+                .unwrap();
+        let text: Metadata = serde_json::from_str(
+            r#"{"who": "x", "year": "2020", "ok": "true", "tags": "[\"a\",\"b\"]"}"#,
+        )
+        .unwrap();
+        assert_eq!(content_hash("T", "b", &json), content_hash("T", "b", &text));
+        let other: Metadata =
+            serde_json::from_str(r#"{"year": 2021, "ok": true, "tags": ["a", "b"], "who": "x"}"#)
+                .unwrap();
+        assert_ne!(
+            content_hash("T", "b", &json),
+            content_hash("T", "b", &other)
+        );
+        // Unchanged for string-only metadata: the JSON of the map itself.
+        let strings: Metadata = serde_json::from_str(r#"{"b": "2", "a": "1"}"#).unwrap();
+        let old = {
+            let meta = serde_json::to_string(&strings).unwrap();
+            let mut h = Sha256::new();
+            for part in ["T", "b", meta.as_str()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            hex::encode(h.finalize())
+        };
+        assert_eq!(content_hash("T", "b", &strings), old);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 mod document;
 pub use document::{
     ChunkSpan, DocumentInput, MAX_METADATA_BYTES, MAX_METADATA_KEYS, MAX_TITLE_BYTES, Metadata,
-    check_bounds, content_hash, truncate_utf8,
+    check_bounds, content_hash, metadata_text, truncate_utf8,
 };
 
 /// What kind of failure an error is, independent of which crate raised it.

@@ -1,17 +1,17 @@
-//! ragd's gRPC API, package `ragd.v1`, generated from `proto/ragd/v1/*.proto` at build time.
-//! Nothing here is written by hand but the codec; the server and clients convert to and from
-//! domain types.
+//! ragd's gRPC API, package `ragd.v1`, generated from `proto/ragd/v1/*.proto` at build time,
+//! the codec, and the one conversion layer between its messages and the engine's types
+//! ([`convert`]), which the server and the CLI's client mode share.
 
-#![allow(
+pub mod codec;
+pub mod convert;
+
+/// Messages and service stubs of `ragd.v1`.
+#[allow(
     missing_docs,
     clippy::all,
     clippy::pedantic,
     missing_debug_implementations
 )]
-
-pub mod codec;
-
-/// Messages and service stubs of `ragd.v1`.
 pub mod v1 {
     tonic::include_proto!("ragd.v1");
 }

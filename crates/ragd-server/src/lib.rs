@@ -3,7 +3,6 @@
 //! Prometheus metrics, background checkpoints and a graceful shutdown that loses no
 //! acknowledged write.
 
-pub mod convert;
 mod error;
 mod metrics;
 mod services;

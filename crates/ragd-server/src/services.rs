@@ -2,10 +2,10 @@
 //! goes through `State::blocking`; streams are driven by a task writing into a bounded channel,
 //! so a slow or vanished client stops the work (a dropped answer stream cancels generation).
 
-use crate::convert;
 use crate::error::{Error, invalid};
 use crate::state::State;
 use ragd_engine::{AnswerEvent, Cancel, IngestOptions, RebuildOptions};
+use ragd_proto::convert;
 use ragd_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,13 +30,24 @@ fn all_collections(
     s: &State,
 ) -> Result<(Vec<pb::Collection>, Vec<pb::UnavailableCollection>), Error> {
     let listing = s.engine.list()?;
-    let open = listing.open.into_iter().map(convert::collection).collect();
+    let open = listing.open.into_iter().map(Into::into).collect();
     let unavailable = listing
         .unavailable
         .into_iter()
-        .map(|(name, e)| convert::unavailable(name, &Error::from(e)))
+        .map(|(name, e)| unavailable(name, &Error::from(e)))
         .collect();
     Ok((open, unavailable))
+}
+
+/// A collection that could not be opened, with a reason that names the kind of failure but no
+/// internals (paths, OS errors: those go to the server log).
+fn unavailable(name: String, e: &Error) -> pb::UnavailableCollection {
+    let reason = match e.kind() {
+        ragd_core::ErrorKind::Internal => "damaged or unreadable (see the server log)".to_string(),
+        ragd_core::ErrorKind::StorageFull => "the server's disk is full".to_string(),
+        _ => e.to_string(),
+    };
+    pb::UnavailableCollection { name, reason }
 }
 
 /// The collection an ingest stream writes to: named by its first message, never changed.
@@ -98,7 +109,7 @@ impl pb::collections_server::Collections for Services {
                 if let Some(h) = &r.hnsw {
                     settings.hnsw = convert::hnsw_from(h, &settings.hnsw);
                 }
-                Ok(convert::collection(s.engine.create(&r.name, &settings)?))
+                Ok(s.engine.create(&r.name, &settings)?.into())
             })
             .await?;
         Ok(Response::new(out))
@@ -109,7 +120,7 @@ impl pb::collections_server::Collections for Services {
         check_name(&name)?;
         let out = self
             .state
-            .blocking(move |s| Ok(convert::collection(s.engine.stats(&name)?)))
+            .blocking(move |s| Ok(s.engine.stats(&name)?.into()))
             .await?;
         Ok(Response::new(out))
     }
@@ -168,7 +179,7 @@ fn store_batch(
     let stored = s.engine.ingest(collection, parsed, opts)?;
     s.metrics.documents_acknowledged.inc_by(stored.len() as u64);
     s.metrics.documents_failed.inc_by(failures.len() as u64);
-    let mut out: Vec<pb::DocumentResult> = stored.into_iter().map(convert::result).collect();
+    let mut out: Vec<pb::DocumentResult> = stored.into_iter().map(Into::into).collect();
     for (i, f) in failures {
         out.insert(i.min(out.len()), f);
     }
@@ -346,7 +357,7 @@ impl pb::documents_server::Documents for Services {
             .state
             .blocking(
                 move |s| match s.engine.document(&r.collection, &r.id, r.include_text)? {
-                    Some(d) => Ok(convert::stored_document(d)),
+                    Some(d) => Ok(d.into()),
                     None => Err(Error::NotFound(format!(
                         "no document {:?} in collection {:?}",
                         r.id, r.collection
@@ -396,7 +407,7 @@ impl pb::search_server::Search for Services {
             ))
             .into());
         }
-        let params = convert::search_params(r.options, 10)?;
+        let params = convert::search_params(r.options, 10).map_err(Error::from)?;
         let out = self
             .state
             .blocking(move |s| {
@@ -410,7 +421,7 @@ impl pb::search_server::Search for Services {
                         .inc();
                 }
                 Ok(pb::SearchResponse {
-                    hits: found.hits.into_iter().map(convert::hit).collect(),
+                    hits: found.hits.into_iter().map(Into::into).collect(),
                     took_ms: t.elapsed().as_secs_f64() * 1e3,
                     index_generation: found.generation,
                 })
@@ -463,14 +474,15 @@ impl Services {
             req.into_inner(),
             self.state.engine.answer_config().max_sources,
             self.state.settings.limits.max_query_bytes,
-        )?;
+        )
+        .map_err(Error::from)?;
         check_name(&collection)?;
         request.deadline = deadline;
         let stream = self
             .state
             .blocking(move |s| Ok(s.engine.ask(&collection, request)?))
             .await?;
-        let sources = stream.sources().iter().map(convert::source).collect();
+        let sources = stream.sources().iter().map(Into::into).collect();
         Ok((sources, stream))
     }
 
@@ -494,7 +506,7 @@ impl pb::answer_server::Answer for Services {
                 AnswerEvent::Delta(_) => {}
                 AnswerEvent::Done(a) => {
                     self.count(&a);
-                    return Ok(Response::new(convert::answer(*a)));
+                    return Ok(Response::new((*a).into()));
                 }
             }
         }
@@ -522,7 +534,7 @@ impl pb::answer_server::Answer for Services {
                     }
                     Ok(AnswerEvent::Done(a)) => {
                         this.count(&a);
-                        pb::ask_event::Event::Answer(convert::answer(*a))
+                        pb::ask_event::Event::Answer((*a).into())
                     }
                     Err(e) => {
                         let _ = tx.send(Err(Error::from(e).into())).await;
