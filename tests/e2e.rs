@@ -5,8 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use ragd_engine::{
-    AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, QaReport, Searcher, Strategy,
+    AnswerConfig, AnswerRequest, Answerer, IngestOptions, Ingestor, Searcher, Strategy,
 };
+use ragd_eval::answers::QaReport;
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
 use ragd_store::Collection;
@@ -50,18 +51,23 @@ fn evaluate(docs: &Path, questions: &Path, config: &AnswerConfig) -> QaReport {
         .ingest_paths(&[docs.to_path_buf()], &mut ())
         .unwrap();
     assert!(report.failed.is_empty(), "{report:?}");
-    let items = ragd_engine::load_qa(questions).unwrap();
+    let items = ragd_eval::answers::load_qa(questions).unwrap();
     let searcher = Searcher::new(Arc::new(c), embedder().clone(), 64).unwrap();
     let answerer = Answerer::new(&searcher, generator(), config);
     let template = AnswerRequest::new("");
-    let r =
-        ragd_engine::evaluate_answers(&answerer, &items, &template, config.min_relevance, |o| {
+    let r = ragd_eval::answers::evaluate_answers(
+        &answerer,
+        &items,
+        &template,
+        config.min_relevance,
+        |o| {
             eprintln!(
                 "{} rel={:.3} lex={:.3} {} fact={} cited={:?} {:?}",
                 o.id, o.top_relevance, o.top_lexical, o.kind, o.fact, o.cited, o.answer
             );
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     eprintln!(
         "{}: fact {:.3} correct-cited {:.3} wrong {:.3} unanswerable refused {:.3} false refusals \
          {:.3} precision {:.3} generated/extracts/refusals {}/{}/{}",
@@ -166,3 +172,93 @@ const FLOOR_EXT_REFUSED: f64 = 0.6;
 const FLOOR_EXT_CORRECT_CITED: f64 = 0.45;
 const FLOOR_MD_CORRECT_CITED: f64 = 0.42;
 const FLOOR_MD_REFUSED: f64 = 0.65;
+
+/// `ragd eval beir`'s evaluation on a small BEIR-layout dataset: every mode reports its metrics,
+/// every relevant document is found, the HNSW graph is exact at this size.
+#[test]
+fn beir_evaluation_on_a_small_dataset() {
+    use ragd_engine::{Engine, EngineConfig, GeneratorOptions, ParsedDoc, SearchParams};
+    use ragd_eval::beir::{EvalSpec, evaluate, load_qrels, load_queries};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::offline(
+        EngineConfig::new(tmp.path().join("data")),
+        &models(),
+        GeneratorOptions::default(),
+    );
+    engine.open_or_create("beir").unwrap();
+    let topics = [
+        (
+            "cardiology",
+            "The heart pumps blood through arteries; hypertension strains the heart muscle.",
+        ),
+        (
+            "astronomy",
+            "Stars fuse hydrogen into helium; supernovae scatter heavy elements.",
+        ),
+        (
+            "botany",
+            "Plants convert sunlight into sugar through photosynthesis in chloroplasts.",
+        ),
+    ];
+    let docs: Vec<ParsedDoc> = (0..12)
+        .map(|i| {
+            let (topic, text) = topics[i % 3];
+            ParsedDoc {
+                doc: ragd_core::DocumentInput {
+                    id: format!("{topic}-{i}"),
+                    source: "fixture".into(),
+                    title: format!("{topic} note {i}"),
+                    text: format!("{text} Note number {i} with token uniq{i}q."),
+                    metadata: ragd_core::Metadata::new(),
+                },
+                markdown: false,
+            }
+        })
+        .collect();
+    engine
+        .ingest("beir", docs, IngestOptions::default())
+        .unwrap();
+    let ds = tmp.path().join("ds");
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    std::fs::write(
+        ds.join("queries.jsonl"),
+        "{\"_id\":\"q1\",\"text\":\"photosynthesis in chloroplasts\"}\n{\"_id\":\"q2\",\"text\":\"uniq4q\"}\n{\"_id\":\"q3\",\"text\":\"unjudged\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ds.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\tbotany-2\t1\nq1\tbotany-5\t1\nq2\tastronomy-4\t1\n",
+    )
+    .unwrap();
+    let queries = load_queries(&ds).unwrap();
+    let qrels = load_qrels(&ds, "test").unwrap();
+    let s = engine.searcher("beir").unwrap();
+    let spec = EvalSpec {
+        dataset: "ds".into(),
+        split: "test".into(),
+        base: SearchParams::default(),
+        candidates: 50,
+    };
+    let r = evaluate(&spec, s.collection(), &s, &queries, &qrels).unwrap();
+    assert_eq!(r.queries, 2);
+    let v = serde_json::to_value(&r).unwrap();
+    for mode in ["lexical", "dense", "hybrid"] {
+        for k in [
+            "ndcg@10",
+            "recall@100",
+            "mrr@10",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+        ] {
+            assert!(v["modes"][mode][k].is_number(), "{mode} {k}: {v}");
+        }
+        // Every relevant document is among the 12 documents returned.
+        assert_eq!(v["modes"][mode]["recall@100"], 1.0, "{v}");
+    }
+    assert!(
+        v["modes"]["lexical"]["mrr@10"].as_f64().unwrap() >= 0.75,
+        "{v}"
+    );
+    assert_eq!(r.hnsw_recall_10, 1.0);
+}

@@ -9,8 +9,8 @@ use clap::Args;
 use ragd_engine::SamplingParams;
 use ragd_engine::models::{self as registry, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_engine::{
-    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Mode, QaReport,
-    SearchParams, Turn,
+    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Mode, SearchParams,
+    Turn,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -564,7 +564,7 @@ pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
 }
 
 pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
-    let items = ragd_engine::load_qa(&a.questions)?;
+    let items = ragd_eval::answers::load_qa(&a.questions)?;
     if items.is_empty() {
         bail!("{} holds no questions", a.questions.display());
     }
@@ -605,8 +605,12 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
     if a.calibrate {
         return calibrate(&answerer, &items, &template, a.max_false_refusals, a.json);
     }
-    let report =
-        ragd_engine::evaluate_answers(&answerer, &items, &template, config.min_relevance, |o| {
+    let report = ragd_eval::answers::evaluate_answers(
+        &answerer,
+        &items,
+        &template,
+        config.min_relevance,
+        |o| {
             if !a.json {
                 eprintln!(
                     "{:<5} rel {:.3} lex {:.2} {} {:<9} fact={} cite={} {:?}",
@@ -620,7 +624,8 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
                     o.answer.chars().take(100).collect::<String>()
                 );
             }
-        })?;
+        },
+    )?;
     let peer = if a.compare {
         Some(ragd_eval::peer_answers::run(
             searcher.collection(),
@@ -658,20 +663,20 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
 
 fn calibrate(
     answerer: &Answerer<'_>,
-    items: &[ragd_engine::QaItem],
+    items: &[ragd_eval::answers::QaItem],
     template: &AnswerRequest,
     max_false_refusals: f64,
     json: bool,
 ) -> Result<()> {
     let mut points = Vec::with_capacity(items.len());
     for item in items {
-        let (rel, lex) = ragd_engine::top_relevance(answerer, template, &item.question)?;
+        let (rel, lex) = ragd_eval::answers::top_relevance(answerer, template, &item.question)?;
         points.push((item.id.clone(), rel, lex, item.document.is_some()));
     }
     let dense: Vec<(f32, bool)> = points.iter().map(|p| (p.1, p.3)).collect();
-    let best = ragd_engine::calibrate_threshold(&dense, max_false_refusals);
+    let best = ragd_eval::answers::calibrate_threshold(&dense, max_false_refusals);
     let both: Vec<(f32, f32, bool)> = points.iter().map(|p| (p.1, p.2, p.3)).collect();
-    let gate = ragd_engine::calibrate_gate(&both, max_false_refusals);
+    let gate = ragd_eval::answers::calibrate_gate(&both, max_false_refusals);
     if json {
         let v = serde_json::json!({
             "threshold": best.map(|b| b.0),
@@ -706,7 +711,7 @@ fn calibrate(
     Ok(())
 }
 
-fn print_report(r: &QaReport) {
+fn print_report(r: &ragd_eval::answers::QaReport) {
     println!(
         "{} questions ({} answerable, {} unanswerable), refusal threshold {:.2}",
         r.questions, r.answerable, r.unanswerable, r.min_relevance

@@ -5,7 +5,8 @@ use crate::commands::ModelsDir;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use ragd_engine::SearchFilter;
-use ragd_engine::{EvalSpec, Fusion, IngestOptions, Mode, SearchParams};
+use ragd_engine::{Fusion, IngestOptions, Mode, SearchParams};
+use ragd_eval::beir::EvalSpec;
 use std::path::PathBuf;
 
 /// Retrieval flags shared by `search` and `eval`.
@@ -228,8 +229,8 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
     if !corpus.is_file() {
         bail!("{} has no corpus.jsonl", a.dataset.display());
     }
-    let queries = ragd_engine::load_queries(&a.dataset)?;
-    let qrels = ragd_engine::load_qrels(&a.dataset, &a.split)?;
+    let queries = ragd_eval::beir::load_queries(&a.dataset)?;
+    let qrels = ragd_eval::beir::load_qrels(&a.dataset, &a.split)?;
     let engine = crate::collections::engine(&a.data, &a.models, Default::default());
     crate::collections::open_or_create(&engine, &name, a.json)?;
     // Ingest skips documents already stored unchanged, so a second evaluation costs seconds.
@@ -253,7 +254,8 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
         },
         candidates: a.candidates,
     };
-    let report = ragd_engine::evaluate(&spec, searcher.collection(), &searcher, &queries, &qrels)?;
+    let report =
+        ragd_eval::beir::evaluate(&spec, searcher.collection(), &searcher, &queries, &qrels)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

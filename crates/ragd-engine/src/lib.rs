@@ -11,11 +11,9 @@ mod chunk;
 mod cite;
 mod engine;
 mod error;
-mod eval;
 mod evidence;
 mod ingest;
 mod parse;
-mod qa;
 mod rebuild;
 mod search;
 
@@ -35,10 +33,6 @@ pub use engine::{
     StoredDocument,
 };
 pub use error::{Error, Result};
-pub use eval::{
-    EvalReport, EvalSpec, ModeMetrics, Qrels, evaluate, load_qrels, load_queries, mrr_at, ndcg_at,
-    percentile, recall_at,
-};
 pub use ingest::{
     DocResult, IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink,
 };
@@ -46,11 +40,13 @@ pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
     parse_bytes, read_source,
 };
-pub use qa::{
-    QaItem, QaOutcome, QaReport, calibrate_gate, calibrate_threshold, contains_term,
-    evaluate_answers, load_qa, same_document, top_relevance,
-};
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
+/// The grounding primitives answers are checked with, for evaluations that score citations the
+/// way the engine checks them.
+pub mod grounding {
+    pub use crate::answer::answer_sentences;
+    pub use crate::evidence::{Support, claim_text, support};
+}
 pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
 
 // The data model and model handles the engine's operations take and return, so that front

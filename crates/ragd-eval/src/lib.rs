@@ -1,4 +1,5 @@
-//! ragd's measurement programs, kept out of the serving crates: model throughput
+//! ragd's measurement programs, kept out of the serving crates: retrieval quality on BEIR
+//! datasets ([`beir`]), answer quality on QA sets ([`answers`]), model throughput
 //! ([`bench::embed`], [`bench::generate`]), search latency and HNSW recall/QPS on a large
 //! synthetic collection ([`search::run`]), and a naive RAG peer for answer quality
 //! ([`peer_answers::run`]). Each can run its peer (`../shared/peers`: sentence-transformers,
@@ -9,6 +10,8 @@
 //! These are programs' building blocks: their errors (`anyhow`) are only ever shown to the
 //! person who ran them.
 
+pub mod answers;
+pub mod beir;
 pub mod bench;
 pub mod peer_answers;
 pub mod peers;
@@ -22,6 +25,6 @@ use serde_json::{Value, json};
 /// p50, p95 and p99 of latencies in milliseconds.
 pub fn percentiles(mut ms: Vec<f64>) -> Value {
     ms.sort_by(f64::total_cmp);
-    let at = |q| ragd_engine::percentile(&ms, q);
+    let at = |q| beir::percentile(&ms, q);
     json!({"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99)})
 }

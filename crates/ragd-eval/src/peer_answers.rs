@@ -3,8 +3,8 @@
 //! (sentence-transformers), LlamaIndex's default QA prompt, greedy — run from the peers'
 //! Python environment (`../shared/peers/setup.sh`, `$RAGD_PEERS`).
 
+use crate::answers::{QaItem, contains_term};
 use anyhow::{Context, Result, bail};
-use ragd_engine::{QaItem, contains_term};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_store::Collection;
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,7 @@ fn score(items: &[QaItem], answers: &[PeerAnswer]) -> PeerReport {
         let gold = it.document.as_deref().unwrap_or_default();
         if a.documents
             .iter()
-            .any(|d| ragd_engine::same_document(d, gold))
+            .any(|d| crate::answers::same_document(d, gold))
         {
             retrieved += 1;
         }
@@ -153,7 +153,7 @@ fn score(items: &[QaItem], answers: &[PeerAnswer]) -> PeerReport {
         fact_rate: fact as f64 / n,
         wrong_rate: wrong as f64 / n,
         retrieved_rate: retrieved as f64 / n,
-        time_to_first_token_p50_ms: ragd_engine::percentile(&ttft, 0.5),
+        time_to_first_token_p50_ms: crate::beir::percentile(&ttft, 0.5),
     }
 }
 

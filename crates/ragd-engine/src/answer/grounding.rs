@@ -165,7 +165,7 @@ impl Draft {
 
 /// Byte ranges of the sentences of an answer; markers right after a full stop stay with the
 /// sentence before them, and a line is never longer than one sentence.
-pub(crate) fn answer_sentences(text: &str) -> Vec<(usize, usize)> {
+pub fn answer_sentences(text: &str) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     // A list mark split off as a sentence of its own ("1." before "First step") opens the next.
     let mut mark: Option<usize> = None;

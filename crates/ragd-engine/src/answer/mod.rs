@@ -34,8 +34,9 @@ mod select;
 mod stream;
 
 use citations::*;
+pub use grounding::answer_sentences;
 use grounding::*;
-pub(crate) use grounding::{COMMON, answer_sentences, grounding};
+pub(crate) use grounding::{COMMON, grounding};
 use pack::*;
 
 /// What the answer says when the documents do not answer the question. The model is asked to

@@ -3,8 +3,7 @@
 //! (linear gains, ideal ranking from the judgments), per-query search latency, and the HNSW
 //! graph's recall@10 against exact search.
 
-use crate::error::{Error, Result};
-use crate::search::{Mode, SearchParams, Searcher};
+use ragd_engine::{Error, Mode, Result, SearchParams, Searcher};
 use ragd_store::Collection;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -164,7 +163,7 @@ pub struct EvalReport {
     /// Query embedding latency, median, milliseconds.
     pub embed_p50_ms: f64,
     /// The hybrid fusion used.
-    pub fusion: crate::search::Fusion,
+    pub fusion: ragd_engine::Fusion,
 }
 
 /// The `q` quantile (nearest rank) of ascending `sorted`; 0 when empty.

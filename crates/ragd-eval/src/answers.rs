@@ -2,8 +2,8 @@
 //! asked through the whole answer pipeline, scored on the expected fact, the cited document and
 //! refusals; and calibration of the refusal threshold on the retrieval scores alone.
 
-use crate::answer::{Answer, AnswerKind, AnswerRequest, Answerer};
-use crate::error::{Error, Result};
+use ragd_engine::grounding::{answer_sentences, claim_text, support};
+use ragd_engine::{Answer, AnswerKind, AnswerRequest, Answerer, Error, Result, parse_citations};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -193,20 +193,20 @@ fn has_source_block(answer: &str) -> bool {
 /// Sentences of `answer` that carry a marker, and those whose cited sources support them.
 fn citation_support(answer: &Answer, question: &str) -> (usize, usize) {
     let (mut cited, mut supported) = (0, 0);
-    for (s, e) in crate::answer::answer_sentences(&answer.answer) {
+    for (s, e) in answer_sentences(&answer.answer) {
         let sentence = &answer.answer[s..e];
-        let markers = crate::parse_citations(sentence);
+        let markers = parse_citations(sentence);
         if markers.is_empty() {
             continue;
         }
         cited += 1;
-        let claim = crate::evidence::claim_text(sentence);
+        let claim = claim_text(sentence);
         let claim =
             claim.trim_matches(|c: char| c == '\u{201c}' || c == '\u{201d}' || c.is_whitespace());
         let ok = markers.iter().any(|m| {
             answer.sources.iter().any(|src| {
                 src.marker == m.source && {
-                    let sup = crate::evidence::support(claim, question, &src.text, &src.title);
+                    let sup = support(claim, question, &src.text, &src.title);
                     sup.missing.is_empty() && sup.score >= 0.5
                 }
             })
@@ -254,7 +254,7 @@ pub fn evaluate_answers(
             .expect
             .iter()
             .any(|e| contains_term(&lower, &e.to_lowercase()));
-        let gold = |c: &crate::answer::Citation| -> bool {
+        let gold = |c: &ragd_engine::Citation| -> bool {
             if !right(&c.document_id) {
                 return false;
             }
@@ -279,7 +279,7 @@ pub fn evaluate_answers(
             correct_cited: fact && answer.citations.iter().any(gold),
             cited_sentences,
             supported_sentences,
-            ungiven_markers: crate::parse_citations(&answer.answer)
+            ungiven_markers: parse_citations(&answer.answer)
                 .iter()
                 .filter(|m| !answer.sources.iter().any(|s| s.marker == m.source))
                 .count(),
@@ -343,7 +343,7 @@ fn report(outcomes: Vec<QaOutcome>, ungiven: usize, min_relevance: f32) -> QaRep
         false_refusal_rate: rate(&ans, |o| o.refused),
         dropped_markers: outcomes.iter().map(|o| o.dropped_markers).sum(),
         citations_to_ungiven_sources: ungiven,
-        time_to_first_token_p50_ms: crate::percentile(&ttft, 0.5),
+        time_to_first_token_p50_ms: crate::beir::percentile(&ttft, 0.5),
         min_relevance,
         outcomes,
     }
