@@ -1,7 +1,8 @@
 //! `ragd collections`, `ragd ingest`, `ragd delete` and `ragd rebuild`: work on the collections
 //! in a data directory, or on a server's with `--server` (see `remote.rs`).
 
-use crate::client::{Remote, ServerFlags};
+use crate::backend::{Backend, HnswFlags};
+use crate::client::ServerFlags;
 use crate::commands::ModelsDir;
 use crate::remote;
 use anyhow::{Result, bail};
@@ -9,8 +10,8 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ragd_engine::models::DEFAULT_ENCODER;
 use ragd_engine::{
-    AnswerConfig, ChunkSettings, Engine, EngineConfig, GeneratorOptions, IngestOptions,
-    MAX_DELETE_IDS, Progress, ProgressSink, RebuildOptions, SourceOptions,
+    AnswerConfig, ChunkSettings, Engine, EngineConfig, GeneratorOptions, IngestOptions, Progress,
+    ProgressSink, SourceOptions,
 };
 use serde_json::json;
 use std::path::PathBuf;
@@ -234,10 +235,8 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
     match cmd {
         CollectionsCommand::Create(a) => create(a),
         CollectionsCommand::List { data, remote, json } => {
-            if let Some(url) = &remote.server {
-                return remote::list(&Remote::connect(&remote, url)?, json);
-            }
-            let listing = plain_engine(&data, &ModelsDir::default()).list()?;
+            let backend = Backend::new(&data, &ModelsDir::default(), &remote)?;
+            let listing = backend.list()?;
             let mut rows: Vec<serde_json::Value> = listing
                 .open
                 .iter()
@@ -249,7 +248,7 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                     listing
                         .unavailable
                         .iter()
-                        .map(|(name, e)| json!({"name": name, "error": e.to_string()})),
+                        .map(|(name, why)| json!({"name": name, "error": why})),
                 )
                 .collect();
             rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -257,7 +256,7 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                 return print_json(&json!({ "collections": rows }));
             }
             if rows.is_empty() {
-                println!("no collections in {}", data.data_dir.display());
+                println!("no collections {}", backend.place());
             }
             for r in rows {
                 let name = r["name"].as_str().unwrap_or("");
@@ -281,15 +280,11 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             verify,
             json,
         } => {
-            if let Some(url) = &remote.server {
-                remote::offline_only("--verify", verify)?;
-                return remote::stats(&Remote::connect(&remote, url)?, &name, json);
-            }
-            let engine = plain_engine(&data, &ModelsDir::default());
+            let backend = Backend::new(&data, &ModelsDir::default(), &remote)?;
             if verify {
-                engine.verify(&name)?;
+                backend.verify(&name)?;
             }
-            let s = engine.stats(&name)?;
+            let s = backend.stats(&name)?;
             if json {
                 return print_json(&s);
             }
@@ -316,10 +311,7 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
             remote,
             json,
         } => {
-            match &remote.server {
-                Some(url) => remote::delete_collection(&Remote::connect(&remote, url)?, &name)?,
-                None => plain_engine(&data, &ModelsDir::default()).delete_collection(&name)?,
-            }
+            Backend::new(&data, &ModelsDir::default(), &remote)?.delete_collection(&name)?;
             if json {
                 return print_json(&json!({"deleted": name}));
             }
@@ -338,50 +330,19 @@ pub(crate) fn print_row(name: &str, documents: u64, chunks: u64, generation: u64
 }
 
 fn create(a: CreateArgs) -> Result<()> {
-    if let Some(url) = &a.remote.server {
-        remote::offline_only("--encoder", a.encoder != DEFAULT_ENCODER.name)?;
-        let r = Remote::connect(&a.remote, url)?;
-        let hnsw = ragd_proto::v1::HnswSettings {
-            m: a.hnsw_m.unwrap_or(0) as u32,
-            ef_construction: a.hnsw_ef_construction.unwrap_or(0) as u32,
-            ef_search: a.hnsw_ef_search.unwrap_or(0) as u32,
-        };
-        let c = remote::create(&r, &a.name, &a.chunk, hnsw)?;
-        if a.json {
-            // Create answers with the collection: no second call for its stats.
-            return print_json(&remote::collection_json(&c));
-        }
-        println!("created collection {} on {url}", c.name);
-        return Ok(());
-    }
-    let engine = plain_engine(&a.data, &a.models);
-    let mut s = engine.settings_with_encoder(&a.encoder)?;
-    s.chunking = a.chunk.apply(s.chunking);
-    if let Some(v) = a.hnsw_m {
-        s.hnsw.m = v;
-    }
-    if let Some(v) = a.hnsw_ef_construction {
-        s.hnsw.ef_construction = v;
-    }
-    if let Some(v) = a.hnsw_ef_search {
-        s.hnsw.ef_search = v;
-    }
-    let max_len = engine.encoder_named(&a.encoder)?.max_len();
-    if s.chunking.max_tokens > max_len {
-        bail!(
-            "--chunk-max-tokens {} is more than the encoder's maximum input of {max_len} tokens",
-            s.chunking.max_tokens,
-        );
-    }
-    let stats = engine.create(&a.name, &s)?;
+    let backend = Backend::new(&a.data, &a.models, &a.remote)?;
+    // A server embeds with its own encoder.
+    backend.offline_only("--encoder", a.encoder != DEFAULT_ENCODER.name)?;
+    let hnsw = HnswFlags {
+        m: a.hnsw_m,
+        ef_construction: a.hnsw_ef_construction,
+        ef_search: a.hnsw_ef_search,
+    };
+    let stats = backend.create(&a.name, &a.encoder, &a.chunk, hnsw)?;
     if a.json {
         return print_json(&stats);
     }
-    println!(
-        "created collection {} in {}",
-        a.name,
-        a.data.data_dir.display()
-    );
+    println!("created collection {} {}", a.name, backend.place());
     Ok(())
 }
 
@@ -495,52 +456,32 @@ pub(crate) fn ingest_exit_code(failed: &[ragd_engine::Failure]) -> ExitCode {
 }
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {
-    let (deleted, not_found) = match &a.remote.server {
-        Some(url) => {
-            remote::delete_documents(&Remote::connect(&a.remote, url)?, &a.collection, &a.ids)?
-        }
-        None => {
-            let engine = plain_engine(&a.data, &ModelsDir::default());
-            let (mut deleted, mut not_found) = (0, Vec::new());
-            for ids in a.ids.chunks(MAX_DELETE_IDS) {
-                let d = engine.delete_documents(&a.collection, ids.to_vec())?;
-                deleted += d.deleted.len();
-                not_found.extend(d.not_found);
-            }
-            engine.checkpoint_all();
-            (deleted, not_found)
-        }
-    };
+    let backend = Backend::new(&a.data, &ModelsDir::default(), &a.remote)?;
+    let d = backend.delete_documents(&a.collection, &a.ids)?;
     if a.json {
-        return print_json(&json!({"deleted": deleted, "not_found": not_found}));
+        return print_json(&json!({"deleted": d.deleted.len(), "not_found": d.not_found}));
     }
-    println!("deleted {deleted} documents");
-    for id in not_found {
+    println!("deleted {} documents", d.deleted.len());
+    for id in d.not_found {
         println!("not found: {id}");
     }
     Ok(())
 }
 
 pub(crate) fn rebuild(a: RebuildArgs) -> Result<()> {
-    if let Some(url) = &a.remote.server {
-        let r = Remote::connect(&a.remote, url)?;
-        return remote::rebuild(&r, &a.collection, a.rechunk, a.reembed, &a.chunk, a.json);
-    }
-    let engine = plain_engine(&a.data, &a.models);
-    let current = engine.settings(&a.collection)?;
-    let opts = RebuildOptions {
-        rechunk: a.rechunk || a.chunk.any(),
-        reembed: a.reembed,
-        chunking: a.chunk.any().then(|| a.chunk.apply(current.chunking)),
-        batch_documents: 64,
-        ..RebuildOptions::default()
-    };
+    let backend = Backend::new(&a.data, &a.models, &a.remote)?;
     let pb = bar(a.json);
-    let summary = engine.rebuild(&a.collection, &opts, |stage, done, total| {
-        pb.set_length(total);
-        pb.set_position(done);
-        pb.set_message(stage.to_string());
-    })?;
+    let summary = backend.rebuild(
+        &a.collection,
+        a.rechunk,
+        a.reembed,
+        &a.chunk,
+        |stage, done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+            pb.set_message(stage.to_string());
+        },
+    )?;
     pb.finish_and_clear();
     if a.json {
         return print_json(&summary);

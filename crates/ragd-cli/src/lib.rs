@@ -4,6 +4,7 @@
 //! one JSON document on stdout, human output and progress go to stderr/stdout as noted per command.
 
 mod ask;
+mod backend;
 mod bench;
 mod bench_load;
 mod bench_search;

@@ -146,13 +146,11 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         one_per_document: a.one_per_document,
         mmr_lambda: a.mmr,
     };
-    let hits = match &a.remote.server {
-        Some(url) => search_remote(&a, url, &params)?,
-        None => {
-            let engine = crate::collections::engine(&a.data, &a.models, Default::default());
-            engine.search(&a.collection, &a.query, &params)?.hits
-        }
-    };
+    let hits = crate::backend::Backend::new(&a.data, &a.models, &a.remote)?.search(
+        &a.collection,
+        &a.query,
+        &params,
+    )?;
     if a.json {
         println!(
             "{}",
@@ -177,27 +175,6 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         println!("    {}", snippet.replace('\n', " "));
     }
     Ok(())
-}
-
-/// `ragd search --server URL`: the Search RPC with the same options.
-fn search_remote(a: &SearchArgs, url: &str, p: &SearchParams) -> Result<Vec<ragd_engine::Hit>> {
-    use ragd_proto::v1 as pb;
-    let remote = crate::client::Remote::connect(&a.remote, url)?;
-    let req = pb::SearchRequest {
-        collection: a.collection.clone(),
-        query: a.query.clone(),
-        options: Some(p.into()),
-    };
-    let resp = remote
-        .rt
-        .block_on(async {
-            pb::search_client::SearchClient::new(remote.channel.clone())
-                .search(remote.request(req))
-                .await
-        })
-        .map_err(crate::client::status)?
-        .into_inner();
-    Ok(resp.hits.into_iter().map(ragd_engine::Hit::from).collect())
 }
 
 pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {

@@ -12,7 +12,7 @@ use ragd_core::Metadata;
 use ragd_engine::{
     Answer, AnswerConfig, AnswerKind, AnswerRequest, AnswerUsage, ChunkSettings, Citation,
     CollectionSettings, CollectionStats, DocResult, Error, FinishReason, Format, Fusion, Grounding,
-    Hit, HnswSettings, Mode, ParsedDoc, SamplingParams, SearchFilter, SearchParams,
+    Hit, HnswSettings, Mode, ParsedDoc, RebuildSummary, SamplingParams, SearchFilter, SearchParams,
     SentenceSupport, Source, StoredDocument, Turn, WriteOutcome,
 };
 use std::collections::HashMap;
@@ -470,8 +470,7 @@ impl From<CollectionStats> for pb::Collection {
             generation,
             bytes,
             seq,
-            // How far the indexes are saved is the store's business.
-            checkpointed_seq: _,
+            checkpointed_seq,
             settings,
         } = s;
         Self {
@@ -483,6 +482,133 @@ impl From<CollectionStats> for pb::Collection {
             generation,
             bytes,
             sequence: seq,
+            checkpointed_sequence: checkpointed_seq,
+        }
+    }
+}
+
+impl From<pb::ChunkingSettings> for ChunkSettings {
+    fn from(p: pb::ChunkingSettings) -> Self {
+        let pb::ChunkingSettings {
+            max_tokens,
+            min_tokens,
+            overlap_tokens,
+            title_in_embedding,
+        } = p;
+        Self {
+            max_tokens: max_tokens as usize,
+            min_tokens: min_tokens as usize,
+            overlap_tokens: overlap_tokens as usize,
+            title_in_embedding,
+        }
+    }
+}
+
+impl From<pb::HnswSettings> for HnswSettings {
+    fn from(p: pb::HnswSettings) -> Self {
+        let pb::HnswSettings {
+            m,
+            ef_construction,
+            ef_search,
+        } = p;
+        Self {
+            m: m as usize,
+            ef_construction: ef_construction as usize,
+            ef_search: ef_search as usize,
+        }
+    }
+}
+
+impl From<pb::CollectionSettings> for CollectionSettings {
+    fn from(p: pb::CollectionSettings) -> Self {
+        let pb::CollectionSettings {
+            encoder,
+            dim,
+            chunking,
+            hnsw,
+        } = p;
+        Self {
+            encoder,
+            dim: dim as usize,
+            chunking: chunking.unwrap_or_default().into(),
+            hnsw: hnsw.unwrap_or_default().into(),
+        }
+    }
+}
+
+impl From<pb::Collection> for CollectionStats {
+    fn from(c: pb::Collection) -> Self {
+        let pb::Collection {
+            name,
+            settings,
+            documents,
+            chunks,
+            tombstones,
+            generation,
+            bytes,
+            sequence,
+            checkpointed_sequence,
+        } = c;
+        Self {
+            name,
+            documents,
+            chunks,
+            tombstones,
+            generation,
+            bytes,
+            seq: sequence,
+            checkpointed_seq: checkpointed_sequence,
+            settings: settings.unwrap_or_default().into(),
+        }
+    }
+}
+
+impl From<RebuildSummary> for pb::RebuildDone {
+    fn from(s: RebuildSummary) -> Self {
+        let RebuildSummary {
+            generation,
+            previous_generation,
+            documents,
+            chunks,
+            embedded,
+            reused,
+            dropped_tombstones,
+            seconds,
+        } = s;
+        Self {
+            generation,
+            previous_generation,
+            documents,
+            chunks,
+            seconds,
+            embedded,
+            reused,
+            dropped_tombstones,
+        }
+    }
+}
+
+impl From<pb::RebuildDone> for RebuildSummary {
+    fn from(d: pb::RebuildDone) -> Self {
+        let pb::RebuildDone {
+            generation,
+            previous_generation,
+            documents,
+            chunks,
+            seconds,
+            embedded,
+            reused,
+            dropped_tombstones,
+        } = d;
+        Self {
+            generation,
+            previous_generation,
+            documents,
+            chunks,
+            embedded,
+            reused,
+            dropped_tombstones,
+            seconds,
         }
     }
 }

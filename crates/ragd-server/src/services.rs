@@ -608,13 +608,7 @@ impl pb::admin_server::Admin for Services {
                 .await;
             let ev = match out {
                 Ok(sum) => Ok(pb::RebuildProgress {
-                    event: Some(pb::rebuild_progress::Event::Done(pb::RebuildDone {
-                        generation: sum.generation,
-                        previous_generation: sum.previous_generation,
-                        documents: sum.documents,
-                        chunks: sum.chunks,
-                        seconds: sum.seconds,
-                    })),
+                    event: Some(pb::rebuild_progress::Event::Done(sum.into())),
                 }),
                 Err(e) => Err(e.into()),
             };

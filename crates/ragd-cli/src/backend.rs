@@ -1,0 +1,326 @@
+//! Where a command runs: on a data directory through the engine, or on a running server over
+//! gRPC (`--server URL`). The commands that do the same thing either way (collections list,
+//! stats, create and delete, document delete, search, rebuild) are written once over
+//! [`Backend`] and print the same domain types, so their text and `--json` output have one
+//! shape whichever way they ran. Ingest and ask stream, and keep a path each (`remote.rs`,
+//! `ask.rs`) that ends in the same printing.
+
+use crate::client::{Remote, ServerFlags, status};
+use crate::collections::{ChunkFlags, DataDir, engine};
+use crate::commands::ModelsDir;
+use anyhow::{Result, bail};
+use ragd_engine::{
+    AnswerConfig, ChunkSettings, CollectionStats, Deleted, Engine, Hit, HnswSettings,
+    MAX_DELETE_IDS, RebuildOptions, RebuildSummary, SearchParams,
+};
+use ragd_proto::v1 as pb;
+
+/// A data directory or a server.
+pub(crate) enum Backend {
+    /// Offline, through an engine that loads models when a command needs them.
+    Local(Engine),
+    /// A running server.
+    Remote { client: Remote, url: String },
+}
+
+/// Every collection: those that open with their counts, and those that do not with why.
+pub(crate) struct Listing {
+    pub(crate) open: Vec<CollectionStats>,
+    pub(crate) unavailable: Vec<(String, String)>,
+}
+
+/// HNSW flags of `collections create` (absent: the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HnswFlags {
+    pub(crate) m: Option<usize>,
+    pub(crate) ef_construction: Option<usize>,
+    pub(crate) ef_search: Option<usize>,
+}
+
+impl Backend {
+    /// The server when `--server` names one, else the data directory.
+    pub(crate) fn new(data: &DataDir, models: &ModelsDir, server: &ServerFlags) -> Result<Self> {
+        Ok(match &server.server {
+            Some(url) => Self::Remote {
+                client: Remote::connect(server, url)?,
+                url: url.clone(),
+            },
+            None => Self::Local(engine(data, models, AnswerConfig::default())),
+        })
+    }
+
+    /// Where the collections are, for messages: `in DIR` or `on URL`.
+    pub(crate) fn place(&self) -> String {
+        match self {
+            Self::Local(e) => format!("in {}", e.data_dir().display()),
+            Self::Remote { url, .. } => format!("on {url}"),
+        }
+    }
+
+    /// A flag that only works on a data directory, refused with `--server` rather than ignored.
+    pub(crate) fn offline_only(&self, flag: &str, given: bool) -> Result<()> {
+        if given && matches!(self, Self::Remote { .. }) {
+            bail!("{flag} works on a data directory only, not with --server");
+        }
+        Ok(())
+    }
+
+    /// Every collection with its counts, and those that cannot be opened with why.
+    pub(crate) fn list(&self) -> Result<Listing> {
+        match self {
+            Self::Local(e) => {
+                let l = e.list()?;
+                let unavailable = l
+                    .unavailable
+                    .into_iter()
+                    .map(|(n, e)| (n, e.to_string()))
+                    .collect();
+                Ok(Listing {
+                    open: l.open,
+                    unavailable,
+                })
+            }
+            Self::Remote { client: r, .. } => {
+                let pb::ListCollectionsResponse {
+                    collections,
+                    unavailable,
+                } =
+                    r.rt.block_on(collections(r).list(r.request(pb::ListCollectionsRequest {})))
+                        .map_err(status)?
+                        .into_inner();
+                Ok(Listing {
+                    open: collections.into_iter().map(Into::into).collect(),
+                    unavailable: unavailable
+                        .into_iter()
+                        .map(|pb::UnavailableCollection { name, reason }| (name, reason))
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Counts and settings of collection `name`.
+    pub(crate) fn stats(&self, name: &str) -> Result<CollectionStats> {
+        match self {
+            Self::Local(e) => Ok(e.stats(name)?),
+            Self::Remote { client: r, .. } => Ok(get(r, name).map_err(status)?.into()),
+        }
+    }
+
+    /// Checks that the indexes hold exactly the DocStore's live chunks (offline only).
+    pub(crate) fn verify(&self, name: &str) -> Result<()> {
+        self.offline_only("--verify", true)?;
+        if let Self::Local(e) = self {
+            e.verify(name)?;
+        }
+        Ok(())
+    }
+
+    /// Creates collection `name`. Offline it embeds with `encoder`; a server embeds with its own.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        encoder: &str,
+        chunk: &ChunkFlags,
+        hnsw: HnswFlags,
+    ) -> Result<CollectionStats> {
+        match self {
+            Self::Local(e) => {
+                let mut s = e.settings_with_encoder(encoder)?;
+                s.chunking = chunk.apply(s.chunking);
+                s.hnsw = HnswSettings {
+                    m: hnsw.m.unwrap_or(s.hnsw.m),
+                    ef_construction: hnsw.ef_construction.unwrap_or(s.hnsw.ef_construction),
+                    ef_search: hnsw.ef_search.unwrap_or(s.hnsw.ef_search),
+                };
+                let max_len = e.encoder_named(encoder)?.max_len();
+                if s.chunking.max_tokens > max_len {
+                    bail!(
+                        "--chunk-max-tokens {} is more than the encoder's maximum input of {max_len} tokens",
+                        s.chunking.max_tokens,
+                    );
+                }
+                Ok(e.create(name, &s)?)
+            }
+            Self::Remote { client: r, .. } => {
+                let hnsw = pb::HnswSettings {
+                    m: hnsw.m.unwrap_or(0) as u32,
+                    ef_construction: hnsw.ef_construction.unwrap_or(0) as u32,
+                    ef_search: hnsw.ef_search.unwrap_or(0) as u32,
+                };
+                Ok(create_remote(r, name, chunk, hnsw)?.into())
+            }
+        }
+    }
+
+    /// Deletes collection `name` and everything in it.
+    pub(crate) fn delete_collection(&self, name: &str) -> Result<()> {
+        match self {
+            Self::Local(e) => e.delete_collection(name)?,
+            Self::Remote { client: r, .. } => {
+                r.rt.block_on(
+                    collections(r).delete(r.request(pb::DeleteCollectionRequest {
+                        name: name.to_string(),
+                    })),
+                )
+                .map_err(status)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes documents by id (in batches of [`MAX_DELETE_IDS`]); saved before it returns.
+    pub(crate) fn delete_documents(&self, name: &str, ids: &[String]) -> Result<Deleted> {
+        let mut out = Deleted::default();
+        for ids in ids.chunks(MAX_DELETE_IDS) {
+            let d = match self {
+                Self::Local(e) => e.delete_documents(name, ids.to_vec())?,
+                Self::Remote { client: r, .. } => {
+                    let pb::DeleteDocumentsResponse { deleted, not_found } =
+                        r.rt.block_on(
+                            pb::documents_client::DocumentsClient::new(r.channel.clone()).delete(
+                                r.request(pb::DeleteDocumentsRequest {
+                                    collection: name.to_string(),
+                                    ids: ids.to_vec(),
+                                }),
+                            ),
+                        )
+                        .map_err(status)?
+                        .into_inner();
+                    Deleted { deleted, not_found }
+                }
+            };
+            out.deleted.extend(d.deleted);
+            out.not_found.extend(d.not_found);
+        }
+        if let Self::Local(e) = self {
+            e.checkpoint_all();
+        }
+        Ok(out)
+    }
+
+    /// Searches collection `name`.
+    pub(crate) fn search(&self, name: &str, query: &str, p: &SearchParams) -> Result<Vec<Hit>> {
+        match self {
+            Self::Local(e) => Ok(e.search(name, query, p)?.hits),
+            Self::Remote { client: r, .. } => {
+                let req = pb::SearchRequest {
+                    collection: name.to_string(),
+                    query: query.to_string(),
+                    options: Some(p.into()),
+                };
+                let resp =
+                    r.rt.block_on(
+                        pb::search_client::SearchClient::new(r.channel.clone())
+                            .search(r.request(req)),
+                    )
+                    .map_err(status)?
+                    .into_inner();
+                Ok(resp.hits.into_iter().map(Hit::from).collect())
+            }
+        }
+    }
+
+    /// Rebuilds collection `name`'s indexes (re-chunking with `chunk` over its current chunking,
+    /// re-embedding when asked); `progress(phase, done, total)` as it goes.
+    pub(crate) fn rebuild(
+        &self,
+        name: &str,
+        rechunk: bool,
+        reembed: bool,
+        chunk: &ChunkFlags,
+        mut progress: impl FnMut(&str, u64, u64),
+    ) -> Result<RebuildSummary> {
+        match self {
+            Self::Local(e) => {
+                let current = e.settings(name)?;
+                let opts = RebuildOptions {
+                    rechunk: rechunk || chunk.any(),
+                    reembed,
+                    chunking: chunk.any().then(|| chunk.apply(current.chunking)),
+                    batch_documents: 64,
+                    ..RebuildOptions::default()
+                };
+                Ok(e.rebuild(name, &opts, progress)?)
+            }
+            Self::Remote { client: r, .. } => {
+                let chunking = if chunk.any() {
+                    // Flags apply over the collection's current chunking, as offline.
+                    let cur: CollectionStats = get(r, name).map_err(status)?.into();
+                    Some(chunking_msg(chunk, cur.settings.chunking))
+                } else {
+                    None
+                };
+                let req = pb::RebuildRequest {
+                    collection: name.to_string(),
+                    rechunk: rechunk || chunk.any(),
+                    reembed,
+                    chunking,
+                };
+                let done = r.rt.block_on(async {
+                    let mut events = pb::admin_client::AdminClient::new(r.channel.clone())
+                        .rebuild(r.request(req))
+                        .await?
+                        .into_inner();
+                    while let Some(pb::RebuildProgress { event }) = events.message().await? {
+                        match event {
+                            Some(pb::rebuild_progress::Event::Progress(pb::Progress {
+                                done,
+                                total,
+                            })) => progress("rebuild", done, total),
+                            Some(pb::rebuild_progress::Event::Done(d)) => return Ok(d),
+                            None => {}
+                        }
+                    }
+                    Err(tonic::Status::internal(
+                        "the rebuild stream ended without a summary",
+                    ))
+                });
+                Ok(done.map_err(status)?.into())
+            }
+        }
+    }
+}
+
+fn collections(r: &Remote) -> pb::collections_client::CollectionsClient<tonic::transport::Channel> {
+    pb::collections_client::CollectionsClient::new(r.channel.clone())
+}
+
+/// Collection `name` on the server (the status kept, so callers can tell NOT_FOUND).
+pub(crate) fn get(r: &Remote, name: &str) -> Result<pb::Collection, tonic::Status> {
+    r.rt.block_on(collections(r).get(r.request(pb::GetCollectionRequest {
+        name: name.to_string(),
+    })))
+    .map(tonic::Response::into_inner)
+}
+
+/// Creates collection `name` on the server.
+pub(crate) fn create_remote(
+    r: &Remote,
+    name: &str,
+    chunk: &ChunkFlags,
+    hnsw: pb::HnswSettings,
+) -> Result<pb::Collection> {
+    let req = pb::CreateCollectionRequest {
+        name: name.to_string(),
+        chunking: chunk
+            .any()
+            .then(|| chunking_msg(chunk, ChunkSettings::default())),
+        hnsw: (hnsw != pb::HnswSettings::default()).then_some(hnsw),
+    };
+    r.rt.block_on(collections(r).create(r.request(req)))
+        .map(tonic::Response::into_inner)
+        .map_err(status)
+}
+
+/// Chunking flags over `base` as the API's message; sizes the user did not give are sent as 0
+/// so the server keeps its own (encoder-capped) value.
+fn chunking_msg(flags: &ChunkFlags, base: ChunkSettings) -> pb::ChunkingSettings {
+    let c = flags.apply(base);
+    pb::ChunkingSettings {
+        max_tokens: flags.chunk_max_tokens.map_or(0, |_| c.max_tokens as u32),
+        min_tokens: flags.chunk_min_tokens.map_or(0, |_| c.min_tokens as u32),
+        overlap_tokens: c.overlap_tokens as u32,
+        title_in_embedding: c.title_in_embedding,
+    }
+}
