@@ -1,9 +1,8 @@
 //! `ragd ask`, `ragd quickstart` and `ragd eval answers`: grounded answers over a collection,
 //! offline on the data directory.
 
-use crate::collections::{DataDir, engine, open_or_create};
-use crate::commands::ModelsDir;
-use crate::retrieval::{FusionFlags, parse_filters};
+use crate::backend::{engine, open_or_create};
+use crate::flags::{DataDir, FusionFlags, ModelsDir, parse_filters};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ragd_engine::SamplingParams;

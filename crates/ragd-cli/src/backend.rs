@@ -6,14 +6,41 @@
 //! `ask.rs`) that ends in the same printing.
 
 use crate::client::{Remote, ServerFlags, status};
-use crate::collections::{ChunkFlags, DataDir, engine};
-use crate::commands::ModelsDir;
+use crate::flags::{ChunkFlags, DataDir, ModelsDir};
 use anyhow::{Result, bail};
 use ragd_engine::{
-    AnswerConfig, ChunkSettings, CollectionStats, Deleted, Engine, Hit, HnswSettings,
-    MAX_DELETE_IDS, RebuildOptions, RebuildSummary, SearchParams,
+    AnswerConfig, ChunkSettings, CollectionStats, Deleted, Engine, EngineConfig, GeneratorOptions,
+    Hit, HnswSettings, MAX_DELETE_IDS, RebuildOptions, RebuildSummary, SearchParams,
 };
 use ragd_proto::v1 as pb;
+
+/// The engine over a data directory for one offline command: it loads models from the models
+/// directory only when the command needs them (listing loads none; a search loads the
+/// collection's own encoder; an answer the decoder too).
+pub(crate) fn engine(data: &DataDir, models: &ModelsDir, answer: AnswerConfig) -> Engine {
+    let config = EngineConfig {
+        answer,
+        ..EngineConfig::new(&data.data_dir)
+    };
+    Engine::offline(config, &models.resolve(), GeneratorOptions::default())
+}
+
+/// [`engine`] with the default answer settings (commands that do not answer).
+pub(crate) fn plain_engine(data: &DataDir, models: &ModelsDir) -> Engine {
+    engine(data, models, AnswerConfig::default())
+}
+
+/// Opens collection `name`, creating it with the default settings and encoder when absent
+/// (and saying so unless `quiet`).
+pub(crate) fn open_or_create(engine: &Engine, name: &str, quiet: bool) -> Result<()> {
+    if engine.open_or_create(name)? && !quiet {
+        eprintln!(
+            "creating collection {name} in {}",
+            engine.data_dir().display()
+        );
+    }
+    Ok(())
+}
 
 /// A data directory or a server.
 pub(crate) enum Backend {

@@ -1,11 +1,11 @@
 //! `ragd bench`: model throughput, optionally beside the peer systems run on the same input in
 //! the same invocation (`--compare`), so a speed claim is always a ratio measured together.
 
-use crate::commands::ModelsDir;
+use crate::flags::{ModelsDir, PeerArgs};
 use anyhow::Result;
 use clap::Args;
+use ragd_eval::BatchOptions;
 use ragd_eval::bench::{EmbedBench, GenerateBench};
-use ragd_eval::{BatchOptions, Peers};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -47,33 +47,6 @@ pub(crate) struct GenerateArgs {
     dir: ModelsDir,
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct PeerArgs {
-    /// Also run the peer (sentence-transformers / llama.cpp) on the same input and report the ratio.
-    #[arg(long)]
-    pub(crate) compare: bool,
-    /// Directory with the peers' scripts (embed.py, generate.py).
-    #[arg(long, default_value = "../shared/peers")]
-    peers_dir: PathBuf,
-    /// The peers' Python environment [default: $RAGD_PEERS, else ~/.cache/ragd-peers].
-    #[arg(long)]
-    peers_env: Option<PathBuf>,
-    /// Threads the peer may use (ours follow RAYON_NUM_THREADS, default all cores).
-    #[arg(long, default_value_t = 2)]
-    peer_threads: usize,
-}
-
-impl PeerArgs {
-    /// The peers to run, when `--compare` asks for them.
-    pub(crate) fn peers(&self) -> Option<Peers> {
-        self.compare.then(|| Peers {
-            dir: self.peers_dir.clone(),
-            env: self.peers_env.clone(),
-            threads: self.peer_threads,
-        })
-    }
 }
 
 pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {

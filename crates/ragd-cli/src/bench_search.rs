@@ -1,9 +1,7 @@
 //! `ragd bench search`: flags for `ragd_eval::search` (search latency and HNSW speed on a large
 //! synthetic collection built from a real one, beside faiss with `--compare`).
 
-use crate::bench::PeerArgs;
-use crate::collections::DataDir;
-use crate::commands::ModelsDir;
+use crate::flags::{DataDir, ModelsDir, PeerArgs};
 use anyhow::Result;
 use clap::Args;
 use ragd_eval::search::SearchBench;

@@ -2,29 +2,18 @@
 //! in a data directory, or on a server's with `--server` (see `remote.rs`).
 
 use crate::backend::{Backend, HnswFlags};
+use crate::backend::{open_or_create, plain_engine};
 use crate::client::ServerFlags;
-use crate::commands::ModelsDir;
+use crate::flags::{ChunkFlags, DataDir, IngestArgs, ModelsDir};
+use crate::output::{Bar, bar, ingest_exit_code, print_failures, print_json, print_row};
 use crate::remote;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use ragd_engine::models::DEFAULT_ENCODER;
-use ragd_engine::{
-    AnswerConfig, ChunkSettings, Engine, EngineConfig, GeneratorOptions, IngestOptions, Progress,
-    ProgressSink, SourceOptions,
-};
+use ragd_engine::{IngestOptions, SourceOptions};
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// Where collections live.
-#[derive(Debug, Args, Clone)]
-pub(crate) struct DataDir {
-    /// Data directory holding the collections.
-    #[arg(long, env = "RAGD_DATA_DIR", default_value = "indexes")]
-    pub(crate) data_dir: PathBuf,
-}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CollectionsCommand {
@@ -66,49 +55,6 @@ pub(crate) enum CollectionsCommand {
     },
 }
 
-/// Chunking flags shared by `collections create` and `rebuild --rechunk`.
-#[derive(Debug, Args, Clone, Default)]
-pub(crate) struct ChunkFlags {
-    /// Most encoder tokens per chunk (title and special tokens included).
-    #[arg(long)]
-    pub(crate) chunk_max_tokens: Option<usize>,
-    /// Fill chunks to at least this many tokens when the text allows.
-    #[arg(long)]
-    pub(crate) chunk_min_tokens: Option<usize>,
-    /// Tokens shared by consecutive chunks.
-    #[arg(long)]
-    pub(crate) chunk_overlap: Option<usize>,
-    /// Embed chunks without their document's title.
-    #[arg(long)]
-    pub(crate) no_title_in_embedding: bool,
-}
-
-impl ChunkFlags {
-    pub(crate) fn any(&self) -> bool {
-        self.chunk_max_tokens.is_some()
-            || self.chunk_min_tokens.is_some()
-            || self.chunk_overlap.is_some()
-            || self.no_title_in_embedding
-    }
-
-    pub(crate) fn apply(&self, mut c: ChunkSettings) -> ChunkSettings {
-        if let Some(v) = self.chunk_max_tokens {
-            c.max_tokens = v;
-            c.min_tokens = c.min_tokens.min(v);
-        }
-        if let Some(v) = self.chunk_min_tokens {
-            c.min_tokens = v;
-        }
-        if let Some(v) = self.chunk_overlap {
-            c.overlap_tokens = v;
-        }
-        if self.no_title_in_embedding {
-            c.title_in_embedding = false;
-        }
-        c
-    }
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
     /// Collection name (letters, digits, '-', '_', '.').
@@ -136,41 +82,6 @@ pub(crate) struct CreateArgs {
     hnsw_ef_search: Option<usize>,
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct IngestArgs {
-    /// Files and directories (walked recursively) to ingest.
-    #[arg(required = true)]
-    pub(crate) paths: Vec<PathBuf>,
-    /// Target collection (created with default settings if absent).
-    #[arg(long)]
-    pub(crate) collection: String,
-    #[command(flatten)]
-    data: DataDir,
-    #[command(flatten)]
-    pub(crate) remote: ServerFlags,
-    #[command(flatten)]
-    models: ModelsDir,
-    /// Only files matching this glob (relative to a given directory); repeatable.
-    #[arg(long)]
-    pub(crate) include: Vec<String>,
-    /// Skip files matching this glob; repeatable.
-    #[arg(long)]
-    pub(crate) exclude: Vec<String>,
-    /// Largest document accepted, in bytes of text.
-    #[arg(long, default_value_t = 16 << 20)]
-    pub(crate) max_document_bytes: usize,
-    /// Documents per DocStore transaction.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Checkpoint the indexes at least this often (seconds); an interrupted ingest replays at
-    /// most this much index work when the collection is next opened.
-    #[arg(long, default_value_t = 60)]
-    checkpoint_every: u64,
-    /// Print one JSON object (and no progress bar).
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -208,27 +119,6 @@ pub(crate) struct RebuildArgs {
     chunk: ChunkFlags,
     #[arg(long)]
     json: bool,
-}
-
-pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-/// The engine over a data directory for one offline command: it loads models from the models
-/// directory only when the command needs them (listing loads none; a search loads the
-/// collection's own encoder; an answer the decoder too).
-pub(crate) fn engine(data: &DataDir, models: &ModelsDir, answer: AnswerConfig) -> Engine {
-    let config = EngineConfig {
-        answer,
-        ..EngineConfig::new(&data.data_dir)
-    };
-    Engine::offline(config, &models.resolve(), GeneratorOptions::default())
-}
-
-/// [`engine`] with the default answer settings (commands that do not answer).
-fn plain_engine(data: &DataDir, models: &ModelsDir) -> Engine {
-    engine(data, models, AnswerConfig::default())
 }
 
 pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
@@ -321,14 +211,6 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
     }
 }
 
-/// One line of `collections list`.
-pub(crate) fn print_row(name: &str, documents: u64, chunks: u64, generation: u64, bytes: u64) {
-    println!(
-        "{name:<24} {documents:>8} documents {chunks:>9} chunks  gen {generation:<3} {:>10.1} MB",
-        bytes as f64 / 1e6
-    );
-}
-
 fn create(a: CreateArgs) -> Result<()> {
     let backend = Backend::new(&a.data, &a.models, &a.remote)?;
     // A server embeds with its own encoder.
@@ -344,49 +226,6 @@ fn create(a: CreateArgs) -> Result<()> {
     }
     println!("created collection {} {}", a.name, backend.place());
     Ok(())
-}
-
-/// Opens collection `name`, creating it with the default settings and encoder when absent
-/// (and saying so unless `quiet`).
-pub(crate) fn open_or_create(engine: &Engine, name: &str, quiet: bool) -> Result<()> {
-    if engine.open_or_create(name)? && !quiet {
-        eprintln!(
-            "creating collection {name} in {}",
-            engine.data_dir().display()
-        );
-    }
-    Ok(())
-}
-
-struct Bar(ProgressBar);
-
-impl ProgressSink for Bar {
-    fn update(&mut self, p: &Progress) {
-        self.0.set_length(p.total.max(p.documents));
-        self.0.set_position(p.documents);
-        let secs = self.0.elapsed().as_secs_f64().max(1e-3);
-        self.0.set_message(format!(
-            "{} chunks · {:.0} tokens/s",
-            p.chunks,
-            p.tokens as f64 / secs
-        ));
-    }
-}
-
-pub(crate) fn bar(json: bool) -> ProgressBar {
-    if json {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} documents · {msg} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb.enable_steady_tick(Duration::from_millis(500));
-    pb
 }
 
 pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
@@ -437,22 +276,6 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
         print_failures(&report.failed);
     }
     Ok(ingest_exit_code(&report.failed))
-}
-
-/// One line per document that could not be stored.
-pub(crate) fn print_failures(failed: &[ragd_engine::Failure]) {
-    for f in failed {
-        println!("failed: {}: {}", f.source, f.reason);
-    }
-}
-
-/// `ingest`'s exit code: 0 when every document was stored, 2 when some failed.
-pub(crate) fn ingest_exit_code(failed: &[ragd_engine::Failure]) -> ExitCode {
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    }
 }
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {

@@ -1,11 +1,12 @@
 use crate::bench;
-use crate::collections::{self, CollectionsCommand, DeleteArgs, IngestArgs, RebuildArgs};
+use crate::collections::{self, CollectionsCommand, DeleteArgs, RebuildArgs};
+use crate::flags::{IngestArgs, ModelsDir};
 use crate::retrieval::{self, EvalCommand, SearchArgs};
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use ragd_engine::models::{self as registry, DEFAULT_MODELS};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// ragd: answers questions from your documents, citing them.
@@ -64,19 +65,6 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
-}
-
-#[derive(Debug, Args, Clone, Default)]
-pub(crate) struct ModelsDir {
-    /// Models directory [default: $RAGD_MODELS, else ~/.cache/ragd/models].
-    #[arg(long, global = true)]
-    pub(crate) models_dir: Option<PathBuf>,
-}
-
-impl ModelsDir {
-    pub(crate) fn resolve(&self) -> PathBuf {
-        registry::resolve_models_dir(self.models_dir.as_deref())
-    }
 }
 
 #[derive(Debug, Subcommand)]

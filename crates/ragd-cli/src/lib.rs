@@ -11,6 +11,8 @@ mod bench_search;
 mod client;
 mod collections;
 mod commands;
+mod flags;
+mod output;
 mod remote;
 mod retrieval;
 mod serve;

@@ -4,7 +4,8 @@
 //! over `backend.rs`.)
 
 use crate::client::{Remote, status};
-use crate::collections::{ChunkFlags, IngestArgs, bar};
+use crate::flags::{ChunkFlags, IngestArgs};
+use crate::output::{bar, ingest_exit_code, print_failures, print_json};
 use anyhow::{Result, bail};
 use ragd_engine::{Failure, SourceOptions, collect_sources, read_source};
 use ragd_proto::v1 as pb;
@@ -169,7 +170,7 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
     tally.seconds = t0.elapsed().as_secs_f64();
     tally.documents_per_s = tally.stored() as f64 / tally.seconds.max(1e-9);
     if a.json {
-        crate::collections::print_json(&tally)?;
+        print_json(&tally)?;
     } else {
         println!(
             "added {}, unchanged {}, replaced {}, failed {}; {} chunks in {:.1}s ({:.1} documents/s)",
@@ -181,9 +182,9 @@ pub(crate) fn ingest(a: IngestArgs, url: &str) -> Result<ExitCode> {
             tally.seconds,
             tally.documents_per_s
         );
-        crate::collections::print_failures(&tally.failed);
+        print_failures(&tally.failed);
     }
-    Ok(crate::collections::ingest_exit_code(&tally.failed))
+    Ok(ingest_exit_code(&tally.failed))
 }
 
 /// Offline-only flags given with `--server`: refused rather than silently ignored.

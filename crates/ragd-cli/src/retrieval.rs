@@ -1,42 +1,11 @@
 //! `ragd search` and `ragd eval beir`.
 
-use crate::collections::DataDir;
-use crate::commands::ModelsDir;
+use crate::flags::{DataDir, FusionFlags, ModelsDir, parse_filters};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use ragd_engine::SearchFilter;
-use ragd_engine::{Fusion, IngestOptions, Mode, SearchParams};
+use ragd_engine::{IngestOptions, Mode, SearchParams};
 use ragd_eval::beir::EvalSpec;
 use std::path::PathBuf;
-
-/// Retrieval flags shared by `search` and `eval`.
-#[derive(Debug, Args, Clone)]
-pub(crate) struct FusionFlags {
-    /// How hybrid mode fuses: `convex` (weighted min-max-normalised scores) or `rrf`.
-    #[arg(long, default_value = "convex")]
-    fusion: String,
-    /// Dense weight for convex fusion (0..=1).
-    #[arg(long, default_value_t = 0.5)]
-    dense_weight: f32,
-    /// k for reciprocal rank fusion.
-    #[arg(long, default_value_t = 60.0)]
-    rrf_k: f32,
-    /// HNSW candidate list (default: the collection's ef_search).
-    #[arg(long)]
-    pub(crate) ef: Option<usize>,
-}
-
-impl FusionFlags {
-    pub(crate) fn fusion(&self) -> Result<Fusion> {
-        Ok(match self.fusion.as_str() {
-            "convex" => Fusion::Convex {
-                dense_weight: self.dense_weight,
-            },
-            "rrf" => Fusion::Rrf { k: self.rrf_k },
-            other => bail!("--fusion must be convex or rrf, got {other:?}"),
-        })
-    }
-}
 
 #[derive(Debug, Args)]
 pub(crate) struct SearchArgs {
@@ -111,26 +80,6 @@ pub(crate) struct BeirArgs {
     fusion: FusionFlags,
     #[arg(long)]
     json: bool,
-}
-
-pub(crate) fn parse_filters(filters: &[String], doc_ids: &[String]) -> Result<SearchFilter> {
-    let mut metadata: Vec<(String, Vec<String>)> = Vec::new();
-    for f in filters {
-        let Some((k, v)) = f.split_once('=') else {
-            bail!("--filter takes KEY=VALUE, got {f:?}");
-        };
-        if k.is_empty() {
-            bail!("--filter {f:?} has an empty key");
-        }
-        match metadata.iter_mut().find(|(key, _)| key == k) {
-            Some((_, vals)) => vals.push(v.to_string()),
-            None => metadata.push((k.to_string(), vec![v.to_string()])),
-        }
-    }
-    Ok(SearchFilter {
-        doc_ids: doc_ids.to_vec(),
-        metadata,
-    })
 }
 
 pub(crate) fn search(a: SearchArgs) -> Result<()> {
@@ -208,8 +157,8 @@ pub(crate) fn eval(cmd: EvalCommand) -> Result<()> {
     }
     let queries = ragd_eval::beir::load_queries(&a.dataset)?;
     let qrels = ragd_eval::beir::load_qrels(&a.dataset, &a.split)?;
-    let engine = crate::collections::engine(&a.data, &a.models, Default::default());
-    crate::collections::open_or_create(&engine, &name, a.json)?;
+    let engine = crate::backend::engine(&a.data, &a.models, Default::default());
+    crate::backend::open_or_create(&engine, &name, a.json)?;
     // Ingest skips documents already stored unchanged, so a second evaluation costs seconds.
     let ingest = engine.ingest_paths(&name, &[corpus], IngestOptions::default(), &mut ())?;
     if !a.json {
