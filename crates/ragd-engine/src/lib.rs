@@ -22,11 +22,11 @@ pub use answer::{
     Answerer, Citation, DEFAULT_MAX_TOKENS, DEFAULT_MIN_EXTRACT, DEFAULT_MIN_LEXICAL,
     DEFAULT_MIN_RELEVANCE, DEFAULT_MIN_SUPPORT, DEFAULT_ON_QUESTION, DEFAULT_SOURCE_BYTES,
     DEFAULT_STRATEGY, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, SentenceSupport, Source,
-    Strategy, Turn, Unsupported, retrieval_query,
+    Strategy, Turn, Unsupported,
 };
 pub use cancel::Cancel;
 pub use chunk::{Chunker, embed_text};
-pub use cite::{CitationParser, Marker, parse_citations};
+pub use cite::{Marker, parse_citations};
 pub use engine::{
     DEFAULT_PAGE_SIZE, DEFAULT_QUERY_CACHE, Deleted, DocumentPage, Engine, EngineConfig, Listing,
     MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, SearchResults,
@@ -66,7 +66,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// Refuses an encoder that is not the one the collection was built with: vectors from two
 /// models are not comparable.
-pub fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode) -> Result<()> {
+pub(crate) fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode) -> Result<()> {
     if embedder.name() != settings.encoder || embedder.dim() != settings.dim {
         return Err(Error::InvalidInput(format!(
             "the collection uses encoder {:?} ({} dimensions) but {:?} ({} dimensions) is loaded",
