@@ -1,7 +1,7 @@
 //! `ragd ask`, `ragd quickstart` and `ragd eval answers`: grounded answers over a collection,
 //! offline on the data directory.
 
-use crate::backend::{engine, open_or_create};
+use crate::backend::{Backend, engine, open_or_create};
 use crate::flags::{DataDir, FusionFlags, ModelsDir, parse_filters};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -231,13 +231,12 @@ fn read_history(path: Option<&Path>) -> Result<Vec<Turn>> {
 }
 
 pub(crate) fn ask(a: AskArgs) -> Result<()> {
-    if let Some(url) = a.remote.server.clone() {
-        return ask_remote(&a, &url);
+    let remote = a.remote.server.is_some();
+    if remote {
+        a.flags.check_remote()?;
     }
-    let engine = engine(&a.data, &a.models, a.flags.config()?);
-    // The collection and its encoder first: a missing collection fails before the decoder loads.
-    let searcher = engine.searcher(&a.collection)?;
-    let generator = engine.generator()?;
+    let backend = Backend::answering(&a.data, &a.models, &a.remote, a.flags.config()?)?;
+    backend.offline_only("--prompt-out", a.prompt_out.is_some())?;
     let mut request = a.flags.request(&a.question)?;
     request.history = read_history(a.history.as_deref())?;
     if let Some(t) = a.timeout {
@@ -246,24 +245,36 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         }
         request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
     }
-    let answerer = Answerer::new(&searcher, generator, engine.answer_config());
-    if let Some(path) = &a.prompt_out {
-        let prepared = answerer.prepare(request.clone())?;
-        let text = generator.render_chat(prepared.messages())?;
+    if let (Some(path), Backend::Local(engine)) = (&a.prompt_out, &backend) {
+        let prepared = engine.prepare(&a.collection, request.clone())?;
+        let text = engine.generator()?.render_chat(prepared.messages())?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    answer_and_print(&answerer, request, a.json)
+    // The question is printed once the answer starts (or is complete): a failed call prints
+    // nothing on stdout.
+    let question = format!("Q: {}\n", request.question.trim());
+    let mut shown = a.json;
+    let mut stdout = std::io::stdout();
+    let answer = backend.ask(&a.collection, request, |delta| {
+        if !a.json {
+            if !shown {
+                println!("{question}");
+                shown = true;
+            }
+            let _ = stdout.write_all(delta.as_bytes());
+            let _ = stdout.flush();
+        }
+    })?;
+    if !shown {
+        println!("{question}");
+    }
+    print_answer(answer, a.json)
 }
 
 impl AnswerFlags {
-    /// The same options as a gRPC request.
-    fn remote_request(
-        &self,
-        collection: &str,
-        question: &str,
-    ) -> Result<ragd_proto::v1::AskRequest> {
-        use ragd_proto::v1 as pb;
-        // The answer pipeline's settings are the server's (`[answer]` in its configuration).
+    /// Refuses flags that set the answer pipeline when a server answers: its settings are the
+    /// server's (`[answer]` in its configuration).
+    fn check_remote(&self) -> Result<()> {
         let d = AnswerConfig::default();
         for (flag, given) in [
             (
@@ -281,109 +292,11 @@ impl AnswerFlags {
         ] {
             crate::remote::offline_only(flag, given)?;
         }
-        let search = self.request(question)?.search;
-        let sampled = self.temperature > 0.0 || self.top_p < 1.0 || self.seed.is_some();
-        Ok(pb::AskRequest {
-            collection: collection.to_string(),
-            question: question.to_string(),
-            history: Vec::new(),
-            retrieval: Some((&search).into()),
-            generation: Some(pb::GenerationOptions {
-                max_tokens: self.max_tokens as u32,
-                temperature: sampled.then_some(self.temperature),
-                top_p: sampled.then_some(self.top_p),
-                seed: self.seed,
-                stop: self.stop.clone(),
-                ..Default::default()
-            }),
-            min_relevance: self.min_relevance,
-        })
+        Ok(())
     }
-}
-
-/// `ragd ask --server URL`: AskStream, printed as it arrives (or one JSON object at the end).
-fn ask_remote(a: &AskArgs, url: &str) -> Result<()> {
-    use ragd_proto::v1 as pb;
-    let remote = crate::client::Remote::connect(&a.remote, url)?;
-    let mut req = a.flags.remote_request(&a.collection, &a.question)?;
-    req.history = read_history(a.history.as_deref())?
-        .into_iter()
-        .map(|t| pb::Turn {
-            question: t.question,
-            answer: t.answer,
-        })
-        .collect();
-    let mut request = remote.request(req);
-    if let Some(t) = a.timeout {
-        request.set_timeout(Duration::from_secs_f64(t.max(0.001)));
-    }
-    let fin = remote.rt.block_on(stream_answer(
-        remote.channel.clone(),
-        request,
-        &a.question,
-        a.json,
-    ))?;
-    print_answer(fin.into(), a.json)
-}
-
-/// AskStream on `channel`: prints the question and the deltas as they arrive (unless `json`),
-/// returns the final answer.
-async fn stream_answer(
-    channel: tonic::transport::Channel,
-    request: tonic::Request<ragd_proto::v1::AskRequest>,
-    question: &str,
-    json: bool,
-) -> Result<ragd_proto::v1::AskResponse> {
-    use ragd_proto::v1 as pb;
-    let mut client = pb::answer_client::AnswerClient::new(channel);
-    let mut events = client
-        .ask_stream(request)
-        .await
-        .map_err(crate::client::status)?
-        .into_inner();
-    if !json {
-        println!("Q: {}\n", question.trim());
-    }
-    let mut stdout = std::io::stdout();
-    let mut fin = None;
-    while let Some(ev) = events.message().await.map_err(crate::client::status)? {
-        match ev.event {
-            Some(pb::ask_event::Event::Delta(d)) if !json => {
-                let _ = stdout.write_all(d.text.as_bytes());
-                let _ = stdout.flush();
-            }
-            Some(pb::ask_event::Event::Answer(r)) => fin = Some(r),
-            _ => {}
-        }
-    }
-    fin.ok_or_else(|| anyhow::anyhow!("the server ended the stream without an answer"))
 }
 
 fn print_answer(answer: Answer, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-    } else {
-        print_sources(&answer);
-    }
-    Ok(())
-}
-
-/// Streams the answer to stdout (or prints it as JSON) and lists its sources.
-pub(crate) fn answer_and_print(
-    answerer: &Answerer<'_>,
-    request: AnswerRequest,
-    json: bool,
-) -> Result<()> {
-    if !json {
-        println!("Q: {}\n", request.question.trim());
-    }
-    let mut stdout = std::io::stdout();
-    let answer = answerer.answer_blocking(request, |delta| {
-        if !json {
-            let _ = stdout.write_all(delta.as_bytes());
-            let _ = stdout.flush();
-        }
-    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
@@ -552,7 +465,17 @@ pub(crate) fn quickstart(a: QuickstartArgs) -> Result<()> {
                 question: a.question.clone(),
                 ..Default::default()
             });
-            stream_answer(channel, request, &a.question, json).await
+            if !json {
+                println!("Q: {}\n", a.question.trim());
+            }
+            let mut stdout = std::io::stdout();
+            crate::backend::stream_answer(channel, request, &mut |delta: &str| {
+                if !json {
+                    let _ = stdout.write_all(delta.as_bytes());
+                    let _ = stdout.flush();
+                }
+            })
+            .await
         }
         .await;
         let _ = stop.send(());

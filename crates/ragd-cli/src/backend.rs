@@ -1,16 +1,17 @@
 //! Where a command runs: on a data directory through the engine, or on a running server over
 //! gRPC (`--server URL`). The commands that do the same thing either way (collections list,
-//! stats, create and delete, document delete, search, rebuild) are written once over
+//! stats, create and delete, document delete, search, rebuild, ask) are written once over
 //! [`Backend`] and print the same domain types, so their text and `--json` output have one
-//! shape whichever way they ran. Ingest and ask stream, and keep a path each (`remote.rs`,
-//! `ask.rs`) that ends in the same printing.
+//! shape whichever way they ran. Ingest keeps a path each (`collections.rs`, `remote.rs`: a
+//! server ingest reads files on a thread feeding IngestStream) that ends in the same printing.
 
 use crate::client::{Remote, ServerFlags, status};
 use crate::flags::{ChunkFlags, DataDir, ModelsDir};
 use anyhow::{Result, bail};
 use ragd_engine::{
-    AnswerConfig, ChunkSettings, CollectionStats, Deleted, Engine, EngineConfig, GeneratorOptions,
-    Hit, HnswSettings, MAX_DELETE_IDS, RebuildOptions, RebuildSummary, SearchParams,
+    Answer, AnswerConfig, AnswerRequest, Answerer, ChunkSettings, CollectionStats, Deleted, Engine,
+    EngineConfig, GeneratorOptions, Hit, HnswSettings, MAX_DELETE_IDS, RebuildOptions,
+    RebuildSummary, SearchParams,
 };
 use ragd_proto::v1 as pb;
 
@@ -67,13 +68,54 @@ pub(crate) struct HnswFlags {
 impl Backend {
     /// The server when `--server` names one, else the data directory.
     pub(crate) fn new(data: &DataDir, models: &ModelsDir, server: &ServerFlags) -> Result<Self> {
+        Self::answering(data, models, server, AnswerConfig::default())
+    }
+
+    /// [`Backend::new`] answering with `answer` offline (a server answers with its own settings).
+    pub(crate) fn answering(
+        data: &DataDir,
+        models: &ModelsDir,
+        server: &ServerFlags,
+        answer: AnswerConfig,
+    ) -> Result<Self> {
         Ok(match &server.server {
             Some(url) => Self::Remote {
                 client: Remote::connect(server, url)?,
                 url: url.clone(),
             },
-            None => Self::Local(engine(data, models, AnswerConfig::default())),
+            None => Self::Local(engine(data, models, answer)),
         })
+    }
+
+    /// Answers `request` from collection `name`, passing the text to `on_delta` as it streams;
+    /// the request's deadline is the call's timeout on a server.
+    pub(crate) fn ask(
+        &self,
+        name: &str,
+        request: AnswerRequest,
+        mut on_delta: impl FnMut(&str),
+    ) -> Result<Answer> {
+        match self {
+            Self::Local(e) => {
+                // The collection and its encoder first: a missing collection fails before the
+                // decoder loads.
+                let searcher = e.searcher(name)?;
+                let answerer = Answerer::new(&searcher, e.generator()?, e.answer_config());
+                Ok(answerer.answer_blocking(request, on_delta)?)
+            }
+            Self::Remote { client: r, .. } => {
+                let mut call = r.request(ragd_proto::convert::ask_request(name, &request));
+                if let Some(d) = request.deadline {
+                    call.set_timeout(
+                        d.saturating_duration_since(std::time::Instant::now())
+                            .max(std::time::Duration::from_millis(1)),
+                    );
+                }
+                let fin =
+                    r.rt.block_on(stream_answer(r.channel.clone(), call, &mut on_delta))?;
+                Ok(fin.into())
+            }
+        }
     }
 
     /// Where the collections are, for messages: `in DIR` or `on URL`.
@@ -307,6 +349,28 @@ impl Backend {
             }
         }
     }
+}
+
+/// AskStream on `channel`: each delta to `on_delta` as it arrives; the final answer.
+pub(crate) async fn stream_answer(
+    channel: tonic::transport::Channel,
+    request: tonic::Request<pb::AskRequest>,
+    on_delta: &mut impl FnMut(&str),
+) -> Result<pb::AskResponse> {
+    let mut events = pb::answer_client::AnswerClient::new(channel)
+        .ask_stream(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut fin = None;
+    while let Some(pb::AskEvent { event }) = events.message().await.map_err(status)? {
+        match event {
+            Some(pb::ask_event::Event::Delta(pb::TokenDelta { text })) => on_delta(&text),
+            Some(pb::ask_event::Event::Answer(r)) => fin = Some(r),
+            Some(pb::ask_event::Event::Sources(_)) | None => {}
+        }
+    }
+    fin.ok_or_else(|| anyhow::anyhow!("the server ended the stream without an answer"))
 }
 
 fn collections(r: &Remote) -> pb::collections_client::CollectionsClient<tonic::transport::Channel> {

@@ -676,6 +676,43 @@ pub fn ask(
     Ok((collection, req))
 }
 
+/// The engine's request as an AskRequest on `collection` (the deadline travels as the call's
+/// `grpc-timeout`, not in the message).
+pub fn ask_request(collection: &str, r: &AnswerRequest) -> pb::AskRequest {
+    let AnswerRequest {
+        question,
+        history,
+        search,
+        max_tokens,
+        sampling,
+        stop,
+        min_relevance,
+        deadline: _,
+    } = r;
+    pb::AskRequest {
+        collection: collection.to_string(),
+        question: question.clone(),
+        history: history
+            .iter()
+            .map(|Turn { question, answer }| pb::Turn {
+                question: question.clone(),
+                answer: answer.clone(),
+            })
+            .collect(),
+        retrieval: Some(search.into()),
+        generation: Some(pb::GenerationOptions {
+            max_tokens: *max_tokens as u32,
+            temperature: sampling.as_ref().map(|s| s.temperature),
+            top_p: sampling.as_ref().map(|s| s.top_p),
+            top_k: sampling.as_ref().map(|s| s.top_k as u32),
+            seed: sampling.as_ref().and_then(|s| s.seed),
+            stop: stop.clone(),
+            repeat_penalty: sampling.as_ref().map(|s| s.repeat_penalty),
+        }),
+        min_relevance: *min_relevance,
+    }
+}
+
 impl From<&Source> for pb::Source {
     fn from(s: &Source) -> Self {
         let Source {
@@ -1024,6 +1061,29 @@ mod tests {
             search_params(Some(bad), 10),
             Err(Error::InvalidInput(_))
         ));
+    }
+
+    /// An answer request survives the trip out and back (what the CLI sends is what the server
+    /// answers).
+    #[test]
+    fn ask_requests_round_trip() {
+        let mut r = AnswerRequest::new("Which bridge has seven arches?");
+        r.history = vec![Turn {
+            question: "q0".into(),
+            answer: "a0".into(),
+        }];
+        r.max_tokens = 77;
+        r.sampling = Some(SamplingParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: Some(5),
+            ..SamplingParams::default()
+        });
+        r.stop = vec!["END".into()];
+        r.min_relevance = Some(0.3);
+        let (c, back) = ask(ask_request("bridges", &r), 4, 4096).unwrap();
+        assert_eq!(c, "bridges");
+        assert_eq!(format!("{back:?}"), format!("{r:?}"));
     }
 
     /// An answer survives the trip out and back, every field the API carries.
