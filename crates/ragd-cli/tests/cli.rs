@@ -446,7 +446,8 @@ fn eval_beir_and_search_json_shapes() {
         corpus.push('\n');
     }
     std::fs::write(ds.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(ds.join("queries.jsonl"), "{\"_id\":\"1\",\"text\":\"what lowers cholesterol\"}\n{\"_id\":\"2\",\"text\":\"glucose regulation\"}\n").unwrap();
+    // Query 3 has no judgments: it is left out of the metrics.
+    std::fs::write(ds.join("queries.jsonl"), "{\"_id\":\"1\",\"text\":\"what lowers cholesterol\"}\n{\"_id\":\"2\",\"text\":\"glucose regulation\"}\n{\"_id\":\"3\",\"text\":\"unjudged\"}\n").unwrap();
     std::fs::write(
         ds.join("qrels/test.tsv"),
         "query-id\tcorpus-id\tscore\n1\td1\t1\n2\td2\t1\n",
@@ -472,8 +473,16 @@ fn eval_beir_and_search_json_shapes() {
         ] {
             assert!(v["modes"][mode][k].is_number(), "{mode} {k}: {v}");
         }
+        // Every relevant document is among the four returned.
+        assert_eq!(v["modes"][mode]["recall@100"], 1.0, "{v}");
     }
     assert_eq!(v["modes"]["dense"]["ndcg@10"], 1.0, "{v}");
+    assert!(
+        v["modes"]["lexical"]["mrr@10"].as_f64().unwrap() >= 0.5,
+        "{v}"
+    );
+    // The graph is exact at this size.
+    assert_eq!(v["hnsw_recall@10"], 1.0, "{v}");
     // The collection is reused by search, with filters.
     let v = json_of(&ragd_in(
         &data,
