@@ -454,7 +454,7 @@ impl Engine {
     }
 
     /// Reads, parses and stores the files under `paths` in collection `name`, reporting
-    /// progress to `sink`.
+    /// progress to `sink`; checkpointed (and so searchable) on return.
     pub fn ingest_paths(
         &self,
         name: &str,
@@ -463,13 +463,11 @@ impl Engine {
         sink: &mut dyn ProgressSink,
     ) -> Result<IngestReport> {
         let s = self.searcher(name)?;
-        let report =
-            Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_paths(paths, sink)?;
-        s.collection().refresh()?;
-        Ok(report)
+        Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_paths(paths, sink)
     }
 
-    /// Stores parsed documents in collection `name` in batches, reporting progress to `sink`.
+    /// Stores parsed documents in collection `name` in batches, reporting progress to `sink`;
+    /// checkpointed (and so searchable) on return.
     pub fn ingest_documents(
         &self,
         name: &str,
@@ -478,10 +476,7 @@ impl Engine {
         sink: &mut dyn ProgressSink,
     ) -> Result<IngestReport> {
         let s = self.searcher(name)?;
-        let report =
-            Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_documents(docs, sink)?;
-        s.collection().refresh()?;
-        Ok(report)
+        Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_documents(docs, sink)
     }
 
     /// Deletes documents by id (1 to [`MAX_DELETE_IDS`]).

@@ -565,7 +565,7 @@ impl pb::admin_server::Admin for Services {
             // NOT_FOUND before the stream starts.
             let name = r.collection.clone();
             self.state
-                .blocking(move |s| Ok(s.engine.searcher(&name).map(drop)?))
+                .blocking(move |s| Ok(s.engine.collection(&name).map(drop)?))
                 .await?;
         }
         let (tx, rx) = mpsc::channel::<Result<pb::RebuildProgress, Status>>(16);
