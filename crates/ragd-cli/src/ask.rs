@@ -290,7 +290,7 @@ impl AnswerFlags {
             ("--on-question", self.on_question != d.on_question),
             ("--second-hop", self.second_hop != d.second_hop),
         ] {
-            crate::remote::offline_only(flag, given)?;
+            crate::backend::offline_only(flag, given)?;
         }
         Ok(())
     }

@@ -1,19 +1,29 @@
 //! Where a command runs: on a data directory through the engine, or on a running server over
-//! gRPC (`--server URL`). The commands that do the same thing either way (collections list,
-//! stats, create and delete, document delete, search, rebuild, ask) are written once over
-//! [`Backend`] and print the same domain types, so their text and `--json` output have one
-//! shape whichever way they ran. Ingest keeps a path each (`collections.rs`, `remote.rs`: a
-//! server ingest reads files on a thread feeding IngestStream) that ends in the same printing.
+//! gRPC (`--server URL`). Every command that does the same thing either way (collections list,
+//! stats, create and delete, ingest, document delete, search, rebuild, ask) is written once over
+//! [`Backend`] and prints the same domain types, so its text and `--json` output have one shape
+//! whichever way it ran. (A server ingest reads the files here, on a thread feeding
+//! IngestStream: `remote.rs`.)
 
 use crate::client::{Remote, ServerFlags, status};
 use crate::flags::{ChunkFlags, DataDir, ModelsDir};
+use crate::output::{Bar, IngestSummary, bar};
 use anyhow::{Result, bail};
 use ragd_engine::{
     Answer, AnswerConfig, AnswerRequest, Answerer, ChunkSettings, CollectionStats, Deleted, Engine,
-    EngineConfig, GeneratorOptions, Hit, HnswSettings, MAX_DELETE_IDS, RebuildOptions,
-    RebuildSummary, SearchParams,
+    EngineConfig, GeneratorOptions, Hit, HnswSettings, IngestOptions, MAX_DELETE_IDS,
+    RebuildOptions, RebuildSummary, SearchParams,
 };
 use ragd_proto::v1 as pb;
+use std::path::PathBuf;
+
+/// An offline-only flag `given` with `--server`: refused rather than silently ignored.
+pub(crate) fn offline_only(flag: &str, given: bool) -> Result<()> {
+    if given {
+        bail!("{flag} works on a data directory only, not with --server");
+    }
+    Ok(())
+}
 
 /// The engine over a data directory for one offline command: it loads models from the models
 /// directory only when the command needs them (listing loads none; a search loads the
@@ -24,11 +34,6 @@ pub(crate) fn engine(data: &DataDir, models: &ModelsDir, answer: AnswerConfig) -
         ..EngineConfig::new(&data.data_dir)
     };
     Engine::offline(config, &models.resolve(), GeneratorOptions::default())
-}
-
-/// [`engine`] with the default answer settings (commands that do not answer).
-pub(crate) fn plain_engine(data: &DataDir, models: &ModelsDir) -> Engine {
-    engine(data, models, AnswerConfig::default())
 }
 
 /// Opens collection `name`, creating it with the default settings and encoder when absent
@@ -118,6 +123,32 @@ impl Backend {
         }
     }
 
+    /// Ingests the files and directories `paths` into collection `name`, creating it with the
+    /// defaults when absent (and saying so unless `quiet`, which also hides the progress bar).
+    /// Offline the engine reads, embeds and commits; on a server the files are read here and
+    /// streamed, and `options` other than the source filters are the server's business.
+    pub(crate) fn ingest(
+        &self,
+        name: &str,
+        paths: &[PathBuf],
+        options: IngestOptions,
+        quiet: bool,
+    ) -> Result<IngestSummary> {
+        match self {
+            Self::Local(e) => {
+                open_or_create(e, name, quiet)?;
+                let mut sink = Bar(bar(quiet));
+                let report = e.ingest_paths(name, paths, options, &mut sink)?;
+                sink.0.finish_and_clear();
+                Ok(report.into())
+            }
+            Self::Remote { client, .. } => {
+                ensure_remote(client, name, quiet)?;
+                crate::remote::ingest(client, name, paths, options.sources, quiet)
+            }
+        }
+    }
+
     /// Where the collections are, for messages: `in DIR` or `on URL`.
     pub(crate) fn place(&self) -> String {
         match self {
@@ -128,10 +159,7 @@ impl Backend {
 
     /// A flag that only works on a data directory, refused with `--server` rather than ignored.
     pub(crate) fn offline_only(&self, flag: &str, given: bool) -> Result<()> {
-        if given && matches!(self, Self::Remote { .. }) {
-            bail!("{flag} works on a data directory only, not with --server");
-        }
-        Ok(())
+        offline_only(flag, given && matches!(self, Self::Remote { .. }))
     }
 
     /// Every collection with its counts, and those that cannot be opened with why.
@@ -402,6 +430,30 @@ pub(crate) fn create_remote(
     r.rt.block_on(collections(r).create(r.request(req)))
         .map(tonic::Response::into_inner)
         .map_err(status)
+}
+
+/// Creates `name` with the server's defaults when it does not exist yet (like offline ingest).
+fn ensure_remote(r: &Remote, name: &str, quiet: bool) -> Result<()> {
+    match get(r, name) {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            if !quiet {
+                eprintln!("creating collection {name} on the server");
+            }
+            match create_remote(r, name, &ChunkFlags::default(), pb::HnswSettings::default()) {
+                Ok(_) => Ok(()),
+                // Someone else created it meanwhile: that is what we wanted.
+                Err(e)
+                    if e.downcast_ref::<crate::client::CallFailed>()
+                        .is_some_and(|c| c.code == tonic::Code::AlreadyExists) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(s) => Err(status(s)),
+    }
 }
 
 /// Chunking flags over `base` as the API's message; sizes the user did not give are sent as 0

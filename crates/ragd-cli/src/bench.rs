@@ -4,8 +4,8 @@
 use crate::flags::{ModelsDir, PeerArgs};
 use anyhow::Result;
 use clap::Args;
-use ragd_eval::BatchOptions;
 use ragd_eval::bench::{EmbedBench, GenerateBench};
+use ragd_eval::{BatchOptions, Kernels};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -22,6 +22,8 @@ pub(crate) struct EmbedArgs {
     /// Most texts per forward pass.
     #[arg(long, default_value_t = BatchOptions::default().max_batch_size)]
     batch_size: usize,
+    #[command(flatten)]
+    kernels: KernelArgs,
     #[command(flatten)]
     peers: PeerArgs,
     #[command(flatten)]
@@ -42,11 +44,31 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     #[command(flatten)]
+    kernels: KernelArgs,
+    #[command(flatten)]
     peers: PeerArgs,
     #[command(flatten)]
     dir: ModelsDir,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct KernelArgs {
+    /// Run the portable scalar kernels instead of the fastest ones this CPU has (what a CPU
+    /// without AVX2/FMA gets).
+    #[arg(long)]
+    scalar_kernels: bool,
+}
+
+impl KernelArgs {
+    fn choice(&self) -> Kernels {
+        if self.scalar_kernels {
+            Kernels::Scalar
+        } else {
+            Kernels::Detected
+        }
+    }
 }
 
 pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
@@ -58,6 +80,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             max_batch_tokens: args.batch_tokens,
             max_batch_size: args.batch_size,
         },
+        kernels: args.kernels.choice(),
         peers: args.peers.peers(),
     })?;
     ragd_eval::bench::print_report(&report, args.json);
@@ -70,6 +93,7 @@ pub(crate) fn generate(args: &GenerateArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         model: args.model.clone(),
         models_dir: args.dir.resolve(),
+        kernels: args.kernels.choice(),
         peers: args.peers.peers(),
     })?;
     ragd_eval::bench::print_report(&report, args.json);

@@ -1,12 +1,12 @@
 //! `ragd collections`, `ragd ingest`, `ragd delete` and `ragd rebuild`: work on the collections
-//! in a data directory, or on a server's with `--server` (see `remote.rs`).
+//! in a data directory, or on a server's with `--server` (through `backend.rs`).
 
 use crate::backend::{Backend, HnswFlags};
-use crate::backend::{open_or_create, plain_engine};
 use crate::client::ServerFlags;
-use crate::flags::{ChunkFlags, DataDir, IngestArgs, ModelsDir};
-use crate::output::{Bar, bar, ingest_exit_code, print_failures, print_json, print_row};
-use crate::remote;
+use crate::flags::{
+    ChunkFlags, DEFAULT_CHECKPOINT_SECONDS, DEFAULT_INGEST_BATCH, DataDir, IngestArgs, ModelsDir,
+};
+use crate::output::{bar, ingest_exit_code, print_ingest, print_json, print_row};
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use ragd_engine::models::DEFAULT_ENCODER;
@@ -229,17 +229,19 @@ fn create(a: CreateArgs) -> Result<()> {
 }
 
 pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
-    // Check the paths before loading a model: a typo should fail fast.
+    // Check the paths before loading a model or connecting: a typo should fail fast.
     for p in &a.paths {
         if !p.exists() {
             bail!("{}: no such file or directory", p.display());
         }
     }
-    if let Some(url) = a.remote.server.clone() {
-        return remote::ingest(a, &url);
-    }
-    let engine = plain_engine(&a.data, &a.models);
-    open_or_create(&engine, &a.collection, a.json)?;
+    let backend = Backend::new(&a.data, &a.models, &a.remote)?;
+    // How the engine batches and checkpoints is the server's business.
+    backend.offline_only("--batch", a.batch != DEFAULT_INGEST_BATCH)?;
+    backend.offline_only(
+        "--checkpoint-every",
+        a.checkpoint_every != DEFAULT_CHECKPOINT_SECONDS,
+    )?;
     let opts = IngestOptions {
         sources: SourceOptions {
             include: a.include,
@@ -250,32 +252,9 @@ pub(crate) fn ingest(a: IngestArgs) -> Result<ExitCode> {
         checkpoint_every: Duration::from_secs(a.checkpoint_every),
         ..IngestOptions::default()
     };
-    let mut sink = Bar(bar(a.json));
-    let report = engine.ingest_paths(&a.collection, &a.paths, opts, &mut sink)?;
-    sink.0.finish_and_clear();
-    if a.json {
-        print_json(&report)?;
-    } else {
-        println!(
-            "added {}, unchanged {}, replaced {}, failed {}; {} chunks, {} tokens in {:.1}s ({:.1} documents/s, {:.0} tokens/s)",
-            report.added,
-            report.unchanged,
-            report.replaced,
-            report.failed.len(),
-            report.chunks,
-            report.tokens,
-            report.seconds,
-            report.documents_per_s,
-            report.tokens_per_s
-        );
-        let p = &report.phases;
-        println!(
-            "time: parse {:.1}s, chunk {:.1}s, embed {:.1}s, index {:.1}s, commit {:.1}s",
-            p.parse, p.chunk, p.embed, p.index, p.commit
-        );
-        print_failures(&report.failed);
-    }
-    Ok(ingest_exit_code(&report.failed))
+    let summary = backend.ingest(&a.collection, &a.paths, opts, a.json)?;
+    print_ingest(&summary, a.json)?;
+    Ok(ingest_exit_code(&summary.failed))
 }
 
 pub(crate) fn delete(a: DeleteArgs) -> Result<()> {

@@ -74,6 +74,11 @@ impl ChunkFlags {
     }
 }
 
+/// `ingest --batch` default: documents per DocStore transaction.
+pub(crate) const DEFAULT_INGEST_BATCH: usize = 64;
+/// `ingest --checkpoint-every` default, in seconds.
+pub(crate) const DEFAULT_CHECKPOINT_SECONDS: u64 = 60;
+
 #[derive(Debug, Args)]
 pub(crate) struct IngestArgs {
     /// Files and directories (walked recursively) to ingest.
@@ -97,12 +102,12 @@ pub(crate) struct IngestArgs {
     /// Largest document accepted, in bytes of text.
     #[arg(long, default_value_t = 16 << 20)]
     pub(crate) max_document_bytes: usize,
-    /// Documents per DocStore transaction.
-    #[arg(long, default_value_t = 64)]
+    /// Documents per DocStore transaction (offline only).
+    #[arg(long, default_value_t = DEFAULT_INGEST_BATCH)]
     pub(crate) batch: usize,
     /// Checkpoint the indexes at least this often (seconds); an interrupted ingest replays at
-    /// most this much index work when the collection is next opened.
-    #[arg(long, default_value_t = 60)]
+    /// most this much index work when the collection is next opened (offline only).
+    #[arg(long, default_value_t = DEFAULT_CHECKPOINT_SECONDS)]
     pub(crate) checkpoint_every: u64,
     /// Print one JSON object (and no progress bar).
     #[arg(long)]

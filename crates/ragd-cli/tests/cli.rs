@@ -208,6 +208,9 @@ fn collections_and_ingest_json_shapes_and_exit_codes() {
         "chunks",
         "seconds",
         "documents_per_s",
+        "tokens",
+        "tokens_per_s",
+        "phases",
     ] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
@@ -735,6 +738,28 @@ fn collections_ingest_search_ask_over_grpc_with_server_flag() {
         (v["added"].as_u64(), v["unchanged"].as_u64()),
         (Some(0), Some(20)),
         "{v}"
+    );
+    // The server does not report encoder tokens or stage times: absent, not zero.
+    assert!(
+        v.get("tokens").is_none() && v.get("phases").is_none(),
+        "{v}"
+    );
+    // How the engine batches and checkpoints is the server's business: refused, not ignored.
+    let out = with_key(&[
+        "ingest",
+        "--server",
+        &url,
+        "--collection",
+        "qa",
+        "--batch",
+        "8",
+        docs,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--batch works on a data directory only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let v = json_of(&with_key(&[
         "collections",

@@ -2,10 +2,12 @@
 //!
 //! This crate owns the vocabulary the others speak: the [`ErrorKind`] that tells a caller's
 //! mistake from the server's, and (as the indexing and answer pipelines land) documents, chunks,
-//! hits and citations. It has no I/O and no threads; every other crate may depend on it.
+//! hits and citations, and the run-time choice of CPU kernels ([`cpu`]). It has no I/O and no
+//! threads; every other crate may depend on it.
 
 use serde::{Deserialize, Serialize};
 
+pub mod cpu;
 mod document;
 pub use document::{
     ChunkSpan, DocumentInput, MAX_METADATA_BYTES, MAX_METADATA_KEYS, MAX_TITLE_BYTES, Metadata,

@@ -3,6 +3,7 @@
 
 use crate::peers::{Peers, ratio, threads};
 use anyhow::{Context, Result, bail};
+use ragd_models::kernels::{self, Kernels};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{BatchOptions, Embedder, GenerateRequest, Generator, GeneratorOptions, Prompt};
 use serde_json::{Value, json};
@@ -18,6 +19,8 @@ pub struct EmbedBench {
     pub model: Option<PathBuf>,
     pub models_dir: PathBuf,
     pub batch: BatchOptions,
+    /// The CPU kernels to run (the scalar ones measure what a CPU without AVX2/FMA gets).
+    pub kernels: Kernels,
     /// Also run sentence-transformers on the same texts.
     pub peers: Option<Peers>,
 }
@@ -32,6 +35,8 @@ pub struct GenerateBench {
     /// GGUF file [default: the default decoder in `models_dir`].
     pub model: Option<PathBuf>,
     pub models_dir: PathBuf,
+    /// The CPU kernels to run.
+    pub kernels: Kernels,
     /// Also run llama.cpp on the same prompt.
     pub peers: Option<Peers>,
 }
@@ -54,6 +59,7 @@ pub fn embed(args: &EmbedBench) -> Result<Value> {
     if texts.is_empty() {
         bail!("{} has no non-empty lines", args.input.display());
     }
+    kernels::use_kernels(args.kernels);
     let embedder = Embedder::load(&model_dir)?.with_batch_options(args.batch);
     embedder.embed(&texts[..texts.len().min(64)])?; // warm-up, as the peer does
     let t = Instant::now();
@@ -70,6 +76,7 @@ pub fn embed(args: &EmbedBench) -> Result<Value> {
         "texts_per_s": round1(texts.len() as f64 / seconds),
         "tokens_per_s": round1(tokens as f64 / seconds),
         "threads": threads(),
+        "kernels": kernels::active(),
     });
     if let Some(peers) = &args.peers {
         let peer = peers.run("embed.py", &[&model_dir, &args.input], &[])?;
@@ -95,6 +102,7 @@ pub fn generate(args: &GenerateBench) -> Result<Value> {
     };
     let prompt = std::fs::read_to_string(&args.prompt_file)
         .with_context(|| format!("reading {}", args.prompt_file.display()))?;
+    kernels::use_kernels(args.kernels);
     let generator = Generator::load(
         &gguf,
         GeneratorOptions {
@@ -130,6 +138,7 @@ pub fn generate(args: &GenerateBench) -> Result<Value> {
         "decode_tokens_per_s": round1(decode),
         "finish": c.finish,
         "threads": threads(),
+        "kernels": kernels::active(),
         "text": c.text,
     });
     if let Some(peers) = &args.peers {

@@ -19,6 +19,7 @@ pub mod search;
 
 pub use peers::Peers;
 pub use ragd_models::BatchOptions;
+pub use ragd_models::kernels::Kernels;
 
 use serde_json::{Value, json};
 

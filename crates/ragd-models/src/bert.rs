@@ -6,7 +6,7 @@
 //! bias + residual + LayerNorm, and attention straight from the Q|K|V rows that skips padding.
 
 use crate::error::{Error, Result};
-use crate::ops::{Attention, BiasGelu, BiasResidualNorm};
+use crate::kernels::fused::{Attention, BiasGelu, BiasResidualNorm};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
@@ -95,6 +95,8 @@ impl BertModel {
     /// Loads weights from a VarBuilder over a safetensors file; accepts both `bert.`-prefixed and
     /// bare tensor names, as sentence-transformers checkpoints use either.
     pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        // Detect (and log, once) the CPU kernels while loading, not on the first request.
+        crate::kernels::active();
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") {
             vb
         } else if let Some(prefix) = cfg

@@ -14,9 +14,8 @@ mod embedder;
 mod error;
 mod generator;
 mod gguf_meta;
+pub mod kernels;
 pub mod llama;
-mod ops;
-mod quant;
 pub mod registry;
 mod sampling;
 

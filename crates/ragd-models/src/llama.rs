@@ -3,14 +3,14 @@
 //! Weights ([`LlamaWeights`]) are immutable and shared by every session through an `Arc`; each
 //! [`KvState`] holds one session's key/value cache, preallocated to the session's context so a
 //! decode step never copies the cache. Projections that read the same input run as one stacked
-//! matmul (Q|K|V, gate|up) on our quantized kernels (`quant.rs`). Grouped-query attention is
+//! matmul (Q|K|V, gate|up) on our quantized kernels (`kernels/quant.rs`). Grouped-query attention is
 //! computed without repeating the key/value heads: the query heads that share one KV head are
 //! folded into the row dimension.
 
 use crate::error::{Error, Result};
 use crate::gguf_meta::Meta;
-use crate::ops;
-use crate::quant::QLinear;
+use crate::kernels::fused::{self, add, rms_norm};
+use crate::kernels::quant::QLinear;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -123,6 +123,8 @@ impl LlamaWeights {
         meta: &Meta<'_>,
         reader: &mut R,
     ) -> Result<Self> {
+        // Detect (and log, once) the CPU kernels while loading, not on the first request.
+        crate::kernels::active();
         let arch = meta.str("general.architecture")?.to_string();
         if !LLAMA_LIKE.contains(&arch.as_str()) {
             return Err(Error::ModelInvalid {
@@ -279,37 +281,13 @@ impl LlamaWeights {
             add(&mut x, &layer.wo.matmul(&ctx, n)?);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let gu = layer.gate_up.matmul(&h, n)?;
-            let ff = layer.gate_up.dims[0];
-            let act: Vec<f32> = gu
-                .chunks_exact(2 * ff)
-                .flat_map(|r| {
-                    let (g, u) = r.split_at(ff);
-                    g.iter().zip(u).map(|(g, u)| ops::silu_mul(*g, *u))
-                })
-                .collect();
+            let act = fused::swiglu(&gu, layer.gate_up.dims[0]);
             add(&mut x, &layer.down.matmul(&act, n)?);
         }
         state.pos += n;
         let mut last = vec![0f32; hidden];
         rms_norm(&x[(n - 1) * hidden..], &self.norm, eps, &mut last);
         self.output.matmul(&last, 1)
-    }
-}
-
-/// Root-mean-square norm of each row of `x` (rows of `w.len()`), scaled by `w`, into `out`.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
-            *o = v * inv * g;
-        }
-    }
-}
-
-fn add(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
     }
 }
 
@@ -346,12 +324,7 @@ fn attention_rows(
         let t = past + i + 1;
         let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
         let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
-        let mut scores: Vec<f32> = keys
-            .chunks_exact(d)
-            .map(|k| ops::dot(q, k) * scale)
-            .collect();
-        ops::softmax_in_place(&mut scores);
-        ops::weighted_rows(&scores, vals, o);
+        fused::attend(q, keys, vals, scale, o);
     });
     out
 }
@@ -391,7 +364,8 @@ fn attention_gemm(
     let k = Tensor::from_vec(gather(&cache.k), (nkv, t, d), &dev)?;
     let v = Tensor::from_vec(gather(&cache.v), (nkv, t, d), &dev)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let probs = (q.matmul(&k.t()?)? * scale)?.apply_op1_no_bwd(&ops::CausalSoftmax { n, past })?;
+    let probs =
+        (q.matmul(&k.t()?)? * scale)?.apply_op1_no_bwd(&fused::CausalSoftmax { n, past })?;
     let out = probs
         .matmul(&v)?
         .reshape((nh, n, d))?
@@ -474,4 +448,56 @@ fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> (Vec<f32>, Vec<f3
         }
     }
     (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(heads: usize, kv_heads: usize, head_dim: usize) -> LlamaConfig {
+        LlamaConfig {
+            architecture: "llama".into(),
+            context_length: 64,
+            hidden: heads * head_dim,
+            layers: 1,
+            heads,
+            kv_heads,
+            head_dim,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            vocab: 8,
+        }
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    }
+
+    /// The row-by-row path (decode, short appends) and the GEMM path (prefill) compute the same
+    /// causal attention, with and without grouped KV heads, from an empty or a filled cache.
+    #[test]
+    fn both_attention_paths_agree() {
+        for (heads, kv_heads, d, past, n) in [(4, 2, 8, 3, 20), (3, 3, 16, 0, 17), (6, 1, 8, 9, 5)]
+        {
+            let cfg = config(heads, kv_heads, d);
+            let ctx = 48;
+            let width = (heads + 2 * kv_heads) * d;
+            let mut cache = LayerCache::default();
+            cache.append(&values(past * width, 1), past, 0, ctx, &cfg);
+            let qkv = values(n * width, 2);
+            cache.append(&qkv, n, past, ctx, &cfg);
+            let rows = attention_rows(&qkv, n, past, &cache, ctx, &cfg);
+            let gemm = attention_gemm(&qkv, n, past, &cache, ctx, &cfg).unwrap();
+            assert_eq!(rows.len(), n * heads * d);
+            assert_eq!(rows.len(), gemm.len());
+            for (i, (r, g)) in rows.iter().zip(&gemm).enumerate() {
+                assert!(
+                    (r - g).abs() < 1e-5,
+                    "heads {heads}/{kv_heads}, past {past}, n {n}: [{i}] {r} vs {g}"
+                );
+            }
+        }
+    }
 }

@@ -435,3 +435,52 @@ fn a_full_queue_is_refused_not_buffered() {
         "{results:?}"
     );
 }
+
+/// One forward over the whole prompt (GEMM attention), chunks of it (GEMM after a filled cache,
+/// and row-by-row attention for short chunks) and one token at a time (decode) leave the model
+/// in the same state: the last token's logits agree.
+#[test]
+fn prefill_in_one_pass_in_chunks_or_token_by_token_gives_the_same_logits() {
+    use ragd_models::llama::LlamaWeights;
+    let w = LlamaWeights::open(&DEFAULT_DECODER.gguf_path(&models_dir())).unwrap();
+    let prompt = generator()
+        .tokenize(
+            "Mitochondria are membrane-bound organelles that generate most of the chemical \
+             energy needed to power the cell's biochemical reactions. They store it in ATP. \
+             Each has its own small genome, inherited from the mother.",
+        )
+        .unwrap();
+    assert!(prompt.len() > 32, "{} tokens", prompt.len());
+    let logits = |chunk: usize| {
+        let mut st = w.new_state(256);
+        let mut last = Vec::new();
+        for part in prompt.chunks(chunk) {
+            last = w.forward(part, &mut st).unwrap();
+        }
+        assert_eq!(st.pos(), prompt.len());
+        last
+    };
+    let one_pass = logits(prompt.len());
+    let scale = one_pass.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Activations are quantized to 8 bits at every layer, so the paths' different float
+    // summation orders flip a few roundings: the logits agree closely, the greedy token exactly.
+    for chunk in [20, 7, 1] {
+        let other = logits(chunk);
+        let worst = one_pass
+            .iter()
+            .zip(&other)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        let c = cosine(&one_pass, &other);
+        assert!(c > 0.999, "chunks of {chunk}: cosine {c}");
+        assert!(
+            worst <= 0.05 * scale,
+            "chunks of {chunk}: max |Δlogit| {worst} (scale {scale})"
+        );
+        assert_eq!(
+            ragd_models::argmax(&one_pass),
+            ragd_models::argmax(&other),
+            "chunks of {chunk}: greedy token differs"
+        );
+    }
+}

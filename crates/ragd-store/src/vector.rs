@@ -22,8 +22,14 @@ impl Distance<f32> for CosineDistance {
     }
 }
 
-/// Dot product in eight independent lanes so the compiler keeps it in SIMD registers.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+ragd_core::vectorized_fn! {
+    /// Dot product in eight independent lanes so the compiler keeps it in SIMD registers (AVX2
+    /// ones on a CPU that has them: see `ragd_core::cpu`).
+    pub fn dot<'a>(a: &'a [f32], b: &'a [f32]) -> f32 => dot_lanes;
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca

@@ -3,12 +3,13 @@
 //! candle has no SIMD dot product for Q4_1 (the default decoder's format), so its matmul falls
 //! back to scalar code. Here weights are repacked at load into blocks with `f32` scales, each
 //! activation row is quantized once to 8-bit blocks, and dot products run with AVX2 integer
-//! multiply-adds (when the build targets AVX2/FMA, as `.cargo/config.toml` does) or portable
-//! scalar code otherwise. Work is split over rayon's pool: by output columns for a single row
+//! multiply-adds (`avx2.rs`, when the CPU has them: see the parent module) or the portable
+//! scalar code below. Work is split over rayon's pool: by output columns for a single row
 //! (decode, memory-bound), by tiles of rows for many rows (prefill, compute-bound), where a
 //! 4-row micro-kernel unpacks each weight block once for four activation rows.
 //! Other GGUF formats fall back to candle's `QMatMul`.
 
+use super::Isa;
 use crate::error::{Error, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -17,28 +18,41 @@ use rayon::prelude::*;
 
 /// Elements per block, for every format here.
 const QK: usize = 32;
+/// Bytes of one GGUF block: Q4_1 is f16 d, f16 m, 16 bytes of nibbles; Q8_0 is f16 d, 32 bytes.
+const Q4_1_BYTES: usize = 2 + 2 + QK / 2;
+const Q8_0_BYTES: usize = 2 + QK;
+
+// The kernels read whole blocks as fixed-size arrays (a 256-bit load of 32 quants, 16 bytes of
+// nibbles): these layouts are what they assume.
+const _: () = {
+    assert!(QK == 32);
+    assert!(Q4_1_BYTES == 20 && Q8_0_BYTES == 34);
+    assert!(size_of::<Q4Block>() == 4 + 4 + QK / 2);
+    assert!(size_of::<Q8Block>() == 4 + QK);
+    assert!(size_of::<ActBlock>() == 4 + 4 + QK);
+};
 
 /// Q4_1 weights: `x = d * q + m`, q in 0..16; low nibbles hold elements 0..16, high 16..32.
 #[derive(Debug, Clone, Copy)]
-struct Q4Block {
-    d: f32,
-    m: f32,
-    qs: [u8; 16],
+pub(super) struct Q4Block {
+    pub(super) d: f32,
+    pub(super) m: f32,
+    pub(super) qs: [u8; 16],
 }
 
 /// Q8_0 weights: `x = d * q`.
 #[derive(Debug, Clone, Copy)]
-struct Q8Block {
-    d: f32,
-    qs: [i8; 32],
+pub(super) struct Q8Block {
+    pub(super) d: f32,
+    pub(super) qs: [i8; 32],
 }
 
 /// A quantized activation block: `x ≈ d * q`, with `s = d * Σq` for Q4_1's offset term.
 #[derive(Debug, Clone, Copy)]
-struct ActBlock {
-    d: f32,
-    s: f32,
-    qs: [i8; 32],
+pub(super) struct ActBlock {
+    pub(super) d: f32,
+    pub(super) s: f32,
+    pub(super) qs: [i8; 32],
 }
 
 #[derive(Debug)]
@@ -65,7 +79,7 @@ impl QLinear {
             GgmlDType::Q4_1 if k % QK == 0 => {
                 let raw = t.data()?;
                 Weights::Q4_1(
-                    raw.chunks_exact(20)
+                    raw.chunks_exact(Q4_1_BYTES)
                         .map(|b| Q4Block {
                             d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
                             m: f16::from_le_bytes([b[2], b[3]]).to_f32(),
@@ -77,7 +91,7 @@ impl QLinear {
             GgmlDType::Q8_0 if k % QK == 0 => {
                 let raw = t.data()?;
                 Weights::Q8_0(
-                    raw.chunks_exact(34)
+                    raw.chunks_exact(Q8_0_BYTES)
                         .map(|b| Q8Block {
                             d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
                             qs: std::array::from_fn(|i| b[2 + i] as i8),
@@ -145,6 +159,10 @@ impl QLinear {
 
     /// `xs` holds `m` rows of `k` values; returns `m` rows of `n`.
     pub fn matmul(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_on(super::isa(), xs, m)
+    }
+
+    fn matmul_on(&self, isa: Isa, xs: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.n, self.k);
         if xs.len() != m * k {
             return Err(Error::InvalidInput(format!(
@@ -165,15 +183,14 @@ impl QLinear {
             acts.par_chunks_mut(kb)
                 .zip(xs.par_chunks(k))
                 .with_min_len(16)
-                .for_each(|(a, x)| {
-                    quantize_row(x, a);
-                });
+                .for_each(|(a, x)| quantize_row(x, a));
             acts
         };
+        let dots = Dots::for_isa(isa);
         let mut out = vec![0f32; m * n];
         match &self.weights {
-            Weights::Q4_1(w) => run(w, &quantize(), &mut out, m, n, kb, dot_q4, dot_q4_x4),
-            Weights::Q8_0(w) => run(w, &quantize(), &mut out, m, n, kb, dot_q8, dot_q8_x4),
+            Weights::Q4_1(w) => run(w, &quantize(), &mut out, m, n, kb, dots.q4, dots.q4_x4),
+            Weights::Q8_0(w) => run(w, &quantize(), &mut out, m, n, kb, dots.q8, dots.q8_x4),
             Weights::Candle(q) => {
                 let x = Tensor::from_slice(xs, (m, k), &Device::Cpu)?;
                 return Ok(q.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
@@ -238,8 +255,13 @@ fn run<B: Sync>(
         });
 }
 
-/// Quantizes one row to 8-bit blocks (round to nearest, scale = max|x| / 127).
-fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
+ragd_core::vectorized_fn! {
+    /// Quantizes one row to 8-bit blocks (round to nearest, scale = max|x| / 127).
+    fn quantize_row<'a>(x: &'a [f32], out: &'a mut [ActBlock]) -> () => quantize_blocks;
+}
+
+#[inline(always)]
+fn quantize_blocks(x: &[f32], out: &mut [ActBlock]) {
     for (src, dst) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -254,139 +276,34 @@ fn quantize_row(x: &[f32], out: &mut [ActBlock]) {
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[allow(unsafe_code)]
-mod simd {
-    //! AVX2 kernels. Loads go through `bytemuck::cast` of fixed-size arrays, so the only
-    //! `unsafe` is calling `#[target_feature]` functions, in the four safe wrappers below.
-    use super::{ActBlock, Q4Block, Q8Block};
-    use std::arch::x86_64::*;
+/// The dot products one matmul runs with: a weight column against one activation row, or
+/// against four rows at once (each weight block unpacked once for the four).
+#[derive(Clone, Copy)]
+pub(super) struct Dots {
+    pub(super) q4: fn(&[Q4Block], &[ActBlock]) -> f32,
+    pub(super) q4_x4: fn(&[Q4Block], [&[ActBlock]; 4]) -> [f32; 4],
+    pub(super) q8: fn(&[Q8Block], &[ActBlock]) -> f32,
+    pub(super) q8_x4: fn(&[Q8Block], [&[ActBlock]; 4]) -> [f32; 4],
+}
 
-    // SAFETY (all four wrappers): this module is compiled only when the build itself enables
-    // AVX2 and FMA (see the `cfg` above and `.cargo/config.toml`), so any CPU able to run this
-    // binary has both features.
-    pub(super) fn dot_q4(w: &[Q4Block], a: &[ActBlock]) -> f32 {
-        unsafe { imp::dot_q4(w, a) }
-    }
-    pub(super) fn dot_q4_x4(w: &[Q4Block], a: [&[ActBlock]; 4]) -> [f32; 4] {
-        unsafe { imp::dot_q4_x4(w, a) }
-    }
-    pub(super) fn dot_q8(w: &[Q8Block], a: &[ActBlock]) -> f32 {
-        unsafe { imp::dot_q8(w, a) }
-    }
-    pub(super) fn dot_q8_x4(w: &[Q8Block], a: [&[ActBlock]; 4]) -> [f32; 4] {
-        unsafe { imp::dot_q8_x4(w, a) }
-    }
+impl Dots {
+    const SCALAR: Dots = Dots {
+        q4: scalar::dot_q4,
+        q4_x4: scalar::dot_q4_x4,
+        q8: scalar::dot_q8,
+        q8_x4: scalar::dot_q8_x4,
+    };
 
-    mod imp {
-        use super::*;
-
-        #[target_feature(enable = "avx2,fma")]
-        fn hsum(v: __m256) -> f32 {
-            let lo = _mm256_castps256_ps128(v);
-            let hi = _mm256_extractf128_ps(v, 1);
-            let s = _mm_add_ps(lo, hi);
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            _mm_cvtss_f32(s)
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        fn unpack_q4(qs: &[u8; 16]) -> __m256i {
-            let lo: __m128i = bytemuck::cast(*qs);
-            let hi = _mm_srli_epi16(lo, 4);
-            _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
-        }
-
-        /// Σ u8 × i8 over 32 lanes, as 8 f32 partial sums.
-        #[target_feature(enable = "avx2,fma")]
-        fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
-            let p16 = _mm256_maddubs_epi16(x, y);
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub(super) fn dot_q4(w: &[Q4Block], a: &[ActBlock]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            let mut mins = 0f32;
-            for (wb, ab) in w.iter().zip(a) {
-                let p = dot_u8_i8(unpack_q4(&wb.qs), bytemuck::cast(ab.qs));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), p, acc);
-                mins += wb.m * ab.s;
-            }
-            hsum(acc) + mins
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub(super) fn dot_q4_x4(w: &[Q4Block], a: [&[ActBlock]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut mins = _mm_setzero_ps();
-            for (b, wb) in w.iter().enumerate() {
-                let qx = unpack_q4(&wb.qs);
-                let d = _mm256_set1_ps(wb.d);
-                let rows = [&a[0][b], &a[1][b], &a[2][b], &a[3][b]];
-                for (acc, ab) in acc.iter_mut().zip(rows) {
-                    let p = dot_u8_i8(qx, bytemuck::cast(ab.qs));
-                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), p, *acc);
-                }
-                let s = _mm_set_ps(rows[3].s, rows[2].s, rows[1].s, rows[0].s);
-                mins = _mm_fmadd_ps(_mm_set1_ps(wb.m), s, mins);
-            }
-            let m: [f32; 4] = bytemuck::cast(mins);
-            [
-                hsum(acc[0]) + m[0],
-                hsum(acc[1]) + m[1],
-                hsum(acc[2]) + m[2],
-                hsum(acc[3]) + m[3],
-            ]
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub(super) fn dot_q8(w: &[Q8Block], a: &[ActBlock]) -> f32 {
-            let mut acc = _mm256_setzero_ps();
-            for (wb, ab) in w.iter().zip(a) {
-                let qx: __m256i = bytemuck::cast(wb.qs);
-                // maddubs needs an unsigned operand: move x's sign onto y.
-                let p = dot_u8_i8(
-                    _mm256_sign_epi8(qx, qx),
-                    _mm256_sign_epi8(bytemuck::cast(ab.qs), qx),
-                );
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), p, acc);
-            }
-            hsum(acc)
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub(super) fn dot_q8_x4(w: &[Q8Block], a: [&[ActBlock]; 4]) -> [f32; 4] {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (b, wb) in w.iter().enumerate() {
-                let qx: __m256i = bytemuck::cast(wb.qs);
-                let ax = _mm256_sign_epi8(qx, qx);
-                let d = _mm256_set1_ps(wb.d);
-                for (acc, rows) in acc.iter_mut().zip(a) {
-                    let ab = &rows[b];
-                    let p = dot_u8_i8(ax, _mm256_sign_epi8(bytemuck::cast(ab.qs), qx));
-                    *acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), p, *acc);
-                }
-            }
-            [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    fn for_isa(isa: Isa) -> Dots {
+        match isa {
+            Isa::Scalar => Self::SCALAR,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma(v3) => super::avx2::dots(v3),
         }
     }
 }
 
 /// Portable kernels: the reference the SIMD ones are tested against, and the fallback.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ),
-    allow(dead_code)
-)]
 mod scalar {
     use super::{ActBlock, Q4Block, Q8Block};
 
@@ -428,20 +345,6 @@ mod scalar {
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-use simd::{dot_q4, dot_q4_x4, dot_q8, dot_q8_x4};
-
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-)))]
-use scalar::{dot_q4, dot_q4_x4, dot_q8, dot_q8_x4};
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,14 +384,18 @@ mod tests {
         let x = data(m * k, 2);
         let want = reference(&q, &x, m);
         let lin = QLinear::from_qtensor(q).unwrap();
-        let got = lin.matmul(&x, m).unwrap();
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            // Activations are quantized to 8 bits: allow ~1% of the output range.
-            assert!(
-                (g - w).abs() <= 0.01 * scale,
-                "{dtype:?} m={m} [{i}]: {g} vs {w}"
-            );
+        // Both paths, whatever the CPU running the test: the detected one and the fallback.
+        for isa in [super::super::isa(), Isa::Scalar] {
+            let got = lin.matmul_on(isa, &x, m).unwrap();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // Activations are quantized to 8 bits: allow ~1% of the output range.
+                assert!(
+                    (g - w).abs() <= 0.01 * scale,
+                    "{dtype:?} {} m={m} [{i}]: {g} vs {w}",
+                    isa.name()
+                );
+            }
         }
     }
 
@@ -506,8 +413,11 @@ mod tests {
         }
     }
 
+    /// The detected kernels against the scalar ones on the same blocks (on a CPU without
+    /// AVX2/FMA both sides are the scalar ones).
     #[test]
     fn simd_and_scalar_kernels_agree() {
+        let fast = Dots::for_isa(super::super::isa());
         let w = Tensor::from_vec(data(8 * 128, 3), (8, 128), &Device::Cpu).unwrap();
         let x = data(4 * 128, 4);
         let mut acts = vec![
@@ -528,11 +438,11 @@ mod tests {
                 let (fast, slow) = match &lin.weights {
                     Weights::Q4_1(b) => {
                         let wc = &b[col * 4..col * 4 + 4];
-                        (dot_q4_x4(wc, rows), scalar::dot_q4_x4(wc, rows))
+                        ((fast.q4_x4)(wc, rows), scalar::dot_q4_x4(wc, rows))
                     }
                     Weights::Q8_0(b) => {
                         let wc = &b[col * 4..col * 4 + 4];
-                        (dot_q8_x4(wc, rows), scalar::dot_q8_x4(wc, rows))
+                        ((fast.q8_x4)(wc, rows), scalar::dot_q8_x4(wc, rows))
                     }
                     Weights::Candle(_) => unreachable!(),
                 };

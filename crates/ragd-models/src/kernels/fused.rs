@@ -1,11 +1,14 @@
-//! Fused element-wise kernels for the encoder and decoder.
+//! Fused element-wise kernels and attention for the encoder and decoder.
 //!
 //! candle runs GELU, bias adds, residual adds, layer norms and masked softmax as separate passes
 //! over memory, and its `exp`/`erf` are scalar libm calls; in the encoder those passes cost more
 //! than the matmuls they surround (measured with perf). Each op here is one pass, with an `exp`
-//! and `erf` written so the compiler vectorizes them.
+//! and `erf` written so the compiler vectorizes them. Every loop is `#[inline(always)]` and each
+//! parallel task enters it through a function made by `ragd_core::vectorized_fn!`, so it is
+//! compiled for AVX2/FMA when the CPU has them and for baseline x86-64 otherwise.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, bail};
+use ragd_core::vectorized_fn;
 use rayon::prelude::*;
 
 /// `e^x`, vectorizable: relative error below 5e-7 for |x| < 10 and 1e-5 up to |x| = 87
@@ -94,7 +97,13 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum(&acc) + tail
 }
 
-/// In-place softmax of a row.
+vectorized_fn! {
+    /// In-place softmax of a row.
+    fn softmax<'a>(row: &'a mut [f32]) -> () => softmax_in_place;
+}
+
+/// In-place softmax of a row (inlined into the caller's instruction set).
+#[inline(always)]
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
     let max = reduce8(row, f32::NEG_INFINITY, f32::max, f32::max);
     for v in row.iter_mut() {
@@ -103,6 +112,80 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
     let inv = 1.0 / sum(row);
     for v in row.iter_mut() {
         *v *= inv;
+    }
+}
+
+vectorized_fn! {
+    /// Decoder attention for one query row against `t` cached keys and values (rows of
+    /// `q.len()`): adds the softmax-weighted sum of the values to `out`.
+    pub(crate) fn attend<'a>(
+        q: &'a [f32],
+        keys: &'a [f32],
+        vals: &'a [f32],
+        scale: f32,
+        out: &'a mut [f32],
+    ) -> () => attend_row;
+}
+
+// The bodies below are plain loops: a closure handed to an iterator adapter (`map`, `fold`) is
+// not guaranteed to be inlined into the AVX2 function, and outside it would be baseline code.
+#[inline(always)]
+fn attend_row(q: &[f32], keys: &[f32], vals: &[f32], scale: f32, out: &mut [f32]) {
+    let mut scores = vec![0f32; keys.len() / q.len()];
+    for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
+        *s = dot(q, k) * scale;
+    }
+    softmax_in_place(&mut scores);
+    weighted_rows(&scores, vals, out);
+}
+
+vectorized_fn! {
+    /// SwiGLU activations: rows of gate|up (each half `ff` wide) to rows of `silu(g)·u`.
+    pub(crate) fn swiglu<'a>(gate_up: &'a [f32], ff: usize) -> Vec<f32> => swiglu_rows;
+}
+
+#[inline(always)]
+fn swiglu_rows(gate_up: &[f32], ff: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    for (o, r) in out.chunks_exact_mut(ff).zip(gate_up.chunks_exact(2 * ff)) {
+        let (g, u) = r.split_at(ff);
+        for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+            *o = silu_mul(*g, *u);
+        }
+    }
+    out
+}
+
+vectorized_fn! {
+    /// Root-mean-square norm of each row of `x` (rows of `w.len()`), scaled by `w`, into `out`.
+    pub(crate) fn rms_norm<'a>(x: &'a [f32], w: &'a [f32], eps: f32, out: &'a mut [f32]) -> ()
+        => rms_norm_rows;
+}
+
+#[inline(always)]
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        let mut ms = 0f32;
+        for v in xr {
+            ms += v * v;
+        }
+        ms /= w.len() as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+vectorized_fn! {
+    /// `x += y`, element-wise.
+    pub(crate) fn add<'a>(x: &'a mut [f32], y: &'a [f32]) -> () => add_rows;
+}
+
+#[inline(always)]
+fn add_rows(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
@@ -135,14 +218,22 @@ impl CustomOp1 for BiasGelu<'_> {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(w * rows_per_task(w))
             .zip(x.par_chunks(w * rows_per_task(w)))
-            .for_each(|(o, x)| {
-                for (or, xr) in o.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
-                    for ((o, x), b) in or.iter_mut().zip(xr).zip(self.bias) {
-                        *o = gelu(x + b);
-                    }
-                }
-            });
+            .for_each(|(o, x)| bias_gelu(o, x, self.bias));
         Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+vectorized_fn! {
+    fn bias_gelu<'a>(out: &'a mut [f32], x: &'a [f32], bias: &'a [f32]) -> () => bias_gelu_rows;
+}
+
+#[inline(always)]
+fn bias_gelu_rows(out: &mut [f32], x: &[f32], bias: &[f32]) {
+    let w = bias.len();
+    for (or, xr) in out.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+        for ((o, x), b) in or.iter_mut().zip(xr).zip(bias) {
+            *o = gelu(x + b);
+        }
     }
 }
 
@@ -176,27 +267,41 @@ impl CustomOp2 for BiasResidualNorm<'_> {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk).zip(r.par_chunks(chunk)))
-            .for_each(|(o, (x, r))| {
-                for ((or, xr), rr) in o
-                    .chunks_exact_mut(w)
-                    .zip(x.chunks_exact(w))
-                    .zip(r.chunks_exact(w))
-                {
-                    for (((o, x), r), b) in or.iter_mut().zip(xr).zip(rr).zip(self.bias) {
-                        *o = x + r + b;
-                    }
-                    let mean = sum(or) / w as f32;
-                    for o in or.iter_mut() {
-                        *o -= mean;
-                    }
-                    let var = reduce8(or, 0.0, |a, v| a + v * v, |a, b| a + b) / w as f32;
-                    let inv = 1.0 / (var + self.eps).sqrt();
-                    for ((o, g), b) in or.iter_mut().zip(self.gamma).zip(self.beta) {
-                        *o = *o * inv * g + b;
-                    }
-                }
-            });
+            .for_each(|(o, (x, r))| bias_residual_norm(self, o, x, r));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+vectorized_fn! {
+    /// Rows of `LayerNorm(x + r + bias)`.
+    fn bias_residual_norm<'a>(
+        op: &'a BiasResidualNorm<'a>,
+        out: &'a mut [f32],
+        x: &'a [f32],
+        r: &'a [f32],
+    ) -> () => bias_residual_norm_rows;
+}
+
+#[inline(always)]
+fn bias_residual_norm_rows(op: &BiasResidualNorm<'_>, out: &mut [f32], x: &[f32], r: &[f32]) {
+    let w = op.bias.len();
+    for ((or, xr), rr) in out
+        .chunks_exact_mut(w)
+        .zip(x.chunks_exact(w))
+        .zip(r.chunks_exact(w))
+    {
+        for (((o, x), r), b) in or.iter_mut().zip(xr).zip(rr).zip(op.bias) {
+            *o = x + r + b;
+        }
+        let mean = sum(or) / w as f32;
+        for o in or.iter_mut() {
+            *o -= mean;
+        }
+        let var = reduce8(or, 0.0, |a, v| a + v * v, |a, b| a + b) / w as f32;
+        let inv = 1.0 / (var + op.eps).sqrt();
+        for ((o, g), b) in or.iter_mut().zip(op.gamma).zip(op.beta) {
+            *o = *o * inv * g + b;
+        }
     }
 }
 
@@ -230,7 +335,7 @@ impl CustomOp1 for CausalSoftmax {
             .with_min_len(16)
             .for_each(|(row, o)| {
                 let visible = self.past + row % self.n + 1;
-                softmax_in_place(&mut o[..visible]);
+                softmax(&mut o[..visible]);
                 o[visible..].fill(0.0);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -265,48 +370,67 @@ impl CustomOp1 for Attention<'_> {
             bail!("attention: bad input shape ({rows}, {width}) for batch {batch}")
         }
         let seq = rows / batch;
-        let d = hidden / self.heads;
-        let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; rows * hidden];
         out.par_chunks_mut(seq * hidden)
             .enumerate()
             .for_each(|(b, out)| {
                 let len = self.lens[b].min(seq);
-                // Keys padded to a multiple of 8 (zeros, masked out below) so kernels run on full lanes.
-                let lp = len.div_ceil(8) * 8;
                 let x = &x[b * seq * width..(b * seq + len) * width];
-                // Query rows padded to a multiple of 4 for the 4-row score kernel.
-                let mut q = vec![0f32; len.div_ceil(4) * 4 * d];
-                let mut kt = vec![0f32; d * lp];
-                let mut v = vec![0f32; len * d];
-                let mut scores = vec![0f32; 4 * lp];
-                for h in 0..self.heads {
-                    let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
-                    for (j, row) in x.chunks_exact(width).enumerate() {
-                        for e in 0..d {
-                            q[j * d + e] = (row[qo + e] + self.bias[qo + e]) * scale;
-                            kt[e * lp + j] = row[ko + e] + self.bias[ko + e];
-                            v[j * d + e] = row[vo + e] + self.bias[vo + e];
-                        }
-                    }
-                    for i0 in (0..len).step_by(4) {
-                        scores_x4(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
-                        for (r, s) in scores.chunks_exact_mut(lp).take(len - i0).enumerate() {
-                            softmax_in_place(&mut s[..len]);
-                            let o = &mut out
-                                [(i0 + r) * hidden + h * d..(i0 + r) * hidden + (h + 1) * d];
-                            weighted_rows(&s[..len], &v, o);
-                        }
-                    }
-                }
+                attention_sequence(self, x, len, out);
             });
         Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
+    }
+}
+
+vectorized_fn! {
+    /// One sequence: `x` holds its `len` real Q|K|V rows; writes `len` context rows to `out`.
+    fn attention_sequence<'a>(
+        op: &'a Attention<'a>,
+        x: &'a [f32],
+        len: usize,
+        out: &'a mut [f32],
+    ) -> () => Attention::sequence;
+}
+
+impl Attention<'_> {
+    #[inline(always)]
+    fn sequence(&self, x: &[f32], len: usize, out: &mut [f32]) {
+        let width = self.bias.len();
+        let hidden = width / 3;
+        let d = hidden / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        // Keys padded to a multiple of 8 (zeros, masked out below) so kernels run on full lanes.
+        let lp = len.div_ceil(8) * 8;
+        // Query rows padded to a multiple of 4 for the 4-row score kernel.
+        let mut q = vec![0f32; len.div_ceil(4) * 4 * d];
+        let mut kt = vec![0f32; d * lp];
+        let mut v = vec![0f32; len * d];
+        let mut scores = vec![0f32; 4 * lp];
+        for h in 0..self.heads {
+            let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
+            for (j, row) in x.chunks_exact(width).enumerate() {
+                for e in 0..d {
+                    q[j * d + e] = (row[qo + e] + self.bias[qo + e]) * scale;
+                    kt[e * lp + j] = row[ko + e] + self.bias[ko + e];
+                    v[j * d + e] = row[vo + e] + self.bias[vo + e];
+                }
+            }
+            for i0 in (0..len).step_by(4) {
+                scores_x4(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
+                for (r, s) in scores.chunks_exact_mut(lp).take(len - i0).enumerate() {
+                    softmax_in_place(&mut s[..len]);
+                    let o = &mut out[(i0 + r) * hidden + h * d..(i0 + r) * hidden + (h + 1) * d];
+                    weighted_rows(&s[..len], &v, o);
+                }
+            }
+        }
     }
 }
 
 /// Scores of four query rows (`q`: 4 × d) against all keys: `scores[r][j] = q[r] · kt[.., j]`,
 /// where `kt` is K transposed, `(d, lp)`. Eight keys at a time with one register accumulator per
 /// row, so each loaded key vector serves four queries.
+#[inline(always)]
 fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
     let d = q.len() / 4;
     for jc in (0..lp).step_by(8) {
@@ -328,6 +452,7 @@ fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
 
 /// `out += Σ_j p[j] · v[j]` over rows of `v` (len × out.len()), eight output lanes at a time
 /// held in registers.
+#[inline(always)]
 pub(crate) fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
     let d = out.len();
     for (c, o) in out.chunks_exact_mut(8).enumerate() {
