@@ -71,11 +71,18 @@ fn the_decoder_gives_the_same_logits_on_either_path() {
     // greedy token is the same.
     for (what, a, b) in [("prefill", &p1, &p2), ("decode", &s1, &s2)] {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         let c = cosine(a, b);
         eprintln!("{what}: cosine {c}, max |Δlogit| {worst} (scale {scale})");
         assert!(c > 0.999, "{what}: cosine {c}");
-        assert!(worst <= 0.05 * scale, "{what}: max |Δlogit| {worst} (scale {scale})");
+        assert!(
+            worst <= 0.05 * scale,
+            "{what}: max |Δlogit| {worst} (scale {scale})"
+        );
         assert_eq!(
             ragd_models::argmax(a),
             ragd_models::argmax(b),
