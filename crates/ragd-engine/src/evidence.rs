@@ -24,7 +24,7 @@ impl QueryTerms {
     /// that make it a question ("what", "does", "how") are not terms: documents rarely contain
     /// them, so they would weigh as much as the rarest name.
     pub fn new(collection: &Collection, question: &str) -> Result<Self> {
-        let mut terms: Vec<String> = ragd_store::analyze(question)
+        let mut terms: Vec<String> = ragd_store::analyze(&without_framing(question))
             .into_iter()
             .filter(|t| !QUESTION_WORDS.contains(&t.as_str()))
             .collect();
@@ -108,14 +108,18 @@ pub struct SentenceFreqs {
 
 impl SentenceFreqs {
     /// Counts over the analyzed term sets of a passage's sentences.
-    pub fn new(sentences: &[HashSet<String>]) -> Self {
+    pub fn new<'s>(sentences: impl IntoIterator<Item = &'s HashSet<String>>) -> Self {
         let mut freqs = HashMap::new();
-        for t in sentences.iter().flatten() {
-            *freqs.entry(t.clone()).or_insert(0) += 1;
+        let mut count = 0;
+        for set in sentences {
+            count += 1;
+            for t in set {
+                *freqs.entry(t.clone()).or_insert(0) += 1;
+            }
         }
         Self {
             freqs,
-            sentences: sentences.len(),
+            sentences: count,
         }
     }
 
@@ -129,6 +133,44 @@ impl SentenceFreqs {
             _ => 1.0,
         }
     }
+}
+
+/// `question` without the words that only say what kind of answer it wants: "type" in "What
+/// type of virus …" and "What type does it return?", "name" in "What is the name of …". Sources rarely use them for the answer
+/// ("… a betacoronavirus …"), but a wrong sentence that happens to contain "type" would score on
+/// them.
+pub fn without_framing(question: &str) -> String {
+    let words: Vec<(usize, &str)> = question.unicode_word_indices().collect();
+    let lower: Vec<String> = words.iter().map(|(_, w)| w.to_lowercase()).collect();
+    let is =
+        |i: usize, options: &[&str]| lower.get(i).is_some_and(|w| options.contains(&w.as_str()));
+    let mut drop: Vec<(usize, usize)> = Vec::new();
+    for (i, &(at, word)) in words.iter().enumerate() {
+        let kind = is(
+            i,
+            &[
+                "type", "types", "kind", "kinds", "sort", "sorts", "form", "forms",
+            ],
+        ) && i > 0
+            && is(i - 1, &["what", "which"])
+            && (is(i + 1, &["of"])
+                || lower
+                    .get(i + 1)
+                    .is_some_and(|w| AUXILIARIES.contains(&w.as_str())));
+        let name = is(i, &["name", "names"])
+            && is(i + 1, &["of"])
+            && i >= 2
+            && is(i - 1, &["the"])
+            && is(i - 2, &["is", "was", "are", "were", "what", "what's", "s"]);
+        if kind || name {
+            drop.push((at, at + word.len()));
+        }
+    }
+    let mut out = question.to_string();
+    for (s, e) in drop.into_iter().rev() {
+        out.replace_range(s..e, " ");
+    }
+    out
 }
 
 /// Interrogatives and auxiliaries as the analyzer stems them.
@@ -372,41 +414,134 @@ pub enum Expects {
     Any,
 }
 
-/// What `question` expects, from its opening words.
+/// What `question` expects. Its opening words tell ("How many …", "Who …"), or a phrase at the
+/// end of its last clause ("… premiered on which date?", "… sold more than how many records?");
+/// a "when" that opens a clause rather than asks ("When a test is run by name, what …") does
+/// not.
 pub fn expects(question: &str) -> Expects {
     let q = question.trim().to_lowercase();
-    let number = [
-        "how many",
-        "how much",
-        "how long",
-        "how old",
-        "how high",
-        "how tall",
-        "how far",
-        "how big",
-        "how large",
-        "how deep",
-        "how wide",
-        "how heavy",
-        "in what year",
-        "in which year",
-        "what year",
-        "which year",
-        "when ",
+    let words: Vec<&str> = q.unicode_words().collect();
+    // Where an asking phrase may stand: the opening words, or the last clause's last words.
+    let tail_from = words.len().saturating_sub(TAIL_WORDS);
+    let asks = |phrase: &[&str], anywhere_in_tail: bool| {
+        (0..words.len()).any(|i| {
+            (i == 0 || (anywhere_in_tail && i >= tail_from)) && words[i..].starts_with(phrase)
+        })
+    };
+    let share = [
+        ["what", "percentage"],
+        ["what", "proportion"],
+        ["what", "percent"],
     ];
-    if ["what percentage", "what proportion", "what percent"]
+    if share.iter().any(|p| asks(p, true)) {
+        return Expects::Share;
+    }
+    const HOW: &[&str] = &[
+        "many", "much", "long", "old", "high", "tall", "far", "big", "large", "deep", "wide",
+        "heavy",
+    ];
+    let how = HOW.iter().any(|w| asks(&["how", w], true));
+    let dated = ["year", "date"]
         .iter()
-        .any(|p| q.starts_with(p))
-    {
-        Expects::Share
-    } else if number.iter().any(|p| q.starts_with(p)) {
+        .any(|w| asks(&["what", w], true) || asks(&["which", w], true));
+    let when =
+        words.first() == Some(&"when") && words.get(1).is_some_and(|w| AUXILIARIES.contains(w));
+    if how || dated || when {
         Expects::Number
-    } else if ["who ", "whom ", "whose "].iter().any(|p| q.starts_with(p)) {
+    } else if ["who", "whom", "whose"].iter().any(|w| asks(&[w], false)) || names_a_kind(&words) {
         Expects::Name
     } else {
         Expects::Any
     }
 }
+
+/// True when a "which" / "what" of the question asks for something with a proper name ("Which
+/// Danish metal band …", "… the mayor of what city?"): one of the next four words, before a
+/// verb, is such a kind.
+fn names_a_kind(words: &[&str]) -> bool {
+    words.iter().enumerate().any(|(i, w)| {
+        (*w == "which" || *w == "what")
+            && words[i + 1..]
+                .iter()
+                .take(4)
+                .take_while(|n| !AUXILIARIES.contains(n))
+                .any(|n| NAMED_KINDS.contains(n))
+    })
+}
+
+/// Things known by a proper name.
+const NAMED_KINDS: &[&str] = &[
+    "city",
+    "town",
+    "village",
+    "country",
+    "state",
+    "province",
+    "county",
+    "region",
+    "island",
+    "river",
+    "mountain",
+    "continent",
+    "capital",
+    "band",
+    "singer",
+    "rapper",
+    "actor",
+    "actress",
+    "author",
+    "writer",
+    "director",
+    "player",
+    "politician",
+    "president",
+    "company",
+    "team",
+    "club",
+    "university",
+    "college",
+    "school",
+    "magazine",
+    "newspaper",
+    "network",
+    "station",
+    "airline",
+    "person",
+    "man",
+    "woman",
+    "artist",
+    "musician",
+    "composer",
+    "king",
+    "queen",
+    "emperor",
+    "general",
+];
+
+/// How many last words of a question an asking phrase may stand in ("… in which year?").
+const TAIL_WORDS: usize = 4;
+
+/// Verbs after a "when" that asks ("When was …", "When does …").
+const AUXILIARIES: &[&str] = &[
+    "is", "was", "are", "were", "did", "does", "do", "will", "would", "has", "have", "had", "can",
+    "could", "should", "may", "might",
+];
+
+/// Month names: a date without a day or year ("in February") still answers "when".
+const MONTHS: &[&str] = &[
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
 
 const NUMBER_WORDS: &[&str] = &[
     "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -415,8 +550,8 @@ const NUMBER_WORDS: &[&str] = &[
 ];
 
 /// True when `sentence` can hold what the question expects: a number for a "how many"
-/// question (not one the question states, as in "COVID-19", nor a reference such as "(1)"),
-/// a percentage for "what percentage", a name that is not the question's own for a "who"
+/// question (not one the question states, as in "COVID-19", nor a reference such as "(1)"; a
+/// capitalised month name counts), a percentage for "what percentage", a name that is not the question's own for a "who"
 /// question.
 pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
     let asked = || -> HashSet<String> { question.unicode_words().map(norm_word).collect() };
@@ -425,8 +560,10 @@ pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
         Expects::Number => {
             let asked = asked();
             sentence.unicode_word_indices().any(|(i, w)| {
+                let lower = w.to_lowercase();
                 let numeric = w.chars().any(|c| c.is_ascii_digit())
-                    || NUMBER_WORDS.contains(&w.to_lowercase().as_str());
+                    || NUMBER_WORDS.contains(&lower.as_str())
+                    || (MONTHS.contains(&lower.as_str()) && w.starts_with(char::is_uppercase));
                 numeric && !asked.contains(&norm_word(w)) && !is_reference(sentence, i, w)
             })
         }
@@ -562,6 +699,30 @@ mod tests {
     }
 
     #[test]
+    fn words_that_frame_the_answer_are_not_terms() {
+        let terms = |q: &str| ragd_store::analyze(&without_framing(q));
+        assert_eq!(
+            terms("What type of virus is 2019-nCoV?"),
+            terms("What virus is 2019-nCoV?")
+        );
+        assert_eq!(
+            terms("What is the name of Rust's process for proposals?"),
+            terms("What is Rust's process for proposals?")
+        );
+        assert_eq!(
+            terms("What type does the get method return?"),
+            terms("What does the get method return?")
+        );
+        assert_eq!(
+            terms("What kinds of antibodies were used?"),
+            terms("What antibodies were used?")
+        );
+        // Where they are the subject, they stay.
+        assert!(terms("Which trait must a type implement?").contains(&"type".to_string()));
+        assert!(terms("Whose name is on the cup?").contains(&"name".to_string()));
+    }
+
+    #[test]
     fn terms_most_sentences_share_weigh_less_than_those_few_hold() {
         let sets: Vec<HashSet<String>> = [
             "The ship Diamond Princess had an outbreak.",
@@ -592,6 +753,45 @@ mod tests {
         assert_eq!(expects("When was it built?"), Expects::Number);
         assert_eq!(expects("Who built it?"), Expects::Name);
         assert_eq!(expects("What does PEFT stand for?"), Expects::Any);
+        // An asking phrase at the end of the last clause; a "when" that opens a clause.
+        assert_eq!(
+            expects("The sitcom with Rosie premiered on which date?"),
+            Expects::Number
+        );
+        assert_eq!(
+            expects("A singer that has sold more than how many records worldwide?"),
+            Expects::Number
+        );
+        assert_eq!(
+            expects("When a test is run by name, what does the output show?"),
+            Expects::Any
+        );
+        assert_eq!(
+            expects("What is the name of the band who played there?"),
+            Expects::Any
+        );
+        assert_eq!(
+            expects("Scott Howell worked with the mayor of what city?"),
+            Expects::Name
+        );
+        assert_eq!(
+            expects("Which Danish heavy metal band released it?"),
+            Expects::Name
+        );
+        assert_eq!(
+            expects("Which floating-point type is the default?"),
+            Expects::Any
+        );
+        assert!(fits(
+            Expects::Number,
+            "Selection happens in February.",
+            "When does selection occur?"
+        ));
+        assert!(!fits(
+            Expects::Number,
+            "You may select it.",
+            "When does selection occur?"
+        ));
         assert!(fits(Expects::Number, "It has seven arches.", ""));
         assert!(!fits(Expects::Number, "It has arches.", ""));
         // Numbers the question states and reference marks are not answers.

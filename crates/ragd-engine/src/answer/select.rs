@@ -2,6 +2,7 @@
 //! quoted extract: everything [`Answerer::prepare`] decides before the decoder.
 
 use super::*;
+use std::collections::HashMap;
 
 impl Extract {
     /// The quote as an answer, when it scores at least `min_extract`.
@@ -292,8 +293,28 @@ impl<'a> Answerer<'a> {
         };
         let mut vectors = vectors.into_iter();
         let expects = evidence::expects(question);
+        let sets: Vec<Vec<HashSet<String>>> = relevant
+            .iter()
+            .zip(&spans)
+            .map(|(g, sp)| {
+                sp.iter()
+                    .map(|&(s, e)| evidence::term_set(&g.hit.text[s..e]))
+                    .collect()
+            })
+            .collect();
+        // Within a document, a question term most of its retrieved sentences share is its
+        // topic ("Diamond Princess" in a paper on that ship), one few sentences hold is what
+        // tells them apart ("peak"): counted over all the document's retrieved chunks.
+        let mut by_document: HashMap<&str, Vec<&HashSet<String>>> = HashMap::new();
+        for (g, s) in relevant.iter().zip(&sets) {
+            by_document.entry(&g.hit.doc_id).or_default().extend(s);
+        }
+        let freqs: HashMap<String, evidence::SentenceFreqs> = by_document
+            .into_iter()
+            .map(|(d, s)| (d.to_string(), evidence::SentenceFreqs::new(s)))
+            .collect();
         let mut out = Vec::with_capacity(relevant.len());
-        for (g, sp) in relevant.into_iter().zip(spans) {
+        for ((g, sp), sets) in relevant.into_iter().zip(spans).zip(sets) {
             let Gated {
                 hit,
                 relevance,
@@ -304,13 +325,7 @@ impl<'a> Answerer<'a> {
             // is scored on the question's other terms ("warden" in "Who is the warden of the
             // Gorsel Hut?" over a document titled "The Gorsel Hut").
             let title = evidence::term_set(&hit.title);
-            // Within the chunk, a question term most sentences share is its topic, one few
-            // sentences hold is what tells them apart ("confirmed cases" in a paper on one ship).
-            let sets: Vec<HashSet<String>> = sp
-                .iter()
-                .map(|&(s, e)| evidence::term_set(&hit.text[s..e]))
-                .collect();
-            let local = evidence::SentenceFreqs::new(&sets);
+            let local = &freqs[&hit.doc_id];
             let focus = terms.focus(&title).scaled(|t| local.weight(t));
             let scored: Vec<(usize, usize, f32, f32, HashSet<String>)> = sp
                 .iter()
@@ -403,7 +418,7 @@ impl<'a> Answerer<'a> {
     /// Cosine between the query vector and each hit's stored vector.
     pub(super) fn relevance(&self, qv: &[f32], hits: &[Hit]) -> Result<Vec<f32>> {
         let ids: Vec<u64> = hits.iter().map(|h| h.chunk_id).collect();
-        let vectors: std::collections::HashMap<u64, Vec<f32>> = self
+        let vectors: HashMap<u64, Vec<f32>> = self
             .searcher
             .collection()
             .vectors(&ids)?
