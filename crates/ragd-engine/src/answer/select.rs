@@ -437,10 +437,14 @@ impl<'a> Answerer<'a> {
     }
 }
 
-/// A sentence's score for a question: encoder cosine and weighted term coverage, averaged.
+/// A sentence's score for a question: encoder cosine and weighted term coverage, coverage
+/// weighing a little more (chosen on the dev splits: 0.4 / 0.6 against 0.3–0.6 for cosine).
 pub(super) fn sentence_score(cos: f32, coverage: f32) -> f32 {
-    0.5 * cos.max(0.0) + 0.5 * coverage
+    COSINE_WEIGHT * cos.max(0.0) + (1.0 - COSINE_WEIGHT) * coverage
 }
+
+/// The encoder cosine's share of a sentence's score.
+const COSINE_WEIGHT: f32 = 0.4;
 
 /// The window of whole sentences to pack: the best sentence among those that can hold the
 /// answer (`fitting`; among all when none can), then its neighbours (the one before first,
