@@ -141,21 +141,11 @@ fn extracts_on_the_qa_set_and_an_unseen_markdown_set_meet_the_floors() {
         "{}",
         r.correct_cited_rate
     );
-    let md = evaluate(
-        &data("answers/markdown/corpus.jsonl"),
-        &data("answers/markdown/test.jsonl"),
+    test_split_meets_the_floors(
+        "markdown",
         &config,
-    );
-    assert_eq!((md.answerable, md.unanswerable), (45, 15));
-    assert!(
-        md.correct_cited_rate >= FLOOR_MD_CORRECT_CITED,
-        "{}",
-        md.correct_cited_rate
-    );
-    assert!(
-        md.correct_refusal_rate >= FLOOR_MD_REFUSED,
-        "{}",
-        md.correct_refusal_rate
+        FLOOR_MD_CORRECT_CITED,
+        FLOOR_MD_REFUSED,
     );
 }
 
@@ -165,21 +155,32 @@ fn extracts_on_an_unseen_scientific_set_meet_the_floors() {
         strategy: Strategy::Extract,
         ..AnswerConfig::default()
     };
-    let sci = evaluate(
-        &data("answers/scientific/corpus.jsonl"),
-        &data("answers/scientific/test.jsonl"),
+    test_split_meets_the_floors(
+        "scientific",
         &config,
+        FLOOR_SCI_CORRECT_CITED,
+        FLOOR_SCI_REFUSED,
     );
-    assert_eq!((sci.answerable, sci.unanswerable), (45, 15));
+}
+
+/// Evaluates the test split of `tests/data/answers/SET` (45 answerable, 15 unanswerable
+/// questions) and checks its correct-and-cited and unanswerable-refused rates.
+fn test_split_meets_the_floors(set: &str, config: &AnswerConfig, correct_cited: f64, refused: f64) {
+    let r = evaluate(
+        &data(&format!("answers/{set}/corpus.jsonl")),
+        &data(&format!("answers/{set}/test.jsonl")),
+        config,
+    );
+    assert_eq!((r.answerable, r.unanswerable), (45, 15), "{set}");
     assert!(
-        sci.correct_cited_rate >= FLOOR_SCI_CORRECT_CITED,
-        "{}",
-        sci.correct_cited_rate
+        r.correct_cited_rate >= correct_cited,
+        "{set}: correct and cited {}",
+        r.correct_cited_rate
     );
     assert!(
-        sci.correct_refusal_rate >= FLOOR_SCI_REFUSED,
-        "{}",
-        sci.correct_refusal_rate
+        r.correct_refusal_rate >= refused,
+        "{set}: unanswerable refused {}",
+        r.correct_refusal_rate
     );
 }
 

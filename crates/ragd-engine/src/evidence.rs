@@ -136,9 +136,9 @@ impl SentenceFreqs {
 }
 
 /// `question` without the words that only say what kind of answer it wants: "type" in "What
-/// type of virus …" and "What type does it return?", "name" in "What is the name of …". Sources rarely use them for the answer
-/// ("… a betacoronavirus …"), but a wrong sentence that happens to contain "type" would score on
-/// them.
+/// type of virus …" and "What type does it return?", "name" in "What is the name of …".
+/// Sources rarely use them for the answer ("… a betacoronavirus …"), but a wrong sentence that
+/// happens to contain "type" would score on them.
 pub fn without_framing(question: &str) -> String {
     let words: Vec<(usize, &str)> = question.unicode_word_indices().collect();
     let lower: Vec<String> = words.iter().map(|(_, w)| w.to_lowercase()).collect();
@@ -153,10 +153,7 @@ pub fn without_framing(question: &str) -> String {
             ],
         ) && i > 0
             && is(i - 1, &["what", "which"])
-            && (is(i + 1, &["of"])
-                || lower
-                    .get(i + 1)
-                    .is_some_and(|w| AUXILIARIES.contains(&w.as_str())));
+            && (is(i + 1, &["of"]) || is(i + 1, AUXILIARIES));
         let name = is(i, &["name", "names"])
             && is(i + 1, &["of"])
             && i >= 2
@@ -421,11 +418,17 @@ pub enum Expects {
 pub fn expects(question: &str) -> Expects {
     let q = question.trim().to_lowercase();
     let words: Vec<&str> = q.unicode_words().collect();
-    // Where an asking phrase may stand: the opening words, or the last clause's last words.
+    // Where an asking phrase may stand: the opening words (after a preposition: "In what year
+    // …", "For how long …"), or the last clause's last words.
+    let opening = if words.first().is_some_and(|w| PREPOSITIONS.contains(w)) {
+        1
+    } else {
+        0
+    };
     let tail_from = words.len().saturating_sub(TAIL_WORDS);
     let asks = |phrase: &[&str], anywhere_in_tail: bool| {
         (0..words.len()).any(|i| {
-            (i == 0 || (anywhere_in_tail && i >= tail_from)) && words[i..].starts_with(phrase)
+            (i == opening || (anywhere_in_tail && i >= tail_from)) && words[i..].starts_with(phrase)
         })
     };
     let share = [
@@ -444,8 +447,10 @@ pub fn expects(question: &str) -> Expects {
     let dated = ["year", "date"]
         .iter()
         .any(|w| asks(&["what", w], true) || asks(&["which", w], true));
-    let when =
-        words.first() == Some(&"when") && words.get(1).is_some_and(|w| AUXILIARIES.contains(w));
+    let when = words.get(opening) == Some(&"when")
+        && words
+            .get(opening + 1)
+            .is_some_and(|w| AUXILIARIES.contains(w));
     if how || dated || when {
         Expects::Number
     } else if ["who", "whom", "whose"].iter().any(|w| asks(&[w], false)) || names_a_kind(&words) {
@@ -518,6 +523,12 @@ const NAMED_KINDS: &[&str] = &[
     "general",
 ];
 
+/// Words that may open a question before its asking phrase ("In which year …", "By whom …").
+const PREPOSITIONS: &[&str] = &[
+    "in", "on", "at", "by", "for", "from", "to", "during", "since", "after", "before", "until",
+    "of", "with",
+];
+
 /// How many last words of a question an asking phrase may stand in ("… in which year?").
 const TAIL_WORDS: usize = 4;
 
@@ -551,8 +562,8 @@ const NUMBER_WORDS: &[&str] = &[
 
 /// True when `sentence` can hold what the question expects: a number for a "how many"
 /// question (not one the question states, as in "COVID-19", nor a reference such as "(1)"; a
-/// capitalised month name counts), a percentage for "what percentage", a name that is not the question's own for a "who"
-/// question.
+/// capitalised month name counts), a percentage for "what percentage", a name that is not the
+/// question's own for a "who" question.
 pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
     let asked = || -> HashSet<String> { question.unicode_words().map(norm_word).collect() };
     match expects {
@@ -753,35 +764,37 @@ mod tests {
         assert_eq!(expects("When was it built?"), Expects::Number);
         assert_eq!(expects("Who built it?"), Expects::Name);
         assert_eq!(expects("What does PEFT stand for?"), Expects::Any);
-        // An asking phrase at the end of the last clause; a "when" that opens a clause.
-        assert_eq!(
-            expects("The sitcom with Rosie premiered on which date?"),
-            Expects::Number
-        );
-        assert_eq!(
-            expects("A singer that has sold more than how many records worldwide?"),
-            Expects::Number
-        );
-        assert_eq!(
-            expects("When a test is run by name, what does the output show?"),
-            Expects::Any
-        );
-        assert_eq!(
-            expects("What is the name of the band who played there?"),
-            Expects::Any
-        );
-        assert_eq!(
-            expects("Scott Howell worked with the mayor of what city?"),
-            Expects::Name
-        );
-        assert_eq!(
-            expects("Which Danish heavy metal band released it?"),
-            Expects::Name
-        );
-        assert_eq!(
-            expects("Which floating-point type is the default?"),
-            Expects::Any
-        );
+        // After an opening preposition; at the end of the last clause; a "when" that opens a
+        // clause; "which/what" with a kind of named thing.
+        for (q, want) in [
+            ("In what year did the wall fall?", Expects::Number),
+            ("For how long is each version supported?", Expects::Number),
+            ("By whom was it built?", Expects::Name),
+            (
+                "The sitcom with Rosie premiered on which date?",
+                Expects::Number,
+            ),
+            (
+                "A singer that has sold more than how many records worldwide?",
+                Expects::Number,
+            ),
+            (
+                "When a test is run by name, what does the output show?",
+                Expects::Any,
+            ),
+            (
+                "What is the name of the band who played there?",
+                Expects::Any,
+            ),
+            (
+                "Scott Howell worked with the mayor of what city?",
+                Expects::Name,
+            ),
+            ("Which Danish heavy metal band released it?", Expects::Name),
+            ("Which floating-point type is the default?", Expects::Any),
+        ] {
+            assert_eq!(expects(q), want, "{q}");
+        }
         assert!(fits(
             Expects::Number,
             "Selection happens in February.",
