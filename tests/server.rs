@@ -1082,6 +1082,18 @@ async fn impossible_chunking_settings_are_refused_and_never_saved() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("max_tokens"), "{e:?}");
+    let precision = |name: &str, p: &str| pb::CreateCollectionRequest {
+        name: name.into(),
+        encoder_precision: p.into(),
+        ..Default::default()
+    };
+    let e = srv
+        .collections()
+        .create(precision("k", "fp16"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("\"fp16\""), "{e:?}");
     let listed = srv
         .collections()
         .list(pb::ListCollectionsRequest {})
@@ -1089,6 +1101,13 @@ async fn impossible_chunking_settings_are_refused_and_never_saved() {
         .unwrap()
         .into_inner();
     assert!(listed.collections.is_empty());
+    let c = srv
+        .collections()
+        .create(precision("k8", "int8"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.settings.unwrap().encoder_precision, "int8");
 
     srv.create("k").await;
     let refused = match srv

@@ -11,7 +11,7 @@ use crate::output::{Bar, IngestSummary, bar};
 use anyhow::{Result, bail};
 use ragd_engine::{
     Answer, AnswerConfig, AnswerRequest, Answerer, ChunkSettings, CollectionStats, Deleted, Engine,
-    EngineConfig, GeneratorOptions, Hit, HnswSettings, IngestOptions, MAX_DELETE_IDS,
+    EngineConfig, GeneratorOptions, Hit, HnswSettings, IngestOptions, MAX_DELETE_IDS, Precision,
     RebuildOptions, RebuildSummary, SearchParams,
 };
 use ragd_proto::v1 as pb;
@@ -214,16 +214,19 @@ impl Backend {
     }
 
     /// Creates collection `name`. Offline it embeds with `encoder`; a server embeds with its own.
+    /// `precision`: the encoder's (default f32).
     pub(crate) fn create(
         &self,
         name: &str,
         encoder: &str,
+        precision: Option<Precision>,
         chunk: &ChunkFlags,
         hnsw: HnswFlags,
     ) -> Result<CollectionStats> {
         match self {
             Self::Local(e) => {
                 let mut s = e.settings_with_encoder(encoder)?;
+                s.encoder_precision = precision.unwrap_or_default();
                 s.chunking = chunk.apply(s.chunking);
                 s.hnsw = HnswSettings {
                     m: hnsw.m.unwrap_or(s.hnsw.m),
@@ -245,7 +248,7 @@ impl Backend {
                     ef_construction: hnsw.ef_construction.unwrap_or(0) as u32,
                     ef_search: hnsw.ef_search.unwrap_or(0) as u32,
                 };
-                Ok(create_remote(r, name, chunk, hnsw)?.into())
+                Ok(create_remote(r, name, precision, chunk, hnsw)?.into())
             }
         }
     }
@@ -319,12 +322,14 @@ impl Backend {
     }
 
     /// Rebuilds collection `name`'s indexes (re-chunking with `chunk` over its current chunking,
-    /// re-embedding when asked); `progress(phase, done, total)` as it goes.
+    /// re-embedding when asked or at a new `precision`); `progress(phase, done, total)` as it
+    /// goes.
     pub(crate) fn rebuild(
         &self,
         name: &str,
         rechunk: bool,
         reembed: bool,
+        precision: Option<Precision>,
         chunk: &ChunkFlags,
         mut progress: impl FnMut(&str, u64, u64),
     ) -> Result<RebuildSummary> {
@@ -335,6 +340,7 @@ impl Backend {
                     rechunk: rechunk || chunk.any(),
                     reembed,
                     chunking: chunk.any().then(|| chunk.apply(current.chunking)),
+                    encoder_precision: precision,
                     batch_documents: 64,
                     ..RebuildOptions::default()
                 };
@@ -353,6 +359,7 @@ impl Backend {
                     rechunk: rechunk || chunk.any(),
                     reembed,
                     chunking,
+                    encoder_precision: precision.map(|p| p.to_string()).unwrap_or_default(),
                 };
                 let done = r.rt.block_on(async {
                     let mut events = pb::admin_client::AdminClient::new(r.channel.clone())
@@ -417,6 +424,7 @@ pub(crate) fn get(r: &Remote, name: &str) -> Result<pb::Collection, tonic::Statu
 pub(crate) fn create_remote(
     r: &Remote,
     name: &str,
+    precision: Option<Precision>,
     chunk: &ChunkFlags,
     hnsw: pb::HnswSettings,
 ) -> Result<pb::Collection> {
@@ -426,6 +434,7 @@ pub(crate) fn create_remote(
             .any()
             .then(|| chunking_msg(chunk, ChunkSettings::default())),
         hnsw: (hnsw != pb::HnswSettings::default()).then_some(hnsw),
+        encoder_precision: precision.map(|p| p.to_string()).unwrap_or_default(),
     };
     r.rt.block_on(collections(r).create(r.request(req)))
         .map(tonic::Response::into_inner)
@@ -440,7 +449,13 @@ fn ensure_remote(r: &Remote, name: &str, quiet: bool) -> Result<()> {
             if !quiet {
                 eprintln!("creating collection {name} on the server");
             }
-            match create_remote(r, name, &ChunkFlags::default(), pb::HnswSettings::default()) {
+            match create_remote(
+                r,
+                name,
+                None,
+                &ChunkFlags::default(),
+                pb::HnswSettings::default(),
+            ) {
                 Ok(_) => Ok(()),
                 // Someone else created it meanwhile: that is what we wanted.
                 Err(e)

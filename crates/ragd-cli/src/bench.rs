@@ -5,7 +5,7 @@ use crate::flags::{ModelsDir, PeerArgs};
 use anyhow::Result;
 use clap::Args;
 use ragd_eval::bench::{EmbedBench, GenerateBench};
-use ragd_eval::{BatchOptions, Kernels};
+use ragd_eval::{BatchOptions, Kernels, Precision};
 use std::path::PathBuf;
 
 #[derive(Debug, Args)]
@@ -22,6 +22,10 @@ pub(crate) struct EmbedArgs {
     /// Most texts per forward pass.
     #[arg(long, default_value_t = BatchOptions::default().max_batch_size)]
     batch_size: usize,
+    /// The encoder's precision: `f32`, or `int8` (then the f32 run is timed too, with the
+    /// cosine of each int8 vector to its f32 one).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     #[command(flatten)]
     kernels: KernelArgs,
     #[command(flatten)]
@@ -81,6 +85,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             max_batch_size: args.batch_size,
         },
         kernels: args.kernels.choice(),
+        precision: args.precision,
         peers: args.peers.peers(),
     })?;
     ragd_eval::bench::print_report(&report, args.json);

@@ -182,6 +182,19 @@ fn collections_and_ingest_json_shapes_and_exit_codes() {
         ],
     ));
     assert_eq!(v["settings"]["chunking"]["max_tokens"], 128);
+    assert_eq!(v["settings"]["encoder_precision"], "f32");
+    let v = json_of(&ragd_in(
+        &data,
+        &[
+            "collections",
+            "create",
+            "phys8",
+            "--encoder-precision",
+            "int8",
+            "--json",
+        ],
+    ));
+    assert_eq!(v["settings"]["encoder_precision"], "int8");
     let out = ragd_in(&data, &["collections", "create", "phys"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
@@ -1692,6 +1705,11 @@ fn bad_input_over_every_cli_command_exits_with_a_message_naming_it() {
             vec!["search", "q", "--collection", "docs", "--top-k", "many"],
             64,
             "many",
+        ),
+        (
+            vec!["collections", "create", "x", "--encoder-precision", "fp16"],
+            64,
+            "\"f32\" or \"int8\"",
         ),
         (
             vec!["ask", "q", "--collection", "docs", "--temperature", "5"],

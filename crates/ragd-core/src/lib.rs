@@ -70,6 +70,48 @@ impl std::fmt::Display for ModelRole {
     }
 }
 
+/// Number format of the encoder's matrix products. A collection records the one its vectors
+/// were made with, so that queries are embedded the same way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    #[default]
+    F32,
+    /// 8-bit integer weights (per output channel) and activations (per row) in the linear
+    /// layers; normalisation, softmax, GELU and residuals stay f32.
+    Int8,
+}
+
+impl Precision {
+    /// `"f32"` or `"int8"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!(
+                "unknown encoder precision {other:?} (expected \"f32\" or \"int8\")"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +138,23 @@ mod tests {
                 ErrorKind::NotFound,
                 ErrorKind::AlreadyExists
             ]
+        );
+    }
+
+    #[test]
+    fn precisions_parse_print_and_serialize_alike() {
+        for p in [Precision::F32, Precision::Int8] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+            assert_eq!(
+                serde_json::to_string(&p).ok(),
+                Some(format!("\"{}\"", p.name()))
+            );
+        }
+        assert!(
+            "fp16"
+                .parse::<Precision>()
+                .unwrap_err()
+                .contains("\"fp16\"")
         );
     }
 

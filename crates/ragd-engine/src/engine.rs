@@ -18,7 +18,10 @@ use crate::parse::ParsedDoc;
 use crate::rebuild::{RebuildOptions, RebuildSummary};
 use crate::search::{CacheStats, Hit, Mode, SearchParams, Searcher};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{Embedder, EmbedderHandle, Embedding, Encode, Generator, GeneratorOptions};
+use ragd_models::{
+    AtPrecision, Embedder, EmbedderHandle, Embedding, Encode, Generator, GeneratorOptions,
+    Precision,
+};
 use ragd_store::{
     ChunkRecord, Collection, CollectionSettings, CollectionStats, DocRecord, DocWrite, WriteOutcome,
 };
@@ -272,6 +275,20 @@ impl Engine {
         Ok(e)
     }
 
+    /// The encoder a collection with `settings` embeds with: its model, at its precision.
+    pub fn encoder_for(&self, settings: &CollectionSettings) -> Result<Arc<dyn Encode>> {
+        self.encoder_at(&settings.encoder, settings.encoder_precision)
+    }
+
+    /// Encoder `name` embedding at `precision`.
+    pub fn encoder_at(&self, name: &str, precision: Precision) -> Result<Arc<dyn Encode>> {
+        let e = self.encoder_named(name)?;
+        Ok(match precision {
+            Precision::F32 => e,
+            p => Arc::new(AtPrecision::new(e, p)),
+        })
+    }
+
     /// The decoder (loaded from the models directory on first use by an offline engine; an
     /// error when the engine was built without one).
     pub fn generator(&self) -> Result<&Generator> {
@@ -313,7 +330,7 @@ impl Engine {
     /// take is refused now, not at every later upsert.
     pub fn create(&self, name: &str, settings: &CollectionSettings) -> Result<CollectionStats> {
         ragd_store::validate_name(name)?;
-        let encoder = self.encoder_named(&settings.encoder)?;
+        let encoder = self.encoder_for(settings)?;
         crate::check_encoder(settings, encoder.as_ref())?;
         Chunker::for_collection(settings, encoder.as_ref())?;
         let _l = self.lifecycle();
@@ -381,7 +398,7 @@ impl Engine {
         if let Some(s) = slot.as_ref() {
             return Ok(Arc::clone(s));
         }
-        let encoder = self.encoder_named(&o.collection.settings()?.encoder)?;
+        let encoder = self.encoder_for(&o.collection.settings()?)?;
         let s = Arc::new(Searcher::new(
             Arc::clone(&o.collection),
             encoder,
@@ -637,12 +654,23 @@ impl Engine {
     ) -> Result<RebuildSummary> {
         let o = self.open(name)?;
         let c = &o.collection;
-        let encoder = if opts.rechunk || opts.reembed || opts.chunking.is_some() {
-            Some(self.encoder_named(&c.settings()?.encoder)?)
+        let settings = c.settings()?;
+        let encoder = if opts.rechunk
+            || opts.reembed
+            || opts.chunking.is_some()
+            || opts.encoder_precision.is_some()
+        {
+            let precision = opts.encoder_precision.unwrap_or(settings.encoder_precision);
+            Some(self.encoder_at(&settings.encoder, precision)?)
         } else {
             None
         };
-        crate::rebuild(c, encoder.as_deref(), opts, progress)
+        let summary = crate::rebuild(c, encoder.as_deref(), opts, progress);
+        if opts.encoder_precision.is_some() {
+            // The searcher embeds queries (and caches their vectors) at the old precision.
+            *lock(&o.searcher) = None;
+        }
+        summary
     }
 
     /// Checkpoints every open collection that has unsaved writes.

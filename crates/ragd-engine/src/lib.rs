@@ -40,6 +40,7 @@ pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,
     parse_bytes, read_source,
 };
+pub use ragd_models::Precision;
 pub use rebuild::{RebuildOptions, RebuildSummary, rebuild};
 /// The grounding primitives answers are checked with, for evaluations that score citations the
 /// way the engine checks them.
@@ -64,8 +65,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(ragd_store::validate_name(name)?)
 }
 
-/// Refuses an encoder that is not the one the collection was built with: vectors from two
-/// models are not comparable.
+/// Refuses an encoder that is not the one the collection was built with, or one that embeds at
+/// another precision: vectors from two models are not comparable, and documents and queries
+/// must be embedded alike.
 pub(crate) fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode) -> Result<()> {
     if embedder.name() != settings.encoder || embedder.dim() != settings.dim {
         return Err(Error::InvalidInput(format!(
@@ -74,6 +76,13 @@ pub(crate) fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode
             settings.dim,
             embedder.name(),
             embedder.dim()
+        )));
+    }
+    if embedder.precision() != settings.encoder_precision {
+        return Err(Error::InvalidInput(format!(
+            "the collection embeds at {} precision but the encoder given runs at {}",
+            settings.encoder_precision,
+            embedder.precision()
         )));
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::cancel::Cancel;
 use crate::chunk::{Chunker, embed_text};
 use crate::error::{Error, Result};
 use ragd_core::{ChunkSpan, DocumentInput};
-use ragd_models::Encode;
+use ragd_models::{Encode, Precision};
 use ragd_store::{ChunkSettings, Collection, DocWrite};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -25,6 +25,9 @@ pub struct RebuildOptions {
     pub reembed: bool,
     /// New chunking settings (implies `rechunk`).
     pub chunking: Option<ChunkSettings>,
+    /// New encoder precision (implies `reembed`): every chunk is embedded again at it, and
+    /// queries follow once the rebuild is done.
+    pub encoder_precision: Option<Precision>,
     /// Documents per DocStore transaction.
     pub batch_documents: usize,
     /// Stops the re-chunking/re-embedding pass between documents; what it wrote so far is
@@ -63,8 +66,9 @@ pub fn rebuild(
 ) -> Result<RebuildSummary> {
     let t0 = Instant::now();
     let rechunk = opts.rechunk || opts.chunking.is_some();
+    let reembed = opts.reembed || opts.encoder_precision.is_some();
     let (mut embedded, mut reused) = (0u64, 0u64);
-    if rechunk || opts.reembed {
+    if rechunk || reembed {
         let embedder = embedder.ok_or_else(|| {
             Error::InvalidInput("re-chunking or re-embedding needs the encoder".into())
         })?;
@@ -72,9 +76,12 @@ pub fn rebuild(
         if let Some(c) = opts.chunking {
             settings.chunking = c;
         }
+        if let Some(p) = opts.encoder_precision {
+            settings.encoder_precision = p;
+        }
         // Checked before anything is saved: a rebuild refused for its settings changes nothing.
         let chunker = Chunker::for_collection(&settings, embedder)?;
-        if opts.chunking.is_some() {
+        if opts.chunking.is_some() || opts.encoder_precision.is_some() {
             collection.set_settings(&settings)?;
         }
         let ids = collection.document_ids()?;
@@ -106,7 +113,7 @@ pub fn rebuild(
                 let prefix = chunker.title_prefix(&doc.title);
                 // Vectors by embedded text, reusable unless re-embedding.
                 let mut known: HashMap<String, Vec<f32>> = HashMap::new();
-                if !opts.reembed {
+                if !reembed {
                     let by_id: HashMap<u64, Vec<f32>> = old_vectors.into_iter().collect();
                     for (cid, c) in &old_chunks {
                         if let Some(v) = by_id.get(cid) {

@@ -683,3 +683,82 @@ fn the_engine_keeps_collections_open_and_caches_query_vectors() {
     assert_eq!(engine.stats("a").unwrap_err().kind(), ErrorKind::NotFound);
     assert!(engine.list().unwrap().open.is_empty());
 }
+
+/// An int8 collection embeds its documents and its queries at int8 (a chunk's own embedded
+/// text finds it at cosine 1, which a query embedded in f32 would not reach), keeps the setting
+/// across a reopen, and a rebuild to f32 embeds every chunk again with queries following.
+#[test]
+fn an_int8_collection_embeds_documents_and_queries_alike() {
+    use ragd_engine::{Engine, EngineConfig, Mode, Precision, SearchParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let texts = [
+        "The heart pumps blood through arteries.",
+        "Stars fuse hydrogen into helium.",
+        "Plants turn sunlight into sugar.",
+        "Glaciers carve valleys over millennia.",
+    ];
+    let dense = SearchParams {
+        mode: Mode::Dense,
+        ..SearchParams::default()
+    };
+    let exact = embed_text(Some("note d3"), texts[3]);
+    let top = |engine: &Engine| {
+        let hits = engine.search("q", &exact, &dense).unwrap().hits;
+        (hits[0].doc_id.clone(), hits[0].dense_score.unwrap())
+    };
+    {
+        let engine = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None);
+        let mut settings = engine.default_settings().unwrap();
+        settings.encoder_precision = Precision::Int8;
+        engine.create("q", &settings).unwrap();
+        let docs = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| note(&format!("d{i}"), t))
+            .collect();
+        engine.ingest("q", docs, ingestor_opts()).unwrap();
+        let (doc, score) = top(&engine);
+        assert_eq!(doc, "d3");
+        assert!(score > 0.9999, "int8 query against int8 documents: {score}");
+    }
+    // The two precisions give close but different vectors.
+    let f32_v = embedder()
+        .embed(&[exact.as_str()])
+        .unwrap()
+        .remove(0)
+        .vector;
+    let int8_v = embedder()
+        .embed_with(&[exact.as_str()], Precision::Int8)
+        .unwrap()
+        .remove(0)
+        .vector;
+    let cos: f32 = f32_v.iter().zip(&int8_v).map(|(a, b)| a * b).sum();
+    assert!(cos > 0.99 && cos < 0.99999, "{cos}");
+
+    // Reopened: the setting is the collection's, not the engine's.
+    let engine = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None);
+    assert_eq!(
+        engine.settings("q").unwrap().encoder_precision,
+        Precision::Int8
+    );
+    assert!(top(&engine).1 > 0.9999);
+    let summary = engine
+        .rebuild(
+            "q",
+            &RebuildOptions {
+                encoder_precision: Some(Precision::F32),
+                batch_documents: 2,
+                ..RebuildOptions::default()
+            },
+            |_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!((summary.embedded, summary.reused), (summary.chunks, 0));
+    assert_eq!(
+        engine.settings("q").unwrap().encoder_precision,
+        Precision::F32
+    );
+    let (doc, score) = top(&engine);
+    assert_eq!(doc, "d3");
+    assert!(score > 0.9999, "f32 query against f32 documents: {score}");
+}

@@ -5,7 +5,10 @@ use crate::peers::{Peers, ratio, threads};
 use anyhow::{Context, Result, bail};
 use ragd_models::kernels::{self, Kernels};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
-use ragd_models::{BatchOptions, Embedder, GenerateRequest, Generator, GeneratorOptions, Prompt};
+use ragd_models::{
+    BatchOptions, Embedder, Embedding, GenerateRequest, Generator, GeneratorOptions, Precision,
+    Prompt,
+};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +24,9 @@ pub struct EmbedBench {
     pub batch: BatchOptions,
     /// The CPU kernels to run (the scalar ones measure what a CPU without AVX2/FMA gets).
     pub kernels: Kernels,
-    /// Also run sentence-transformers on the same texts.
+    /// The encoder's precision; at int8 the f32 run of the same texts is timed and compared too.
+    pub precision: Precision,
+    /// Also run sentence-transformers and ONNX Runtime (f32 and int8) on the same texts.
     pub peers: Option<Peers>,
 }
 
@@ -61,27 +66,61 @@ pub fn embed(args: &EmbedBench) -> Result<Value> {
     }
     kernels::use_kernels(args.kernels);
     let embedder = Embedder::load(&model_dir)?.with_batch_options(args.batch);
-    embedder.embed(&texts[..texts.len().min(64)])?; // warm-up, as the peer does
-    let t = Instant::now();
-    let out = embedder.embed(&texts)?;
-    let seconds = t.elapsed().as_secs_f64();
+    let timed = |precision: Precision| -> Result<(Vec<Embedding>, f64)> {
+        // Warm-up, as the peers do (and the int8 weights are quantized here).
+        embedder.embed_with(&texts[..texts.len().min(64)], precision)?;
+        let t = Instant::now();
+        let out = embedder.embed_with(&texts, precision)?;
+        Ok((out, t.elapsed().as_secs_f64()))
+    };
+    let (out, seconds) = timed(args.precision)?;
     let tokens: usize = out.iter().map(|e| e.tokens).sum();
+    let texts_per_s = texts.len() as f64 / seconds;
     let mut report = json!({
         "system": "ragd",
         "model": embedder.name(),
+        "precision": args.precision,
         "texts": texts.len(),
         "tokens": tokens,
         "truncated": out.iter().filter(|e| e.truncated).count(),
         "seconds": round3(seconds),
-        "texts_per_s": round1(texts.len() as f64 / seconds),
+        "texts_per_s": round1(texts_per_s),
         "tokens_per_s": round1(tokens as f64 / seconds),
         "threads": threads(),
         "kernels": kernels::active(),
     });
+    if args.precision == Precision::Int8 {
+        report["int8_kernels"] = json!(kernels::int8_kernels());
+        let (reference, f32_seconds) = timed(Precision::F32)?;
+        let cos: Vec<f64> = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| {
+                a.vector
+                    .iter()
+                    .zip(&b.vector)
+                    .map(|(x, y)| (x * y) as f64)
+                    .sum()
+            })
+            .collect();
+        report["f32_texts_per_s"] = json!(round1(texts.len() as f64 / f32_seconds));
+        report["speedup_vs_f32"] = json!(round3(f32_seconds / seconds));
+        report["min_cosine_vs_f32"] = json!(round5(cos.iter().copied().fold(f64::MAX, f64::min)));
+        report["mean_cosine_vs_f32"] = json!(round5(cos.iter().sum::<f64>() / cos.len() as f64));
+    }
     if let Some(peers) = &args.peers {
         let peer = peers.run("embed.py", &[&model_dir, &args.input], &[])?;
-        report["ratio_texts_per_s"] = ratio(texts.len() as f64 / seconds, &peer, "texts_per_s");
+        report["ratio_texts_per_s"] = ratio(texts_per_s, &peer, "texts_per_s");
         report["peer"] = peer;
+        for (key, extra) in [
+            ("onnxruntime_f32", vec![]),
+            ("onnxruntime_int8", vec!["--int8".to_string()]),
+        ] {
+            let peer = peers.run("embed_onnx.py", &[&model_dir, &args.input], &extra)?;
+            report[format!("ratio_texts_per_s_vs_{key}")] =
+                ratio(texts_per_s, &peer, "texts_per_s");
+            report[format!("peer_{key}")] = peer;
+        }
     }
     Ok(report)
 }
@@ -184,4 +223,7 @@ fn round1(x: f64) -> f64 {
 }
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+fn round5(x: f64) -> f64 {
+    (x * 100_000.0).round() / 100_000.0
 }

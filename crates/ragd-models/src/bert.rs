@@ -4,12 +4,19 @@
 //! stored transposed for the GEMMs, activations stay two-dimensional `(tokens, hidden)` between
 //! layers, and everything between two GEMMs is one fused pass (`ops.rs`): bias + GELU,
 //! bias + residual + LayerNorm, and attention straight from the Q|K|V rows that skips padding.
+//!
+//! At [`Precision::Int8`] the four matrix products of each layer run on int8 copies of the
+//! weights (quantized per output channel on first use, `kernels::int8`); embeddings, the fused
+//! element-wise ops and attention stay f32.
 
 use crate::error::{Error, Result};
 use crate::kernels::fused::{Attention, BiasGelu, BiasResidualNorm};
+use crate::kernels::int8::Int8Linear;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use ragd_core::Precision;
 use serde::Deserialize;
+use std::sync::OnceLock;
 
 /// The subset of a Hugging Face `config.json` a BERT encoder needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +65,42 @@ struct Layer {
     ffn_beta: Vec<f32>,
 }
 
+/// A layer's four weight matrices quantized to int8.
+#[derive(Debug)]
+struct Int8Layer {
+    qkv: Int8Linear,
+    out: Int8Linear,
+    inter: Int8Linear,
+    ffn: Int8Linear,
+}
+
+impl Int8Layer {
+    fn quantize(l: &Layer) -> Result<Self> {
+        // The f32 weights are stored (in, out); quantization wants (out, in) rows.
+        let q = |w_t: &Tensor| -> Result<Int8Linear> {
+            let w = w_t.t()?.contiguous()?;
+            let (n, k) = w.dims2()?;
+            Int8Linear::quantize(&w.flatten_all()?.to_vec1::<f32>()?, n, k)
+        };
+        Ok(Self {
+            qkv: q(&l.qkv_w)?,
+            out: q(&l.out_w)?,
+            inter: q(&l.inter_w)?,
+            ffn: q(&l.ffn_w)?,
+        })
+    }
+}
+
+/// `x · w` in f32 (`w` stored (in, out)), or with the int8 copy `q` of `w`.
+fn product(x: &Tensor, w: &Tensor, q: Option<&Int8Linear>) -> Result<Tensor> {
+    let Some(q) = q else {
+        return Ok(x.matmul(w)?);
+    };
+    let (m, _) = x.dims2()?;
+    let y = q.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m)?;
+    Ok(Tensor::from_vec(y, (m, q.out_dim()), x.device())?)
+}
+
 /// BERT encoder weights (no pooler head: pooling is done by the embedder).
 #[derive(Debug)]
 pub struct BertModel {
@@ -70,6 +113,8 @@ pub struct BertModel {
     hidden: usize,
     eps: f32,
     pub(crate) max_positions: usize,
+    /// int8 copies of the layers' weights, made on the first int8 forward pass.
+    int8: OnceLock<Vec<Int8Layer>>,
 }
 
 /// A linear layer's weight, transposed to (in, out), and its bias.
@@ -173,6 +218,7 @@ impl BertModel {
             hidden: h,
             eps: cfg.layer_norm_eps as f32,
             max_positions: cfg.max_position_embeddings,
+            int8: OnceLock::new(),
         })
     }
 
@@ -181,9 +227,27 @@ impl BertModel {
         self.hidden
     }
 
+    /// The int8 layers, quantized on first use.
+    fn int8_layers(&self) -> Result<&[Int8Layer]> {
+        if let Some(l) = self.int8.get() {
+            return Ok(l);
+        }
+        crate::kernels::int8_kernels();
+        let layers = self
+            .layers
+            .iter()
+            .map(Int8Layer::quantize)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.int8.get_or_init(|| layers))
+    }
+
     /// Runs the encoder over `ids` (batch, seq), where row `b` has `lens[b]` real tokens followed
     /// by padding, returning the last hidden state (batch, seq, hidden).
-    pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, lens: &[usize], precision: Precision) -> Result<Tensor> {
+        let int8 = match precision {
+            Precision::F32 => None,
+            Precision::Int8 => Some(self.int8_layers()?),
+        };
         let (b, l) = ids.dims2()?;
         let dev = ids.device();
         let positions = Tensor::arange(0u32, l as u32, dev)?;
@@ -194,13 +258,15 @@ impl BertModel {
             .broadcast_add(&self.position.forward(&positions)?)?
             .broadcast_add(&self.token_type)?;
         let mut x = self.emb_norm.forward(&x.reshape((b * l, self.hidden))?)?;
-        for layer in &self.layers {
-            let ctx = x.matmul(&layer.qkv_w)?.apply_op1_no_bwd(&Attention {
-                bias: &layer.qkv_b,
-                lens,
-                heads: self.heads,
-            })?;
-            let attn = ctx.matmul(&layer.out_w)?.apply_op2_no_bwd(
+        for (i, layer) in self.layers.iter().enumerate() {
+            let q = int8.map(|l| &l[i]);
+            let ctx =
+                product(&x, &layer.qkv_w, q.map(|q| &q.qkv))?.apply_op1_no_bwd(&Attention {
+                    bias: &layer.qkv_b,
+                    lens,
+                    heads: self.heads,
+                })?;
+            let attn = product(&ctx, &layer.out_w, q.map(|q| &q.out))?.apply_op2_no_bwd(
                 &x,
                 &BiasResidualNorm {
                     bias: &layer.out_b,
@@ -209,10 +275,12 @@ impl BertModel {
                     eps: self.eps,
                 },
             )?;
-            let inter = attn.matmul(&layer.inter_w)?.apply_op1_no_bwd(&BiasGelu {
-                bias: &layer.inter_b,
-            })?;
-            x = inter.matmul(&layer.ffn_w)?.apply_op2_no_bwd(
+            let inter = product(&attn, &layer.inter_w, q.map(|q| &q.inter))?.apply_op1_no_bwd(
+                &BiasGelu {
+                    bias: &layer.inter_b,
+                },
+            )?;
+            x = product(&inter, &layer.ffn_w, q.map(|q| &q.ffn))?.apply_op2_no_bwd(
                 &attn,
                 &BiasResidualNorm {
                     bias: &layer.ffn_b,

@@ -4,11 +4,15 @@
 //! Inputs are tokenized, truncated at the model's maximum length (reported per input), sorted by
 //! length and cut into batches under a token budget, so a batch pads only to the longest of
 //! similar-length neighbours. Vectors come back in input order, pooled and L2-normalised.
+//! Every call names its [`Precision`]; [`AtPrecision`] binds one to an encoder for pipelines
+//! that embed a collection's texts.
 
 use crate::bert::{BertConfig, BertModel, Pooling, pool_and_normalize, var_builder};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
+use ragd_core::Precision;
 use std::path::Path;
+use std::sync::Arc;
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{mpsc, oneshot};
 
@@ -225,8 +229,17 @@ impl Embedder {
         Ok(enc.len() + enc.get_overflowing().iter().map(|o| o.len()).sum::<usize>())
     }
 
-    /// Embeds `texts`, returning one [`Embedding`] per input in input order.
+    /// Embeds `texts` in f32, returning one [`Embedding`] per input in input order.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Embedding>> {
+        self.embed_with(texts, Precision::F32)
+    }
+
+    /// Embeds `texts` at `precision`, one [`Embedding`] per input in input order.
+    pub fn embed_with<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        precision: Precision,
+    ) -> Result<Vec<Embedding>> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.iter().map(|t| t.as_ref()).collect::<Vec<_>>(), true)?;
@@ -241,7 +254,7 @@ impl Embedder {
         let mut out: Vec<Option<Embedding>> = vec![None; items.len()];
         for batch in plan_batches(&lens, self.batch) {
             let ids: Vec<&[u32]> = batch.iter().map(|&i| items[i].0.as_slice()).collect();
-            let vectors = self.forward_batch(&ids)?;
+            let vectors = self.forward_batch(&ids, precision)?;
             for (&i, vector) in batch.iter().zip(vectors) {
                 out[i] = Some(Embedding {
                     vector,
@@ -254,7 +267,7 @@ impl Embedder {
     }
 
     /// One forward pass over already-tokenized inputs, padded to the longest.
-    fn forward_batch(&self, ids: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    fn forward_batch(&self, ids: &[&[u32]], precision: Precision) -> Result<Vec<Vec<f32>>> {
         let width = ids.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
         let mut flat = vec![0u32; ids.len() * width];
         let mut mask = vec![0u32; ids.len() * width];
@@ -266,7 +279,7 @@ impl Embedder {
         let ids_t = Tensor::from_vec(flat, (ids.len(), width), &dev)?;
         let mask_t = Tensor::from_vec(mask, (ids.len(), width), &dev)?;
         let lens: Vec<usize> = ids.iter().map(|x| x.len()).collect();
-        let hidden = self.model.forward(&ids_t, &lens)?;
+        let hidden = self.model.forward(&ids_t, &lens, precision)?;
         Ok(pool_and_normalize(&hidden, &mask_t, self.pooling)?.to_vec2::<f32>()?)
     }
 }
@@ -305,13 +318,23 @@ pub fn plan_batches(lens: &[usize], opts: BatchOptions) -> Vec<Vec<usize>> {
 }
 
 type EmbedReply = oneshot::Sender<Result<Vec<Embedding>>>;
+/// A request to the embedder thread.
+type EmbedRequest = (Vec<String>, Precision, EmbedReply);
 
 /// What the pipelines need from a sentence encoder. The calls block, so the same pipeline code
 /// runs with the encoder in hand ([`Embedder`], offline commands) or with the encoder on its
 /// owning thread ([`EmbedderHandle`], the server, whose pipelines run on blocking threads).
 pub trait Encode: Send + Sync {
-    /// Embeds `texts`, one [`Embedding`] per input in input order.
-    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>>;
+    /// Embeds `texts` at `precision`, one [`Embedding`] per input in input order.
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>>;
+    /// Embeds `texts` at [`Encode::precision`].
+    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        self.encode_with(texts, self.precision())
+    }
+    /// The precision [`Encode::encode`] uses: f32 unless bound by [`AtPrecision`].
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
     /// The model's name (its directory name).
     fn name(&self) -> &str;
     /// Embedding dimension.
@@ -324,8 +347,11 @@ pub trait Encode: Send + Sync {
 
 /// A shared encoder encodes as the one it shares.
 impl<T: Encode + ?Sized> Encode for std::sync::Arc<T> {
-    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
-        (**self).encode(texts)
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
+        (**self).encode_with(texts, precision)
+    }
+    fn precision(&self) -> Precision {
+        (**self).precision()
     }
     fn name(&self) -> &str {
         (**self).name()
@@ -341,9 +367,54 @@ impl<T: Encode + ?Sized> Encode for std::sync::Arc<T> {
     }
 }
 
+/// An encoder whose [`Encode::encode`] runs at a chosen precision: what a collection's
+/// pipelines get, so that its documents and its queries are embedded alike.
+#[derive(Clone)]
+pub struct AtPrecision {
+    encoder: Arc<dyn Encode>,
+    precision: Precision,
+}
+
+impl std::fmt::Debug for AtPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtPrecision")
+            .field("encoder", &self.encoder.name())
+            .field("precision", &self.precision)
+            .finish()
+    }
+}
+
+impl AtPrecision {
+    /// `encoder` at `precision`.
+    pub fn new(encoder: Arc<dyn Encode>, precision: Precision) -> Self {
+        Self { encoder, precision }
+    }
+}
+
+impl Encode for AtPrecision {
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
+        self.encoder.encode_with(texts, precision)
+    }
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+    fn name(&self) -> &str {
+        self.encoder.name()
+    }
+    fn dim(&self) -> usize {
+        self.encoder.dim()
+    }
+    fn max_len(&self) -> usize {
+        self.encoder.max_len()
+    }
+    fn token_counter(&self) -> TokenCounter {
+        self.encoder.token_counter()
+    }
+}
+
 impl Encode for Embedder {
-    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
-        self.embed(&texts)
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
+        self.embed_with(&texts, precision)
     }
     fn name(&self) -> &str {
         Embedder::name(self)
@@ -371,6 +442,7 @@ const PIECE_BYTES: usize = 4 << 10;
 /// little), the embeddings done so far, and where the next piece starts.
 struct BulkJob {
     texts: Vec<String>,
+    precision: Precision,
     order: Vec<usize>,
     done: Vec<Option<Embedding>>,
     next: usize,
@@ -379,12 +451,13 @@ struct BulkJob {
 }
 
 impl BulkJob {
-    fn new(texts: Vec<String>, reply: EmbedReply) -> Self {
+    fn new(texts: Vec<String>, precision: Precision, reply: EmbedReply) -> Self {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
         Self {
             done: vec![None; texts.len()],
             texts,
+            precision,
             order,
             next: 0,
             reply: Some(reply),
@@ -403,7 +476,7 @@ impl BulkJob {
             .iter()
             .map(|&i| self.texts[i].as_str())
             .collect();
-        match embedder.embed(&piece) {
+        match embedder.embed_with(&piece, self.precision) {
             Ok(vectors) => {
                 for (&i, v) in self.order[self.next..end].iter().zip(vectors) {
                     self.done[i] = Some(v);
@@ -440,10 +513,10 @@ impl BulkJob {
 /// between pieces, so a search waits for at most one piece of someone's ingest, not all of it.
 /// A request whose caller has gone is dropped, between pieces too. At most `max_bulk` bulk
 /// requests are held; beyond that they are refused as overload, as a full queue refuses them.
-fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<(Vec<String>, EmbedReply)>, max_bulk: usize) {
+fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<EmbedRequest>, max_bulk: usize) {
     let max_texts = embedder.batch.max_batch_size * 4;
     let mut bulk: std::collections::VecDeque<BulkJob> = std::collections::VecDeque::new();
-    let mut interactive: Vec<(Vec<String>, EmbedReply)> = Vec::new();
+    let mut interactive: Vec<EmbedRequest> = Vec::new();
     loop {
         // Block only when there is nothing to do.
         if bulk.is_empty() {
@@ -455,30 +528,37 @@ fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<(Vec<String>, EmbedReply)>
         while let Ok(r) = rx.try_recv() {
             interactive.push(r);
         }
-        let (small, large): (Vec<_>, Vec<_>) = interactive.drain(..).partition(|(t, _)| {
+        let (small, large): (Vec<_>, Vec<_>) = interactive.drain(..).partition(|(t, _, _)| {
             t.len() <= INTERACTIVE_TEXTS
                 && t.iter().map(String::len).sum::<usize>() <= INTERACTIVE_BYTES
         });
-        for (texts, reply) in large {
+        for (texts, precision, reply) in large {
             if bulk.len() < max_bulk {
-                bulk.push_back(BulkJob::new(texts, reply));
+                bulk.push_back(BulkJob::new(texts, precision, reply));
             } else {
                 let _ = reply.send(Err(Error::Overloaded("embedder")));
             }
         }
-        let mut small: Vec<_> = small.into_iter().filter(|(_, r)| !r.is_closed()).collect();
+        let mut small: Vec<_> = small
+            .into_iter()
+            .filter(|(_, _, r)| !r.is_closed())
+            .collect();
         if !small.is_empty() {
-            // Interactive requests are small: one pass holds many of them.
+            // Interactive requests are small: one pass holds many of them, of one precision.
+            small.sort_by_key(|(_, p, _)| *p == Precision::Int8);
             while !small.is_empty() {
+                let precision = small[0].1;
                 let mut take = 0;
                 let mut texts = 0;
-                while take < small.len() && (take == 0 || texts + small[take].0.len() <= max_texts)
+                while take < small.len()
+                    && small[take].1 == precision
+                    && (take == 0 || texts + small[take].0.len() <= max_texts)
                 {
                     texts += small[take].0.len();
                     take += 1;
                 }
-                let group: Vec<_> = small.drain(..take).collect();
-                embed_together(embedder, group);
+                let group: Vec<_> = small.drain(..take).map(|(t, _, r)| (t, r)).collect();
+                embed_together(embedder, precision, group);
             }
             continue;
         }
@@ -492,8 +572,12 @@ fn serve(embedder: &Embedder, rx: &mut mpsc::Receiver<(Vec<String>, EmbedReply)>
 }
 
 /// Embeds several requests in one pass and answers each with its own embeddings.
-fn embed_together(embedder: &Embedder, pending: Vec<(Vec<String>, EmbedReply)>) {
-    answer_together(|texts| embedder.embed(texts), pending);
+fn embed_together(
+    embedder: &Embedder,
+    precision: Precision,
+    pending: Vec<(Vec<String>, EmbedReply)>,
+) {
+    answer_together(|texts| embedder.embed_with(texts, precision), pending);
 }
 
 /// [`embed_together`] over any `embed`. When the shared pass fails, each request is embedded
@@ -538,7 +622,7 @@ fn answer_together(
 /// embedded in one pass, so concurrent callers share batches.
 #[derive(Debug, Clone)]
 pub struct EmbedderHandle {
-    tx: mpsc::Sender<(Vec<String>, EmbedReply)>,
+    tx: mpsc::Sender<EmbedRequest>,
     dim: usize,
     max_len: usize,
     name: String,
@@ -548,7 +632,7 @@ pub struct EmbedderHandle {
 impl EmbedderHandle {
     /// Moves `embedder` onto a new thread; `queue` bounds the requests waiting for it.
     pub fn spawn(embedder: Embedder, queue: usize) -> Result<Self> {
-        let (tx, mut rx) = mpsc::channel::<(Vec<String>, EmbedReply)>(queue.max(1));
+        let (tx, mut rx) = mpsc::channel::<EmbedRequest>(queue.max(1));
         let (dim, max_len, name, counter) = (
             embedder.dim(),
             embedder.max_len(),
@@ -574,21 +658,27 @@ impl EmbedderHandle {
     }
 
     /// Queues `texts` for the worker (failing at once when the queue is full).
-    fn submit(&self, texts: Vec<String>) -> Result<oneshot::Receiver<Result<Vec<Embedding>>>> {
+    fn submit(
+        &self,
+        texts: Vec<String>,
+        precision: Precision,
+    ) -> Result<oneshot::Receiver<Result<Vec<Embedding>>>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send((texts, reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Error::Overloaded("embedder"),
-            mpsc::error::TrySendError::Closed(_) => Error::WorkerGone("embedder"),
-        })?;
+        self.tx
+            .try_send((texts, precision, reply))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Overloaded("embedder"),
+                mpsc::error::TrySendError::Closed(_) => Error::WorkerGone("embedder"),
+            })?;
         Ok(rx)
     }
 
-    /// Embeds `texts` on the worker thread.
+    /// Embeds `texts` in f32 on the worker thread.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.submit(texts)?;
+        let rx = self.submit(texts, Precision::F32)?;
         rx.await.map_err(|_| Error::WorkerGone("embedder"))?
     }
 
@@ -596,10 +686,19 @@ impl EmbedderHandle {
     /// blocking contexts only (a `spawn_blocking` task, a plain thread); panics on an async
     /// worker thread.
     pub fn blocking_embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+        self.blocking_embed_with(texts, Precision::F32)
+    }
+
+    /// [`EmbedderHandle::blocking_embed`] at `precision`.
+    pub fn blocking_embed_with(
+        &self,
+        texts: Vec<String>,
+        precision: Precision,
+    ) -> Result<Vec<Embedding>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let rx = self.submit(texts)?;
+        let rx = self.submit(texts, precision)?;
         rx.blocking_recv()
             .map_err(|_| Error::WorkerGone("embedder"))?
     }
@@ -621,8 +720,8 @@ impl EmbedderHandle {
 }
 
 impl Encode for EmbedderHandle {
-    fn encode(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
-        self.blocking_embed(texts)
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
+        self.blocking_embed_with(texts, precision)
     }
     fn name(&self) -> &str {
         &self.name

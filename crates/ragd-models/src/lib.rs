@@ -21,8 +21,8 @@ mod sampling;
 
 pub use bert::Pooling;
 pub use embedder::{
-    BatchOptions, Embedder, EmbedderHandle, Embedding, Encode, TokenCounter, WordTokens,
-    plan_batches,
+    AtPrecision, BatchOptions, Embedder, EmbedderHandle, Embedding, Encode, TokenCounter,
+    WordTokens, plan_batches,
 };
 pub use error::{Error, Result};
 pub use generator::{
@@ -30,4 +30,5 @@ pub use generator::{
     Generator, GeneratorOptions, Prompt, Usage,
 };
 pub use gguf_meta::{ChatMessage, ChatTemplate};
+pub use ragd_core::Precision;
 pub use sampling::{Sampler, SamplingParams, argmax};

@@ -3,10 +3,10 @@
 //! and take turns through a lock.
 #![allow(clippy::unwrap_used)]
 
-use ragd_models::Embedder;
 use ragd_models::kernels::{self, Kernels};
 use ragd_models::llama::LlamaWeights;
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
+use ragd_models::{Embedder, Precision};
 use std::sync::Mutex;
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -51,6 +51,13 @@ fn the_encoder_gives_the_same_vectors_on_either_path() {
     for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
         let c = cosine(&f.vector, &s.vector);
         assert!(c > 0.999_99, "text {i}: cosine {c}");
+    }
+    // int8: the integer products are exact on every path (VNNI, AVX2, scalar), so only the
+    // f32 parts around them differ.
+    let (fast, slow) = both(|| e.embed_with(&texts, Precision::Int8).unwrap());
+    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+        let c = cosine(&f.vector, &s.vector);
+        assert!(c > 0.9999, "int8 text {i}: cosine {c}");
     }
 }
 

@@ -6,7 +6,8 @@
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{
     BatchOptions, ChatMessage, Embedder, EmbedderHandle, Encode, Error, FinishReason,
-    GenerateRequest, GenerationEvent, Generator, GeneratorOptions, Prompt, SamplingParams,
+    GenerateRequest, GenerationEvent, Generator, GeneratorOptions, Precision, Prompt,
+    SamplingParams,
 };
 use serde_json::Value;
 use std::path::PathBuf;
@@ -81,6 +82,76 @@ fn embeddings_match_sentence_transformers() {
             item["text"]
         );
         assert_eq!(got.tokens, untruncated.min(max_len));
+    }
+}
+
+/// The int8 encoder's vectors stay within the quality gate (cosine ≥ 0.99) of the PyTorch f32
+/// reference and of our own f32 vectors, and do not depend on batching either.
+#[test]
+fn int8_embeddings_stay_close_to_f32() {
+    let fx = fixture("embeddings.json");
+    let items = fx["items"].as_array().unwrap();
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let int8 = embedder().embed_with(&texts, Precision::Int8).unwrap();
+    let f32s = embedder().embed(&texts).unwrap();
+    for (i, item) in items.iter().enumerate() {
+        let want: Vec<f32> = item["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let to_ref = cosine(&int8[i].vector, &want);
+        let to_ours = cosine(&int8[i].vector, &f32s[i].vector);
+        assert!(
+            to_ref >= 0.99 && to_ours >= 0.99,
+            "{to_ref} {to_ours} for {i}"
+        );
+        assert_eq!(int8[i].tokens, f32s[i].tokens);
+        let alone = embedder()
+            .embed_with(&[texts[i]], Precision::Int8)
+            .unwrap()
+            .remove(0);
+        let c = cosine(&alone.vector, &int8[i].vector);
+        assert!(c > 0.9999, "batched vs alone {c} for {i}");
+    }
+}
+
+/// Requests of both precisions that reach the embedder thread together are each answered at
+/// their own precision.
+#[test]
+fn the_embedder_thread_answers_each_request_at_its_precision() {
+    let handle = EmbedderHandle::load(&DEFAULT_ENCODER.dir(&models_dir()), 8).unwrap();
+    let texts = [
+        "a short query",
+        "the heart pumps blood through the arteries",
+    ];
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..6)
+            .map(|i| {
+                let h = handle.clone();
+                let p = if i % 2 == 0 {
+                    Precision::F32
+                } else {
+                    Precision::Int8
+                };
+                let t: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+                s.spawn(move || (p, h.encode_with(t, p).unwrap()))
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (p, got) in answers {
+        let want = embedder().embed_with(&texts, p).unwrap();
+        let other = match p {
+            Precision::F32 => Precision::Int8,
+            Precision::Int8 => Precision::F32,
+        };
+        let not = embedder().embed_with(&texts, other).unwrap();
+        for ((g, w), o) in got.iter().zip(&want).zip(&not) {
+            let (mine, theirs) = (cosine(&g.vector, &w.vector), cosine(&g.vector, &o.vector));
+            assert!(mine > 0.9999 && mine > theirs, "{p}: {mine} vs {theirs}");
+        }
     }
 }
 

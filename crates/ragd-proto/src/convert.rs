@@ -8,7 +8,7 @@
 //! anything else as its JSON), the form filters compare and the content hash reads.
 
 use crate::v1 as pb;
-use ragd_core::Metadata;
+use ragd_core::{Metadata, Precision};
 use ragd_engine::{
     Answer, AnswerConfig, AnswerKind, AnswerRequest, AnswerUsage, ChunkSettings, Citation,
     CollectionSettings, CollectionStats, DocResult, Error, FinishReason, Format, Fusion, Grounding,
@@ -396,6 +396,14 @@ impl From<&ChunkSettings> for pb::ChunkingSettings {
     }
 }
 
+/// An encoder precision field: empty is `None` (the default, or unchanged), else its name.
+pub fn precision_from(s: &str) -> std::result::Result<Option<Precision>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some)
+}
+
 /// Proto chunking over `base`: zero fields keep the base value (overlap 0 is taken as given).
 pub fn chunking_from(p: &pb::ChunkingSettings, base: &ChunkSettings) -> ChunkSettings {
     let pb::ChunkingSettings {
@@ -448,6 +456,7 @@ impl From<&CollectionSettings> for pb::CollectionSettings {
         let CollectionSettings {
             encoder,
             dim,
+            encoder_precision,
             chunking,
             hnsw,
         } = s;
@@ -456,6 +465,7 @@ impl From<&CollectionSettings> for pb::CollectionSettings {
             dim: *dim as u32,
             chunking: Some(chunking.into()),
             hnsw: Some(hnsw.into()),
+            encoder_precision: encoder_precision.to_string(),
         }
     }
 }
@@ -526,10 +536,16 @@ impl From<pb::CollectionSettings> for CollectionSettings {
             dim,
             chunking,
             hnsw,
+            encoder_precision,
         } = p;
         Self {
             encoder,
             dim: dim as usize,
+            // A server older than the setting sends none: its collections are f32.
+            encoder_precision: precision_from(&encoder_precision)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
             chunking: chunking.unwrap_or_default().into(),
             hnsw: hnsw.unwrap_or_default().into(),
         }

@@ -109,6 +109,9 @@ impl pb::collections_server::Collections for Services {
                 if let Some(h) = &r.hnsw {
                     settings.hnsw = convert::hnsw_from(h, &settings.hnsw);
                 }
+                if let Some(p) = convert::precision_from(&r.encoder_precision).map_err(invalid)? {
+                    settings.encoder_precision = p;
+                }
                 Ok(s.engine.create(&r.name, &settings)?.into())
             })
             .await?;
@@ -561,6 +564,7 @@ impl pb::admin_server::Admin for Services {
     async fn rebuild(&self, req: Request<pb::RebuildRequest>) -> Reply<Self::RebuildStream> {
         let r = req.into_inner();
         check_name(&r.collection)?;
+        let encoder_precision = convert::precision_from(&r.encoder_precision).map_err(invalid)?;
         {
             // NOT_FOUND before the stream starts.
             let name = r.collection.clone();
@@ -587,6 +591,7 @@ impl pb::admin_server::Admin for Services {
                         rechunk: r.rechunk,
                         reembed: r.reembed,
                         chunking,
+                        encoder_precision,
                         cancel: cancel.clone(),
                         ..RebuildOptions::default()
                     };

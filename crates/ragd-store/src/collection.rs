@@ -286,7 +286,9 @@ impl Collection {
     fn recover(&mut self, settings: &CollectionSettings) -> Result<()> {
         let live = self.live();
         let built = live.settings();
-        let compatible = built.encoder == settings.encoder && built.dim == settings.dim;
+        let compatible = built.encoder == settings.encoder
+            && built.dim == settings.dim
+            && built.encoder_precision == settings.encoder_precision;
         let replayable = live.applied_seq() >= self.store.log_pruned()?;
         if !compatible || !replayable {
             tracing::warn!(

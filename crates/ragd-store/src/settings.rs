@@ -1,6 +1,7 @@
 //! A collection's settings: fixed at create, changed only by a rebuild.
 
 use crate::error::{Error, Result};
+use ragd_core::Precision;
 use serde::{Deserialize, Serialize};
 
 /// How documents are cut, embedded and indexed. Stored in the DocStore; every generation's
@@ -12,6 +13,9 @@ pub struct CollectionSettings {
     pub encoder: String,
     /// Its embedding dimension; filled in from the model at create.
     pub dim: usize,
+    /// The encoder's precision: documents and queries are embedded alike. Collections written
+    /// before this setting existed read as `f32`, which is what they were built with.
+    pub encoder_precision: Precision,
     /// Chunking.
     pub chunking: ChunkSettings,
     /// HNSW graph parameters.
@@ -23,6 +27,7 @@ impl Default for CollectionSettings {
         Self {
             encoder: "all-minilm-l6-v2".into(),
             dim: 0,
+            encoder_precision: Precision::F32,
             chunking: ChunkSettings::default(),
             hnsw: HnswSettings::default(),
         }

@@ -406,6 +406,7 @@ impl Attention<'_> {
         let mut kt = vec![0f32; d * lp];
         let mut v = vec![0f32; len * d];
         let mut scores = vec![0f32; 4 * lp];
+        let mut ctx = vec![0f32; 4 * d];
         for h in 0..self.heads {
             let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
             for (j, row) in x.chunks_exact(width).enumerate() {
@@ -417,10 +418,16 @@ impl Attention<'_> {
             }
             for i0 in (0..len).step_by(4) {
                 scores_x4(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
-                for (r, s) in scores.chunks_exact_mut(lp).take(len - i0).enumerate() {
+                let rows = (len - i0).min(4);
+                for s in scores.chunks_exact_mut(lp).take(rows) {
                     softmax_in_place(&mut s[..len]);
-                    let o = &mut out[(i0 + r) * hidden + h * d..(i0 + r) * hidden + (h + 1) * d];
-                    weighted_rows(&s[..len], &v, o);
+                }
+                // Padding rows (past `len`) hold finite scores of zero queries: computed with
+                // the others, never written out.
+                weighted_rows_x4(&scores, lp, len, &v, &mut ctx);
+                for (r, c) in ctx.chunks_exact(d).take(rows).enumerate() {
+                    out[(i0 + r) * hidden + h * d..(i0 + r) * hidden + (h + 1) * d]
+                        .copy_from_slice(c);
                 }
             }
         }
@@ -428,12 +435,28 @@ impl Attention<'_> {
 }
 
 /// Scores of four query rows (`q`: 4 × d) against all keys: `scores[r][j] = q[r] · kt[.., j]`,
-/// where `kt` is K transposed, `(d, lp)`. Eight keys at a time with one register accumulator per
-/// row, so each loaded key vector serves four queries.
+/// where `kt` is K transposed, `(d, lp)`. Sixteen keys at a time with two register accumulators
+/// per row (eight independent FMA chains), so each loaded key vector serves four queries.
 #[inline(always)]
 fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
     let d = q.len() / 4;
-    for jc in (0..lp).step_by(8) {
+    let wide = lp / 16 * 16;
+    for jc in (0..wide).step_by(16) {
+        let mut acc = [[0f32; 16]; 4];
+        for e in 0..d {
+            let k = &kt[e * lp + jc..e * lp + jc + 16];
+            for r in 0..4 {
+                let qv = q[r * d + e];
+                for l in 0..16 {
+                    acc[r][l] = qv.mul_add(k[l], acc[r][l]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            scores[r * lp + jc..r * lp + jc + 16].copy_from_slice(acc);
+        }
+    }
+    for jc in (wide..lp).step_by(8) {
         let mut acc = [[0f32; 8]; 4];
         for e in 0..d {
             let k = &kt[e * lp + jc..e * lp + jc + 8];
@@ -446,6 +469,42 @@ fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
         }
         for (r, acc) in acc.iter().enumerate() {
             scores[r * lp + jc..r * lp + jc + 8].copy_from_slice(acc);
+        }
+    }
+}
+
+/// Context rows of four queries: `ctx[r] = Σ_{j < len} p[r][j] · v[j]`, with `p` four rows of
+/// `lp` probabilities and `v` `len` rows of `d = ctx.len() / 4`. Sixteen output lanes of the four
+/// rows at a time (eight independent FMA chains; one chain per lane group would wait on the FMA
+/// latency at every key), each loaded value row serving four queries.
+#[inline(always)]
+fn weighted_rows_x4(p: &[f32], lp: usize, len: usize, v: &[f32], ctx: &mut [f32]) {
+    let d = ctx.len() / 4;
+    let mut c = 0;
+    while c + 16 <= d {
+        let mut acc = [[0f32; 16]; 4];
+        for j in 0..len {
+            let vr = &v[j * d + c..j * d + c + 16];
+            for r in 0..4 {
+                let pj = p[r * lp + j];
+                for l in 0..16 {
+                    acc[r][l] = pj.mul_add(vr[l], acc[r][l]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            ctx[r * d + c..r * d + c + 16].copy_from_slice(acc);
+        }
+        c += 16;
+    }
+    // Head sizes that are not a multiple of 16: the rest one lane at a time.
+    for e in c..d {
+        for r in 0..4 {
+            let mut a = 0f32;
+            for j in 0..len {
+                a = p[r * lp + j].mul_add(v[j * d + e], a);
+            }
+            ctx[r * d + e] = a;
         }
     }
 }

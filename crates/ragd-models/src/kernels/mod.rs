@@ -11,6 +11,9 @@
 //!   when the CPU has them (so `mul_add` is one `vfmadd`, not a libm call), or runs the baseline
 //!   build of the same code otherwise.
 //!
+//! - [`int8`]: int8 linear layers for the encoder's `int8` precision: exact integer products
+//!   with AVX-512 VNNI or AVX2 ([`x86_int8`]), or portable scalar code.
+//!
 //! f32 matrix products go to candle, whose `gemm` backend does its own run-time detection.
 //! [`use_kernels`] forces the scalar path (tests compare the two paths with it). Detection and
 //! the choice live in `ragd_core::cpu`, shared with the vector index's distance.
@@ -19,7 +22,12 @@
 #[allow(unsafe_code)]
 mod avx2;
 pub(crate) mod fused;
+pub(crate) mod int8;
 pub(crate) mod quant;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86_int8;
 
+pub use int8::int8_kernels;
 pub(crate) use ragd_core::cpu::{Isa, isa};
 pub use ragd_core::cpu::{Kernels, active, use_kernels};
