@@ -93,12 +93,10 @@ impl Int8Layer {
 
 /// `x · w` in f32 (`w` stored (in, out)), or with the int8 copy `q` of `w`.
 fn product(x: &Tensor, w: &Tensor, q: Option<&Int8Linear>) -> Result<Tensor> {
-    let Some(q) = q else {
-        return Ok(x.matmul(w)?);
-    };
-    let (m, _) = x.dims2()?;
-    let y = q.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m)?;
-    Ok(Tensor::from_vec(y, (m, q.out_dim()), x.device())?)
+    Ok(match q {
+        Some(q) => x.apply_op1_no_bwd(q)?,
+        None => x.matmul(w)?,
+    })
 }
 
 /// BERT encoder weights (no pooler head: pooling is done by the embedder).

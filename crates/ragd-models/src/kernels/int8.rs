@@ -138,11 +138,6 @@ impl Int8Linear {
         })
     }
 
-    /// Output size.
-    pub fn out_dim(&self) -> usize {
-        self.n
-    }
-
     /// `xs` holds `m` rows of `k` values; returns `m` rows of `n`.
     pub fn matmul(&self, xs: &[f32], m: usize) -> Result<Vec<f32>> {
         self.matmul_on(Int8Isa::for_isa(super::isa()), xs, m)
@@ -238,6 +233,29 @@ impl Int8Linear {
             #[cfg(target_arch = "x86_64")]
             Int8Isa::Vnni(t) => super::x86_int8::vnni_tile(t, a, self.kp, mr, panel, acc),
         }
+    }
+}
+
+/// As a candle op, so that the product reads the input tensor's storage in place and hands its
+/// output over without copies.
+impl candle_core::CustomOp1 for Int8Linear {
+    fn name(&self) -> &'static str {
+        "int8-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (m, _) = l.shape().dims2()?;
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("int8 linear needs a contiguous input")
+        };
+        let y = self
+            .matmul(&s.as_slice::<f32>()?[start..end], m)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((candle_core::CpuStorage::F32(y), (m, self.n).into()))
     }
 }
 
@@ -346,7 +364,6 @@ mod tests {
             let x = data(m * k, 2 + n as u64);
             let want = reference(&w, &x, m, n, k);
             let lin = Int8Linear::quantize(&w, n, k).unwrap();
-            assert_eq!(lin.out_dim(), n);
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             let mut first: Option<Vec<f32>> = None;
             for isa in isas() {
