@@ -78,8 +78,9 @@ pub enum Precision {
     /// 32-bit floats throughout.
     #[default]
     F32,
-    /// 8-bit integer weights (per output channel) and activations (per row) in the linear
-    /// layers; normalisation, softmax, GELU and residuals stay f32.
+    /// 8-bit integer weights (one scale per output channel) and activations (one scale per
+    /// block of 64 values) in the linear layers; normalisation, softmax, GELU and residuals stay
+    /// f32.
     Int8,
 }
 

@@ -88,7 +88,7 @@ pub fn run(a: &SearchBench) -> Result<Value> {
         &a.models_dir,
         GeneratorOptions::default(),
     )
-    .encoder_named(&settings.encoder)?;
+    .encoder_for(&settings)?;
     drop(src);
 
     // The synthetic collection: copy r of chunk c has its words rotated by r and its vector
