@@ -80,7 +80,8 @@ pub(crate) fn check_encoder(settings: &CollectionSettings, embedder: &dyn Encode
     }
     if embedder.precision() != settings.encoder_precision {
         return Err(Error::InvalidInput(format!(
-            "the collection embeds at {} precision but the encoder given runs at {}",
+            "the collection embeds at {} precision but the encoder given runs at {} (a rebuild \
+             changing the collection's precision refuses other writes until it ends)",
             settings.encoder_precision,
             embedder.precision()
         )));

@@ -158,6 +158,9 @@ impl Int8Linear {
                 xs.len()
             )));
         }
+        if m == 0 {
+            return Ok(Vec::new());
+        }
         let offset = isa.offset_activations();
         let nb = kp / KB;
         let mut qa = vec![0u8; m * kp];
@@ -312,7 +315,8 @@ fn quantize_block(x: &[f32], out: &mut [u8], flip: u8) -> f32 {
     let s = amax / 127.0;
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     for (q, v) in out.iter_mut().zip(x) {
-        *q = ((v * inv).round_ties_even() as i32 as i8 as u8) ^ flip;
+        // Clamped: a block of subnormals can round to 128, which AVX2's sign trick cannot negate.
+        *q = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 as i8 as u8) ^ flip;
     }
     for q in out.iter_mut().skip(x.len()) {
         *q = flip;
@@ -426,6 +430,7 @@ mod tests {
         assert!(Int8Linear::quantize(&[1.0; 6], 2, 4).is_err());
         let lin = Int8Linear::quantize(&[1.0; 8], 2, 4).unwrap();
         assert!(lin.matmul(&[1.0; 7], 2).is_err());
+        assert!(lin.matmul(&[], 0).unwrap().is_empty());
         assert_eq!(lin.matmul(&[0.5; 4], 1).unwrap(), vec![2.0, 2.0]);
     }
 }
