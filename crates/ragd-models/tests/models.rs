@@ -47,6 +47,16 @@ fn generator() -> &'static Generator {
     })
 }
 
+/// A fixture item's reference vector.
+fn reference_vector(item: &Value) -> Vec<f32> {
+    item["vector"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -63,12 +73,7 @@ fn embeddings_match_sentence_transformers() {
     let max_len = fx["max_seq_length"].as_u64().unwrap() as usize;
     assert_eq!(embedder().max_len(), max_len);
     for (item, got) in items.iter().zip(&out) {
-        let want: Vec<f32> = item["vector"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let want = reference_vector(item);
         assert_eq!(got.vector.len(), 384);
         let norm: f32 = got.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4, "not normalised: {norm}");
@@ -95,12 +100,7 @@ fn int8_embeddings_stay_close_to_f32() {
     let int8 = embedder().embed_with(&texts, Precision::Int8).unwrap();
     let f32s = embedder().embed(&texts).unwrap();
     for (i, item) in items.iter().enumerate() {
-        let want: Vec<f32> = item["vector"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap() as f32)
-            .collect();
+        let want = reference_vector(item);
         let to_ref = cosine(&int8[i].vector, &want);
         let to_ours = cosine(&int8[i].vector, &f32s[i].vector);
         assert!(

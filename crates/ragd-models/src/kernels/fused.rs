@@ -439,37 +439,32 @@ impl Attention<'_> {
 /// per row (eight independent FMA chains), so each loaded key vector serves four queries.
 #[inline(always)]
 fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
-    let d = q.len() / 4;
+    // `lp` is a multiple of 8: sixteen keys at a time, then the last eight.
     let wide = lp / 16 * 16;
     for jc in (0..wide).step_by(16) {
-        let mut acc = [[0f32; 16]; 4];
-        for e in 0..d {
-            let k = &kt[e * lp + jc..e * lp + jc + 16];
-            for r in 0..4 {
-                let qv = q[r * d + e];
-                for l in 0..16 {
-                    acc[r][l] = qv.mul_add(k[l], acc[r][l]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            scores[r * lp + jc..r * lp + jc + 16].copy_from_slice(acc);
-        }
+        score_block::<16>(q, kt, lp, jc, scores);
     }
     for jc in (wide..lp).step_by(8) {
-        let mut acc = [[0f32; 8]; 4];
-        for e in 0..d {
-            let k = &kt[e * lp + jc..e * lp + jc + 8];
-            for r in 0..4 {
-                let qv = q[r * d + e];
-                for l in 0..8 {
-                    acc[r][l] = qv.mul_add(k[l], acc[r][l]);
-                }
+        score_block::<8>(q, kt, lp, jc, scores);
+    }
+}
+
+/// [`scores_x4`] for keys `jc..jc + W`.
+#[inline(always)]
+fn score_block<const W: usize>(q: &[f32], kt: &[f32], lp: usize, jc: usize, scores: &mut [f32]) {
+    let d = q.len() / 4;
+    let mut acc = [[0f32; W]; 4];
+    for e in 0..d {
+        let k = &kt[e * lp + jc..e * lp + jc + W];
+        for r in 0..4 {
+            let qv = q[r * d + e];
+            for l in 0..W {
+                acc[r][l] = qv.mul_add(k[l], acc[r][l]);
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            scores[r * lp + jc..r * lp + jc + 8].copy_from_slice(acc);
-        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        scores[r * lp + jc..r * lp + jc + W].copy_from_slice(acc);
     }
 }
 

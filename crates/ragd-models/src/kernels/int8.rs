@@ -354,19 +354,8 @@ fn scalar_tile(a: &Tile, panel: &[i8], acc: &mut [[f32; NR]; MR]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     fn reference(w: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];

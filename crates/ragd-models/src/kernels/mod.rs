@@ -29,5 +29,20 @@ pub(crate) mod quant;
 mod x86_int8;
 
 pub use int8::int8_kernels;
+
+/// Deterministic values in [-0.5, 0.5) for the kernels' tests (an LCG: no dependency, the same
+/// data on every run).
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}
 pub(crate) use ragd_core::cpu::{Isa, isa};
 pub use ragd_core::cpu::{Kernels, active, use_kernels};

@@ -347,19 +347,8 @@ mod scalar {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data as data;
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-    }
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len).map(|_| lcg(&mut s)).collect()
-    }
 
     /// Reference: dequantize the weights and multiply in f32.
     fn reference(w: &QTensor, x: &[f32], m: usize) -> Vec<f32> {
