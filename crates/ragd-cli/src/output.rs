@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use ragd_engine::{Failure, IngestReport, PhaseSeconds, Progress, ProgressSink};
+use ragd_engine::{Failure, IngestReport, PhaseSeconds, PipelineReport, Progress, ProgressSink};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -69,6 +69,8 @@ pub(crate) struct IngestSummary {
     pub(crate) tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) phases: Option<PhaseSeconds>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pipeline: Option<PipelineReport>,
 }
 
 impl IngestSummary {
@@ -92,6 +94,7 @@ impl From<IngestReport> for IngestSummary {
             chunks_per_s,
             tokens_per_s,
             phases,
+            pipeline,
         } = r;
         Self {
             added,
@@ -105,6 +108,7 @@ impl From<IngestReport> for IngestSummary {
             tokens: Some(tokens),
             tokens_per_s: Some(tokens_per_s),
             phases: Some(phases),
+            pipeline: Some(pipeline),
         }
     }
 }
@@ -137,6 +141,16 @@ pub(crate) fn print_ingest(s: &IngestSummary, json: bool) -> Result<()> {
         println!(
             "time: parse {:.1}s, chunk {:.1}s, embed {:.1}s, index {:.1}s, commit {:.1}s",
             p.parse, p.chunk, p.embed, p.index, p.commit
+        );
+    }
+    if let Some(p) = &s.pipeline {
+        println!(
+            "encoder busy {:.0}% of the time (waited {:.1}s for input, {:.1}s for commits); \
+             stages overlapped {:.2}x",
+            p.encoder_busy * 100.0,
+            p.encoder_waiting_for_input,
+            p.encoder_waiting_for_commit,
+            p.overlap
         );
     }
     print_failures(&s.failed);

@@ -34,7 +34,8 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use ingest::{
-    DocResult, IngestOptions, IngestReport, Ingestor, PhaseSeconds, Progress, ProgressSink,
+    DocResult, IngestOptions, IngestReport, Ingestor, PhaseSeconds, PipelineReport, Progress,
+    ProgressSink,
 };
 pub use parse::{
     Failure, Format, ParsedDoc, SourceFile, SourceOptions, collect_sources, estimate_documents,

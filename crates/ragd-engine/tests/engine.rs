@@ -762,3 +762,118 @@ fn an_int8_collection_embeds_documents_and_queries_alike() {
     assert_eq!(doc, "d3");
     assert!(score > 0.9999, "f32 query against f32 documents: {score}");
 }
+
+/// The real encoder, recording when each call starts and failing from call `fail_from` on.
+struct Recording {
+    starts: std::sync::Mutex<Vec<Instant>>,
+    fail_from: usize,
+}
+
+impl ragd_models::Encode for Recording {
+    fn encode_with(
+        &self,
+        texts: Vec<String>,
+        precision: ragd_engine::Precision,
+    ) -> ragd_models::Result<Vec<ragd_models::Embedding>> {
+        let call = {
+            let mut s = self.starts.lock().unwrap();
+            s.push(Instant::now());
+            s.len()
+        };
+        if call >= self.fail_from {
+            return Err(ragd_models::Error::InvalidInput("the encoder broke".into()));
+        }
+        embedder().encode_with(texts, precision)
+    }
+    fn name(&self) -> &str {
+        embedder().name()
+    }
+    fn dim(&self) -> usize {
+        embedder().dim()
+    }
+    fn max_len(&self) -> usize {
+        embedder().max_len()
+    }
+    fn token_counter(&self) -> ragd_models::TokenCounter {
+        embedder().token_counter()
+    }
+}
+
+/// A progress sink (it runs on the committing thread) that takes its time and notes when each
+/// batch was acknowledged.
+struct SlowSink(Vec<Instant>);
+
+impl ragd_engine::ProgressSink for SlowSink {
+    fn update(&mut self, _: &ragd_engine::Progress) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.0.push(Instant::now());
+    }
+}
+
+fn small_docs(n: usize) -> Vec<ParsedDoc> {
+    (0..n)
+        .map(|i| ParsedDoc {
+            doc: ragd_core::DocumentInput {
+                id: format!("d{i}"),
+                source: "mem".into(),
+                title: String::new(),
+                text: format!("Document {i} is about topic number {i} and nothing else."),
+                metadata: Default::default(),
+            },
+            markdown: false,
+        })
+        .collect()
+}
+
+#[test]
+fn the_encoder_embeds_the_next_batch_while_the_last_one_commits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collection::create(tmp.path(), "pipe", &ragd_engine::settings_for(embedder())).unwrap();
+    let enc = Recording {
+        starts: Default::default(),
+        fail_from: usize::MAX,
+    };
+    let opts = IngestOptions {
+        batch_documents: 2,
+        ..IngestOptions::default()
+    };
+    let ing = Ingestor::new(&c, &enc, opts).unwrap();
+    let mut sink = SlowSink(Vec::new());
+    let r = ing.ingest_documents(small_docs(10), &mut sink).unwrap();
+    assert_eq!((r.added, r.chunks), (10, 10));
+    let starts = enc.starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 5, "one encoder call per batch of two");
+    // Serially, batch 2 would be embedded only after batch 1 was acknowledged; pipelined, the
+    // encoder is already done with it (and with batch 3) while batch 1's acknowledgement runs.
+    assert!(starts[1] < sink.0[0] && starts[2] < sink.0[0]);
+    let p = r.pipeline;
+    assert!(p.encoder_waiting_for_commit > 0.3, "{p:?}");
+    assert!(p.encoder_busy > 0.0 && p.encoder_busy <= 1.0, "{p:?}");
+    assert!(r.phases.embed > 0.0 && r.phases.commit > 0.0);
+    c.verify().unwrap();
+}
+
+#[test]
+fn an_encoder_failure_stops_the_pipeline_with_its_own_error_and_keeps_what_was_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collection::create(tmp.path(), "pipe", &ragd_engine::settings_for(embedder())).unwrap();
+    let enc = Recording {
+        starts: Default::default(),
+        fail_from: 3,
+    };
+    let opts = IngestOptions {
+        batch_documents: 2,
+        ..IngestOptions::default()
+    };
+    let ing = Ingestor::new(&c, &enc, opts).unwrap();
+    let err = ing.ingest_documents(small_docs(40), &mut ()).unwrap_err();
+    assert!(err.to_string().contains("the encoder broke"), "{err}");
+    // Batches 1 and 2 were embedded before the failure and commit; nothing after them does.
+    assert_eq!(c.counts().unwrap().documents, 4);
+    assert!(c.document("d3").unwrap().is_some() && c.document("d4").unwrap().is_none());
+    assert_eq!(
+        enc.starts.lock().unwrap().len(),
+        3,
+        "the pipeline stopped at the failure"
+    );
+}
