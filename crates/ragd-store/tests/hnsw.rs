@@ -96,7 +96,10 @@ fn recall_at_ten_against_exact_search_and_results_best_first() {
     let (r64, r256) = (recall_at(64), recall_at(256));
     eprintln!("recall@10: ef 64 {r64}, ef 256 {r256}");
     assert!(r64 >= 0.9, "recall@10 at ef 64: {r64}");
-    assert!(r256 >= 0.97 && r256 >= r64, "recall@10 at ef 256: {r256} (ef 64: {r64})");
+    assert!(
+        r256 >= 0.97 && r256 >= r64,
+        "recall@10 at ef 256: {r256} (ef 64: {r64})"
+    );
 }
 
 #[test]
