@@ -13,10 +13,13 @@
 use anyhow::{Context, Result, bail};
 use ragd_store::{Collection, dot};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 
-/// (document id, chunk position, start, end) → vector.
-fn vectors(dir: &PathBuf, name: &str) -> Result<HashMap<(String, u32, usize, usize), Vec<f32>>> {
+/// A chunk: document id, position in the document, byte range.
+type ChunkKey = (String, u32, usize, usize);
+
+/// Every live chunk's vector.
+fn vectors(dir: &Path, name: &str) -> Result<HashMap<ChunkKey, Vec<f32>>> {
     let c = Collection::open(dir, name).with_context(|| format!("opening {}", dir.display()))?;
     let live = c.live_vectors()?;
     let ids: Vec<u64> = live.iter().map(|(id, _)| *id).collect();
@@ -35,7 +38,7 @@ fn main() -> Result<()> {
     let [a, b, name] = args.as_slice() else {
         bail!("usage: vector_agreement DATA_DIR_A DATA_DIR_B COLLECTION");
     };
-    let (va, vb) = (vectors(&a.into(), name)?, vectors(&b.into(), name)?);
+    let (va, vb) = (vectors(Path::new(a), name)?, vectors(Path::new(b), name)?);
     let mut cos: Vec<f32> = va
         .iter()
         .filter_map(|(k, x)| {
