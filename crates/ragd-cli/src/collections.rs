@@ -201,6 +201,15 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                 "chunking    {}..={} tokens, overlap {}, title embedded: {}",
                 ch.min_tokens, ch.max_tokens, ch.overlap_tokens, ch.title_in_embedding
             );
+            if s.settings.reembedding {
+                println!(
+                    "warning     a rebuild to {p} was interrupted: some chunks still hold vectors \
+                     of the previous precision; run `ragd rebuild --collection {} \
+                     --encoder-precision {p}` to finish it",
+                    s.name,
+                    p = s.settings.encoder_precision
+                );
+            }
             Ok(())
         }
         CollectionsCommand::Delete {

@@ -78,6 +78,8 @@ pub fn rebuild(
         }
         if let Some(p) = opts.encoder_precision {
             settings.encoder_precision = p;
+            // Until the new generation is live, chunks not reached yet keep the old precision.
+            settings.reembedding = true;
         }
         // Checked before anything is saved: a rebuild refused for its settings changes nothing.
         let chunker = Chunker::for_collection(&settings, embedder)?;
@@ -167,6 +169,11 @@ pub fn rebuild(
         }
     }
     let report = collection.rebuild(|done, total| progress("indexing", done, total))?;
+    if opts.encoder_precision.is_some() {
+        let mut settings = collection.settings()?;
+        settings.reembedding = false;
+        collection.set_settings(&settings)?;
+    }
     Ok(RebuildSummary {
         generation: report.generation,
         previous_generation: report.previous_generation,

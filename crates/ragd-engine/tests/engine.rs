@@ -877,3 +877,64 @@ fn an_encoder_failure_stops_the_pipeline_with_its_own_error_and_keeps_what_was_a
         "the pipeline stopped at the failure"
     );
 }
+
+#[test]
+fn an_interrupted_precision_rebuild_is_flagged_and_finishes_when_run_again() {
+    use ragd_engine::Precision;
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collection::create(tmp.path(), "p", &ragd_engine::settings_for(embedder())).unwrap();
+    Ingestor::new(&c, embedder(), ingestor_opts())
+        .unwrap()
+        .ingest_documents(small_docs(6), &mut ())
+        .unwrap();
+    let int8 = ragd_models::AtPrecision::new(embedder().clone(), Precision::Int8);
+    // Each document's chunk vector, and whether it is the int8 embedding of its text.
+    let at_int8 = |c: &Collection| -> Vec<bool> {
+        (0..6)
+            .map(|i| {
+                let (rec, _) = c.document(&format!("d{i}")).unwrap().unwrap();
+                let (_, chunk) = c.chunks(&rec.chunks).unwrap().remove(0);
+                let stored = c.vectors(&rec.chunks).unwrap().remove(0).1;
+                let text = embed_text(None, &chunk.span.text);
+                let fresh = embedder()
+                    .embed_with(&[text.as_str()], Precision::Int8)
+                    .unwrap()
+                    .remove(0)
+                    .vector;
+                stored.iter().zip(&fresh).map(|(a, b)| a * b).sum::<f32>() > 0.99999
+            })
+            .collect()
+    };
+    let cancel = ragd_engine::Cancel::new();
+    let opts = RebuildOptions {
+        encoder_precision: Some(Precision::Int8),
+        batch_documents: 2,
+        cancel: cancel.clone(),
+        ..RebuildOptions::default()
+    };
+    // Stopped after the first batch of two documents, as a crash between batches would.
+    let stopped = ragd_engine::rebuild(&c, Some(&int8), &opts, |_, done, _| {
+        if done >= 2 {
+            cancel.cancel();
+        }
+    });
+    assert!(stopped.is_err());
+    drop(c);
+    let c = Collection::open(tmp.path(), "p").unwrap();
+    c.verify().unwrap();
+    let s = c.settings().unwrap();
+    assert_eq!(s.encoder_precision, Precision::Int8);
+    assert!(s.reembedding, "the interruption is on record");
+    assert_eq!(at_int8(&c), [true, true, false, false, false, false]);
+
+    let opts = RebuildOptions {
+        encoder_precision: Some(Precision::Int8),
+        batch_documents: 2,
+        ..RebuildOptions::default()
+    };
+    let done = ragd_engine::rebuild(&c, Some(&int8), &opts, |_, _, _| {}).unwrap();
+    assert_eq!(done.embedded, 6);
+    assert!(!c.settings().unwrap().reembedding);
+    assert_eq!(at_int8(&c), [true; 6]);
+    c.verify().unwrap();
+}

@@ -459,6 +459,7 @@ impl From<&CollectionSettings> for pb::CollectionSettings {
             encoder_precision,
             chunking,
             hnsw,
+            reembedding,
         } = s;
         Self {
             encoder: encoder.clone(),
@@ -466,6 +467,7 @@ impl From<&CollectionSettings> for pb::CollectionSettings {
             chunking: Some(chunking.into()),
             hnsw: Some(hnsw.into()),
             encoder_precision: encoder_precision.to_string(),
+            reembedding: *reembedding,
         }
     }
 }
@@ -537,6 +539,7 @@ impl From<pb::CollectionSettings> for CollectionSettings {
             chunking,
             hnsw,
             encoder_precision,
+            reembedding,
         } = p;
         Self {
             encoder,
@@ -548,6 +551,7 @@ impl From<pb::CollectionSettings> for CollectionSettings {
                 .unwrap_or_default(),
             chunking: chunking.unwrap_or_default().into(),
             hnsw: hnsw.unwrap_or_default().into(),
+            reembedding,
         }
     }
 }

@@ -223,6 +223,14 @@ impl Collection {
             recovery: Recovery::default(),
             broken: AtomicBool::new(false),
         };
+        if settings.reembedding {
+            tracing::warn!(
+                collection = %c.name,
+                precision = %settings.encoder_precision,
+                "a rebuild to a new encoder precision was interrupted: some chunks still hold \
+                 vectors of the previous precision; run the rebuild with this precision again"
+            );
+        }
         if let Err(e) = c.recover(&settings) {
             if !repairable(&e) {
                 return Err(e);

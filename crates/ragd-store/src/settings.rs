@@ -20,6 +20,13 @@ pub struct CollectionSettings {
     pub chunking: ChunkSettings,
     /// HNSW graph parameters.
     pub hnsw: HnswSettings,
+    /// True from the start of a rebuild that re-embeds every chunk at a new `encoder_precision`
+    /// until that rebuild finishes. Still true on open means it was interrupted (a crash, a
+    /// cancellation): chunks it had not reached hold vectors of the previous precision (cosine
+    /// ≥ 0.99 apart, so search works); running the same rebuild again finishes it. Written
+    /// only while true, so collections without it read in older versions.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reembedding: bool,
 }
 
 impl Default for CollectionSettings {
@@ -30,6 +37,7 @@ impl Default for CollectionSettings {
             encoder_precision: Precision::F32,
             chunking: ChunkSettings::default(),
             hnsw: HnswSettings::default(),
+            reembedding: false,
         }
     }
 }
