@@ -314,7 +314,8 @@ enum Item<B> {
     Batch(B),
 }
 
-/// Busy and waiting seconds of the parse and embed threads.
+/// Busy and waiting seconds of the parse and embed threads (the embed stage's busy time is
+/// each batch's `Embedded::embed_seconds`).
 #[derive(Default)]
 struct StageTimes {
     busy: f64,
@@ -496,7 +497,12 @@ impl<'r, 'a> Run<'r, 'a> {
                 .name("ragd-ingest-embed".into())
                 .spawn_scoped(scope, move || embed_stage(ing, parsed, to_commit));
             let mut commit_result = Ok(());
-            if let (Ok(_), Ok(_)) = (&parse, &encode) {
+            if let Some(e) = [&parse, &encode].into_iter().find_map(|h| h.as_ref().err()) {
+                commit_result = Err(crate::Error::Io {
+                    context: "starting the ingest threads".into(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                });
+            } else {
                 for item in embedded.iter() {
                     let r = match item {
                         Item::Failed(f) => {
@@ -511,11 +517,6 @@ impl<'r, 'a> Run<'r, 'a> {
                         break;
                     }
                 }
-            } else {
-                commit_result = Err(crate::Error::Io {
-                    context: "starting the ingest threads".into(),
-                    source: std::io::Error::other("thread spawn failed"),
-                });
             }
             drop(embedded);
             let join =
@@ -538,13 +539,7 @@ impl<'r, 'a> Run<'r, 'a> {
         let mut r = self.report;
         r.seconds = t0.elapsed().as_secs_f64();
         r.phases.parse = (parse.busy - r.phases.chunk).max(0.0);
-        let per = |n: u64| {
-            if r.seconds > 0.0 {
-                n as f64 / r.seconds
-            } else {
-                0.0
-            }
-        };
+        let per = |n: u64| per_wall(n as f64, r.seconds);
         r.documents_per_s = per(r.added + r.unchanged + r.replaced);
         r.chunks_per_s = per(r.chunks);
         r.tokens_per_s = per(r.tokens);
@@ -559,6 +554,7 @@ impl<'r, 'a> Run<'r, 'a> {
     }
 }
 
+/// `x` per second of `wall` (0 for no time at all).
 fn per_wall(x: f64, wall: f64) -> f64 {
     if wall > 0.0 { x / wall } else { 0.0 }
 }
@@ -613,12 +609,7 @@ fn embed_stage(
         times.waiting_for_input += t.elapsed().as_secs_f64();
         let item = match item {
             Item::Failed(f) => Item::Failed(f),
-            Item::Batch(p) => {
-                let t = Instant::now();
-                let e = embed(ing, p)?;
-                times.busy += t.elapsed().as_secs_f64();
-                Item::Batch(e)
-            }
+            Item::Batch(p) => Item::Batch(embed(ing, p)?),
         };
         let t = Instant::now();
         out.send(item).map_err(|_| crate::Error::Cancelled)?;

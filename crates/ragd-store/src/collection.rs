@@ -186,6 +186,14 @@ impl Collection {
         // The DocStore is the system of record: if it cannot be opened, nothing is served.
         let store = DocStore::open(&dir.join(DOCSTORE), name)?;
         let settings = store.settings()?;
+        if settings.reembedding {
+            tracing::warn!(
+                collection = %name,
+                precision = %settings.encoder_precision,
+                "a rebuild to a new encoder precision was interrupted: some chunks still hold \
+                 vectors of the previous precision; run the rebuild with this precision again"
+            );
+        }
         let tombstones = store.tombstones()?;
         // Everything else is derived from it. A generation that cannot be loaded (missing or
         // damaged CURRENT or manifest, a checksum that fails, a dependency that panics on a
@@ -223,14 +231,6 @@ impl Collection {
             recovery: Recovery::default(),
             broken: AtomicBool::new(false),
         };
-        if settings.reembedding {
-            tracing::warn!(
-                collection = %c.name,
-                precision = %settings.encoder_precision,
-                "a rebuild to a new encoder precision was interrupted: some chunks still hold \
-                 vectors of the previous precision; run the rebuild with this precision again"
-            );
-        }
         if let Err(e) = c.recover(&settings) {
             if !repairable(&e) {
                 return Err(e);

@@ -1628,7 +1628,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // only points that pass the filter are kept by the search
         neighbours
             .iter()
-            .take(knbn.min(ef))
+            .take(knbn)
             .map(|c| Neighbour::new(c.point.origin_id, c.dist, c.point.p_id))
             .collect()
     } // end of search_filter
