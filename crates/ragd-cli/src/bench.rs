@@ -63,12 +63,18 @@ struct KernelArgs {
     /// without AVX2/FMA gets).
     #[arg(long)]
     scalar_kernels: bool,
+    /// Run the AVX2/FMA build of the vectorized kernels even on a CPU with AVX-512 (to compare
+    /// the two on one machine).
+    #[arg(long, conflicts_with = "scalar_kernels")]
+    avx2_kernels: bool,
 }
 
 impl KernelArgs {
     fn choice(&self) -> Kernels {
         if self.scalar_kernels {
             Kernels::Scalar
+        } else if self.avx2_kernels {
+            Kernels::Avx2
         } else {
             Kernels::Detected
         }

@@ -1,30 +1,34 @@
 //! Run-time choice of the CPU instruction set for ragd's kernels.
 //!
 //! ragd is built for baseline x86-64 (no `target-cpu` flag), so one binary runs on any x86-64
-//! CPU. The first call detects the CPU once (pulp's x86-64-v3 check, over
+//! CPU. The first call detects the CPU once (pulp's x86-64-v3 and -v4 checks, over
 //! `is_x86_feature_detected!`) and logs the choice. Kernels written as plain Rust that the
 //! compiler vectorizes are entered through [`vectorized_fn!`](crate::vectorized_fn), which
-//! inlines them into a function compiled with AVX2/FMA enabled when the CPU has them (so
-//! `mul_add` is one `vfmadd`, not a libm call), or runs the baseline build of the same code
-//! otherwise. Inside such a kernel, keep hot loops as plain `for` loops: a closure handed to an
+//! inlines them into a function compiled with AVX-512 (x86-64-v4: 16 f32 lanes) or AVX2/FMA
+//! enabled when the CPU has them (so `mul_add` is one `vfmadd`, not a libm call), or runs the
+//! baseline build of the same code otherwise. Inside such a kernel, keep hot loops as plain `for` loops: a closure handed to an
 //! iterator adapter is not guaranteed to be inlined, and where it is not it runs as baseline
 //! code. Hand-written intrinsics take the [`Isa::Avx2Fma`] token as their proof that the
 //! features are there.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     /// The fastest this CPU supports (the default).
     Detected,
+    /// At most AVX2/FMA, even on a CPU with AVX-512: the 256-bit build of the vectorized
+    /// kernels (to compare the two on one machine).
+    Avx2,
     /// The portable fallback, whatever the CPU: what a CPU without AVX2/FMA runs.
     Scalar,
 }
 
 /// The instruction set a kernel call runs with; the AVX2 variant carries pulp's proof that the
-/// CPU has the features (x86-64-v3: AVX2, FMA, BMI1/2, LZCNT, ...).
+/// CPU has the features (x86-64-v3: AVX2, FMA, BMI1/2, LZCNT, ...). Hand-written intrinsics
+/// take it; [`dispatch`] may still run the vectorized kernels with AVX-512 (see [`wide`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Isa {
     Scalar,
@@ -43,27 +47,61 @@ impl Isa {
     }
 }
 
-static FORCE_SCALAR: AtomicBool = AtomicBool::new(false);
-static DETECTED: OnceLock<Isa> = OnceLock::new();
+/// What detection found: the AVX2 token, and pulp's AVX-512 one (x86-64-v4: AVX-512
+/// F/BW/CD/DQ/VL) when the CPU has it too.
+#[derive(Debug, Clone, Copy)]
+struct Detected {
+    isa: Isa,
+    #[cfg(target_arch = "x86_64")]
+    v4: Option<pulp::x86::V4>,
+}
 
-fn detected() -> Isa {
+/// The cap set by [`use_kernels`]: 0 detected, 1 AVX2, 2 scalar.
+static CAP: AtomicU8 = AtomicU8::new(0);
+static DETECTED: OnceLock<Detected> = OnceLock::new();
+
+fn detected() -> Detected {
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        let isa = pulp::x86::V3::try_new().map_or(Isa::Scalar, Isa::Avx2Fma);
+        let d = Detected {
+            isa: pulp::x86::V3::try_new().map_or(Isa::Scalar, Isa::Avx2Fma),
+            v4: pulp::x86::V4::try_new(),
+        };
         #[cfg(not(target_arch = "x86_64"))]
-        let isa = Isa::Scalar;
-        tracing::info!(kernels = isa.name(), "CPU kernels chosen for this machine");
-        isa
+        let d = Detected { isa: Isa::Scalar };
+        tracing::info!(kernels = name(d, 0), "CPU kernels chosen for this machine");
+        d
     })
+}
+
+fn name(d: Detected, cap: u8) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if cap == 0 && d.v4.is_some() {
+        return "avx512";
+    }
+    if cap == 2 { "scalar" } else { d.isa.name() }
 }
 
 /// The instruction set for the next kernel call.
 #[inline]
 pub fn isa() -> Isa {
-    if FORCE_SCALAR.load(Ordering::Relaxed) {
+    if CAP.load(Ordering::Relaxed) == 2 {
         Isa::Scalar
     } else {
-        detected()
+        detected().isa
+    }
+}
+
+/// The AVX-512 token when the CPU has AVX-512 and no cap is set: [`dispatch`] then compiles
+/// the vectorized kernels for 512-bit vectors. Kernels whose blocking depends on the vector
+/// width (the attention's score blocks) ask it too.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn wide() -> Option<pulp::x86::V4> {
+    if CAP.load(Ordering::Relaxed) == 0 {
+        detected().v4
+    } else {
+        None
     }
 }
 
@@ -71,24 +109,33 @@ pub fn isa() -> Isa {
 /// logged once). For tests and benchmarks that compare the paths; servers never call it.
 pub fn use_kernels(k: Kernels) {
     detected();
-    FORCE_SCALAR.store(k == Kernels::Scalar, Ordering::Relaxed);
+    let cap = match k {
+        Kernels::Detected => 0,
+        Kernels::Avx2 => 1,
+        Kernels::Scalar => 2,
+    };
+    CAP.store(cap, Ordering::Relaxed);
 }
 
-/// The kernels in use: `"avx2+fma"` or `"scalar"`. Detects (and logs) on first call, so model
-/// loading calls it to have the choice logged at start-up.
+/// The kernels in use: `"avx512"`, `"avx2+fma"` or `"scalar"`. Detects (and logs) on first
+/// call, so model loading calls it to have the choice logged at start-up.
 pub fn active() -> &'static str {
-    isa().name()
+    name(detected(), CAP.load(Ordering::Relaxed))
 }
 
 #[doc(hidden)]
 pub use pulp;
 
 /// Runs `op` compiled for the instruction set in use: its `#[inline(always)]` `with_simd` is
-/// inlined into a function built with AVX2/FMA enabled when the CPU has them. (A closure would
+/// inlined into a function built with AVX-512 or AVX2/FMA enabled when the CPU has them. (A closure would
 /// not do: nothing forces a large closure to be inlined into that function, and outside it the
 /// code is the baseline build.) [`vectorized_fn!`](crate::vectorized_fn) writes the `op`.
 #[inline(always)]
 pub fn dispatch<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v4) = wide() {
+        return pulp::Simd::vectorize(v4, op);
+    }
     match isa() {
         Isa::Scalar => op.with_simd(pulp::Scalar::new()),
         #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,6 @@
-//! The scalar kernels, which a CPU without AVX2/FMA runs, against the detected ones on the real
-//! default models. The kernel choice is process-wide, so these tests have their own test binary
-//! and take turns through a lock.
+//! The scalar kernels, which a CPU without AVX2/FMA runs, against the detected ones (and the
+//! AVX2 build, which a CPU without AVX-512 runs) on the real default models. The kernel choice
+//! is process-wide, so these tests have their own test binary and take turns through a lock.
 #![allow(clippy::unwrap_used)]
 
 use ragd_models::kernels::{self, Kernels};
@@ -11,16 +11,19 @@ use std::sync::Mutex;
 
 static TURN: Mutex<()> = Mutex::new(());
 
-/// Runs `f` once with each kernel choice: (detected, scalar).
-fn both<T>(f: impl Fn() -> T) -> (T, T) {
+/// Runs `f` once with each kernel choice: `[detected, at most AVX2, scalar]`.
+fn each<T>(f: impl Fn() -> T) -> [T; 3] {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     kernels::use_kernels(Kernels::Detected);
     let detected = f();
+    kernels::use_kernels(Kernels::Avx2);
+    assert_ne!(kernels::active(), "avx512");
+    let avx2 = f();
     kernels::use_kernels(Kernels::Scalar);
     assert_eq!(kernels::active(), "scalar");
     let scalar = f();
     kernels::use_kernels(Kernels::Detected);
-    (detected, scalar)
+    [detected, avx2, scalar]
 }
 
 fn models_dir() -> std::path::PathBuf {
@@ -47,17 +50,21 @@ fn the_encoder_gives_the_same_vectors_on_either_path() {
         long.as_str(),
         "What does PEFT stand for?",
     ];
-    let (fast, slow) = both(|| e.embed(&texts).unwrap());
-    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
-        let c = cosine(&f.vector, &s.vector);
-        assert!(c > 0.999_99, "text {i}: cosine {c}");
+    let [fast, avx2, slow] = each(|| e.embed(&texts).unwrap());
+    for fast in [fast, avx2] {
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            let c = cosine(&f.vector, &s.vector);
+            assert!(c > 0.999_99, "text {i}: cosine {c}");
+        }
     }
     // int8: the integer products are exact on every path (VNNI, AVX2, scalar), so only the
     // f32 parts around them differ.
-    let (fast, slow) = both(|| e.embed_with(&texts, Precision::Int8).unwrap());
-    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
-        let c = cosine(&f.vector, &s.vector);
-        assert!(c > 0.9999, "int8 text {i}: cosine {c}");
+    let [fast, avx2, slow] = each(|| e.embed_with(&texts, Precision::Int8).unwrap());
+    for fast in [fast, avx2] {
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            let c = cosine(&f.vector, &s.vector);
+            assert!(c > 0.9999, "int8 text {i}: cosine {c}");
+        }
     }
 }
 
@@ -72,11 +79,16 @@ fn the_decoder_gives_the_same_logits_on_either_path() {
         let step = w.forward(&[42], &mut st).unwrap();
         (prefill, step)
     };
-    let ((p1, s1), (p2, s2)) = both(run);
+    let [(p1, s1), (p0, s0), (p2, s2)] = each(run);
     // Activations are quantized to 8 bits at every layer, so float-rounding differences between
     // the paths flip a few roundings and grow over 30 layers: the logits agree closely, and the
     // greedy token is the same.
-    for (what, a, b) in [("prefill", &p1, &p2), ("decode", &s1, &s2)] {
+    for (what, a, b) in [
+        ("prefill", &p1, &p2),
+        ("decode", &s1, &s2),
+        ("prefill (avx2)", &p0, &p2),
+        ("decode (avx2)", &s0, &s2),
+    ] {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         let worst = a
             .iter()

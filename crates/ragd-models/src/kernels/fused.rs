@@ -16,7 +16,13 @@ use rayon::prelude::*;
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let t = x.clamp(-87.0, 88.0) * std::f32::consts::LOG2_E;
-    let i = t.round_ties_even();
+    // Adding 1.5 · 2^23 rounds `t` to the nearest integer n (ties to even) and leaves n in the
+    // low mantissa bits, two's complement: shifted by 23 with the bias added, those bits are
+    // 2^n's exponent field (|n| <= 127, and the constant's own low 9 bits are zero). A float to
+    // int `as` cast would do it too, but Rust's saturating cast costs several vector
+    // instructions more, in the hottest loop of softmax and GELU.
+    let r = t + ROUNDER;
+    let i = r - ROUNDER;
     let f = t - i; // |f| <= 0.5
     // Taylor series of 2^f to degree 6.
     let p = 1.0
@@ -24,8 +30,12 @@ pub(crate) fn exp(x: f32) -> f32 {
             + f * (0.240_226_5
                 + f * (0.055_504_11
                     + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
-    f32::from_bits(((i as i32 + 127) << 23) as u32) * p
+    f32::from_bits(r.to_bits().wrapping_add(127) << 23) * p
 }
+
+/// 1.5 · 2^23: added to a float of magnitude below 2^22, leaves it rounded to an integer (ties
+/// to even, the default rounding) in the low mantissa bits.
+pub(crate) const ROUNDER: f32 = 12_582_912.0;
 
 /// erf(x) with absolute error below 2e-7 (Abramowitz & Stegun 7.1.26), vectorizable.
 #[inline(always)]
@@ -370,13 +380,18 @@ impl CustomOp1 for Attention<'_> {
             bail!("attention: bad input shape ({rows}, {width}) for batch {batch}")
         }
         let seq = rows / batch;
+        // With 512-bit vectors, blocks twice as wide keep eight FMA chains in flight.
+        #[cfg(target_arch = "x86_64")]
+        let wide = ragd_core::cpu::wide().is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
         let mut out = vec![0f32; rows * hidden];
         out.par_chunks_mut(seq * hidden)
             .enumerate()
             .for_each(|(b, out)| {
                 let len = self.lens[b].min(seq);
                 let x = &x[b * seq * width..(b * seq + len) * width];
-                attention_sequence(self, x, len, out);
+                attention_sequence(self, x, len, wide, out);
             });
         Ok((CpuStorage::F32(out), Shape::from((rows, hidden))))
     }
@@ -388,13 +403,14 @@ vectorized_fn! {
         op: &'a Attention<'a>,
         x: &'a [f32],
         len: usize,
+        wide: bool,
         out: &'a mut [f32],
     ) -> () => Attention::sequence;
 }
 
 impl Attention<'_> {
     #[inline(always)]
-    fn sequence(&self, x: &[f32], len: usize, out: &mut [f32]) {
+    fn sequence(&self, x: &[f32], len: usize, wide: bool, out: &mut [f32]) {
         let width = self.bias.len();
         let hidden = width / 3;
         let d = hidden / self.heads;
@@ -409,22 +425,46 @@ impl Attention<'_> {
         let mut ctx = vec![0f32; 4 * d];
         for h in 0..self.heads {
             let (qo, ko, vo) = (h * d, hidden + h * d, 2 * hidden + h * d);
-            for (j, row) in x.chunks_exact(width).enumerate() {
+            // Q and V rows are copies (vectorized); K's transpose is a scatter, in a loop of
+            // its own so that it does not keep the copies scalar.
+            for ((row, qr), vr) in x
+                .chunks_exact(width)
+                .zip(q.chunks_exact_mut(d))
+                .zip(v.chunks_exact_mut(d))
+            {
+                let (qx, qb) = (&row[qo..qo + d], &self.bias[qo..qo + d]);
                 for e in 0..d {
-                    q[j * d + e] = (row[qo + e] + self.bias[qo + e]) * scale;
-                    kt[e * lp + j] = row[ko + e] + self.bias[ko + e];
-                    v[j * d + e] = row[vo + e] + self.bias[vo + e];
+                    qr[e] = (qx[e] + qb[e]) * scale;
+                }
+                let (vx, vb) = (&row[vo..vo + d], &self.bias[vo..vo + d]);
+                for e in 0..d {
+                    vr[e] = vx[e] + vb[e];
+                }
+            }
+            let kb = &self.bias[ko..ko + d];
+            for (j, row) in x.chunks_exact(width).enumerate() {
+                let kx = &row[ko..ko + d];
+                for e in 0..d {
+                    kt[e * lp + j] = kx[e] + kb[e];
                 }
             }
             for i0 in (0..len).step_by(4) {
-                scores_x4(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
+                if wide {
+                    scores_x4::<32>(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
+                } else {
+                    scores_x4::<16>(&q[i0 * d..(i0 + 4) * d], &kt, lp, &mut scores);
+                }
                 let rows = (len - i0).min(4);
                 for s in scores.chunks_exact_mut(lp).take(rows) {
                     softmax_in_place(&mut s[..len]);
                 }
                 // Padding rows (past `len`) hold finite scores of zero queries: computed with
                 // the others, never written out.
-                weighted_rows_x4(&scores, lp, len, &v, &mut ctx);
+                if wide {
+                    weighted_rows_x4::<32>(&scores, lp, len, &v, &mut ctx);
+                } else {
+                    weighted_rows_x4::<16>(&scores, lp, len, &v, &mut ctx);
+                }
                 for (r, c) in ctx.chunks_exact(d).take(rows).enumerate() {
                     out[(i0 + r) * hidden + h * d..(i0 + r) * hidden + (h + 1) * d]
                         .copy_from_slice(c);
@@ -435,17 +475,25 @@ impl Attention<'_> {
 }
 
 /// Scores of four query rows (`q`: 4 × d) against all keys: `scores[r][j] = q[r] · kt[.., j]`,
-/// where `kt` is K transposed, `(d, lp)`. Sixteen keys at a time with two register accumulators
-/// per row (eight independent FMA chains), so each loaded key vector serves four queries.
+/// where `kt` is K transposed, `(d, lp)`. `W` keys at a time (16 for 256-bit vectors, 32 for
+/// 512-bit ones): two register accumulators per row, eight independent FMA chains, so each
+/// loaded key vector serves four queries.
 #[inline(always)]
-fn scores_x4(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
-    // `lp` is a multiple of 8: sixteen keys at a time, then the last eight.
-    let wide = lp / 16 * 16;
-    for jc in (0..wide).step_by(16) {
-        score_block::<16>(q, kt, lp, jc, scores);
+fn scores_x4<const W: usize>(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
+    // `lp` is a multiple of 8: `W` keys at a time (two vectors per query row), then sixteen,
+    // then eight.
+    let mut jc = 0;
+    while jc + W <= lp {
+        score_block::<W>(q, kt, lp, jc, scores);
+        jc += W;
     }
-    for jc in (wide..lp).step_by(8) {
+    while jc + 16 <= lp {
+        score_block::<16>(q, kt, lp, jc, scores);
+        jc += 16;
+    }
+    while jc < lp {
         score_block::<8>(q, kt, lp, jc, scores);
+        jc += 8;
     }
 }
 
@@ -469,27 +517,19 @@ fn score_block<const W: usize>(q: &[f32], kt: &[f32], lp: usize, jc: usize, scor
 }
 
 /// Context rows of four queries: `ctx[r] = Σ_{j < len} p[r][j] · v[j]`, with `p` four rows of
-/// `lp` probabilities and `v` `len` rows of `d = ctx.len() / 4`. Sixteen output lanes of the four
-/// rows at a time (eight independent FMA chains; one chain per lane group would wait on the FMA
-/// latency at every key), each loaded value row serving four queries.
+/// `lp` probabilities and `v` `len` rows of `d = ctx.len() / 4`. `W` output lanes of the four rows
+/// at a time (two vectors per row: eight independent FMA chains; one chain per lane group would
+/// wait on the FMA latency at every key), each loaded value row serving four queries.
 #[inline(always)]
-fn weighted_rows_x4(p: &[f32], lp: usize, len: usize, v: &[f32], ctx: &mut [f32]) {
+fn weighted_rows_x4<const W: usize>(p: &[f32], lp: usize, len: usize, v: &[f32], ctx: &mut [f32]) {
     let d = ctx.len() / 4;
     let mut c = 0;
+    while c + W <= d {
+        weighted_block::<W>(p, lp, len, v, ctx, c);
+        c += W;
+    }
     while c + 16 <= d {
-        let mut acc = [[0f32; 16]; 4];
-        for j in 0..len {
-            let vr = &v[j * d + c..j * d + c + 16];
-            for r in 0..4 {
-                let pj = p[r * lp + j];
-                for l in 0..16 {
-                    acc[r][l] = pj.mul_add(vr[l], acc[r][l]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            ctx[r * d + c..r * d + c + 16].copy_from_slice(acc);
-        }
+        weighted_block::<16>(p, lp, len, v, ctx, c);
         c += 16;
     }
     // Head sizes that are not a multiple of 16: the rest one lane at a time.
@@ -501,6 +541,32 @@ fn weighted_rows_x4(p: &[f32], lp: usize, len: usize, v: &[f32], ctx: &mut [f32]
             }
             ctx[r * d + e] = a;
         }
+    }
+}
+
+/// [`weighted_rows_x4`] for output lanes `c..c + W`.
+#[inline(always)]
+fn weighted_block<const W: usize>(
+    p: &[f32],
+    lp: usize,
+    len: usize,
+    v: &[f32],
+    ctx: &mut [f32],
+    c: usize,
+) {
+    let d = ctx.len() / 4;
+    let mut acc = [[0f32; W]; 4];
+    for j in 0..len {
+        let vr = &v[j * d + c..j * d + c + W];
+        for r in 0..4 {
+            let pj = p[r * lp + j];
+            for l in 0..W {
+                acc[r][l] = pj.mul_add(vr[l], acc[r][l]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        ctx[r * d + c..r * d + c + W].copy_from_slice(acc);
     }
 }
 
@@ -609,9 +675,11 @@ mod tests {
     #[test]
     fn fused_attention_matches_naive_and_ignores_padding() {
         use candle_core::{Device, Tensor};
-        for (heads, d) in [(2, 8), (3, 12)] {
-            let (seq, hidden) = (7, heads * d);
-            let lens = [7usize, 4];
+        // Seven tokens: partial blocks only; 37 tokens and 40-wide heads: a 32-key block and
+        // 32 output lanes (the 512-bit blocking), then 8 keys, and 8 lanes one at a time.
+        for (heads, d, seq) in [(2, 8, 7), (3, 12, 7), (2, 40, 37)] {
+            let hidden = heads * d;
+            let lens = [seq, 4];
             let vals: Vec<f32> = (0..2 * seq * 3 * hidden)
                 .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
                 .collect();
@@ -626,11 +694,21 @@ mod tests {
             for (b, &len) in lens.iter().enumerate() {
                 let x = &vals[b * seq * 3 * hidden..(b * seq + len) * 3 * hidden];
                 let want = naive_attention(x, &bias, len, heads);
+                // The op (this CPU's blocking), then each blocking whatever the CPU.
+                let mut blocked = [vec![0f32; seq * hidden], vec![0f32; seq * hidden]];
+                for (wide, out) in [false, true].into_iter().zip(&mut blocked) {
+                    attention_sequence(&op, x, len, wide, out);
+                }
                 for i in 0..seq {
                     for c in 0..hidden {
-                        let g = got[b * seq + i][c];
                         let w = if i < len { want[i * hidden + c] } else { 0.0 };
-                        assert!((g - w).abs() < 1e-4, "b{b} row{i} col{c}: {g} vs {w}");
+                        for g in [
+                            got[b * seq + i][c],
+                            blocked[0][i * hidden + c],
+                            blocked[1][i * hidden + c],
+                        ] {
+                            assert!((g - w).abs() < 1e-4, "b{b} row{i} col{c}: {g} vs {w}");
+                        }
                     }
                 }
             }

@@ -195,12 +195,12 @@ impl Int8Linear {
                     let width = (n - c0).min(NR);
                     let sw: &[f32; NR] = self.scale[c0..c0 + NR].try_into().unwrap_or(&[0.0; NR]);
                     for (i, acc_row) in acc.iter().take(mr).enumerate() {
-                        let mut vals = [0f32; NR];
-                        for j in 0..NR {
-                            vals[j] = acc_row[j] * sw[j];
-                        }
                         let at = (r - rows.start + i) * ld + c0 - col0;
-                        out[at..at + width].copy_from_slice(&vals[..width]);
+                        // Stored in place: a 64-byte `copy_from_slice` of a runtime width is
+                        // a `memmove` call per row (9% of the int8 encoder's time, perf).
+                        for ((o, a), s) in out[at..at + width].iter_mut().zip(acc_row).zip(sw) {
+                            *o = a * s;
+                        }
                     }
                 }
                 r += mr;
@@ -316,7 +316,10 @@ fn quantize_block(x: &[f32], out: &mut [u8], flip: u8) -> f32 {
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     for (q, v) in out.iter_mut().zip(x) {
         // Clamped: a block of subnormals can round to 128, which AVX2's sign trick cannot negate.
-        *q = ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 as i8 as u8) ^ flip;
+        // Rounded (ties to even) by adding `ROUNDER`: the integer's low byte is then the low
+        // byte of the sum's bits (a saturating `as` cast would cost more than the rest).
+        let r = (v * inv).clamp(-127.0, 127.0) + super::fused::ROUNDER;
+        *q = (r.to_bits() as u8) ^ flip;
     }
     for q in out.iter_mut().skip(x.len()) {
         *q = flip;
@@ -411,6 +414,47 @@ mod tests {
                     Some(f) => assert_eq!(f, &got, "{} differs from scalar", isa.name()),
                 }
             }
+        }
+    }
+
+    /// The rounding by addition against the plain cast: ties to even, both signs, the clamp,
+    /// zero, the offset encoding and the zero-filled tail.
+    #[test]
+    fn activations_round_half_to_even_and_clamp() {
+        // Block maximum 127 (scale 1): the values are their own quantized values.
+        let mut x = vec![
+            127.0f32, -127.0, 0.0, -0.0, 2.5, 3.5, -2.5, -3.5, 0.49, -126.6,
+        ];
+        x.extend(data(KB + 9 - x.len(), 7).iter().map(|v| v * 254.0));
+        let kp = (x.len()).div_ceil(KB) * KB;
+        for offset in [false, true] {
+            let mut q = vec![0u8; kp];
+            let mut scales = vec![0f32; kp / KB];
+            quantize_row(&x, &mut q, &mut scales, offset);
+            let flip = if offset { 0x80 } else { 0 };
+            for (b, block) in x.chunks(KB).enumerate() {
+                let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_eq!(scales[b], amax / 127.0);
+                let inv = 1.0 / (amax / 127.0);
+                for (i, v) in block.iter().enumerate() {
+                    let want = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8 as u8;
+                    assert_eq!(
+                        q[b * KB + i],
+                        want ^ flip,
+                        "{v} (block {b}, offset {offset})"
+                    );
+                }
+            }
+            assert!(q[x.len()..].iter().all(|&t| t == flip));
+            assert_eq!(
+                &q[4..8],
+                &[
+                    2u8 ^ flip,
+                    4 ^ flip,
+                    (-2i8) as u8 ^ flip,
+                    (-4i8) as u8 ^ flip
+                ]
+            );
         }
     }
 
