@@ -58,7 +58,7 @@ pub(crate) struct GenerateArgs {
 }
 
 #[derive(Debug, Args)]
-struct KernelArgs {
+pub(crate) struct KernelArgs {
     /// Run the portable scalar kernels instead of the fastest ones this CPU has (what a CPU
     /// without AVX2/FMA gets).
     #[arg(long)]
@@ -70,7 +70,7 @@ struct KernelArgs {
 }
 
 impl KernelArgs {
-    fn choice(&self) -> Kernels {
+    pub(crate) fn choice(&self) -> Kernels {
         if self.scalar_kernels {
             Kernels::Scalar
         } else if self.avx2_kernels {

@@ -30,11 +30,15 @@ pub(crate) struct SearchBenchArgs {
     ef: Vec<usize>,
     #[command(flatten)]
     peers: PeerArgs,
+    #[command(flatten)]
+    kernels: crate::bench::KernelArgs,
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(a: &SearchBenchArgs) -> Result<()> {
+    // The vector distances run on these kernels too.
+    ragd_eval::use_kernels(a.kernels.choice());
     let report = ragd_eval::search::run(&SearchBench {
         collection: a.collection.clone(),
         data_dir: a.data.data_dir.clone(),

@@ -18,7 +18,7 @@ pub mod peers;
 pub mod search;
 
 pub use peers::Peers;
-pub use ragd_models::kernels::Kernels;
+pub use ragd_models::kernels::{Kernels, use_kernels};
 pub use ragd_models::{BatchOptions, Precision};
 
 use serde_json::{Value, json};

@@ -251,6 +251,7 @@ pub fn run(a: &SearchBench) -> Result<Value> {
         "hnsw": hnsw,
         "hnsw_settings": settings.hnsw,
         "peer": peer,
+        "kernels": ragd_models::kernels::active(),
     });
     Ok(report)
 }

@@ -25,8 +25,10 @@ impl Distance<f32> for CosineDistance {
 ragd_core::vectorized_fn! {
     /// Dot product in four independent 8-lane accumulators, so the compiler keeps it in SIMD
     /// registers (AVX2 ones on a CPU that has them: see `ragd_core::cpu`) and the additions of
-    /// one accumulator do not wait on each other.
-    pub fn dot<'a>(a: &'a [f32], b: &'a [f32]) -> f32 => dot_lanes;
+    /// one accumulator do not wait on each other. At most AVX2 (see
+    /// `ragd_core::cpu::dispatch_avx2`): the same distances, and graphs, on every x86-64 CPU
+    /// with AVX2.
+    pub fn dot<'a>(a: &'a [f32], b: &'a [f32]) -> f32 => avx2 dot_lanes;
 }
 
 #[inline(always)]
