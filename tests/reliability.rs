@@ -701,7 +701,10 @@ async fn bad_input_over_every_rpc_gets_the_code_that_names_the_mistake() {
         NotFound,
         code(search.search(q("nope", "arches", d())).await),
     ));
-    let embed = |texts: Vec<String>| pb::EmbedRequest { texts };
+    let embed = |texts: Vec<String>| pb::EmbedRequest {
+        texts,
+        ..Default::default()
+    };
     cases.push((
         "embed: none",
         Invalid,
@@ -716,6 +719,18 @@ async fn bad_input_over_every_rpc_gets_the_code_that_names_the_mistake() {
         "embed: empty text",
         Invalid,
         code(search.embed(embed(vec![" ".into()])).await),
+    ));
+    cases.push((
+        "embed: unknown precision",
+        Invalid,
+        code(
+            search
+                .embed(pb::EmbedRequest {
+                    texts: vec!["a".into()],
+                    precision: "bf16".into(),
+                })
+                .await,
+        ),
     ));
     cases.push((
         "embed: 20 KB",

@@ -390,7 +390,17 @@ async fn the_service_end_to_end() {
         (
             Code::InvalidArgument,
             srv.search()
-                .embed(pb::EmbedRequest { texts: vec![] })
+                .embed(pb::EmbedRequest::default())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            Code::InvalidArgument,
+            srv.search()
+                .embed(pb::EmbedRequest {
+                    texts: vec!["x".into()],
+                    precision: "fp16".into(),
+                })
                 .await
                 .unwrap_err(),
         ),
@@ -520,6 +530,45 @@ async fn the_service_end_to_end() {
     for (i, (want, got)) in cases.iter().enumerate() {
         assert_eq!(got.code(), *want, "case {i}: {got:?}");
         assert!(!got.message().is_empty(), "case {i}");
+    }
+
+    // Embed at each precision: unit vectors of the model's dimension, the precision reported,
+    // int8 close to f32 but its own.
+    let mut vectors = Vec::new();
+    for (precision, reported) in [("", "f32"), ("f32", "f32"), ("int8", "int8")] {
+        let r = srv
+            .search()
+            .embed(pb::EmbedRequest {
+                texts: vec!["The hut's warden is Eda Vos.".into(), "PEFT?".into()],
+                precision: precision.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.precision, reported);
+        assert_eq!(r.embeddings.len(), 2);
+        for e in &r.embeddings {
+            assert_eq!(e.values.len(), r.dim as usize);
+            let norm: f32 = e.values.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-3, "{precision}: norm {norm}");
+        }
+        vectors.push(r.embeddings);
+    }
+    let cos = |a: &pb::Embedding, b: &pb::Embedding| -> f32 {
+        a.values.iter().zip(&b.values).map(|(x, y)| x * y).sum()
+    };
+    for (i, ((default, f32), int8)) in vectors[0]
+        .iter()
+        .zip(&vectors[1])
+        .zip(&vectors[2])
+        .enumerate()
+    {
+        assert_eq!(default.values, f32.values);
+        let c = cos(f32, int8);
+        assert!(
+            c > 0.99 && c < 0.999_999,
+            "text {i}: int8 vs f32 cosine {c}"
+        );
     }
 
     // Get, List pages, Delete.

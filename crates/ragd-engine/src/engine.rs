@@ -615,7 +615,7 @@ impl Engine {
 
     /// Embeds texts with the engine's encoder (1 or more, none empty, none longer than
     /// [`MAX_EMBED_TEXT_BYTES`]).
-    pub fn embed(&self, texts: Vec<String>) -> Result<Vec<Embedding>> {
+    pub fn embed(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
         if texts.is_empty() {
             return Err(Error::InvalidInput("nothing to embed".into()));
         }
@@ -627,7 +627,7 @@ impl Engine {
                 "text {i} is empty or longer than {MAX_EMBED_TEXT_BYTES} bytes"
             )));
         }
-        Ok(self.encoder()?.encode(texts)?)
+        Ok(self.encoder()?.encode_with(texts, precision)?)
     }
 
     /// Retrieves, gates, selects and packs an answer over collection `name` without starting

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use ragd_engine::{
     Cancel, Chunker, IngestOptions, Ingestor, ParsedDoc, RebuildOptions, embed_text,
 };
-use ragd_models::Embedder;
 use ragd_models::registry::{self, DEFAULT_ENCODER};
+use ragd_models::{Embedder, Precision};
 use ragd_store::{ChunkSettings, Collection, DocWrite};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -667,9 +667,18 @@ fn the_engine_keeps_collections_open_and_caches_query_vectors() {
     );
 
     // Embedding checks its input; asking needs a decoder this engine was built without.
-    assert_eq!(engine.embed(vec!["x".into()]).unwrap().len(), 1);
     assert_eq!(
-        engine.embed(vec![" ".into()]).unwrap_err().kind(),
+        engine
+            .embed(vec!["x".into()], Precision::F32)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        engine
+            .embed(vec![" ".into()], Precision::F32)
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidInput
     );
     let ask = engine.ask("a", ragd_engine::AnswerRequest::new("what do bees do?"));

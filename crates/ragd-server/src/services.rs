@@ -443,10 +443,13 @@ impl pb::search_server::Search for Services {
             ))
             .into());
         }
+        let precision = convert::precision_from(&r.precision)
+            .map_err(invalid)?
+            .unwrap_or_default();
         let out = self
             .state
             .blocking(move |s| {
-                let e = s.engine.embed(r.texts)?;
+                let e = s.engine.embed(r.texts, precision)?;
                 Ok(pb::EmbedResponse {
                     embeddings: e
                         .into_iter()
@@ -458,6 +461,7 @@ impl pb::search_server::Search for Services {
                         .collect(),
                     model: s.engine.encoder()?.name().to_string(),
                     dim: s.engine.encoder()?.dim() as u32,
+                    precision: precision.to_string(),
                 })
             })
             .await?;
