@@ -113,6 +113,17 @@ fn bench_embed_json_has_the_documented_fields() {
     for k in ["tokens", "seconds", "texts_per_s", "tokens_per_s"] {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k} in {v}");
     }
+    // One batch of three texts of different lengths, padded to the longest.
+    let (tokens, padded) = (
+        v["tokens"].as_u64().unwrap(),
+        v["padded_tokens"].as_u64().unwrap(),
+    );
+    assert!(padded > tokens && padded % 3 == 0, "{v}");
+    let share = v["padding_share"].as_f64().unwrap();
+    assert!(
+        (share - (1.0 - tokens as f64 / padded as f64)).abs() < 1e-3,
+        "{v}"
+    );
 }
 
 #[test]

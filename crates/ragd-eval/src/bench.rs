@@ -75,6 +75,13 @@ pub fn embed(args: &EmbedBench) -> Result<Value> {
     };
     let (out, seconds) = timed(args.precision)?;
     let tokens: usize = out.iter().map(|e| e.tokens).sum();
+    // What the linear layers process: every batch padded to its longest input (attention
+    // skips the padding).
+    let lens: Vec<usize> = out.iter().map(|e| e.tokens).collect();
+    let padded: usize = ragd_models::plan_batches(&lens, args.batch)
+        .iter()
+        .map(|b| b.len() * b.iter().map(|&i| lens[i]).max().unwrap_or(0).max(1))
+        .sum();
     let texts_per_s = texts.len() as f64 / seconds;
     let mut report = json!({
         "system": "ragd",
@@ -82,6 +89,8 @@ pub fn embed(args: &EmbedBench) -> Result<Value> {
         "precision": args.precision,
         "texts": texts.len(),
         "tokens": tokens,
+        "padded_tokens": padded,
+        "padding_share": round3(1.0 - tokens as f64 / padded.max(1) as f64),
         "truncated": out.iter().filter(|e| e.truncated).count(),
         "seconds": round3(seconds),
         "texts_per_s": round1(texts_per_s),
