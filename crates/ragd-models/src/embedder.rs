@@ -287,12 +287,6 @@ impl Embedder {
     }
 }
 
-/// Groups input indices into batches: longest first, each batch holding at most
-/// `max_batch_size` inputs and at most `max_batch_tokens` padded tokens. A batch that holds
-/// [`FULL_ENOUGH`] inputs takes no input more than [`MAX_ROW_PADDING_PERCENT`]% shorter than
-/// its longest: the linear layers process the padding (attention skips it).
-///
-/// Every index appears exactly once; an input longer than the budget gets a batch of its own.
 /// Inputs a batch holds before [`MAX_ROW_PADDING_PERCENT`] applies (small batches run the
 /// matrix products less efficiently than padding costs).
 pub const FULL_ENOUGH: usize = 8;
@@ -300,9 +294,16 @@ pub const FULL_ENOUGH: usize = 8;
 /// Most padding of one input, in percent of its batch's width, once the batch is
 /// [`FULL_ENOUGH`]. On 256 short SciFact claims (22 tokens on average) the padded share fell
 /// from 15.9% to 5.6% and throughput rose 8–16% (int8 and f32, two alternating runs; 25%
-/// gave 11.2% and less); chunk-sized inputs are unchanged (1.2% → 1.0%). BENCHMARKS.md.
+/// left 11.2% padded and gained less); chunk-sized inputs are unchanged (1.2% → 1.0%).
+/// BENCHMARKS.md.
 pub const MAX_ROW_PADDING_PERCENT: usize = 12;
 
+/// Groups input indices into batches: longest first, each batch holding at most
+/// `max_batch_size` inputs and at most `max_batch_tokens` padded tokens. A batch that holds
+/// [`FULL_ENOUGH`] inputs takes no input more than [`MAX_ROW_PADDING_PERCENT`]% shorter than
+/// its longest: the linear layers process the padding (attention skips it).
+///
+/// Every index appears exactly once; an input longer than the budget gets a batch of its own.
 pub fn plan_batches(lens: &[usize], opts: BatchOptions) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
