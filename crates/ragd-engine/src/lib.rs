@@ -54,7 +54,9 @@ pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, f
 // The data model and model handles the engine's operations take and return, so that front
 // doors need no crate below the engine.
 pub use ragd_models::registry as models;
-pub use ragd_models::{Embedding, Encode, FinishReason, GeneratorOptions, SamplingParams};
+pub use ragd_models::{
+    Embedding, Encode, FinishReason, GeneratorOptions, RemoteOptions, SamplingParams,
+};
 pub use ragd_store::{
     ChunkRecord, ChunkSettings, CollectionSettings, CollectionStats, DocRecord, HnswSettings,
     SearchFilter, WriteOutcome,

@@ -36,6 +36,9 @@ pub enum Error {
     /// The request's deadline passed before it finished.
     #[error("the deadline passed before generation finished")]
     DeadlineExceeded,
+    /// A model server could not be reached, failed, or broke off a stream.
+    #[error("model server {url}: {reason}")]
+    ModelServer { url: String, reason: String },
     /// The worker thread that owns a model is gone.
     #[error("{0} worker has stopped")]
     WorkerGone(&'static str),
@@ -60,7 +63,7 @@ impl Error {
             Self::ModelMissing { .. } => ErrorKind::NotFound,
             Self::PromptTooLong { .. } | Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::Overloaded(_) => ErrorKind::Overloaded,
-            Self::WorkerGone(_) => ErrorKind::Unavailable,
+            Self::WorkerGone(_) | Self::ModelServer { .. } => ErrorKind::Unavailable,
             Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Self::ModelInvalid { .. }
             | Self::Fetch { .. }

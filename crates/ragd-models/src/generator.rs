@@ -1,6 +1,9 @@
 //! `Generator`: a GGUF decoder served by a pool of sessions on dedicated threads.
 //!
 //! The weights are loaded once and shared (`Arc`); each session thread owns its own KV cache.
+//! The same pool fronts an OpenAI-compatible model server ([`Generator::remote`]): each
+//! session thread then holds one streamed HTTP request at a time, so `sessions` bounds the
+//! server's concurrent requests exactly as it bounds local KV caches.
 //! Requests wait in a bounded queue (full → [`Error::Overloaded`] at once) and stream their output
 //! back through a bounded channel as text deltas that never split a UTF-8 character and never
 //! show the beginning of a stop sequence. Dropping the stream cancels the request: the session
@@ -9,6 +12,7 @@
 use crate::error::{Error, Result};
 use crate::gguf_meta::{ChatMessage, ChatTemplate, DecoderVocab, Meta, decoder_vocab};
 use crate::llama::{KvState, LlamaWeights};
+use crate::remote::{Remote, RemoteOptions};
 use crate::sampling::{Sampler, SamplingParams};
 use candle_core::quantized::gguf_file;
 use serde::Serialize;
@@ -179,25 +183,72 @@ impl GenerationStream {
     }
 }
 
-struct Job {
-    request: GenerateRequest,
-    tx: mpsc::Sender<Result<GenerationEvent>>,
-    enqueued: Instant,
+pub(crate) struct Job {
+    pub(crate) request: GenerateRequest,
+    pub(crate) tx: mpsc::Sender<Result<GenerationEvent>>,
+    pub(crate) enqueued: Instant,
     /// The caller's span: the session's prefill and decode spans are its children.
-    span: tracing::Span,
+    pub(crate) span: tracing::Span,
 }
 
 /// What every session shares.
 #[derive(Debug)]
-struct Shared {
-    weights: LlamaWeights,
-    vocab: DecoderVocab,
-    template: ChatTemplate,
+pub(crate) struct Shared {
+    backend: Backend,
     context: usize,
-    prefill_chunk: usize,
     name: String,
     /// Tokens sampled by every session since load (for metrics and cancellation checks).
-    tokens_generated: AtomicU64,
+    pub(crate) tokens_generated: AtomicU64,
+}
+
+/// Where the tokens come from.
+#[derive(Debug)]
+enum Backend {
+    /// Our own forward pass over GGUF weights, on the session threads.
+    Local(Local),
+    /// An OpenAI-compatible model server, called from the session threads.
+    Remote(Remote),
+}
+
+/// A GGUF decoder run in-process.
+#[derive(Debug)]
+struct Local {
+    weights: LlamaWeights,
+    text: TextModel,
+    prefill_chunk: usize,
+}
+
+/// A model's tokenizer and chat template.
+#[derive(Debug)]
+pub(crate) struct TextModel {
+    pub(crate) vocab: DecoderVocab,
+    pub(crate) template: ChatTemplate,
+}
+
+impl TextModel {
+    /// Reads the tokenizer and chat template of a GGUF file (not its weights).
+    pub(crate) fn from_gguf(path: &Path) -> Result<(Self, gguf_file::Content, std::fs::File)> {
+        let mut file =
+            std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let meta = Meta::new(&content, path);
+        let vocab = decoder_vocab(&meta, path)?;
+        let template = ChatTemplate::from_meta(&meta, &vocab)?;
+        Ok((Self { vocab, template }, content, file))
+    }
+
+    /// Token ids of `text` as the model sees it in a prompt (BOS first when the model adds it).
+    pub(crate) fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.vocab.add_bos {
+            ids.extend(self.vocab.bos.as_ref().map(|(i, _)| *i));
+        }
+        ids.extend_from_slice(self.vocab.tokenizer.encode(text, false)?.get_ids());
+        Ok(ids)
+    }
 }
 
 /// Cheap, cloneable handle to a decoder session pool.
@@ -218,27 +269,42 @@ impl std::fmt::Debug for Job {
 impl Generator {
     /// Loads a GGUF decoder and starts `opts.sessions` session threads.
     pub fn load(path: &Path, opts: GeneratorOptions) -> Result<Self> {
-        let mut file =
-            std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (text, content, mut file) = TextModel::from_gguf(path)?;
         let meta = Meta::new(&content, path);
-        let vocab = decoder_vocab(&meta, path)?;
-        let template = ChatTemplate::from_meta(&meta, &vocab)?;
         let weights = LlamaWeights::load(&content, &meta, &mut file)?;
         let context = opts.context.clamp(16, weights.config.context_length);
         let name = path
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let shared = Arc::new(Shared {
+        let local = Local {
             weights,
-            vocab,
-            template,
-            context,
+            text,
             prefill_chunk: opts.prefill_chunk.max(1),
+        };
+        Self::start(Backend::Local(local), name, context, opts)
+    }
+
+    /// A generator whose tokens come from an OpenAI-compatible model server (llama.cpp's
+    /// `llama-server`, vLLM, TGI, Ollama, a hosted API): `opts.sessions` requests run at once,
+    /// `opts.queue` more wait, and `opts.context` is the server's context per request. Nothing is
+    /// sent until the first generation; an unreachable server fails that request (UNAVAILABLE).
+    pub fn remote(server: RemoteOptions, opts: GeneratorOptions) -> Result<Self> {
+        let remote = Remote::new(server)?;
+        let name = remote.name();
+        let context = opts.context.max(16);
+        Self::start(Backend::Remote(remote), name, context, opts)
+    }
+
+    fn start(
+        backend: Backend,
+        name: String,
+        context: usize,
+        opts: GeneratorOptions,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            backend,
+            context,
             name,
             tokens_generated: AtomicU64::new(0),
         });
@@ -253,6 +319,14 @@ impl Generator {
                 .map_err(Error::io("spawning a decoder session thread"))?;
         }
         Ok(Self { shared, jobs })
+    }
+
+    /// The tokenizer and chat template: the local model's, or a remote one's when configured.
+    fn text(&self) -> Option<&TextModel> {
+        match &self.shared.backend {
+            Backend::Local(l) => Some(&l.text),
+            Backend::Remote(r) => r.text(),
+        }
     }
 
     /// Starts a generation; fails at once when the queue is full or parameters are invalid.
@@ -282,24 +356,49 @@ impl Generator {
         Ok(GenerationStream { rx })
     }
 
-    /// Renders chat messages with the model's template, ready for generation.
+    /// Renders chat messages with the model's template, ready for generation. A model server
+    /// without a configured tokenizer applies its own template: this then renders the plain
+    /// `role: content` lines ragd counts tokens on (and shows with `--prompt-out`).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        self.shared.template.render(messages, true)
+        match self.text() {
+            Some(t) => t.template.render(messages, true),
+            None => Ok(messages
+                .iter()
+                .map(|m| format!("{}: {}\n", m.role, m.content))
+                .collect()),
+        }
     }
 
-    /// Token ids of `text` as the model would see it in a prompt.
+    /// Token ids of `text` as the model would see it in a prompt (an error for a model server
+    /// without a configured tokenizer).
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        if self.shared.vocab.add_bos {
-            ids.extend(self.shared.vocab.bos.as_ref().map(|(i, _)| *i));
+        self.text().ok_or_else(no_tokenizer)?.tokenize(text)
+    }
+
+    /// How many tokens `text` takes in a prompt: counted with the model's tokenizer, or, for a
+    /// model server without one configured, estimated as one token per [`BYTES_PER_TOKEN`] bytes
+    /// (English text runs about four bytes per token, so the estimate errs long and prompts
+    /// stay within the server's context).
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        match self.text() {
+            Some(t) => Ok(t.tokenize(text)?.len()),
+            None => Ok(text.len().div_ceil(BYTES_PER_TOKEN)),
         }
-        ids.extend_from_slice(self.shared.vocab.tokenizer.encode(text, false)?.get_ids());
-        Ok(ids)
     }
 
     /// Decodes ids back to text (special tokens dropped).
     pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
-        Ok(self.shared.vocab.tokenizer.decode(ids, true)?)
+        Ok(self
+            .text()
+            .ok_or_else(no_tokenizer)?
+            .vocab
+            .tokenizer
+            .decode(ids, true)?)
+    }
+
+    /// True when tokens come from a model server.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.shared.backend, Backend::Remote(_))
     }
 
     /// Context per session in tokens.
@@ -312,14 +411,30 @@ impl Generator {
         self.shared.tokens_generated.load(Ordering::Relaxed)
     }
 
-    /// The model's file stem.
+    /// The model's file stem (for a model server: its model name and address).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 }
 
+/// Bytes per token of the estimate used when a model server's tokenizer is not configured.
+pub const BYTES_PER_TOKEN: usize = 3;
+
+fn no_tokenizer() -> Error {
+    Error::InvalidInput(
+        "the model server's tokenizer is not configured (decoder.tokenizer: its GGUF file)".into(),
+    )
+}
+
 fn session_loop(shared: &Shared, rx: &Mutex<std_mpsc::Receiver<Job>>) {
-    let mut state = shared.weights.new_state(shared.context);
+    match &shared.backend {
+        Backend::Local(local) => local_loop(shared, local, rx),
+        Backend::Remote(remote) => remote.serve(shared, rx),
+    }
+}
+
+fn local_loop(shared: &Shared, local: &Local, rx: &Mutex<std_mpsc::Receiver<Job>>) {
+    let mut state = local.weights.new_state(shared.context);
     loop {
         let job = {
             let Ok(guard) = rx.lock() else { return };
@@ -335,18 +450,18 @@ fn session_loop(shared: &Shared, rx: &Mutex<std_mpsc::Receiver<Job>>) {
         let tx = job.tx.clone();
         let span = job.span.clone();
         let _in = span.enter();
-        if let Err(e) = run_job(shared, &mut state, job) {
+        if let Err(e) = run_job(shared, local, &mut state, job) {
             let _ = tx.blocking_send(Err(e));
         }
     }
 }
 
 /// Returned by `run_job` when the receiver went away: not an error anyone will see.
-fn cancelled() -> Error {
+pub(crate) fn cancelled() -> Error {
     Error::WorkerGone("generation stream")
 }
 
-fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
+fn run_job(shared: &Shared, local: &Local, state: &mut KvState, job: Job) -> Result<()> {
     let started = Instant::now();
     let Job {
         request,
@@ -356,14 +471,15 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
     } = job;
     let text = match &request.prompt {
         Prompt::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
-        Prompt::Chat(m) => std::borrow::Cow::Owned(shared.template.render(m, true)?),
+        Prompt::Chat(m) => std::borrow::Cow::Owned(local.text.template.render(m, true)?),
     };
     let mut prompt: Vec<u32> = Vec::new();
-    if shared.vocab.add_bos {
-        prompt.extend(shared.vocab.bos.as_ref().map(|(i, _)| *i));
+    if local.text.vocab.add_bos {
+        prompt.extend(local.text.vocab.bos.as_ref().map(|(i, _)| *i));
     }
     prompt.extend_from_slice(
-        shared
+        local
+            .text
             .vocab
             .tokenizer
             .encode(text.as_ref(), false)?
@@ -392,14 +508,14 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         queue_ms = usage.queue_seconds * 1e3
     )
     .entered();
-    for chunk in prompt.chunks(shared.prefill_chunk) {
+    for chunk in prompt.chunks(local.prefill_chunk) {
         if tx.is_closed() {
             return Err(cancelled());
         }
         if expired() {
             return Err(Error::DeadlineExceeded);
         }
-        logits = shared.weights.forward(chunk, state)?;
+        logits = local.weights.forward(chunk, state)?;
     }
     usage.prefill_seconds = started.elapsed().as_secs_f64();
     drop(prefill);
@@ -414,7 +530,7 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         _ => request.max_tokens,
     };
     let markers = match &request.force_citation {
-        Some(fc) => MarkerTokens::new(&shared.vocab.tokenizer, fc.sources)?,
+        Some(fc) => MarkerTokens::new(&local.text.vocab.tokenizer, fc.sources)?,
         None => None,
     };
     let mut decoded = String::new();
@@ -427,13 +543,21 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         if generated.is_empty() {
             usage.time_to_first_token_seconds = started.elapsed().as_secs_f64();
         }
-        if shared.vocab.stop_ids.contains(&next) {
-            force_citation(shared, state, &request, &mut generated, &mut text, &tx)?;
+        if local.text.vocab.stop_ids.contains(&next) {
+            force_citation(
+                shared,
+                local,
+                state,
+                &request,
+                &mut generated,
+                &mut text,
+                &tx,
+            )?;
             break FinishReason::Stop;
         }
         generated.push(next);
         shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        decoded = shared.vocab.tokenizer.decode(&generated, true)?;
+        decoded = local.text.vocab.tokenizer.decode(&generated, true)?;
         let (delta, hit_stop) = text.update(&decoded);
         if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
             return Err(cancelled());
@@ -442,7 +566,15 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
             break FinishReason::StopSequence;
         }
         if generated.len() >= limit {
-            force_citation(shared, state, &request, &mut generated, &mut text, &tx)?;
+            force_citation(
+                shared,
+                local,
+                state,
+                &request,
+                &mut generated,
+                &mut text,
+                &tx,
+            )?;
             break FinishReason::Length;
         }
         if tx.is_closed() {
@@ -451,7 +583,7 @@ fn run_job(shared: &Shared, state: &mut KvState, job: Job) -> Result<()> {
         if expired() {
             return Err(Error::DeadlineExceeded);
         }
-        logits = shared.weights.forward(&[next], state)?;
+        logits = local.weights.forward(&[next], state)?;
     };
     usage.generated_tokens = generated.len();
     decode.record("tokens", generated.len());
@@ -547,6 +679,7 @@ const CITATION_TOKENS: usize = 4;
 /// and streams it.
 fn force_citation(
     shared: &Shared,
+    local: &Local,
     state: &mut KvState,
     request: &GenerateRequest,
     generated: &mut Vec<u32>,
@@ -561,16 +694,16 @@ fn force_citation(
     {
         return Ok(());
     }
-    let so_far = shared.vocab.tokenizer.decode(generated, true)?;
+    let so_far = local.text.vocab.tokenizer.decode(generated, true)?;
     if !needs_citation(&so_far, fc) {
         return Ok(());
     }
-    let marker = cite(shared, state, fc, &so_far)?;
+    let marker = cite(local, state, fc, &so_far)?;
     generated.extend_from_slice(&marker);
     shared
         .tokens_generated
         .fetch_add(marker.len() as u64, Ordering::Relaxed);
-    let decoded = shared.vocab.tokenizer.decode(generated, true)?;
+    let decoded = local.text.vocab.tokenizer.decode(generated, true)?;
     let (delta, _) = text.update(&decoded);
     if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
         return Err(cancelled());
@@ -579,7 +712,7 @@ fn force_citation(
 }
 
 /// True when `text` (a finished answer) has no `[digit` marker and is not a refusal.
-fn needs_citation(text: &str, fc: &ForceCitation) -> bool {
+pub(crate) fn needs_citation(text: &str, fc: &ForceCitation) -> bool {
     let t = text.trim();
     if t.is_empty() || fc.sources == 0 {
         return false;
@@ -597,13 +730,8 @@ fn needs_citation(text: &str, fc: &ForceCitation) -> bool {
 
 /// Feeds ` [`, samples one digit among the valid markers (greedy over the model's logits), and
 /// closes with `]`; returns the tokens added. The KV state advances past all of them.
-fn cite(
-    shared: &Shared,
-    state: &mut KvState,
-    fc: &ForceCitation,
-    so_far: &str,
-) -> Result<Vec<u32>> {
-    let tok = &shared.vocab.tokenizer;
+fn cite(local: &Local, state: &mut KvState, fc: &ForceCitation, so_far: &str) -> Result<Vec<u32>> {
+    let tok = &local.text.vocab.tokenizer;
     let open_text = if so_far.ends_with(char::is_whitespace) {
         "["
     } else {
@@ -620,13 +748,13 @@ fn cite(
     if open.is_empty() || close.is_empty() || digits.is_empty() {
         return Ok(Vec::new());
     }
-    let logits = shared.weights.forward(&open, state)?;
+    let logits = local.weights.forward(&open, state)?;
     let pick = digits
         .iter()
         .copied()
         .max_by(|a, b| logits[*a as usize].total_cmp(&logits[*b as usize]))
         .unwrap_or(digits[0]);
-    shared.weights.forward(&[pick], state)?;
+    local.weights.forward(&[pick], state)?;
     let mut out = open;
     out.push(pick);
     out.extend_from_slice(&close);
@@ -639,16 +767,16 @@ fn cite(
 /// as U+FFFD, so text ending in one is held back) and never includes a prefix of a stop sequence
 /// that may still complete.
 #[derive(Debug)]
-struct DeltaText {
+pub(crate) struct DeltaText {
     stops: Vec<String>,
     /// Text handed out so far.
-    emitted: String,
+    pub(crate) emitted: String,
     /// Latest full decode, including what is held back.
     latest: String,
 }
 
 impl DeltaText {
-    fn new(stops: Vec<String>) -> Self {
+    pub(crate) fn new(stops: Vec<String>) -> Self {
         Self {
             stops,
             emitted: String::new(),
@@ -658,7 +786,7 @@ impl DeltaText {
 
     /// Feeds the full decoded text; returns the new delta and whether a stop sequence appeared
     /// (the text is then cut before it).
-    fn update(&mut self, decoded: &str) -> (String, bool) {
+    pub(crate) fn update(&mut self, decoded: &str) -> (String, bool) {
         self.latest = decoded.to_string();
         if let Some(cut) = self
             .stops
@@ -678,7 +806,7 @@ impl DeltaText {
     }
 
     /// Everything not yet emitted, at the end of generation.
-    fn finish(&mut self) -> String {
+    pub(crate) fn finish(&mut self) -> String {
         let end = self.latest.len();
         self.take_upto(end)
     }

@@ -3,7 +3,8 @@
 //! - [`Embedder`] / [`EmbedderHandle`]: a BERT-family sentence encoder; the handle's worker thread
 //!   owns the model and batches requests by token budget.
 //! - [`Generator`]: a GGUF llama-architecture decoder served by a pool of session threads that
-//!   share the weights, each with its own KV cache; output streams through bounded channels.
+//!   share the weights, each with its own KV cache; output streams through bounded channels. The
+//!   same pool fronts an OpenAI-compatible model server ([`RemoteOptions`]).
 //! - [`registry`]: the default models, their pinned checksums, fetching and listing them.
 //!
 //! Threads: model code runs only on the worker/session threads this crate spawns (and candle's
@@ -17,6 +18,7 @@ mod gguf_meta;
 pub mod kernels;
 pub mod llama;
 pub mod registry;
+mod remote;
 mod sampling;
 
 pub use bert::Pooling;
@@ -26,9 +28,10 @@ pub use embedder::{
 };
 pub use error::{Error, Result};
 pub use generator::{
-    Completion, FinishReason, ForceCitation, GenerateRequest, GenerationEvent, GenerationStream,
-    Generator, GeneratorOptions, Prompt, Usage,
+    BYTES_PER_TOKEN, Completion, FinishReason, ForceCitation, GenerateRequest, GenerationEvent,
+    GenerationStream, Generator, GeneratorOptions, Prompt, Usage,
 };
 pub use gguf_meta::{ChatMessage, ChatTemplate};
 pub use ragd_core::Precision;
+pub use remote::RemoteOptions;
 pub use sampling::{Sampler, SamplingParams, argmax};

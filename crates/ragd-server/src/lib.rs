@@ -182,6 +182,7 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
             queue: s.decoder.queue,
             ..GeneratorOptions::default()
         }),
+        model_server: s.decoder.model_server(),
     };
     Ok(Engine::load(config, models_dir, &opts)?)
 }

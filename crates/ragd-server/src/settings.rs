@@ -71,16 +71,31 @@ pub struct Limits {
     pub stream_idle_seconds: usize,
 }
 
-/// The decoder's session pool.
+/// The decoder's session pool: the bundled local model, or an OpenAI-compatible model server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Decoder {
-    /// Concurrent generations.
+    /// Concurrent generations (with `url`: concurrent requests to the model server).
     pub sessions: usize,
     /// Generations waiting for a session; beyond this: RESOURCE_EXHAUSTED.
     pub queue: usize,
-    /// Context per session, in tokens.
+    /// Context per session, in tokens (with `url`: the server's context per request).
     pub context: usize,
+    /// Base URL of an OpenAI-compatible model server (`http://host:8080/v1`: llama.cpp's
+    /// `llama-server`, vLLM, TGI, Ollama, a hosted API); empty: the bundled local decoder.
+    pub url: String,
+    /// The `model` field sent to the server.
+    pub model: String,
+    /// Sent as `Authorization: Bearer` to the server (`RAGD_DECODER__API_KEY`); empty: none.
+    pub api_key: String,
+    /// The served model's GGUF file, read for its tokenizer and chat template only, so prompts
+    /// are counted exactly; empty: estimated at 3 bytes per token.
+    pub tokenizer: PathBuf,
+    /// Longest a request to the server may take, in seconds.
+    pub timeout_seconds: f64,
+    /// Retries of a request the server refused before answering (connection failed, 429,
+    /// 502-504), with exponential backoff.
+    pub retries: u32,
 }
 
 /// Answer pipeline defaults.
@@ -191,7 +206,28 @@ impl Default for Decoder {
             sessions: 1,
             queue: 8,
             context: 4096,
+            url: String::new(),
+            model: "default".into(),
+            api_key: String::new(),
+            tokenizer: PathBuf::new(),
+            timeout_seconds: 300.0,
+            retries: 3,
         }
+    }
+}
+
+impl Decoder {
+    /// The model server to generate with, when `url` names one.
+    pub fn model_server(&self) -> Option<ragd_engine::RemoteOptions> {
+        if self.url.trim().is_empty() {
+            return None;
+        }
+        let mut o = ragd_engine::RemoteOptions::new(self.url.trim(), self.model.trim());
+        o.api_key = Some(self.api_key.clone()).filter(|k| !k.is_empty());
+        o.tokenizer = Some(self.tokenizer.clone()).filter(|p| !p.as_os_str().is_empty());
+        o.timeout = std::time::Duration::from_secs_f64(self.timeout_seconds);
+        o.retries = self.retries;
+        Some(o)
     }
 }
 
@@ -296,6 +332,16 @@ impl Settings {
         }
         if self.decoder.context < 512 {
             return bad("decoder.context", "must be at least 512 tokens".into());
+        }
+        let url = self.decoder.url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return bad(
+                "decoder.url",
+                format!("{url:?} must start with http:// or https://"),
+            );
+        }
+        if !(self.decoder.timeout_seconds.is_finite() && self.decoder.timeout_seconds > 0.0) {
+            return bad("decoder.timeout_seconds", "must be above 0".into());
         }
         if !(-1.0..=1.0).contains(&self.answer.min_relevance) {
             return bad("answer.min_relevance", "must be within -1..=1".into());
@@ -432,6 +478,36 @@ mod tests {
             jail.create_file("bad.toml", "listne = \"x\"\n")?;
             let e = Settings::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
             assert!(e.0.contains("listne"), "{e}");
+            Ok(())
+        });
+    }
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_model_server_is_configured_from_the_environment_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            assert!(s.decoder.model_server().is_none());
+            jail.set_env("RAGD_DECODER__URL", "http://127.0.0.1:8080/v1/");
+            jail.set_env("RAGD_DECODER__MODEL", "qwen2.5-7b-instruct");
+            jail.set_env("RAGD_DECODER__API_KEY", "sk-local-0123");
+            jail.set_env("RAGD_DECODER__RETRIES", "5");
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            let o = s.decoder.model_server().unwrap();
+            assert_eq!(o.url, "http://127.0.0.1:8080/v1/");
+            assert_eq!(o.model, "qwen2.5-7b-instruct");
+            assert_eq!(o.api_key.as_deref(), Some("sk-local-0123"));
+            assert_eq!(o.retries, 5);
+            assert!(o.tokenizer.is_none());
+            jail.set_env("RAGD_DECODER__URL", "127.0.0.1:8080");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                e.0.contains("decoder.url") && e.0.contains("http://"),
+                "{e}"
+            );
+            jail.set_env("RAGD_DECODER__URL", "http://127.0.0.1:8080/v1");
+            jail.set_env("RAGD_DECODER__TIMEOUT_SECONDS", "0");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("decoder.timeout_seconds"), "{e}");
             Ok(())
         });
     }

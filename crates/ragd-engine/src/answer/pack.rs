@@ -32,7 +32,7 @@ pub(super) fn messages(history: &[Turn], sources: &[Source], question: &str) -> 
 }
 
 pub(super) fn prompt_tokens(g: &Generator, m: &[ChatMessage]) -> Result<usize> {
-    Ok(g.tokenize(&g.render_chat(m)?)?.len())
+    Ok(g.count_tokens(&g.render_chat(m)?)?)
 }
 
 /// Prompt tokens of the question with no sources or history; an error when over `budget`.
@@ -98,7 +98,7 @@ pub(super) fn pack(
             truncated,
         };
         let cost = |text: &str| -> Result<usize> {
-            Ok(g.tokenize(&source_block(marker, &hit.title, text))?.len())
+            Ok(g.count_tokens(&source_block(marker, &hit.title, text))?)
         };
         let full = cost(window)?;
         if full <= left {
