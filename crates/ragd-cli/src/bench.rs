@@ -47,6 +47,11 @@ pub(crate) struct GenerateArgs {
     /// GGUF file [default: the default decoder in the models directory].
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Generate through this OpenAI-compatible model server (its base URL, e.g.
+    /// http://127.0.0.1:8080/v1, serving the GGUF of `--model`) and compare ragd's time to
+    /// first token with the server's own prompt time.
+    #[arg(long, conflicts_with = "compare")]
+    model_server: Option<String>,
     #[command(flatten)]
     kernels: KernelArgs,
     #[command(flatten)]
@@ -106,6 +111,7 @@ pub(crate) fn generate(args: &GenerateArgs) -> Result<()> {
         models_dir: args.dir.resolve(),
         kernels: args.kernels.choice(),
         peers: args.peers.peers(),
+        model_server: args.model_server.clone(),
     })?;
     ragd_eval::bench::print_report(&report, args.json);
     Ok(())

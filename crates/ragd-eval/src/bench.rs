@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use ragd_models::kernels::{self, Kernels};
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{
-    BatchOptions, Embedder, Embedding, GenerateRequest, Generator, GeneratorOptions, Precision,
-    Prompt,
+    BatchOptions, Completion, Embedder, Embedding, GenerateRequest, Generator, GeneratorOptions,
+    Precision, Prompt, RemoteOptions,
 };
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `ragd bench embed`: every non-empty line of `input` embedded.
@@ -44,7 +44,14 @@ pub struct GenerateBench {
     pub kernels: Kernels,
     /// Also run llama.cpp on the same prompt.
     pub peers: Option<Peers>,
+    /// Generate through this OpenAI-compatible model server (serving `model`) instead of the
+    /// local decoder, and compare with the server's own prompt time.
+    pub model_server: Option<String>,
 }
+
+/// Runs of the prompt through a model server (each starts with its own tag, so no run reuses
+/// a prompt the server has cached, from this bench or an earlier one).
+const SERVER_RUNS: usize = 5;
 
 /// Texts and tokens per second (with the peer's figures and the ratio when asked).
 pub fn embed(args: &EmbedBench) -> Result<Value> {
@@ -150,6 +157,9 @@ pub fn generate(args: &GenerateBench) -> Result<Value> {
     };
     let prompt = std::fs::read_to_string(&args.prompt_file)
         .with_context(|| format!("reading {}", args.prompt_file.display()))?;
+    if let Some(url) = &args.model_server {
+        return generate_remote(url, &gguf, &prompt, args.max_tokens);
+    }
     kernels::use_kernels(args.kernels);
     let generator = Generator::load(
         &gguf,
@@ -212,6 +222,59 @@ pub fn generate(args: &GenerateBench) -> Result<Value> {
         report["peer"] = peer;
     }
     Ok(report)
+}
+
+/// The prompt through a model server: ragd's time to first token (from picking the request up
+/// to the first streamed text: request building, HTTP, the server's prefill, event parsing)
+/// against the server's own prompt time for the same request, medians of [`SERVER_RUNS`].
+fn generate_remote(url: &str, gguf: &Path, prompt: &str, max_tokens: usize) -> Result<Value> {
+    let mut server = RemoteOptions::new(url, "default");
+    server.tokenizer = Some(gguf.to_path_buf());
+    let generator = Generator::remote(server, GeneratorOptions::default())?;
+    let run = |text: String, n: usize| -> Result<Completion> {
+        Ok(generator
+            .generate(GenerateRequest::greedy(Prompt::Text(text), n))?
+            .blocking_collect(|_| ())?)
+    };
+    run("Hello, world".into(), 2)?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut last = None;
+    for i in 0..SERVER_RUNS {
+        let c = run(format!("{nonce}-{i}. {prompt}"), max_tokens)?;
+        let server_prefill = c.usage.server_prefill_seconds.with_context(|| {
+            format!("the model server at {url} reports no timings.prompt_ms (llama.cpp's llama-server does)")
+        })?;
+        ours.push(c.usage.time_to_first_token_seconds);
+        theirs.push(server_prefill);
+        last = Some(c);
+    }
+    let c = last.context("no run")?;
+    let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+    Ok(json!({
+        "system": "ragd via model server",
+        "model_server": url,
+        "model": generator.name(),
+        "runs": SERVER_RUNS,
+        "prompt_tokens": c.usage.prompt_tokens,
+        "generated_tokens": c.usage.generated_tokens,
+        "time_to_first_token_seconds": round3(ours),
+        "server_prefill_seconds": round3(theirs),
+        "overhead_ms": round1((ours - theirs) * 1e3),
+        // 1.0: nothing added; the target is at most 1.1.
+        "ratio_time_to_first_token_vs_server": round3(ours / theirs.max(1e-9)),
+        "decode_tokens_per_s": round1(c.usage.decode_tokens_per_s()),
+        "finish": c.finish,
+        "text": c.text,
+    }))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Prints a report: one JSON line, or one `key: value` line per field.

@@ -120,6 +120,11 @@ pub struct Usage {
     pub time_to_first_token_seconds: f64,
     /// Seconds the request waited in the queue for a free session.
     pub queue_seconds: f64,
+    /// A model server's own prompt-processing time for this request, when it reports one
+    /// (llama.cpp's `timings.prompt_ms`): ragd's `time_to_first_token_seconds` minus this is
+    /// what the network and ragd added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_prefill_seconds: Option<f64>,
 }
 
 impl Usage {

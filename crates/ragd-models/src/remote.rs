@@ -227,6 +227,9 @@ impl Remote {
             if let Some(err) = event.get("error") {
                 return Err(self.failure(&url, format!("the server reported: {err}")));
             }
+            if let Some(ms) = event.pointer("/timings/prompt_ms").and_then(Value::as_f64) {
+                usage.server_prefill_seconds = Some(ms / 1e3);
+            }
             if let Some(u) = event.get("usage").filter(|u| !u.is_null()) {
                 let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
                 counted = Some((n("prompt_tokens"), n("completion_tokens")));
