@@ -199,6 +199,19 @@ fn a_model_server_streams_what_the_local_model_would_write() {
     assert!(!stopped.text.contains("Paris"), "{stopped:?}");
     assert_eq!(stopped.finish, ragd_models::FinishReason::StopSequence);
 
+    // The repetition penalty reaches the server (llama.cpp's `repeat_penalty` field): greedy
+    // output changes with it.
+    let penalised = |p: f32| {
+        let mut req = GenerateRequest::greedy(Prompt::Text("one one one one one one".into()), 12);
+        req.sampling.repeat_penalty = p;
+        g.generate(req)
+            .unwrap()
+            .blocking_collect(|_| {})
+            .unwrap()
+            .text
+    };
+    assert_ne!(penalised(1.0), penalised(2.0));
+
     // Without a tokenizer, prompts are estimated long (never under the real count).
     let estimated = remote(&server.url(), false);
     assert!(estimated.count_tokens(text).unwrap() >= local.tokenize(text).unwrap().len());

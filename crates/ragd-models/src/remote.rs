@@ -43,6 +43,10 @@ pub struct RemoteOptions {
     pub timeout: Duration,
     /// Retries of a request refused before any text (connection failed, 429, 502–504).
     pub retries: u32,
+    /// The request field that carries the repetition penalty, which the OpenAI API lacks:
+    /// `repeat_penalty` (llama.cpp, Ollama; the default), `repetition_penalty` (vLLM, TGI);
+    /// `None` sends none (hosted APIs refuse fields they do not know).
+    pub repeat_penalty_field: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteOptions {
@@ -55,13 +59,14 @@ impl std::fmt::Debug for RemoteOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("repeat_penalty_field", &self.repeat_penalty_field)
             .finish()
     }
 }
 
 impl RemoteOptions {
     /// Defaults for a server at `url` serving `model`: 5 s to connect, 300 s per request, 3
-    /// retries.
+    /// retries, llama.cpp's repetition penalty field.
     pub fn new(url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -71,6 +76,7 @@ impl RemoteOptions {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(300),
             retries: 3,
+            repeat_penalty_field: Some("repeat_penalty".into()),
         }
     }
 }
@@ -176,6 +182,11 @@ impl Remote {
         body["top_p"] = json!(sampling.top_p);
         if let Some(seed) = sampling.seed {
             body["seed"] = json!(seed);
+        }
+        if let Some(field) = &self.opts.repeat_penalty_field
+            && sampling.repeat_penalty != 1.0
+        {
+            body[field.as_str()] = json!(sampling.repeat_penalty);
         }
         if !request.stop.is_empty() {
             let stops: Vec<&String> = request.stop.iter().take(MAX_SERVER_STOPS).collect();

@@ -96,6 +96,10 @@ pub struct Decoder {
     /// Retries of a request the server refused before answering (connection failed, 429,
     /// 502-504), with exponential backoff.
     pub retries: u32,
+    /// The request field for the answer's repetition penalty (not in the OpenAI API):
+    /// `repeat_penalty` (llama.cpp, Ollama), `repetition_penalty` (vLLM, TGI), empty for none
+    /// (hosted APIs refuse fields they do not know).
+    pub repeat_penalty_field: String,
 }
 
 /// Answer pipeline defaults.
@@ -212,6 +216,7 @@ impl Default for Decoder {
             tokenizer: PathBuf::new(),
             timeout_seconds: 300.0,
             retries: 3,
+            repeat_penalty_field: "repeat_penalty".into(),
         }
     }
 }
@@ -227,6 +232,8 @@ impl Decoder {
         o.tokenizer = Some(self.tokenizer.clone()).filter(|p| !p.as_os_str().is_empty());
         o.timeout = std::time::Duration::from_secs_f64(self.timeout_seconds);
         o.retries = self.retries;
+        o.repeat_penalty_field =
+            Some(self.repeat_penalty_field.trim().to_string()).filter(|f| !f.is_empty());
         Some(o)
     }
 }
@@ -498,6 +505,16 @@ mod tests {
             assert_eq!(o.api_key.as_deref(), Some("sk-local-0123"));
             assert_eq!(o.retries, 5);
             assert!(o.tokenizer.is_none());
+            assert_eq!(o.repeat_penalty_field.as_deref(), Some("repeat_penalty"));
+            jail.set_env("RAGD_DECODER__REPEAT_PENALTY_FIELD", "");
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            assert!(
+                s.decoder
+                    .model_server()
+                    .unwrap()
+                    .repeat_penalty_field
+                    .is_none()
+            );
             jail.set_env("RAGD_DECODER__URL", "127.0.0.1:8080");
             let e = Settings::load(None, &Overrides::default()).unwrap_err();
             assert!(
