@@ -55,7 +55,8 @@ pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, f
 // doors need no crate below the engine.
 pub use ragd_models::registry as models;
 pub use ragd_models::{
-    Embedding, Encode, FinishReason, GeneratorOptions, RemoteOptions, SamplingParams,
+    Embedding, Encode, FinishReason, GeneratorOptions, RemoteEncoderOptions, RemoteOptions,
+    SamplingParams,
 };
 pub use ragd_store::{
     ChunkRecord, ChunkSettings, CollectionSettings, CollectionStats, DocRecord, HnswSettings,

@@ -38,21 +38,45 @@ pub struct WordTokens {
     pub tokens: usize,
 }
 
-/// Counts tokens the way the encoder will see them; `Send + Sync + Clone`.
+/// Counts tokens the way the encoder will see them; `Send + Sync + Clone`. An encoder behind a
+/// model server whose tokenizer is not configured counts by estimate (see
+/// [`TokenCounter::estimate`]).
 #[derive(Debug, Clone)]
 pub struct TokenCounter {
-    tokenizer: std::sync::Arc<Tokenizer>,
+    /// `None`: estimated from the byte length.
+    tokenizer: Option<std::sync::Arc<Tokenizer>>,
     special: usize,
 }
 
 impl TokenCounter {
+    /// Counts with `tokenizer` (its truncation turned off); `special` tokens are added to every
+    /// input.
+    pub fn new(mut tokenizer: Tokenizer) -> Self {
+        tokenizer.with_truncation(None).ok();
+        let special = tokenizer.encode("", true).map(|e| e.len()).unwrap_or(2);
+        Self {
+            tokenizer: Some(std::sync::Arc::new(tokenizer)),
+            special,
+        }
+    }
+
+    /// Without a tokenizer: one token per [`crate::BYTES_PER_TOKEN`] bytes (English runs about
+    /// four bytes per token, so the estimate errs long and chunks stay within the model's limit),
+    /// two special tokens.
+    pub fn estimate() -> Self {
+        Self {
+            tokenizer: None,
+            special: 2,
+        }
+    }
+
     /// Tokens of `text` without special tokens. Should the tokenizer fail, the byte length is
     /// returned: never fewer than the real count for WordPiece/BPE, so nothing is undersized.
     pub fn count(&self, text: &str) -> usize {
-        self.tokenizer
-            .encode(text, false)
-            .map(|e| e.len())
-            .unwrap_or(text.len())
+        match &self.tokenizer {
+            Some(t) => t.encode(text, false).map(|e| e.len()).unwrap_or(text.len()),
+            None => text.len().div_ceil(crate::BYTES_PER_TOKEN),
+        }
     }
 
     /// The words of `text` as the tokenizer's pre-tokenizer cut them, in order, each with its
@@ -60,7 +84,7 @@ impl TokenCounter {
     /// tokens no word. One pass over the text: with it a chunker sizes any slice of the text
     /// without tokenizing the slice again (see `ragd_engine`'s chunker).
     pub fn words(&self, text: &str) -> Option<Vec<WordTokens>> {
-        let enc = self.tokenizer.encode(text, false).ok()?;
+        let enc = self.tokenizer.as_ref()?.encode(text, false).ok()?;
         let mut out: Vec<WordTokens> = Vec::new();
         let mut last = None;
         for (word, &(start, end)) in enc.get_word_ids().iter().zip(enc.get_offsets()) {
@@ -217,13 +241,7 @@ impl Embedder {
     /// A cheap, shareable token counter with this encoder's tokenizer (no truncation), for sizing
     /// chunks on other threads.
     pub fn token_counter(&self) -> TokenCounter {
-        let mut tokenizer = self.tokenizer.clone();
-        tokenizer.with_truncation(None).ok();
-        let special = tokenizer.encode("", true).map(|e| e.len()).unwrap_or(2);
-        TokenCounter {
-            tokenizer: std::sync::Arc::new(tokenizer),
-            special,
-        }
+        TokenCounter::new(self.tokenizer.clone())
     }
 
     /// Token count of `text` as the encoder sees it (with special tokens, before truncation).

@@ -33,5 +33,5 @@ pub use generator::{
 };
 pub use gguf_meta::{ChatMessage, ChatTemplate};
 pub use ragd_core::Precision;
-pub use remote::RemoteOptions;
+pub use remote::{RemoteEncoder, RemoteEncoderOptions, RemoteOptions};
 pub use sampling::{Sampler, SamplingParams, argmax};

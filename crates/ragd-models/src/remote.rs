@@ -1,5 +1,6 @@
-//! The decoder behind an OpenAI-compatible model server: `POST {url}/chat/completions` (chat
-//! prompts) or `{url}/completions` (raw text), streamed as server-sent events.
+//! Models behind OpenAI-compatible servers: the decoder (`POST {url}/chat/completions` for chat
+//! prompts, `{url}/completions` for raw text, streamed as server-sent events) and a sentence
+//! encoder (`POST {url}/embeddings`, [`RemoteEncoder`]).
 //!
 //! Each of the generator's session threads holds one request at a time with a blocking HTTP
 //! client, so no async worker ever waits on the network and `sessions` bounds the requests the
@@ -13,16 +14,19 @@
 //! request's deadline. A failure after text was streamed is not retried: the caller has shown
 //! it already.
 
+use crate::embedder::{Embedding, Encode, TokenCounter};
 use crate::error::{Error, Result};
 use crate::generator::{
     Completion, DeltaText, FinishReason, GenerationEvent, Job, Prompt, Shared, TextModel, Usage,
     cancelled,
 };
+use ragd_core::Precision;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 /// How to reach a model server. Its `Debug` shows whether a key is set, never the key.
@@ -90,9 +94,9 @@ const ERROR_BODY_BYTES: u64 = 2048;
 /// Stop sequences the OpenAI API takes per request; the rest are applied here only.
 const MAX_SERVER_STOPS: usize = 4;
 
-/// The client side of one model server.
+/// The client side of one model server's chat/completions API.
 pub(crate) struct Remote {
-    agent: ureq::Agent,
+    client: Client,
     opts: RemoteOptions,
     text: Option<TextModel>,
 }
@@ -109,24 +113,19 @@ impl std::fmt::Debug for Remote {
 
 impl Remote {
     pub(crate) fn new(mut opts: RemoteOptions) -> Result<Self> {
-        let url = opts.url.trim().trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(Error::InvalidInput(format!(
-                "model server URL {:?} must start with http:// or https://",
-                opts.url
-            )));
-        }
-        opts.url = url;
+        let client = Client::new(
+            &opts.url,
+            opts.api_key.clone(),
+            opts.connect_timeout,
+            opts.timeout,
+            opts.retries,
+        )?;
+        opts.url.clone_from(&client.base);
         let text = match &opts.tokenizer {
             Some(path) => Some(TextModel::from_gguf(path)?.0),
             None => None,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(opts.connect_timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Ok(Self { agent, opts, text })
+        Ok(Self { client, opts, text })
     }
 
     /// `model@url`.
@@ -197,7 +196,9 @@ impl Remote {
             queue_seconds: started.duration_since(enqueued).as_secs_f64(),
             ..Usage::default()
         };
-        let response = self.send(&url, &body, request.deadline, &tx)?;
+        let response = self
+            .client
+            .post(path, &body, request.deadline, &|| tx.is_closed())?;
         let mut reader = BufReader::new(response.into_body().into_reader());
         let mut text = DeltaText::new(request.stop.clone());
         let mut raw = String::new();
@@ -206,7 +207,8 @@ impl Remote {
         let mut counted: Option<(usize, usize)> = None;
         let mut first_at: Option<Instant> = None;
         let mut line = String::new();
-        let lost = |e: std::io::Error| self.failure(&url, format!("the stream broke: {e}"));
+        let failure = |reason: String| self.client.failure(&url, reason);
+        let lost = |e: std::io::Error| failure(format!("the stream broke: {e}"));
         loop {
             if tx.is_closed() {
                 return Err(cancelled());
@@ -223,7 +225,7 @@ impl Remote {
                 }
             })?;
             if n == 0 {
-                return Err(self.failure(&url, "the stream ended before [DONE]".into()));
+                return Err(failure("the stream ended before [DONE]".into()));
             }
             let Some(data) = line.trim_end().strip_prefix("data:") else {
                 continue;
@@ -232,11 +234,10 @@ impl Remote {
             if data == "[DONE]" {
                 break;
             }
-            let event: Value = serde_json::from_str(data).map_err(|e| {
-                self.failure(&url, format!("an event is not JSON ({e}): {data:.200}"))
-            })?;
+            let event: Value = serde_json::from_str(data)
+                .map_err(|e| failure(format!("an event is not JSON ({e}): {data:.200}")))?;
             if let Some(err) = event.get("error") {
-                return Err(self.failure(&url, format!("the server reported: {err}")));
+                return Err(failure(format!("the server reported: {err}")));
             }
             if let Some(ms) = event.pointer("/timings/prompt_ms").and_then(Value::as_f64) {
                 usage.server_prefill_seconds = Some(ms / 1e3);
@@ -296,34 +297,85 @@ impl Remote {
         let _ = tx.blocking_send(Ok(GenerationEvent::Done(completion)));
         Ok(())
     }
+}
 
-    /// Sends the request, retrying what may succeed later; the response is a 200.
-    fn send(
-        &self,
+/// The start of an error response's body, on one line.
+fn error_body(response: ureq::http::Response<ureq::Body>) -> String {
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(
+        &mut std::io::Read::take(response.into_body().into_reader(), ERROR_BODY_BYTES),
+        &mut body,
+    );
+    body.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// HTTP to one model server: JSON requests with the key, timeouts and retries.
+pub(crate) struct Client {
+    agent: ureq::Agent,
+    /// Base URL without a trailing slash.
+    base: String,
+    api_key: Option<String>,
+    timeout: Duration,
+    retries: u32,
+}
+
+impl Client {
+    fn new(
         url: &str,
+        api_key: Option<String>,
+        connect_timeout: Duration,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Self> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::InvalidInput(format!(
+                "model server URL {url:?} must start with http:// or https://"
+            )));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(connect_timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Self {
+            agent,
+            base,
+            api_key,
+            timeout,
+            retries,
+        })
+    }
+
+    /// POSTs `body` to `{base}/{path}`, retrying what may succeed later (a refused connection,
+    /// 429, 502–504) until `deadline`; the response is a 200. `gone` (the caller left) is asked
+    /// before every attempt.
+    fn post(
+        &self,
+        path: &str,
         body: &Value,
         deadline: Option<Instant>,
-        tx: &tokio::sync::mpsc::Sender<Result<GenerationEvent>>,
+        gone: &dyn Fn() -> bool,
     ) -> Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}/{path}", self.base);
         let mut attempt = 0u32;
         loop {
-            if tx.is_closed() {
+            if gone() {
                 return Err(cancelled());
             }
             let now = Instant::now();
             let budget = match deadline {
                 Some(d) if d <= now => return Err(Error::DeadlineExceeded),
-                Some(d) => (d - now).min(self.opts.timeout),
-                None => self.opts.timeout,
+                Some(d) => (d - now).min(self.timeout),
+                None => self.timeout,
             };
             let mut req = self
                 .agent
-                .post(url)
+                .post(&url)
                 .config()
                 .timeout_global(Some(budget))
-                .build()
-                .header("Accept", "text/event-stream");
-            if let Some(key) = &self.opts.api_key {
+                .build();
+            if let Some(key) = &self.api_key {
                 req = req.header("Authorization", format!("Bearer {key}"));
             }
             let (retry_after, why) = match req.send_json(body) {
@@ -347,7 +399,7 @@ impl Remote {
                                 "the model server at {url} refused the request: {why}"
                             )));
                         }
-                        _ => return Err(self.failure(url, why)),
+                        _ => return Err(self.failure(&url, why)),
                     }
                 }
                 Err(ureq::Error::Timeout(_)) if deadline.is_some_and(|d| Instant::now() >= d) => {
@@ -355,9 +407,9 @@ impl Remote {
                 }
                 Err(e) => (None, e.to_string()),
             };
-            if attempt >= self.opts.retries {
+            if attempt >= self.retries {
                 let tries = attempt + 1;
-                return Err(self.failure(url, format!("{why} (after {tries} attempts)")));
+                return Err(self.failure(&url, format!("{why} (after {tries} attempts)")));
             }
             let wait = retry_after
                 .unwrap_or(BACKOFF * 2u32.saturating_pow(attempt))
@@ -384,12 +436,316 @@ impl Remote {
     }
 }
 
-/// The start of an error response's body, on one line.
-fn error_body(response: ureq::http::Response<ureq::Body>) -> String {
-    let mut body = String::new();
-    let _ = std::io::Read::read_to_string(
-        &mut std::io::Read::take(response.into_body().into_reader(), ERROR_BODY_BYTES),
-        &mut body,
-    );
-    body.split_whitespace().collect::<Vec<_>>().join(" ")
+/// How to reach an embeddings server (`POST {url}/embeddings`, the OpenAI API that TEI,
+/// infinity, vLLM, llama-server and hosted APIs speak).
+#[derive(Clone)]
+pub struct RemoteEncoderOptions {
+    /// Base URL, ending before `/embeddings`.
+    pub url: String,
+    /// The `model` field; also the encoder's name in collection settings.
+    pub model: String,
+    /// Sent as `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
+    /// Vector length the model returns (checked on every response).
+    pub dim: usize,
+    /// Longest input in tokens (chunks are sized under it).
+    pub max_len: usize,
+    /// The model's `tokenizer.json` or GGUF file, for exact chunk sizes; `None`: estimated.
+    pub tokenizer: Option<PathBuf>,
+    /// Requests in flight at once.
+    pub sessions: usize,
+    /// Requests waiting for a session before new ones are refused (Overloaded).
+    pub queue: usize,
+    /// Texts per request.
+    pub batch: usize,
+    pub connect_timeout: Duration,
+    /// Longest one request may take.
+    pub timeout: Duration,
+    /// Retries of a request refused before an answer (connection failed, 429, 502–504).
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for RemoteEncoderOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteEncoderOptions")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("dim", &self.dim)
+            .field("max_len", &self.max_len)
+            .field("tokenizer", &self.tokenizer)
+            .field("sessions", &self.sessions)
+            .field("queue", &self.queue)
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl RemoteEncoderOptions {
+    /// Defaults for `model` of `dim` at `url`: 512-token inputs, 2 requests at once, 64 queued,
+    /// 32 texts per request, 5 s to connect, 120 s per request, 3 retries.
+    pub fn new(url: impl Into<String>, model: impl Into<String>, dim: usize) -> Self {
+        Self {
+            url: url.into(),
+            model: model.into(),
+            api_key: None,
+            dim,
+            max_len: 512,
+            tokenizer: None,
+            sessions: 2,
+            queue: 64,
+            batch: 32,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(120),
+            retries: 3,
+        }
+    }
+}
+
+/// One request's texts and where its vectors go.
+struct EmbedJob {
+    texts: Vec<String>,
+    reply: std_mpsc::SyncSender<Result<Vec<Vec<f32>>>>,
+}
+
+/// Jobs waiting for a session: interactive ones (a query, a few texts) before bulk ones, as on
+/// the local encoder's thread, so searches stay fast while a collection ingests.
+struct EmbedQueue {
+    jobs: Mutex<(VecDeque<EmbedJob>, VecDeque<EmbedJob>)>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+impl EmbedQueue {
+    fn push(&self, job: EmbedJob, interactive: bool) -> Result<()> {
+        let mut q = self.jobs.lock().map_err(|_| Error::WorkerGone("encoder"))?;
+        if q.0.len() + q.1.len() >= self.capacity {
+            return Err(Error::Overloaded("encoder"));
+        }
+        if interactive {
+            q.0.push_back(job);
+        } else {
+            q.1.push_back(job);
+        }
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<EmbedJob> {
+        let mut q = self.jobs.lock().ok()?;
+        loop {
+            if let Some(j) = q.0.pop_front().or_else(|| q.1.pop_front()) {
+                return Some(j);
+            }
+            q = self.ready.wait(q).ok()?;
+        }
+    }
+}
+
+/// A sentence encoder behind an OpenAI-compatible embeddings server. Texts go out in requests
+/// of `batch`, handled by `sessions` threads that each hold one request at a time; vectors come
+/// back L2-normalised (ragd ranks by dot product) and in input order.
+pub struct RemoteEncoder {
+    queue: Arc<EmbedQueue>,
+    opts: RemoteEncoderOptions,
+    counter: TokenCounter,
+}
+
+impl std::fmt::Debug for RemoteEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteEncoder")
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+impl RemoteEncoder {
+    /// Starts the session threads; nothing is sent until the first texts.
+    pub fn new(opts: RemoteEncoderOptions) -> Result<Self> {
+        if opts.dim == 0 || opts.max_len == 0 || opts.batch == 0 {
+            return Err(Error::InvalidInput(
+                "a remote encoder needs its vector length, input limit and batch above 0".into(),
+            ));
+        }
+        let client = Arc::new(Client::new(
+            &opts.url,
+            opts.api_key.clone(),
+            opts.connect_timeout,
+            opts.timeout,
+            opts.retries,
+        )?);
+        let counter = match &opts.tokenizer {
+            None => TokenCounter::estimate(),
+            Some(p) if p.extension().is_some_and(|e| e == "gguf") => {
+                TokenCounter::new(TextModel::from_gguf(p)?.0.vocab.tokenizer)
+            }
+            Some(p) => TokenCounter::new(tokenizers::Tokenizer::from_file(p).map_err(|e| {
+                Error::ModelInvalid {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+        };
+        let queue = Arc::new(EmbedQueue {
+            jobs: Mutex::new((VecDeque::new(), VecDeque::new())),
+            ready: Condvar::new(),
+            capacity: opts.queue.max(1),
+        });
+        for i in 0..opts.sessions.max(1) {
+            let queue = Arc::clone(&queue);
+            let client = Arc::clone(&client);
+            let (model, dim) = (opts.model.clone(), opts.dim);
+            std::thread::Builder::new()
+                .name(format!("ragd-embed-remote-{i}"))
+                .spawn(move || {
+                    while let Some(job) = queue.pop() {
+                        let out = embed_request(&client, &model, dim, &job.texts);
+                        let _ = job.reply.send(out);
+                    }
+                })
+                .map_err(Error::io("spawning a remote encoder thread"))?;
+        }
+        Ok(Self {
+            queue,
+            opts,
+            counter,
+        })
+    }
+}
+
+/// Requests of at most this many texts and bytes go before bulk work.
+const INTERACTIVE_TEXTS: usize = 8;
+const INTERACTIVE_BYTES: usize = 8192;
+
+impl Encode for RemoteEncoder {
+    fn encode_with(&self, texts: Vec<String>, precision: Precision) -> Result<Vec<Embedding>> {
+        if precision != Precision::F32 {
+            return Err(Error::InvalidInput(format!(
+                "the encoder {:?} runs on a model server, which returns its own precision; \
+                 use f32 for its collections",
+                self.opts.model
+            )));
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let interactive = texts.len() <= INTERACTIVE_TEXTS
+            && texts.iter().map(String::len).sum::<usize>() <= INTERACTIVE_BYTES;
+        let counts: Vec<usize> = texts
+            .iter()
+            .map(|t| self.counter.count(t) + self.counter.special_tokens())
+            .collect();
+        // Every batch is queued before any reply is awaited, so they run on all sessions.
+        let mut replies = Vec::new();
+        let mut texts = texts.into_iter();
+        loop {
+            let batch: Vec<String> = texts.by_ref().take(self.opts.batch).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let (reply, rx) = std_mpsc::sync_channel(1);
+            self.queue.push(
+                EmbedJob {
+                    texts: batch,
+                    reply,
+                },
+                interactive,
+            )?;
+            replies.push(rx);
+        }
+        let mut out = Vec::with_capacity(counts.len());
+        for rx in replies {
+            let vectors = rx.recv().map_err(|_| Error::WorkerGone("encoder"))??;
+            out.extend(vectors);
+        }
+        Ok(out
+            .into_iter()
+            .zip(counts)
+            .map(|(vector, n)| Embedding {
+                vector,
+                tokens: n.min(self.opts.max_len),
+                truncated: n > self.opts.max_len,
+            })
+            .collect())
+    }
+    fn name(&self) -> &str {
+        &self.opts.model
+    }
+    fn dim(&self) -> usize {
+        self.opts.dim
+    }
+    fn max_len(&self) -> usize {
+        self.opts.max_len
+    }
+    fn token_counter(&self) -> TokenCounter {
+        self.counter.clone()
+    }
+}
+
+/// One `POST /embeddings`: the vectors in input order, normalised, each checked for length.
+fn embed_request(
+    client: &Client,
+    model: &str,
+    dim: usize,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>> {
+    let body = json!({ "model": model, "input": texts, "encoding_format": "float" });
+    let url = format!("{}/embeddings", client.base);
+    let response = client.post("embeddings", &body, None, &|| false)?;
+    let reply: Value = response
+        .into_body()
+        .read_json()
+        .map_err(|e| client.failure(&url, format!("the reply is not JSON: {e}")))?;
+    let data = reply
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| client.failure(&url, "the reply has no `data` list".into()))?;
+    if data.len() != texts.len() {
+        return Err(client.failure(
+            &url,
+            format!("{} vectors came back for {} texts", data.len(), texts.len()),
+        ));
+    }
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+    for (k, item) in data.iter().enumerate() {
+        let i = item
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(k, |i| i as usize);
+        let v: Vec<f32> = item
+            .get("embedding")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_f64)
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if v.len() != dim {
+            return Err(client.failure(
+                &url,
+                format!(
+                    "a vector has {} values, the encoder is configured for {dim}",
+                    v.len()
+                ),
+            ));
+        }
+        let slot = out
+            .get_mut(i)
+            .ok_or_else(|| client.failure(&url, format!("vector index {i} out of range")))?;
+        *slot = Some(normalized(v));
+    }
+    out.into_iter()
+        .map(|v| v.ok_or_else(|| client.failure(&url, "a text got no vector".into())))
+        .collect()
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
 }

@@ -183,6 +183,7 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
             ..GeneratorOptions::default()
         }),
         model_server: s.decoder.model_server(),
+        encoder_server: s.encoder.server(),
     };
     Ok(Engine::load(config, models_dir, &opts)?)
 }

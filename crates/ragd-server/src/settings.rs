@@ -27,6 +27,7 @@ pub struct Settings {
     pub api_keys: KeyList,
     pub tls: Tls,
     pub limits: Limits,
+    pub encoder: Encoder,
     pub decoder: Decoder,
     pub answer: Answer,
     /// Seconds streams get to finish after SIGTERM/SIGINT before they are cut.
@@ -69,6 +70,71 @@ pub struct Limits {
     /// (DEADLINE_EXCEEDED, after acknowledging what it stored): an idle stream holds a
     /// connection and a task.
     pub stream_idle_seconds: usize,
+}
+
+/// The encoder new collections get: the bundled local model, or an OpenAI-compatible
+/// embeddings server (TEI, infinity, vLLM, llama-server, a hosted API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Encoder {
+    /// Base URL of the embeddings server, ending before `/embeddings`; empty: the bundled
+    /// all-MiniLM-L6-v2.
+    pub url: String,
+    /// The `model` field sent, and the encoder's name in the settings of collections made with it.
+    pub model: String,
+    /// Sent as `Authorization: Bearer` (`RAGD_ENCODER__API_KEY`); empty: none.
+    pub api_key: String,
+    /// Length of the model's vectors (checked on every reply).
+    pub dim: usize,
+    /// Longest input in tokens; chunks are sized under it.
+    pub max_tokens: usize,
+    /// The model's `tokenizer.json` or GGUF file, for exact chunk sizes; empty: estimated at 3
+    /// bytes per token.
+    pub tokenizer: PathBuf,
+    /// Requests to the server at once.
+    pub sessions: usize,
+    /// Texts per request.
+    pub batch: usize,
+    /// Longest a request may take, in seconds.
+    pub timeout_seconds: f64,
+    /// Retries of a request refused before an answer (connection failed, 429, 502-504).
+    pub retries: u32,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            model: String::new(),
+            api_key: String::new(),
+            dim: 0,
+            max_tokens: 512,
+            tokenizer: PathBuf::new(),
+            sessions: 2,
+            batch: 32,
+            timeout_seconds: 120.0,
+            retries: 3,
+        }
+    }
+}
+
+impl Encoder {
+    /// The embeddings server to use, when `url` names one.
+    pub fn server(&self) -> Option<ragd_engine::RemoteEncoderOptions> {
+        if self.url.trim().is_empty() {
+            return None;
+        }
+        let mut o =
+            ragd_engine::RemoteEncoderOptions::new(self.url.trim(), self.model.trim(), self.dim);
+        o.api_key = Some(self.api_key.clone()).filter(|k| !k.is_empty());
+        o.max_len = self.max_tokens;
+        o.tokenizer = Some(self.tokenizer.clone()).filter(|p| !p.as_os_str().is_empty());
+        o.sessions = self.sessions;
+        o.batch = self.batch;
+        o.timeout = std::time::Duration::from_secs_f64(self.timeout_seconds);
+        o.retries = self.retries;
+        Some(o)
+    }
 }
 
 /// The decoder's session pool: the bundled local model, or an OpenAI-compatible model server.
@@ -170,6 +236,7 @@ impl Default for Settings {
             api_keys: KeyList::default(),
             tls: Tls::default(),
             limits: Limits::default(),
+            encoder: Encoder::default(),
             decoder: Decoder::default(),
             answer: Answer::default(),
             shutdown_grace_seconds: 10.0,
@@ -350,6 +417,32 @@ impl Settings {
         if !(self.decoder.timeout_seconds.is_finite() && self.decoder.timeout_seconds > 0.0) {
             return bad("decoder.timeout_seconds", "must be above 0".into());
         }
+        let e = &self.encoder;
+        let url = e.url.trim();
+        if !url.is_empty() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(
+                    "encoder.url",
+                    format!("{url:?} must start with http:// or https://"),
+                );
+            }
+            if e.model.trim().is_empty() {
+                return bad("encoder.model", "must name the served model".into());
+            }
+            for (key, v) in [
+                ("encoder.dim", e.dim),
+                ("encoder.max_tokens", e.max_tokens),
+                ("encoder.sessions", e.sessions),
+                ("encoder.batch", e.batch),
+            ] {
+                if v == 0 {
+                    return bad(key, "must be at least 1".into());
+                }
+            }
+            if !(e.timeout_seconds.is_finite() && e.timeout_seconds > 0.0) {
+                return bad("encoder.timeout_seconds", "must be above 0".into());
+            }
+        }
         if !(-1.0..=1.0).contains(&self.answer.min_relevance) {
             return bad("answer.min_relevance", "must be within -1..=1".into());
         }
@@ -525,6 +618,22 @@ mod tests {
             jail.set_env("RAGD_DECODER__TIMEOUT_SECONDS", "0");
             let e = Settings::load(None, &Overrides::default()).unwrap_err();
             assert!(e.0.contains("decoder.timeout_seconds"), "{e}");
+            jail.set_env("RAGD_DECODER__TIMEOUT_SECONDS", "30");
+            // An embeddings server needs its model's name and vector length.
+            assert!(s.encoder.server().is_none());
+            jail.set_env("RAGD_ENCODER__URL", "http://127.0.0.1:8081/v1");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("encoder.model"), "{e}");
+            jail.set_env("RAGD_ENCODER__MODEL", "bge-small-en-v1.5");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("encoder.dim"), "{e}");
+            jail.set_env("RAGD_ENCODER__DIM", "384");
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            let o = s.encoder.server().unwrap();
+            assert_eq!(
+                (o.model.as_str(), o.dim, o.max_len),
+                ("bge-small-en-v1.5", 384, 512)
+            );
             Ok(())
         });
     }
