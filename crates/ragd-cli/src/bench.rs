@@ -52,6 +52,11 @@ pub(crate) struct GenerateArgs {
     /// first token with the server's own prompt time.
     #[arg(long, conflicts_with = "compare")]
     model_server: Option<String>,
+    /// Run N generations at once (the local decoder with N sessions; with --model-server, the
+    /// server too, in the same run: start it with N slots) and report total decode tokens/s
+    /// and time to first token p50/p95.
+    #[arg(long, conflicts_with = "compare")]
+    concurrency: Option<usize>,
     #[command(flatten)]
     kernels: KernelArgs,
     #[command(flatten)]
@@ -112,6 +117,7 @@ pub(crate) fn generate(args: &GenerateArgs) -> Result<()> {
         kernels: args.kernels.choice(),
         peers: args.peers.peers(),
         model_server: args.model_server.clone(),
+        concurrency: args.concurrency,
     })?;
     ragd_eval::bench::print_report(&report, args.json);
     Ok(())

@@ -47,6 +47,10 @@ pub struct GenerateBench {
     /// Generate through this OpenAI-compatible model server (serving `model`) instead of the
     /// local decoder, and compare with the server's own prompt time.
     pub model_server: Option<String>,
+    /// Run this many generations at once (each prompt tagged so none shares a cached prefix):
+    /// the local decoder with as many sessions, and, with `model_server`, the server too in the
+    /// same run (start it with as many slots, e.g. `llama-server -np N`).
+    pub concurrency: Option<usize>,
 }
 
 /// Runs of the prompt through a model server (each starts with its own tag, so no run reuses
@@ -157,6 +161,9 @@ pub fn generate(args: &GenerateBench) -> Result<Value> {
     };
     let prompt = std::fs::read_to_string(&args.prompt_file)
         .with_context(|| format!("reading {}", args.prompt_file.display()))?;
+    if let Some(n) = args.concurrency {
+        return generate_concurrent(args, &gguf, &prompt, n.max(1));
+    }
     if let Some(url) = &args.model_server {
         return generate_remote(url, &gguf, &prompt, args.max_tokens);
     }
@@ -269,6 +276,117 @@ fn generate_remote(url: &str, gguf: &Path, prompt: &str, max_tokens: usize) -> R
         "decode_tokens_per_s": round1(c.usage.decode_tokens_per_s()),
         "finish": c.finish,
         "text": c.text,
+    }))
+}
+
+/// `n` generations at once on the local decoder (`n` sessions) and, when a model server is
+/// given, through it: decode throughput in all (generated tokens after each stream's first,
+/// over the time from the first stream's first token to the last stream's end) and time to
+/// first token p50/p95 (from submission).
+fn generate_concurrent(args: &GenerateBench, gguf: &Path, prompt: &str, n: usize) -> Result<Value> {
+    kernels::use_kernels(args.kernels);
+    let opts = GeneratorOptions {
+        sessions: n,
+        queue: n,
+        context: 4096,
+        ..GeneratorOptions::default()
+    };
+    let local = Generator::load(gguf, opts)?;
+    let mut report = json!({
+        "concurrency": n,
+        "max_tokens": args.max_tokens,
+        "threads": threads(),
+        "kernels": kernels::active(),
+        "ragd": concurrent_run(&local, prompt, n, args.max_tokens)?,
+    });
+    if let Some(url) = &args.model_server {
+        let mut server = RemoteOptions::new(url, "default");
+        server.tokenizer = Some(gguf.to_path_buf());
+        let remote = Generator::remote(server, opts)?;
+        let peer = concurrent_run(&remote, prompt, n, args.max_tokens)?;
+        report["ratio_decode_tokens_per_s"] = ratio(
+            report["ragd"]["decode_tokens_per_s"]
+                .as_f64()
+                .unwrap_or(0.0),
+            &peer,
+            "decode_tokens_per_s",
+        );
+        report["model_server"] = peer;
+    }
+    Ok(report)
+}
+
+fn concurrent_run(g: &Generator, prompt: &str, n: usize, max_tokens: usize) -> Result<Value> {
+    // Warm-up: every session once (a session's KV cache is allocated on its first use).
+    let warm = (0..n)
+        .map(|_| {
+            g.generate(GenerateRequest::greedy(
+                Prompt::Text("Hello, world".into()),
+                2,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for s in warm {
+        s.blocking_collect(|_| ())?;
+    }
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let start = Instant::now();
+    let streams = (0..n)
+        .map(|i| {
+            g.generate(GenerateRequest::greedy(
+                Prompt::Text(format!("{nonce}-{i}. {prompt}")),
+                max_tokens,
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let results: Vec<(f64, f64, Completion)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                scope.spawn(move || -> Result<(f64, f64, Completion)> {
+                    let mut first = None;
+                    while let Some(ev) = s.blocking_next() {
+                        match ev? {
+                            ragd_models::GenerationEvent::Delta(_) => {
+                                first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                            }
+                            ragd_models::GenerationEvent::Done(c) => {
+                                let end = start.elapsed().as_secs_f64();
+                                return Ok((first.unwrap_or(end), end, c));
+                            }
+                        }
+                    }
+                    bail!("a generation stream ended without its completion")
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a bench thread panicked"))?
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut ttft: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let decode_start = ttft.iter().copied().fold(f64::INFINITY, f64::min);
+    let end = results.iter().map(|r| r.1).fold(0.0, f64::max);
+    let decoded: usize = results
+        .iter()
+        .map(|r| r.2.usage.generated_tokens.saturating_sub(1))
+        .sum();
+    let generated: usize = results.iter().map(|r| r.2.usage.generated_tokens).sum();
+    ttft.sort_by(f64::total_cmp);
+    let p95 = ttft[((ttft.len() as f64 * 0.95).ceil() as usize).clamp(1, ttft.len()) - 1];
+    Ok(json!({
+        "system": g.name(),
+        "generated_tokens": generated,
+        "wall_seconds": round3(end),
+        "decode_tokens_per_s": round1(decoded as f64 / (end - decode_start).max(1e-9)),
+        "time_to_first_token_p50_seconds": round3(median(&mut ttft.clone())),
+        "time_to_first_token_p95_seconds": round3(p95),
     }))
 }
 

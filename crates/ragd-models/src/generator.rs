@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::gguf_meta::{ChatMessage, ChatTemplate, DecoderVocab, Meta, decoder_vocab};
-use crate::llama::{KvState, LlamaWeights};
+use crate::llama::{KvState, LlamaWeights, Segment};
 use crate::remote::{Remote, RemoteOptions};
 use crate::sampling::{Sampler, SamplingParams};
 use candle_core::quantized::gguf_file;
@@ -221,6 +221,8 @@ struct Local {
     weights: LlamaWeights,
     text: TextModel,
     prefill_chunk: usize,
+    /// Generations run at once (each with its own KV cache), stepped together.
+    slots: usize,
 }
 
 /// A model's tokenizer and chat template.
@@ -286,6 +288,7 @@ impl Generator {
             weights,
             text,
             prefill_chunk: opts.prefill_chunk.max(1),
+            slots: opts.sessions.max(1),
         };
         Self::start(Backend::Local(local), name, context, opts)
     }
@@ -315,7 +318,13 @@ impl Generator {
         });
         let (jobs, rx) = std_mpsc::sync_channel::<Job>(opts.queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..opts.sessions.max(1) {
+        // The local decoder runs every session on one thread, batched; a model server gets
+        // one thread per concurrent request.
+        let threads = match &shared.backend {
+            Backend::Local(_) => 1,
+            Backend::Remote(_) => opts.sessions.max(1),
+        };
+        for i in 0..threads {
             let shared = Arc::clone(&shared);
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
@@ -438,174 +447,349 @@ fn session_loop(shared: &Shared, rx: &Mutex<std_mpsc::Receiver<Job>>) {
     }
 }
 
+/// The local decoder's one thread: up to `local.slots` generations at once, stepped together.
+///
+/// Every step is one [`LlamaWeights::forward_batch`] over all running generations: one token
+/// for each that is decoding, and the next prompt piece (`prefill_chunk` tokens) for each still
+/// reading its prompt. Batching is what makes concurrency pay on
+/// a CPU: a decode step of one sequence is a matrix-vector product per layer whose cost is
+/// reading the weights and waking the threads, and four sequences share both. Between steps
+/// each generation samples its next token, streams its text and checks its stop conditions,
+/// cancellation and deadline, exactly as a lone one would.
 fn local_loop(shared: &Shared, local: &Local, rx: &Mutex<std_mpsc::Receiver<Job>>) {
-    let mut state = local.weights.new_state(shared.context);
+    let mut free: Vec<KvState> = (0..local.slots)
+        .map(|_| local.weights.new_state(shared.context))
+        .collect();
+    let mut active: Vec<Slot> = Vec::new();
     loop {
-        let job = {
-            let Ok(guard) = rx.lock() else { return };
-            match guard.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+        // Take waiting requests while there is room; block only when nothing runs.
+        while let Some(state) = free.pop() {
+            let next = {
+                let Ok(guard) = rx.lock() else { return };
+                if active.is_empty() {
+                    guard.recv().ok()
+                } else {
+                    match guard.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(std_mpsc::TryRecvError::Empty) => None,
+                        Err(std_mpsc::TryRecvError::Disconnected) => None,
+                    }
+                }
+            };
+            let Some(job) = next else {
+                free.push(state);
+                if active.is_empty() {
+                    return;
+                }
+                break;
+            };
+            if job.tx.is_closed() {
+                free.push(state);
+                continue;
             }
-        };
-        if job.tx.is_closed() {
+            match Slot::admit(local, job, state) {
+                Ok(slot) => active.push(slot),
+                Err((e, tx, state)) => {
+                    let _ = tx.blocking_send(Err(e));
+                    free.push(state);
+                }
+            }
+        }
+        // Those whose caller left or whose deadline passed stop before the forward pass.
+        let mut i = 0;
+        while i < active.len() {
+            match active[i].check() {
+                Ok(()) => i += 1,
+                Err(e) => {
+                    let slot = active.swap_remove(i);
+                    free.push(slot.finish_with(Err(e)));
+                }
+            }
+        }
+        if active.is_empty() {
             continue;
         }
-        state.reset();
-        let tx = job.tx.clone();
-        let span = job.span.clone();
-        let _in = span.enter();
-        if let Err(e) = run_job(shared, local, &mut state, job) {
-            let _ = tx.blocking_send(Err(e));
+        // One forward pass for everyone: a token for each decoding session, the next prompt
+        // piece for each reading one. Pieces are cut at the same places as for a session alone
+        // (every `prefill_chunk` tokens of its own prompt), so what a session computes does not
+        // depend on the others.
+        let tokens: Vec<Vec<u32>> = active
+            .iter()
+            .map(|slot| match slot.next {
+                Some(t) => vec![t],
+                None => {
+                    let end = (slot.prefilled + local.prefill_chunk).min(slot.prompt.len());
+                    slot.prompt[slot.prefilled..end].to_vec()
+                }
+            })
+            .collect();
+        let mut segs: Vec<Segment<'_>> = active
+            .iter_mut()
+            .zip(&tokens)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(slot, t)| Segment {
+                tokens: t,
+                state: &mut slot.state,
+            })
+            .collect();
+        let result = local.weights.forward_batch(&mut segs);
+        drop(segs);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed pass leaves every cache in it undefined: all of them end.
+                let msg = e.to_string();
+                for slot in active.drain(..) {
+                    let err = Error::InvalidInput(format!("generation failed: {msg}"));
+                    free.push(slot.finish_with(Err(err)));
+                }
+                continue;
+            }
+        };
+        let mut logits = logits.into_iter();
+        let mut ended: Vec<(usize, Result<FinishReason>)> = Vec::new();
+        for (idx, (slot, t)) in active.iter_mut().zip(&tokens).enumerate() {
+            if t.is_empty() {
+                continue;
+            }
+            slot.logits = logits.next().unwrap_or_default();
+            if slot.next.take().is_none() {
+                slot.prefilled += t.len();
+                if slot.prefilled < slot.prompt.len() {
+                    continue;
+                }
+                slot.usage.prefill_seconds = slot.started.elapsed().as_secs_f64();
+            }
+            match slot.step(shared, local) {
+                Ok(None) => {}
+                Ok(Some(finish)) => ended.push((idx, Ok(finish))),
+                Err(e) => ended.push((idx, Err(e))),
+            }
+        }
+        // Highest index first, so each swap_remove moves a slot already handled.
+        for (idx, outcome) in ended.into_iter().rev() {
+            let slot = active.swap_remove(idx);
+            free.push(match outcome {
+                Ok(finish) => slot.complete(finish),
+                Err(e) => slot.finish_with(Err(e)),
+            });
         }
     }
 }
 
-/// Returned by `run_job` when the receiver went away: not an error anyone will see.
+/// Returned when the receiver went away: not an error anyone will see.
 pub(crate) fn cancelled() -> Error {
     Error::WorkerGone("generation stream")
 }
 
-fn run_job(shared: &Shared, local: &Local, state: &mut KvState, job: Job) -> Result<()> {
-    let started = Instant::now();
-    let Job {
-        request,
-        tx,
-        enqueued,
-        span: _,
-    } = job;
+/// One generation on the local decoder, between steps of [`local_loop`].
+struct Slot {
+    request: GenerateRequest,
+    tx: mpsc::Sender<Result<GenerationEvent>>,
+    span: tracing::Span,
+    /// When the decoder thread took it.
+    started: Instant,
+    state: KvState,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// Logits after the last token run.
+    logits: Vec<f32>,
+    /// The token to run in the next step (`None` while reading the prompt).
+    next: Option<u32>,
+    sampler: Sampler,
+    generated: Vec<u32>,
+    text: DeltaText,
+    markers: Option<MarkerTokens>,
+    /// Everything generated, decoded.
+    decoded: String,
+    /// Tokens to generate before stopping for length (room kept for a forced citation).
+    limit: usize,
+    usage: Usage,
+    decode_start: Option<Instant>,
+}
+
+impl Slot {
+    /// Tokenizes the request's prompt into a fresh slot; on failure hands back the error, the
+    /// reply channel and the cache.
+    #[allow(clippy::result_large_err)]
+    fn admit(
+        local: &Local,
+        job: Job,
+        mut state: KvState,
+    ) -> Result<Self, (Error, mpsc::Sender<Result<GenerationEvent>>, KvState)> {
+        let started = Instant::now();
+        let Job {
+            request,
+            tx,
+            enqueued,
+            span,
+        } = job;
+        state.reset();
+        let prompt = {
+            let _in = span.enter();
+            prompt_tokens(local, &request, state.context())
+        };
+        let prompt = match prompt {
+            Ok(p) => p,
+            Err(e) => return Err((e, tx, state)),
+        };
+        let markers = match &request.force_citation {
+            Some(fc) => match MarkerTokens::new(&local.text.vocab.tokenizer, fc.sources) {
+                Ok(m) => m,
+                Err(e) => return Err((e, tx, state)),
+            },
+            None => None,
+        };
+        // A forced citation needs room for ` [`, the digit and `]`.
+        let limit = match &request.force_citation {
+            Some(_) if request.max_tokens > 2 * CITATION_TOKENS => {
+                request.max_tokens - CITATION_TOKENS
+            }
+            _ => request.max_tokens,
+        };
+        let usage = Usage {
+            prompt_tokens: prompt.len(),
+            queue_seconds: started.duration_since(enqueued).as_secs_f64(),
+            ..Usage::default()
+        };
+        Ok(Self {
+            sampler: Sampler::new(request.sampling.clone()),
+            text: DeltaText::new(request.stop.clone()),
+            request,
+            tx,
+            span,
+            started,
+            state,
+            prompt,
+            prefilled: 0,
+            logits: Vec::new(),
+            next: None,
+            generated: Vec::new(),
+            markers,
+            decoded: String::new(),
+            limit,
+            usage,
+            decode_start: None,
+        })
+    }
+
+    /// Before a forward pass: the caller is still there and the deadline has not passed.
+    fn check(&self) -> Result<()> {
+        if self.tx.is_closed() {
+            return Err(cancelled());
+        }
+        if self.request.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::DeadlineExceeded);
+        }
+        Ok(())
+    }
+
+    /// Samples the next token from the fresh logits and streams what it adds; `Some` when the
+    /// generation is over, else `self.next` is the token to run.
+    fn step(&mut self, shared: &Shared, local: &Local) -> Result<Option<FinishReason>> {
+        let span = self.span.clone();
+        let _in = span.enter();
+        if let Some(m) = &self.markers {
+            m.constrain(&self.decoded, &mut self.logits);
+        }
+        let next = self.sampler.sample(&mut self.logits, &self.generated);
+        if self.generated.is_empty() {
+            self.usage.time_to_first_token_seconds = self.started.elapsed().as_secs_f64();
+            self.decode_start = Some(Instant::now());
+        }
+        if local.text.vocab.stop_ids.contains(&next) {
+            self.force_citation(shared, local)?;
+            return Ok(Some(FinishReason::Stop));
+        }
+        self.generated.push(next);
+        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        self.decoded = local.text.vocab.tokenizer.decode(&self.generated, true)?;
+        let (delta, hit_stop) = self.text.update(&self.decoded);
+        if !delta.is_empty()
+            && self
+                .tx
+                .blocking_send(Ok(GenerationEvent::Delta(delta)))
+                .is_err()
+        {
+            return Err(cancelled());
+        }
+        if hit_stop {
+            return Ok(Some(FinishReason::StopSequence));
+        }
+        if self.generated.len() >= self.limit {
+            self.force_citation(shared, local)?;
+            return Ok(Some(FinishReason::Length));
+        }
+        self.next = Some(next);
+        Ok(None)
+    }
+
+    fn force_citation(&mut self, shared: &Shared, local: &Local) -> Result<()> {
+        force_citation(
+            shared,
+            local,
+            &mut self.state,
+            &self.request,
+            &mut self.generated,
+            &mut self.text,
+            &self.tx,
+        )
+    }
+
+    /// Sends the completion; returns the cache for the next generation.
+    fn complete(mut self, finish: FinishReason) -> KvState {
+        self.usage.generated_tokens = self.generated.len();
+        // The first token came out of prefill; decode time covers the rest.
+        self.usage.decode_seconds = self.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let tail = self.text.finish();
+        if !tail.is_empty()
+            && self
+                .tx
+                .blocking_send(Ok(GenerationEvent::Delta(tail)))
+                .is_err()
+        {
+            return self.state;
+        }
+        let completion = Completion {
+            text: std::mem::take(&mut self.text.emitted),
+            finish,
+            usage: self.usage,
+        };
+        let _ = self.tx.blocking_send(Ok(GenerationEvent::Done(completion)));
+        self.state
+    }
+
+    /// Ends the generation with `outcome`'s error (a cancelled one is not sent: nobody
+    /// listens); returns the cache.
+    fn finish_with(self, outcome: Result<()>) -> KvState {
+        if let Err(e) = outcome
+            && !matches!(e, Error::WorkerGone("generation stream"))
+        {
+            let _ = self.tx.blocking_send(Err(e));
+        }
+        self.state
+    }
+}
+
+/// The request's prompt as token ids, checked against the context.
+fn prompt_tokens(local: &Local, request: &GenerateRequest, context: usize) -> Result<Vec<u32>> {
     let text = match &request.prompt {
         Prompt::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
         Prompt::Chat(m) => std::borrow::Cow::Owned(local.text.template.render(m, true)?),
     };
-    let mut prompt: Vec<u32> = Vec::new();
-    if local.text.vocab.add_bos {
-        prompt.extend(local.text.vocab.bos.as_ref().map(|(i, _)| *i));
-    }
-    prompt.extend_from_slice(
-        local
-            .text
-            .vocab
-            .tokenizer
-            .encode(text.as_ref(), false)?
-            .get_ids(),
-    );
+    let prompt = local.text.tokenize(text.as_ref())?;
     if prompt.is_empty() {
         return Err(Error::InvalidInput("the prompt is empty".into()));
     }
-    if prompt.len() + request.max_tokens > state.context() {
+    if prompt.len() + request.max_tokens > context {
         return Err(Error::PromptTooLong {
             prompt_tokens: prompt.len(),
             max_new_tokens: request.max_tokens,
-            context: state.context(),
+            context,
         });
     }
-    let mut usage = Usage {
-        prompt_tokens: prompt.len(),
-        queue_seconds: started.duration_since(enqueued).as_secs_f64(),
-        ..Usage::default()
-    };
-    let expired = || request.deadline.is_some_and(|d| Instant::now() >= d);
-    let mut logits = Vec::new();
-    let prefill = tracing::debug_span!(
-        "prefill",
-        tokens = prompt.len(),
-        queue_ms = usage.queue_seconds * 1e3
-    )
-    .entered();
-    for chunk in prompt.chunks(local.prefill_chunk) {
-        if tx.is_closed() {
-            return Err(cancelled());
-        }
-        if expired() {
-            return Err(Error::DeadlineExceeded);
-        }
-        logits = local.weights.forward(chunk, state)?;
-    }
-    usage.prefill_seconds = started.elapsed().as_secs_f64();
-    drop(prefill);
-    let decode = tracing::debug_span!("decode", tokens = tracing::field::Empty).entered();
-
-    let mut sampler = Sampler::new(request.sampling.clone());
-    let mut generated: Vec<u32> = Vec::new();
-    let mut text = DeltaText::new(request.stop.clone());
-    // A forced citation needs room for ` [`, the digit and `]`.
-    let limit = match &request.force_citation {
-        Some(_) if request.max_tokens > 2 * CITATION_TOKENS => request.max_tokens - CITATION_TOKENS,
-        _ => request.max_tokens,
-    };
-    let markers = match &request.force_citation {
-        Some(fc) => MarkerTokens::new(&local.text.vocab.tokenizer, fc.sources)?,
-        None => None,
-    };
-    let mut decoded = String::new();
-    let decode_start = Instant::now();
-    let finish = loop {
-        if let Some(m) = &markers {
-            m.constrain(&decoded, &mut logits);
-        }
-        let next = sampler.sample(&mut logits, &generated);
-        if generated.is_empty() {
-            usage.time_to_first_token_seconds = started.elapsed().as_secs_f64();
-        }
-        if local.text.vocab.stop_ids.contains(&next) {
-            force_citation(
-                shared,
-                local,
-                state,
-                &request,
-                &mut generated,
-                &mut text,
-                &tx,
-            )?;
-            break FinishReason::Stop;
-        }
-        generated.push(next);
-        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        decoded = local.text.vocab.tokenizer.decode(&generated, true)?;
-        let (delta, hit_stop) = text.update(&decoded);
-        if !delta.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(delta))).is_err() {
-            return Err(cancelled());
-        }
-        if hit_stop {
-            break FinishReason::StopSequence;
-        }
-        if generated.len() >= limit {
-            force_citation(
-                shared,
-                local,
-                state,
-                &request,
-                &mut generated,
-                &mut text,
-                &tx,
-            )?;
-            break FinishReason::Length;
-        }
-        if tx.is_closed() {
-            return Err(cancelled());
-        }
-        if expired() {
-            return Err(Error::DeadlineExceeded);
-        }
-        logits = local.weights.forward(&[next], state)?;
-    };
-    usage.generated_tokens = generated.len();
-    decode.record("tokens", generated.len());
-    drop(decode);
-    // The first token came out of prefill; decode time covers the rest.
-    usage.decode_seconds = decode_start.elapsed().as_secs_f64();
-    let tail = text.finish();
-    if !tail.is_empty() && tx.blocking_send(Ok(GenerationEvent::Delta(tail))).is_err() {
-        return Err(cancelled());
-    }
-    let completion = Completion {
-        text: text.emitted,
-        finish,
-        usage,
-    };
-    let _ = tx.blocking_send(Ok(GenerationEvent::Done(completion)));
-    Ok(())
+    Ok(prompt)
 }
 
 /// Keeps citation markers valid while the model writes them: right after `[` only the digits

@@ -234,61 +234,146 @@ impl LlamaWeights {
     /// Runs `tokens` (appended at `state.pos`) through the model and returns the logits of the
     /// last one as a vector of vocabulary size.
     pub fn forward(&self, tokens: &[u32], state: &mut KvState) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(Error::InvalidInput("no tokens to run".into()));
-        }
-        if state.pos + n > state.context {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: state.pos + n,
-                max_new_tokens: 0,
-                context: state.context,
-            });
+        let mut out = self.forward_batch(&mut [Segment { tokens, state }])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// One forward pass over several sequences at once, each with its own tokens appended at
+    /// its own cache's position: a decode step of many sessions (one token each) and prompt
+    /// pieces of new ones share every matrix multiplication, so the weights are read, and the
+    /// threads woken, once per layer for all of them. Returns each segment's last-token logits,
+    /// in order.
+    pub fn forward_batch(&self, segs: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
+        for s in segs.iter() {
+            if s.tokens.is_empty() {
+                return Err(Error::InvalidInput("no tokens to run".into()));
+            }
+            if s.state.pos + s.tokens.len() > s.state.context {
+                return Err(Error::PromptTooLong {
+                    prompt_tokens: s.state.pos + s.tokens.len(),
+                    max_new_tokens: 0,
+                    context: s.state.context,
+                });
+            }
         }
         let cfg = &self.config;
         let (hidden, d) = (cfg.hidden, cfg.head_dim);
         let eps = cfg.rms_eps as f32;
-        let mut x = Vec::with_capacity(n * hidden);
-        for &t in tokens {
-            let row = self
-                .embeddings
-                .get(t as usize * hidden..(t as usize + 1) * hidden);
-            x.extend_from_slice(row.ok_or_else(|| {
-                Error::InvalidInput(format!("token id {t} is outside the vocabulary"))
-            })?);
+        let rows: usize = segs.iter().map(|s| s.tokens.len()).sum();
+        let mut x = Vec::with_capacity(rows * hidden);
+        // Each row's position in its own sequence.
+        let mut positions = Vec::with_capacity(rows);
+        for s in segs.iter() {
+            for (i, &t) in s.tokens.iter().enumerate() {
+                let row = self
+                    .embeddings
+                    .get(t as usize * hidden..(t as usize + 1) * hidden);
+                x.extend_from_slice(row.ok_or_else(|| {
+                    Error::InvalidInput(format!("token id {t} is outside the vocabulary"))
+                })?);
+                positions.push(s.state.pos + i);
+            }
         }
         let qdim = cfg.heads * d;
         let kvdim = cfg.kv_heads * d;
-        let mut h = vec![0f32; n * hidden];
-        for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
+        let width = qdim + 2 * kvdim;
+        let mut h = vec![0f32; rows * hidden];
+        for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
-            let mut qkv = layer.qkv.matmul(&h, n)?;
-            let width = qdim + 2 * kvdim;
-            for (i, row) in qkv.chunks_exact_mut(width).enumerate() {
-                let pos = state.pos + i;
+            let mut qkv = layer.qkv.matmul(&h, rows)?;
+            for (row, &pos) in qkv.chunks_exact_mut(width).zip(&positions) {
                 let cos = &self.cos[pos * d / 2..(pos + 1) * d / 2];
                 let sin = &self.sin[pos * d / 2..(pos + 1) * d / 2];
                 for head in row[..qdim + kvdim].chunks_exact_mut(d) {
                     rope_interleaved(head, cos, sin);
                 }
             }
-            cache.append(&qkv, n, state.pos, state.context, cfg);
-            let ctx = if n > GEMM_ATTENTION_ROWS {
-                attention_gemm(&qkv, n, state.pos, cache, state.context, cfg)?
-            } else {
-                attention_rows(&qkv, n, state.pos, cache, state.context, cfg)
-            };
-            add(&mut x, &layer.wo.matmul(&ctx, n)?);
+            let mut off = 0;
+            for s in segs.iter_mut() {
+                let n = s.tokens.len();
+                let (pos, ctx) = (s.state.pos, s.state.context);
+                s.state.caches[l].append(&qkv[off * width..(off + n) * width], n, pos, ctx, cfg);
+                off += n;
+            }
+            let ctx = attention(&qkv, segs, l, cfg)?;
+            add(&mut x, &layer.wo.matmul(&ctx, rows)?);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-            let gu = layer.gate_up.matmul(&h, n)?;
+            let gu = layer.gate_up.matmul(&h, rows)?;
             let act = fused::swiglu(&gu, layer.gate_up.dims[0]);
-            add(&mut x, &layer.down.matmul(&act, n)?);
+            add(&mut x, &layer.down.matmul(&act, rows)?);
         }
-        state.pos += n;
-        let mut last = vec![0f32; hidden];
-        rms_norm(&x[(n - 1) * hidden..], &self.norm, eps, &mut last);
-        self.output.matmul(&last, 1)
+        // The last row of every segment, normed, through the output layer in one matmul.
+        let mut last = vec![0f32; segs.len() * hidden];
+        let mut end = 0;
+        for (s, out) in segs.iter_mut().zip(last.chunks_exact_mut(hidden)) {
+            end += s.tokens.len();
+            rms_norm(&x[(end - 1) * hidden..end * hidden], &self.norm, eps, out);
+            s.state.pos += s.tokens.len();
+        }
+        let logits = self.output.matmul(&last, segs.len())?;
+        Ok(logits
+            .chunks_exact(cfg.vocab.max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
     }
+}
+
+/// One sequence's part of [`LlamaWeights::forward_batch`]: `tokens` appended at `state.pos`.
+#[derive(Debug)]
+pub struct Segment<'a> {
+    pub tokens: &'a [u32],
+    pub state: &'a mut KvState,
+}
+
+/// Causal attention of every row of a batch over its own sequence's cache (layer `l`), rows in
+/// segment order. Long segments (a prompt piece) use the batched GEMMs; the rows of all the
+/// others (decode steps, short appends) run together, one task per (row, head).
+fn attention(qkv: &[f32], segs: &[Segment<'_>], l: usize, cfg: &LlamaConfig) -> Result<Vec<f32>> {
+    let d = cfg.head_dim;
+    let width = (cfg.heads + 2 * cfg.kv_heads) * d;
+    let out_width = cfg.heads * d;
+    let rows: usize = segs.iter().map(|s| s.tokens.len()).sum();
+    let mut out = vec![0f32; rows * out_width];
+    // (row, cache, keys visible, cache context) of the rows done row by row.
+    let mut short: Vec<(usize, &LayerCache, usize, usize)> = Vec::new();
+    let mut off = 0;
+    for s in segs {
+        let n = s.tokens.len();
+        // The state's position was not advanced yet: the segment's rows sit after it.
+        let past = s.state.pos;
+        let cache = &s.state.caches[l];
+        let ctx = s.state.context;
+        if n > GEMM_ATTENTION_ROWS {
+            let part = &qkv[off * width..(off + n) * width];
+            let o = attention_gemm(part, n, past, cache, ctx, cfg)?;
+            out[off * out_width..(off + n) * out_width].copy_from_slice(&o);
+        } else {
+            short.extend((0..n).map(|i| (off + i, cache, past + i + 1, ctx)));
+        }
+        off += n;
+    }
+    if short.is_empty() {
+        return Ok(out);
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let group = cfg.heads / cfg.kv_heads;
+    // One task per (row, head), each writing its own d-sized slice; then the rows go to their
+    // places among the GEMM segments' rows.
+    let mut compact = vec![0f32; short.len() * out_width];
+    compact.par_chunks_mut(d).enumerate().for_each(|(task, o)| {
+        let (k, hq) = (task / cfg.heads, task % cfg.heads);
+        let (r, cache, t, ctx) = short[k];
+        let g = hq / group;
+        let q = &qkv[r * width + hq * d..r * width + (hq + 1) * d];
+        let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
+        let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
+        fused::attend(q, keys, vals, scale, o);
+    });
+    for (k, &(r, ..)) in short.iter().enumerate() {
+        out[r * out_width..(r + 1) * out_width]
+            .copy_from_slice(&compact[k * out_width..(k + 1) * out_width]);
+    }
+    Ok(out)
 }
 
 /// Rotates consecutive pairs `(x[2i], x[2i+1])` by the angle whose cos/sin are `cos[i]`/`sin[i]`
@@ -301,8 +386,10 @@ fn rope_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Causal attention computed row by row over the cache (decode and short appends).
-/// `qkv` holds `n` rows of Q|K|V; returns `n` rows of the attention output (heads × d).
+/// Causal attention computed row by row over one cache: the reference the GEMM path and
+/// [`attention`] are tested against. `qkv` holds `n` rows of Q|K|V; returns `n` rows of the
+/// attention output (heads × d).
+#[cfg(test)]
 fn attention_rows(
     qkv: &[f32],
     n: usize,
@@ -498,6 +585,53 @@ mod tests {
                     "heads {heads}/{kv_heads}, past {past}, n {n}: [{i}] {r} vs {g}"
                 );
             }
+        }
+    }
+
+    /// The batched attention gives every row what the one-sequence reference gives it: short
+    /// segments (decode steps) and a long one (a prompt piece, on the GEMM path) mixed, each
+    /// over its own cache at its own position.
+    #[test]
+    fn batched_attention_matches_each_sequence_alone() {
+        let (heads, kv_heads, d) = (4, 2, 8);
+        let cfg = config(heads, kv_heads, d);
+        let width = (heads + 2 * kv_heads) * d;
+        // (past, new rows, context) per sequence.
+        let shapes = [(5, 1, 48), (0, 20, 40), (11, 1, 64), (2, 3, 48)];
+        let mut states: Vec<KvState> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(past, _, ctx))| {
+                let mut cache = LayerCache::default();
+                cache.append(&values(past * width, 10 + i), past, 0, ctx, &cfg);
+                KvState {
+                    caches: vec![cache],
+                    pos: past,
+                    context: ctx,
+                }
+            })
+            .collect();
+        let tokens: Vec<Vec<u32>> = shapes.iter().map(|&(_, n, _)| vec![0; n]).collect();
+        let parts: Vec<Vec<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, n, _))| values(n * width, 20 + i))
+            .collect();
+        let mut expected = Vec::new();
+        for ((state, part), &(past, n, ctx)) in states.iter_mut().zip(&parts).zip(&shapes) {
+            state.caches[0].append(part, n, past, ctx, &cfg);
+            expected.extend(attention_rows(part, n, past, &state.caches[0], ctx, &cfg));
+        }
+        let qkv: Vec<f32> = parts.concat();
+        let segs: Vec<Segment<'_>> = states
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(state, t)| Segment { tokens: t, state })
+            .collect();
+        let got = attention(&qkv, &segs, 0, &cfg).unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - e).abs() < 1e-5, "[{i}] {g} vs {e}");
         }
     }
 }

@@ -555,3 +555,67 @@ fn prefill_in_one_pass_in_chunks_or_token_by_token_gives_the_same_logits() {
         );
     }
 }
+
+/// Sessions that run at once are stepped together in one forward pass; each still writes what
+/// it writes alone (greedy), while one of them is cancelled and another runs into its stop
+/// sequence, and the others keep going.
+#[test]
+fn batched_sessions_write_what_each_writes_alone() {
+    let opts = GeneratorOptions {
+        sessions: 4,
+        context: 1024,
+        queue: 4,
+        // Small prompt pieces, so prompts are read over several steps beside decoding ones.
+        prefill_chunk: 24,
+    };
+    let g = Generator::load(&DEFAULT_DECODER.gguf_path(&models_dir()), opts).unwrap();
+    let questions = [
+        "What is the capital of France?",
+        "Name three colours of the rainbow.",
+        "Write one sentence about the sea.",
+    ];
+    let alone: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            g.generate(GenerateRequest::greedy(chat(q), 24))
+                .unwrap()
+                .blocking_collect(|_| ())
+                .unwrap()
+                .text
+        })
+        .collect();
+    let streams: Vec<_> = questions
+        .iter()
+        .map(|q| g.generate(GenerateRequest::greedy(chat(q), 24)).unwrap())
+        .collect();
+    // A fourth, cancelled after its first text.
+    let mut dropped = g
+        .generate(GenerateRequest::greedy(
+            chat("Write a very long story about a dragon."),
+            200,
+        ))
+        .unwrap();
+    assert!(matches!(
+        dropped.blocking_next().unwrap().unwrap(),
+        GenerationEvent::Delta(_)
+    ));
+    drop(dropped);
+    let together: Vec<String> = streams
+        .into_iter()
+        .map(|s| s.blocking_collect(|_| ()).unwrap().text)
+        .collect();
+    assert_eq!(together, alone);
+    // A stop sequence (the third word of the first answer) ends one session while the other
+    // runs on.
+    let stop = alone[0].split_whitespace().nth(2).unwrap().to_string();
+    let mut req = GenerateRequest::greedy(chat(questions[0]), 24);
+    req.stop = vec![stop.clone()];
+    let stopped = g.generate(req).unwrap();
+    let other = g
+        .generate(GenerateRequest::greedy(chat(questions[2]), 24))
+        .unwrap();
+    let stopped = stopped.blocking_collect(|_| ()).unwrap();
+    assert_eq!(stopped.finish, FinishReason::StopSequence);
+    assert_eq!(stopped.text, alone[0][..alone[0].find(&stop).unwrap()]);
+    assert_eq!(other.blocking_collect(|_| ()).unwrap().text, alone[2]);
+}

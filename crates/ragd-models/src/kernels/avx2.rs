@@ -80,7 +80,10 @@ fn dot_q4_x4(w: &[Q4Block], a: [&[ActBlock]; 4]) -> [f32; 4] {
             *acc = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ab.d)), p, *acc);
         }
         let s = _mm_set_ps(rows[3].s, rows[2].s, rows[1].s, rows[0].s);
-        mins = _mm_fmadd_ps(_mm_set1_ps(wb.m), s, mins);
+        // Multiply, then add, as `dot_q4` does: a row's result must not depend on whether it
+        // was computed alone or with three others (batched sessions write what they write
+        // alone).
+        mins = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(wb.m), s), mins);
     }
     let m: [f32; 4] = bytemuck::cast(mins);
     [
