@@ -290,6 +290,95 @@ fn a_lost_or_slow_model_server_is_a_clear_error() {
     );
 }
 
+/// A client that leaves ends the server's generation too (the connection is closed before the
+/// next event is read): llama-server's own count of predicted tokens stops growing.
+#[test]
+fn a_dropped_stream_stops_the_server_generating() {
+    let server = LlamaServer::start_with(&["--metrics"]);
+    let g = remote(&server.url(), false);
+    let mut stream = g
+        .generate(GenerateRequest::greedy(
+            Prompt::Text("Count from one to five hundred in words: one, two, three,".into()),
+            1500,
+        ))
+        .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(
+            stream.blocking_next().unwrap().unwrap(),
+            GenerationEvent::Delta(_)
+        ));
+    }
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = predicted(server.port);
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = predicted(server.port);
+    // 1.5 s at ~150 tokens/s would have been hundreds more.
+    assert!(after - before < 5.0, "{before} -> {after}");
+    assert!(before < 400.0, "{before}");
+}
+
+/// llama-server's `llamacpp:tokens_predicted_total` (with `--metrics`): tokens of finished
+/// and cancelled requests plus those being generated.
+fn predicted(port: u16) -> f64 {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let value = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    value("llamacpp:tokens_predicted_total").unwrap_or_else(|| panic!("no metric in {out}"))
+}
+
+/// A server answering 429/503 is retried with backoff (its `Retry-After` honoured), then the
+/// error names the status and the attempts.
+#[test]
+fn a_busy_server_is_retried_then_unavailable() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let served = std::thread::spawn(move || {
+        let mut n = 0;
+        for c in l.incoming().take(3) {
+            let mut c = c.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let status = if n == 0 {
+                "429 Too Many Requests"
+            } else {
+                "503 Service Unavailable"
+            };
+            let body = "{\"error\":\"busy\"}";
+            let _ = write!(
+                c,
+                "HTTP/1.1 {status}\r\nRetry-After: 0\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            n += 1;
+        }
+        n
+    });
+    let g = remote(&url, false);
+    let err = g
+        .generate(GenerateRequest::greedy(chat("Hello?"), 8))
+        .unwrap()
+        .blocking_collect(|_| {})
+        .unwrap_err();
+    assert_eq!(err.kind(), ragd_core::ErrorKind::Unavailable, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HTTP 503") && msg.contains("after 3 attempts"),
+        "{msg}"
+    );
+    assert_eq!(served.join().unwrap(), 3);
+}
+
 /// A loopback listener that accepts connections and never replies (kept open while the
 /// returned handle lives).
 fn silent_server() -> (String, std::thread::JoinHandle<()>) {

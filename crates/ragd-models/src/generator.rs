@@ -523,6 +523,8 @@ fn local_loop(shared: &Shared, local: &Local, rx: &Mutex<std_mpsc::Receiver<Job>
                 }
             })
             .collect();
+        // The pass counts as busy time in every participant's prefill or decode span.
+        let stages: Vec<tracing::Span> = active.iter().map(|s| s.stage.clone()).collect();
         let mut segs: Vec<Segment<'_>> = active
             .iter_mut()
             .zip(&tokens)
@@ -532,7 +534,9 @@ fn local_loop(shared: &Shared, local: &Local, rx: &Mutex<std_mpsc::Receiver<Job>
                 state: &mut slot.state,
             })
             .collect();
+        let mut entered: Vec<_> = stages.iter().map(tracing::Span::enter).collect();
         let result = local.weights.forward_batch(&mut segs);
+        while entered.pop().is_some() {}
         drop(segs);
         let logits = match result {
             Ok(l) => l,
@@ -559,6 +563,11 @@ fn local_loop(shared: &Shared, local: &Local, rx: &Mutex<std_mpsc::Receiver<Job>
                     continue;
                 }
                 slot.usage.prefill_seconds = slot.started.elapsed().as_secs_f64();
+                slot.stage = tracing::debug_span!(
+                    parent: &slot.span,
+                    "decode",
+                    tokens = tracing::field::Empty
+                );
             }
             match slot.step(shared, local) {
                 Ok(None) => {}
@@ -589,6 +598,8 @@ struct Slot {
     span: tracing::Span,
     /// When the decoder thread took it.
     started: Instant,
+    /// The `prefill` span while it reads its prompt, then `decode` (children of `span`).
+    stage: tracing::Span,
     state: KvState,
     prompt: Vec<u32>,
     /// Prompt tokens already in the cache.
@@ -653,7 +664,14 @@ impl Slot {
             queue_seconds: started.duration_since(enqueued).as_secs_f64(),
             ..Usage::default()
         };
+        let stage = tracing::debug_span!(
+            parent: &span,
+            "prefill",
+            tokens = prompt.len(),
+            queue_ms = usage.queue_seconds * 1e3
+        );
         Ok(Self {
+            stage,
             sampler: Sampler::new(request.sampling.clone()),
             text: DeltaText::new(request.stop.clone()),
             request,
@@ -688,7 +706,7 @@ impl Slot {
     /// Samples the next token from the fresh logits and streams what it adds; `Some` when the
     /// generation is over, else `self.next` is the token to run.
     fn step(&mut self, shared: &Shared, local: &Local) -> Result<Option<FinishReason>> {
-        let span = self.span.clone();
+        let span = self.stage.clone();
         let _in = span.enter();
         if let Some(m) = &self.markers {
             m.constrain(&self.decoded, &mut self.logits);
@@ -740,6 +758,7 @@ impl Slot {
     /// Sends the completion; returns the cache for the next generation.
     fn complete(mut self, finish: FinishReason) -> KvState {
         self.usage.generated_tokens = self.generated.len();
+        self.stage.record("tokens", self.generated.len());
         // The first token came out of prefill; decode time covers the rest.
         self.usage.decode_seconds = self.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let tail = self.text.finish();

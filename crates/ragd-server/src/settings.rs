@@ -637,4 +637,17 @@ mod tests {
             Ok(())
         });
     }
+
+    /// The example settings file shipped in `deploy/` loads and passes validation.
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_shipped_settings_file_is_valid() {
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/ragd.toml");
+            let s = Settings::load(Some(&path), &Overrides::default()).map_err(|e| e.0)?;
+            assert!(s.decoder.model_server().is_none() && s.encoder.server().is_none());
+            assert_eq!(s.listen, "0.0.0.0:50051");
+            Ok(())
+        });
+    }
 }
