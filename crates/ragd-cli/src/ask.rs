@@ -35,6 +35,10 @@ pub(crate) struct AnswerFlags {
     /// Most tokens in the answer.
     #[arg(long, default_value_t = ragd_engine::DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
+    /// The decoder offline: a model added with `ragd models add` [default: the bundled
+    /// SmolLM2-135M] (a server answers with its own `decoder.name`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) decoder: Option<String>,
     /// Sampling temperature, 0 to 2; 0 (the default) decodes greedily.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -235,7 +239,13 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
     if remote {
         a.flags.check_remote()?;
     }
-    let backend = Backend::answering(&a.data, &a.models, &a.remote, a.flags.config()?)?;
+    let backend = Backend::answering(
+        &a.data,
+        &a.models,
+        &a.remote,
+        a.flags.config()?,
+        a.flags.decoder.as_deref(),
+    )?;
     backend.offline_only("--prompt-out", a.prompt_out.is_some())?;
     let mut request = a.flags.request(&a.question)?;
     request.history = read_history(a.history.as_deref())?;
@@ -505,7 +515,8 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             format!("qa-{set}")
         }
     };
-    let engine = engine(&a.data, &a.models, a.flags.config()?);
+    let engine = engine(&a.data, &a.models, a.flags.config()?)
+        .with_decoder(a.flags.decoder.clone().unwrap_or_default());
     open_or_create(&engine, &name, a.json)?;
     let report = engine.ingest_paths(
         &name,

@@ -73,22 +73,26 @@ pub(crate) struct HnswFlags {
 impl Backend {
     /// The server when `--server` names one, else the data directory.
     pub(crate) fn new(data: &DataDir, models: &ModelsDir, server: &ServerFlags) -> Result<Self> {
-        Self::answering(data, models, server, AnswerConfig::default())
+        Self::answering(data, models, server, AnswerConfig::default(), None)
     }
 
-    /// [`Backend::new`] answering with `answer` offline (a server answers with its own settings).
+    /// [`Backend::new`] answering with `answer` and `decoder` (added with `ragd models add`;
+    /// `None`: the bundled one) offline (a server answers with its own settings).
     pub(crate) fn answering(
         data: &DataDir,
         models: &ModelsDir,
         server: &ServerFlags,
         answer: AnswerConfig,
+        decoder: Option<&str>,
     ) -> Result<Self> {
         Ok(match &server.server {
             Some(url) => Self::Remote {
                 client: Remote::connect(server, url)?,
                 url: url.clone(),
             },
-            None => Self::Local(engine(data, models, answer)),
+            None => {
+                Self::Local(engine(data, models, answer).with_decoder(decoder.unwrap_or_default()))
+            }
         })
     }
 

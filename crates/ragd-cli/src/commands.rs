@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ragd_engine::models::{self as registry, DEFAULT_MODELS};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// ragd: answers questions from your documents, citing them.
@@ -24,6 +24,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install and inspect models.
@@ -71,6 +73,23 @@ enum Command {
 enum ModelsCommand {
     /// Download, unpack and verify the default models (skips those already installed).
     Fetch {
+        #[command(flatten)]
+        dir: ModelsDir,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a GGUF decoder you bring (checked, copied or hard-linked into the models
+    /// directory, its sha256 pinned and verified on every load); select it with the setting
+    /// `decoder.name = "NAME"` (or `--decoder NAME` on `ragd ask`).
+    Add {
+        /// The name settings use for it (lowercase letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// The GGUF file (architectures: llama, mistral, qwen2, qwen3, phi3).
+        #[arg(long, value_name = "FILE")]
+        gguf: PathBuf,
+        /// Refuse the file unless its sha256 is this.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
         #[command(flatten)]
         dir: ModelsDir,
         #[arg(long)]
@@ -156,6 +175,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Models {
             command: ModelsCommand::List { dir, json },
         } => models_list(&dir.resolve(), json),
+        Command::Models {
+            command:
+                ModelsCommand::Add {
+                    name,
+                    gguf,
+                    sha256,
+                    dir,
+                    json,
+                },
+        } => models_add(&dir.resolve(), &name, &gguf, sha256.as_deref(), json),
         Command::Bench {
             command: BenchCommand::Embed(args),
         } => bench::embed(&args),
@@ -200,6 +229,27 @@ fn models_fetch(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn models_add(dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>, json: bool) -> Result<()> {
+    let added = ragd_engine::user_models::add_gguf(dir, name, gguf, sha256)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&added)?);
+    } else {
+        let s = &added.summary;
+        println!(
+            "added {name}: {} {}, context {}, {:.0}M parameters, sha256 {} ({} to {})",
+            s.architecture,
+            s.quantization,
+            s.context_length,
+            s.parameters as f64 / 1e6,
+            added.manifest.sha256,
+            added.how,
+            added.path.display()
+        );
+        println!("use it: decoder.name = \"{name}\" in the settings, or ragd ask --decoder {name}");
+    }
+    Ok(())
+}
+
 fn models_list(dir: &Path, json: bool) -> Result<()> {
     let models = registry::list(dir)?;
     if json {
@@ -208,12 +258,19 @@ fn models_list(dir: &Path, json: bool) -> Result<()> {
     }
     println!("models directory: {}", dir.display());
     for m in models {
+        let shape = m.gguf.as_ref().map_or(String::new(), |g| {
+            format!(
+                "{} {} ctx {}",
+                g.architecture, g.quantization, g.context_length
+            )
+        });
         println!(
-            "{:<28} {:<8} {:>8.1} MB  {:<8} {}",
+            "{:<28} {:<8} {:>8.1} MB  {:<8} {:<26} {}",
             m.name,
             m.role,
             m.bytes as f64 / 1e6,
             m.status,
+            shape,
             m.path.display()
         );
     }

@@ -169,3 +169,108 @@ fn debug_logs_break_an_answer_down_by_stage() {
         );
     }
 }
+
+/// A decoder the user brings: `ragd models add` registers a GGUF (here a tiny random Qwen2
+/// written by the test), `models list` shows its architecture, and `ask --decoder NAME`
+/// generates with it; a name never added fails with the command that adds it.
+#[test]
+fn an_added_decoder_answers_when_named() {
+    let real = registry::resolve_models_dir(None);
+    let models = tempfile::tempdir().unwrap();
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        assert!(
+            spec.verify(&real).unwrap_or(false),
+            "{}",
+            spec.missing(&real)
+        );
+        std::os::unix::fs::symlink(spec.dir(&real), spec.dir(models.path())).unwrap();
+    }
+    let src = tempfile::tempdir().unwrap();
+    let gguf = src.path().join("tiny-qwen2.gguf");
+    ragd_models::testing::write_tiny_gguf(&gguf, &ragd_models::testing::TinySpec::QWEN2).unwrap();
+    let m = models.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ragd"))
+            .args(args)
+            .args(["--models-dir", m])
+            .output()
+            .unwrap()
+    };
+    let json = |args: &[&str]| -> Value {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "ragd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let added = json(&[
+        "models",
+        "add",
+        "tiny",
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(added["summary"]["architecture"], "qwen2", "{added}");
+    let listed = json(&["models", "list", "--json"]);
+    let tiny = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tiny")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(tiny["status"], "ok", "{tiny}");
+    assert_eq!(tiny["architecture"], "qwen2", "{tiny}");
+    assert_eq!(tiny["role"], "decoder", "{tiny}");
+
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let doc = src.path().join("notes.md");
+    std::fs::write(
+        &doc,
+        "# Tides\n\nThe tide at Saint-Malo rises by up to thirteen metres during spring tides.\n",
+    )
+    .unwrap();
+    json(&[
+        "ingest",
+        "--collection",
+        "c",
+        "--data-dir",
+        d,
+        "--json",
+        doc.to_str().unwrap(),
+    ]);
+    let ask = |decoder: &str| {
+        run(&[
+            "ask",
+            "--collection",
+            "c",
+            "--data-dir",
+            d,
+            "--json",
+            "--strategy",
+            "generate",
+            "--max-tokens",
+            "8",
+            "--decoder",
+            decoder,
+            "How much does the tide rise at Saint-Malo?",
+        ])
+    };
+    let out = ask("tiny");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["usage"]["decoder"], "tiny-qwen2", "{v}");
+    assert!(v["usage"]["generated_tokens"].as_u64().unwrap() > 0, "{v}");
+
+    let out = ask("never-added");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ragd models add never-added --gguf"), "{err}");
+}

@@ -54,6 +54,7 @@ pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, f
 // The data model and model handles the engine's operations take and return, so that front
 // doors need no crate below the engine.
 pub use ragd_models::registry as models;
+pub use ragd_models::user_models;
 pub use ragd_models::{
     Embedding, Encode, FinishReason, GeneratorOptions, RemoteEncoderOptions, RemoteOptions,
     SamplingParams,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A model directory or file is absent; the message carries the command that fixes it.
-    #[error("model `{name}` is not installed at {}; run `{fix}` to fetch it", path.display())]
+    #[error("model `{name}` is not installed at {}; run `{fix}`", path.display())]
     ModelMissing {
         name: String,
         path: PathBuf,

@@ -2,10 +2,12 @@
 //!
 //! - [`Embedder`] / [`EmbedderHandle`]: a BERT-family sentence encoder; the handle's worker thread
 //!   owns the model and batches requests by token budget.
-//! - [`Generator`]: a GGUF llama-architecture decoder served by a pool of session threads that
-//!   share the weights, each with its own KV cache; output streams through bounded channels. The
-//!   same pool fronts an OpenAI-compatible model server ([`RemoteOptions`]).
-//! - [`registry`]: the default models, their pinned checksums, fetching and listing them.
+//! - [`Generator`]: a GGUF decoder (llama, mistral, qwen2, qwen3, phi3 architectures) whose
+//!   sessions share the weights and step together on one thread, each with its own KV cache;
+//!   output streams through bounded channels. The same pool fronts an OpenAI-compatible model
+//!   server ([`RemoteOptions`]).
+//! - [`registry`]: the default models, their pinned checksums, fetching and listing them;
+//!   [`user_models`]: decoders users add (`ragd models add`), pinned the same way.
 //!
 //! Threads: model code runs only on the worker/session threads this crate spawns (and candle's
 //! compute pool they call into); async callers only touch channels.
@@ -20,6 +22,8 @@ pub mod llama;
 pub mod registry;
 mod remote;
 mod sampling;
+pub mod testing;
+pub mod user_models;
 
 pub use bert::Pooling;
 pub use embedder::{

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gguf_meta::Meta;
 use crate::kernels::fused::{self, add, rms_norm};
 use crate::kernels::quant::QLinear;
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
@@ -19,6 +19,8 @@ use rayon::prelude::*;
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
     pub architecture: String,
+    /// How positions rotate query and key pairs.
+    pub rope: Rope,
     pub context_length: usize,
     pub hidden: usize,
     pub layers: usize,
@@ -79,9 +81,16 @@ impl Fused {
 struct Layer {
     attn_norm: Vec<f32>,
     qkv: Fused,
+    /// Q|K|V biases side by side (Qwen2); `None` for llama, mistral.
+    qkv_bias: Option<Vec<f32>>,
+    /// RMS-norm weights applied to every query head and every key head before RoPE (Qwen3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QLinear,
     ffn_norm: Vec<f32>,
+    /// Gate then up, side by side in each output row.
     gate_up: Fused,
+    /// Width of the gate (and of the up projection).
+    ffn: usize,
     down: QLinear,
 }
 
@@ -99,8 +108,26 @@ pub struct LlamaWeights {
     sin: Vec<f32>,
 }
 
-/// Architectures whose GGUF tensors follow the llama layout with interleaved RoPE.
-const LLAMA_LIKE: &[&str] = &["llama", "mistral"];
+/// Which pairs of a head's values RoPE rotates together (llama.cpp's rope types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rope {
+    /// `(x[2i], x[2i+1])`: llama and mistral GGUFs (their converter permutes Q and K for it).
+    Interleaved,
+    /// `(x[i], x[i + d/2])`: Qwen2, Qwen3, Phi-3 ("NeoX" style).
+    Halves,
+}
+
+/// Architectures this forward pass runs, and their RoPE. All are pre-norm decoders with
+/// grouped-query attention and a SwiGLU FFN; what else a layer has is read off its tensors:
+/// Q/K/V biases (Qwen2), per-head Q/K norms and heads wider than hidden / heads (Qwen3), Q/K/V
+/// and gate/up stacked in one tensor each (Phi-3). Anything else is refused at load.
+const LLAMA_LIKE: &[(&str, Rope)] = &[
+    ("llama", Rope::Interleaved),
+    ("mistral", Rope::Interleaved),
+    ("qwen2", Rope::Halves),
+    ("qwen3", Rope::Halves),
+    ("phi3", Rope::Halves),
+];
 
 /// Query rows above which prefill attention runs as batched GEMMs rather than per-row loops.
 const GEMM_ATTENTION_ROWS: usize = 16;
@@ -126,33 +153,47 @@ impl LlamaWeights {
         // Detect (and log, once) the CPU kernels while loading, not on the first request.
         crate::kernels::active();
         let arch = meta.str("general.architecture")?.to_string();
-        if !LLAMA_LIKE.contains(&arch.as_str()) {
+        let Some(&(_, rope)) = LLAMA_LIKE.iter().find(|(a, _)| *a == arch) else {
+            let names: Vec<&str> = LLAMA_LIKE.iter().map(|(a, _)| *a).collect();
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
                 reason: format!(
                     "architecture `{arch}` is not supported; supported: {}",
-                    LLAMA_LIKE.join(", ")
+                    names.join(", ")
                 ),
             });
-        }
+        };
         let prefix = arch.clone();
         let key = |k: &str| format!("{prefix}.{k}");
         let hidden = meta.usize(&key("embedding_length"))?;
         let heads = meta.usize(&key("attention.head_count"))?;
         let kv_heads = meta.usize(&key("attention.head_count_kv")).unwrap_or(heads);
+        // Heads may be wider than hidden / heads (Qwen3): `attention.key_length` says so.
         let head_dim = meta
-            .usize(&key("rope.dimension_count"))
-            .unwrap_or(hidden / heads);
+            .usize(&key("attention.key_length"))
+            .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
+        // RoPE over part of a head (Phi-2, StableLM) and values of another width are other
+        // architectures; refuse them here rather than compute them wrong.
+        for k in ["attention.value_length", "rope.dimension_count"] {
+            if let Ok(v) = meta.usize(&key(k))
+                && v != head_dim
+            {
+                return Err(Error::ModelInvalid {
+                    path: meta.path.to_path_buf(),
+                    reason: format!("{arch}.{k} is {v}, not the head size {head_dim}"),
+                });
+            }
+        }
         if heads == 0
             || kv_heads == 0
             || heads % kv_heads != 0
-            || head_dim * heads != hidden
+            || head_dim == 0
             || !head_dim.is_multiple_of(2)
         {
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
                 reason: format!(
-                    "inconsistent heads: {heads} heads, {kv_heads} kv heads, {hidden} hidden"
+                    "inconsistent heads: {heads} heads of {head_dim}, {kv_heads} kv heads, {hidden} hidden"
                 ),
             });
         }
@@ -170,32 +211,124 @@ impl LlamaWeights {
         let norm = vec(tensor("output_norm.weight")?.dequantize(&dev)?)?;
         let layer_count = meta.usize(&key("block_count"))?;
         let mut layers = Vec::with_capacity(layer_count);
+        let (qdim, kvdim) = (heads * head_dim, kv_heads * head_dim);
+        let invalid = |reason: String| Error::ModelInvalid {
+            path: meta.path.to_path_buf(),
+            reason,
+        };
         for i in 0..layer_count {
-            let mut q = |n: &str| -> Result<QLinear> {
-                QLinear::from_qtensor(tensor(&format!("blk.{i}.{n}.weight"))?)
+            let name = |n: &str| format!("blk.{i}.{n}");
+            // Q, K and V come as three tensors, or as one (Phi-3's `attn_qkv`).
+            let qkv = match tensor(&name("attn_qkv.weight")) {
+                Ok(t) => Fused::new(vec![QLinear::from_qtensor(t)?]),
+                Err(_) => Fused::new(vec![
+                    QLinear::from_qtensor(tensor(&name("attn_q.weight"))?)?,
+                    QLinear::from_qtensor(tensor(&name("attn_k.weight"))?)?,
+                    QLinear::from_qtensor(tensor(&name("attn_v.weight"))?)?,
+                ]),
             };
-            let qkv = Fused::new(vec![q("attn_q")?, q("attn_k")?, q("attn_v")?]);
-            let wo = q("attn_output")?;
-            let gate_up = Fused::new(vec![q("ffn_gate")?, q("ffn_up")?]);
-            let down = q("ffn_down")?;
-            let mut f = |n: &str| -> Result<Vec<f32>> {
-                vec(tensor(&format!("blk.{i}.{n}.weight"))?.dequantize(&dev)?)
+            if qkv.dims.iter().sum::<usize>() != qdim + 2 * kvdim {
+                return Err(invalid(format!(
+                    "layer {i}: Q/K/V give {:?} values, the heads need {qdim} + 2 x {kvdim}",
+                    qkv.dims
+                )));
+            }
+            let wo = QLinear::from_qtensor(tensor(&name("attn_output.weight"))?)?;
+            // Gate and up as two tensors, or stacked gate-first in `ffn_up` (Phi-3).
+            let (gate_up, ffn) = match tensor(&name("ffn_gate.weight")) {
+                Ok(gate) => {
+                    let gate = QLinear::from_qtensor(gate)?;
+                    let ffn = gate.out_dim();
+                    let up = QLinear::from_qtensor(tensor(&name("ffn_up.weight"))?)?;
+                    (Fused::new(vec![gate, up]), ffn)
+                }
+                Err(_) => {
+                    let up = QLinear::from_qtensor(tensor(&name("ffn_up.weight"))?)?;
+                    let ffn = up.out_dim() / 2;
+                    (Fused::new(vec![up]), ffn)
+                }
             };
-            let (attn_norm, ffn_norm) = (f("attn_norm")?, f("ffn_norm")?);
+            if gate_up.dims.iter().sum::<usize>() != 2 * ffn {
+                return Err(invalid(format!(
+                    "layer {i}: gate and up projections differ in size"
+                )));
+            }
+            let down = QLinear::from_qtensor(tensor(&name("ffn_down.weight"))?)?;
+            let mut f32s = |n: &str| -> Option<Result<Vec<f32>>> {
+                let t = tensor(&name(n)).ok()?;
+                Some(t.dequantize(&dev).map_err(Error::from).and_then(&vec))
+            };
+            // Biases come as a set (Qwen2) or not at all.
+            let qkv_bias = match (
+                f32s("attn_q.bias").transpose()?,
+                f32s("attn_k.bias").transpose()?,
+                f32s("attn_v.bias").transpose()?,
+            ) {
+                (Some(q), Some(k), Some(v)) => Some([q, k, v].concat()),
+                (None, None, None) => None,
+                _ => {
+                    return Err(invalid(format!(
+                        "layer {i}: only some of the Q/K/V biases are present"
+                    )));
+                }
+            };
+            // Per-head RMS norms of queries and keys (Qwen3), both or neither.
+            let qk_norm = match (
+                f32s("attn_q_norm.weight").transpose()?,
+                f32s("attn_k_norm.weight").transpose()?,
+            ) {
+                (Some(q), Some(k)) => Some((q, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(format!(
+                        "layer {i}: only one of the Q/K norms is present"
+                    )));
+                }
+            };
+            let attn_norm = f32s("attn_norm.weight")
+                .ok_or_else(|| invalid(format!("layer {i}: attn_norm.weight is missing")))??;
+            let ffn_norm = f32s("ffn_norm.weight")
+                .ok_or_else(|| invalid(format!("layer {i}: ffn_norm.weight is missing")))??;
+            if qkv_bias
+                .as_ref()
+                .is_some_and(|b| b.len() != qdim + 2 * kvdim)
+                || qk_norm
+                    .as_ref()
+                    .is_some_and(|(q, k)| q.len() != head_dim || k.len() != head_dim)
+                || attn_norm.len() != hidden
+                || ffn_norm.len() != hidden
+            {
+                return Err(invalid(format!(
+                    "layer {i}: a norm or bias does not match the model's sizes"
+                )));
+            }
             layers.push(Layer {
                 attn_norm,
                 qkv,
+                qkv_bias,
+                qk_norm,
                 wo,
                 ffn_norm,
                 gate_up,
+                ffn,
                 down,
+            });
+        }
+        // A tensor this forward pass would not read means an architecture it does not compute
+        // (output or FFN biases, Q/K norms, ...): refuse it rather than answer from half a model.
+        if let Some(name) = content.tensor_infos.keys().find(|n| !known_tensor(n)) {
+            return Err(Error::ModelInvalid {
+                path: meta.path.to_path_buf(),
+                reason: format!("tensor `{name}` is not part of the {arch} layout this build runs"),
             });
         }
         let context_length = meta.usize(&key("context_length"))?;
         let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
-        let (cos, sin) = rope_tables(head_dim, rope_theta, context_length);
+        let scaling = rope_scaling(meta, &key, head_dim, &mut tensor)?;
+        let (cos, sin) = rope_tables(head_dim, rope_theta, context_length, &scaling);
         let config = LlamaConfig {
             architecture: arch,
+            rope,
             context_length,
             hidden,
             layers: layer_count,
@@ -282,10 +415,21 @@ impl LlamaWeights {
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
             let mut qkv = layer.qkv.matmul(&h, rows)?;
             for (row, &pos) in qkv.chunks_exact_mut(width).zip(&positions) {
+                if let Some(b) = &layer.qkv_bias {
+                    add(row, b);
+                }
+                if let Some((qn, kn)) = &layer.qk_norm {
+                    let (q, k) = row[..qdim + kvdim].split_at_mut(qdim);
+                    rms_norm_in_place(q, qn, eps);
+                    rms_norm_in_place(k, kn, eps);
+                }
                 let cos = &self.cos[pos * d / 2..(pos + 1) * d / 2];
                 let sin = &self.sin[pos * d / 2..(pos + 1) * d / 2];
                 for head in row[..qdim + kvdim].chunks_exact_mut(d) {
-                    rope_interleaved(head, cos, sin);
+                    match cfg.rope {
+                        Rope::Interleaved => rope_interleaved(head, cos, sin),
+                        Rope::Halves => rope_halves(head, cos, sin),
+                    }
                 }
             }
             let mut off = 0;
@@ -299,7 +443,7 @@ impl LlamaWeights {
             add(&mut x, &layer.wo.matmul(&ctx, rows)?);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let gu = layer.gate_up.matmul(&h, rows)?;
-            let act = fused::swiglu(&gu, layer.gate_up.dims[0]);
+            let act = fused::swiglu(&gu, layer.ffn);
             add(&mut x, &layer.down.matmul(&act, rows)?);
         }
         // The last row of every segment, normed, through the output layer in one matmul.
@@ -374,6 +518,25 @@ fn attention(qkv: &[f32], segs: &[Segment<'_>], l: usize, cfg: &LlamaConfig) -> 
             .copy_from_slice(&compact[k * out_width..(k + 1) * out_width]);
     }
     Ok(out)
+}
+
+/// RMS-normalises every `w.len()`-sized head of `x` in place, scaled by `w`.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let mut out = vec![0f32; x.len()];
+    rms_norm(x, w, eps, &mut out);
+    x.copy_from_slice(&out);
+}
+
+/// Rotates the pairs `(x[i], x[i + d/2])` by the angle whose cos/sin are `cos[i]`/`sin[i]`
+/// (Qwen2's GGUF weights are not permuted: llama.cpp's NeoX rope type).
+fn rope_halves(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (a, b) = x.split_at_mut(half);
+    for (((p, q), c), s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+        let (x0, x1) = (*p, *q);
+        *p = x0 * c - x1 * s;
+        *q = x0 * s + x1 * c;
+    }
 }
 
 /// Rotates consecutive pairs `(x[2i], x[2i+1])` by the angle whose cos/sin are `cos[i]`/`sin[i]`
@@ -519,11 +682,110 @@ impl KvState {
     }
 }
 
-/// cos/sin of `pos * theta^(-2i/d)` for every position and pair, row-major (pos, d/2).
-fn rope_tables(head_dim: usize, theta: f32, max_len: usize) -> (Vec<f32>, Vec<f32>) {
+/// The tensors [`LlamaWeights::load`] reads.
+fn known_tensor(name: &str) -> bool {
+    const GLOBAL: &[&str] = &[
+        "token_embd.weight",
+        "output.weight",
+        "output_norm.weight",
+        "rope_freqs.weight",
+    ];
+    const LAYER: &[&str] = &[
+        "attn_norm.weight",
+        "attn_q.weight",
+        "attn_k.weight",
+        "attn_qkv.weight",
+        "attn_q_norm.weight",
+        "attn_k_norm.weight",
+        "attn_v.weight",
+        "attn_q.bias",
+        "attn_k.bias",
+        "attn_v.bias",
+        "attn_output.weight",
+        "ffn_norm.weight",
+        "ffn_gate.weight",
+        "ffn_up.weight",
+        "ffn_down.weight",
+    ];
+    GLOBAL.contains(&name)
+        || name.strip_prefix("blk.").is_some_and(|rest| {
+            rest.split_once('.')
+                .is_some_and(|(i, t)| i.parse::<usize>().is_ok() && LAYER.contains(&t))
+        })
+}
+
+/// How a model stretches RoPE past its training length, as llama.cpp applies it.
+#[derive(Debug, Clone, PartialEq)]
+struct RopeScaling {
+    /// Every angle is multiplied by this (`1 / rope.scaling.factor` for linear scaling).
+    freq_scale: f32,
+    /// Per-frequency divisors (`rope_freqs.weight`: Llama 3.1 and later), `head_dim / 2` of them.
+    factors: Option<Vec<f32>>,
+}
+
+/// Reads `rope.scaling.*` and the optional `rope_freqs.weight` tensor; YaRN and other schemes
+/// that change more than the angles are refused by name.
+fn rope_scaling(
+    meta: &Meta<'_>,
+    key: &dyn Fn(&str) -> String,
+    head_dim: usize,
+    tensor: &mut dyn FnMut(&str) -> candle_core::Result<QTensor>,
+) -> Result<RopeScaling> {
+    let invalid = |reason: String| Error::ModelInvalid {
+        path: meta.path.to_path_buf(),
+        reason,
+    };
+    let kind = meta.str(&key("rope.scaling.type")).unwrap_or("none");
+    if !matches!(kind, "none" | "linear") {
+        return Err(invalid(format!(
+            "RoPE scaling `{kind}` is not supported (none and linear are)"
+        )));
+    }
+    let factor = meta
+        .f32(&key("rope.scaling.factor"))
+        .or_else(|_| meta.f32(&key("rope.scale_linear")))
+        .unwrap_or(0.0);
+    if !factor.is_finite() || factor < 0.0 {
+        return Err(invalid(format!("rope.scaling.factor {factor} is invalid")));
+    }
+    let freq_scale = if factor == 0.0 { 1.0 } else { 1.0 / factor };
+    let factors = match tensor("rope_freqs.weight") {
+        Ok(t) => {
+            let f = t
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if f.len() != head_dim / 2 || f.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+                return Err(invalid(format!(
+                    "rope_freqs.weight has {} values (positive ones expected, {})",
+                    f.len(),
+                    head_dim / 2
+                )));
+            }
+            Some(f)
+        }
+        Err(_) => None,
+    };
+    Ok(RopeScaling {
+        freq_scale,
+        factors,
+    })
+}
+
+/// cos/sin of `pos * theta^(-2i/d)` (scaled as `scaling` says) for every position and pair, row-major (pos, d/2).
+fn rope_tables(
+    head_dim: usize,
+    theta: f32,
+    max_len: usize,
+    scaling: &RopeScaling,
+) -> (Vec<f32>, Vec<f32>) {
     let inv: Vec<f32> = (0..head_dim)
         .step_by(2)
-        .map(|i| 1.0 / theta.powf(i as f32 / head_dim as f32))
+        .enumerate()
+        .map(|(j, i)| {
+            let factor = scaling.factors.as_ref().map_or(1.0, |f| f[j]);
+            scaling.freq_scale / (theta.powf(i as f32 / head_dim as f32) * factor)
+        })
         .collect();
     let mut cos = Vec::with_capacity(max_len * inv.len());
     let mut sin = Vec::with_capacity(max_len * inv.len());
@@ -544,6 +806,7 @@ mod tests {
     fn config(heads: usize, kv_heads: usize, head_dim: usize) -> LlamaConfig {
         LlamaConfig {
             architecture: "llama".into(),
+            rope: Rope::Interleaved,
             context_length: 64,
             hidden: heads * head_dim,
             layers: 1,
@@ -632,6 +895,113 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert!((g - e).abs() < 1e-5, "[{i}] {g} vs {e}");
+        }
+    }
+
+    /// Both rotations turn each pair by its position's angle and keep its length; they differ
+    /// only in which values pair up: neighbours (llama) or the two halves of the head (Qwen2).
+    #[test]
+    fn rotations_pair_neighbours_or_halves() {
+        let d = 8;
+        let none = RopeScaling {
+            freq_scale: 1.0,
+            factors: None,
+        };
+        let (cos, sin) = rope_tables(d, 10_000.0, 4, &none);
+        let (c, s) = (&cos[3 * d / 2..4 * d / 2], &sin[3 * d / 2..4 * d / 2]);
+        let x: Vec<f32> = (0..d).map(|i| i as f32 + 1.0).collect();
+        let mut inter = x.clone();
+        rope_interleaved(&mut inter, c, s);
+        let mut halves = x.clone();
+        rope_halves(&mut halves, c, s);
+        for j in 0..d / 2 {
+            let angle = 3.0 / 10_000f32.powf((2 * j) as f32 / d as f32);
+            let (a, b) = (x[2 * j], x[2 * j + 1]);
+            assert!((inter[2 * j] - (a * angle.cos() - b * angle.sin())).abs() < 1e-5);
+            assert!((inter[2 * j + 1] - (a * angle.sin() + b * angle.cos())).abs() < 1e-5);
+            let (a, b) = (x[j], x[j + d / 2]);
+            assert!((halves[j] - (a * angle.cos() - b * angle.sin())).abs() < 1e-5);
+            assert!((halves[j + d / 2] - (a * angle.sin() + b * angle.cos())).abs() < 1e-5);
+        }
+        assert_ne!(inter, halves);
+    }
+
+    /// Linear scaling slows every angle by the factor; per-frequency factors (Llama 3.1's
+    /// `rope_freqs`) divide each frequency by its own.
+    #[test]
+    fn scaled_rope_tables_divide_the_angles() {
+        let d = 8;
+        let plain = rope_tables(
+            d,
+            500_000.0,
+            16,
+            &RopeScaling {
+                freq_scale: 1.0,
+                factors: None,
+            },
+        );
+        let linear = rope_tables(
+            d,
+            500_000.0,
+            16,
+            &RopeScaling {
+                freq_scale: 0.25,
+                factors: None,
+            },
+        );
+        let factors = vec![1.0, 2.0, 4.0, 8.0];
+        let per = rope_tables(
+            d,
+            500_000.0,
+            16,
+            &RopeScaling {
+                freq_scale: 1.0,
+                factors: Some(factors.clone()),
+            },
+        );
+        for p in [1usize, 3, 7, 12] {
+            for (j, factor) in factors.iter().enumerate() {
+                let at =
+                    |t: &(Vec<f32>, Vec<f32>), q: usize| (t.0[q * d / 2 + j], t.1[q * d / 2 + j]);
+                // Position 4p under scale 1/4 turns as far as position p unscaled.
+                if 4 * p < 16 {
+                    let ((c1, s1), (c2, s2)) = (at(&linear, 4 * p), at(&plain, p));
+                    assert!(
+                        (c1 - c2).abs() < 1e-4 && (s1 - s2).abs() < 1e-4,
+                        "p {p} j {j}"
+                    );
+                }
+                let want = p as f32 / (500_000f32.powf((2 * j) as f32 / d as f32) * factor);
+                let (c, s) = at(&per, p);
+                assert!(
+                    (c - want.cos()).abs() < 1e-4 && (s - want.sin()).abs() < 1e-4,
+                    "p {p} j {j}"
+                );
+            }
+        }
+    }
+
+    /// Tensors outside the layout (FFN biases, Phi-3's long-context RoPE factors, Gemma's
+    /// post-norms) are what make a file refused rather than run without them.
+    #[test]
+    fn only_the_layout_s_tensors_are_known() {
+        for name in [
+            "token_embd.weight",
+            "rope_freqs.weight",
+            "blk.0.attn_qkv.weight",
+            "blk.27.attn_k_norm.weight",
+            "blk.3.attn_v.bias",
+        ] {
+            assert!(known_tensor(name), "{name}");
+        }
+        for name in [
+            "blk.0.ffn_up.bias",
+            "rope_factors_long.weight",
+            "blk.1.post_attention_norm.weight",
+            "blk.x.attn_q.weight",
+            "output.bias",
+        ] {
+            assert!(!known_tensor(name), "{name}");
         }
     }
 }

@@ -141,8 +141,22 @@ pub struct InstalledModel {
     /// `ok`, `missing`, `corrupt: ...`, or `unpinned` for a model we did not fetch ourselves.
     pub status: String,
     pub bytes: u64,
-    /// Package and version it came from, for the defaults.
+    /// Package and version it came from, for the defaults; the file it was added from, for
+    /// models added with `ragd models add`.
     pub source: Option<String>,
+    /// A GGUF decoder's architecture, weight type and context length (from its header).
+    #[serde(flatten)]
+    pub gguf: Option<crate::user_models::GgufSummary>,
+}
+
+/// The header summary of the first `.gguf` file in `dir`, if it reads.
+fn gguf_summary(dir: &Path) -> Option<crate::user_models::GgufSummary> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))?;
+    crate::user_models::summarize(&file).ok()
 }
 
 /// Lists the default models (installed or not) and any other model directory found.
@@ -161,6 +175,10 @@ pub fn list(models_dir: &Path) -> Result<Vec<InstalledModel>> {
             status,
             bytes: dir_size(&spec.dir(models_dir)),
             source: Some(format!("{}=={}", spec.package, spec.version)),
+            gguf: match spec.role {
+                ModelRole::Decoder => gguf_summary(&spec.dir(models_dir)),
+                ModelRole::Encoder => None,
+            },
         });
     }
     let Ok(entries) = std::fs::read_dir(models_dir) else {
@@ -177,23 +195,37 @@ pub fn list(models_dir: &Path) -> Result<Vec<InstalledModel>> {
         .collect();
     others.sort();
     for path in others {
-        let role = if path.join("config.json").is_file() {
-            ModelRole::Encoder
-        } else if has_gguf(&path) {
-            ModelRole::Decoder
-        } else {
-            continue;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Added models are checked against the sha256 pinned when they were added.
+        let (role, status, source) = match crate::user_models::manifest(&path) {
+            Ok(Some(m)) => {
+                let status = match crate::user_models::verify(&path, &m) {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("corrupt: {e}"),
+                };
+                (m.role, status, Some(m.source))
+            }
+            Err(e) => (ModelRole::Decoder, format!("corrupt: {e}"), None),
+            Ok(None) if path.join("config.json").is_file() => {
+                (ModelRole::Encoder, "unpinned".to_string(), None)
+            }
+            Ok(None) if has_gguf(&path) => (ModelRole::Decoder, "unpinned".to_string(), None),
+            Ok(None) => continue,
         };
         out.push(InstalledModel {
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name,
             role,
             bytes: dir_size(&path),
+            gguf: match role {
+                ModelRole::Decoder => gguf_summary(&path),
+                ModelRole::Encoder => None,
+            },
             path,
-            status: "unpinned".to_string(),
-            source: None,
+            status,
+            source,
         });
     }
     Ok(out)

@@ -182,6 +182,7 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
             queue: s.decoder.queue,
             ..GeneratorOptions::default()
         }),
+        decoder_name: s.decoder.name.clone(),
         model_server: s.decoder.model_server(),
         encoder_server: s.encoder.server(),
     };

@@ -141,6 +141,9 @@ impl Encoder {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Decoder {
+    /// The local decoder: a model added with `ragd models add NAME --gguf FILE` (its pinned
+    /// sha256 verified at start); empty: the bundled SmolLM2. Not used with `url`.
+    pub name: String,
     /// Concurrent generations (with `url`: concurrent requests to the model server).
     pub sessions: usize,
     /// Generations waiting for a session; beyond this: RESOURCE_EXHAUSTED.
@@ -274,6 +277,7 @@ impl Default for Limits {
 impl Default for Decoder {
     fn default() -> Self {
         Self {
+            name: String::new(),
             sessions: 1,
             queue: 8,
             context: 4096,
@@ -416,6 +420,13 @@ impl Settings {
         }
         if !(self.decoder.timeout_seconds.is_finite() && self.decoder.timeout_seconds > 0.0) {
             return bad("decoder.timeout_seconds", "must be above 0".into());
+        }
+        if !url.is_empty() && !self.decoder.name.is_empty() {
+            return bad(
+                "decoder.name",
+                "names a local decoder; with decoder.url the model server generates (set one)"
+                    .into(),
+            );
         }
         let e = &self.encoder;
         let url = e.url.trim();
@@ -615,6 +626,10 @@ mod tests {
                 "{e}"
             );
             jail.set_env("RAGD_DECODER__URL", "http://127.0.0.1:8080/v1");
+            jail.set_env("RAGD_DECODER__NAME", "qwen2.5-0.5b");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("decoder.name"), "{e}");
+            jail.set_env("RAGD_DECODER__NAME", "");
             jail.set_env("RAGD_DECODER__TIMEOUT_SECONDS", "0");
             let e = Settings::load(None, &Overrides::default()).unwrap_err();
             assert!(e.0.contains("decoder.timeout_seconds"), "{e}");

@@ -1,0 +1,301 @@
+//! Tiny random-weight GGUF decoders, written on demand: what parity tests compare against
+//! llama.cpp, and what tests of `ragd models add` register, with no download. Each
+//! architecture ragd runs has a preset ([`TinySpec::llama`], ...); the weights come from a
+//! seeded generator, so a spec always writes the same file.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+use std::io::Write;
+use std::path::Path;
+
+type Meta = gguf_file::Value;
+
+/// splitmix64: the same weights on every run, no dependency.
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[-a, a)`.
+    pub fn uniform(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+
+    pub fn values(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(a)).collect()
+    }
+}
+
+/// What varies between the tiny models.
+#[derive(Debug, Clone, Copy)]
+pub struct TinySpec {
+    pub arch: &'static str,
+    /// Type of the 2-D weights (embeddings included); norms and biases stay F32.
+    pub dtype: GgmlDType,
+    /// Q/K/V biases (Qwen2).
+    pub biases: bool,
+    /// A `rope_freqs.weight` tensor of per-frequency divisors (Llama 3.1).
+    pub rope_freqs: bool,
+    /// `rope.scaling.type = linear` with this factor.
+    pub linear_scale: Option<f32>,
+    pub freq_base: f32,
+    /// Per-head Q/K RMS norms (Qwen3).
+    pub qk_norm: bool,
+    /// Q/K/V in one `attn_qkv` tensor, gate and up in one `ffn_up` (Phi-3).
+    pub fused: bool,
+    /// Head size; `HIDDEN / HEADS` unless the architecture allows wider heads (Qwen3).
+    pub head_dim: usize,
+    pub seed: u64,
+}
+
+pub const HIDDEN: usize = 64;
+pub const HEADS: usize = 4;
+pub const KV_HEADS: usize = 2;
+pub const FFN: usize = 128;
+pub const LAYERS: usize = 2;
+pub const CONTEXT: usize = 512;
+
+/// GPT-2's byte-to-character map for the ASCII bytes: the byte tokens of a byte-level BPE
+/// vocabulary whose every token is whole UTF-8 (llama.cpp's server holds back the text and
+/// probabilities of a token that ends inside a character, which a parity test cannot use).
+fn byte_tokens() -> Vec<String> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    let mut by_byte: Vec<(u32, u32)> = printable.into_iter().zip(chars).collect();
+    by_byte.sort_unstable();
+    by_byte
+        .into_iter()
+        .take(128)
+        .map(|(_, c)| char::from_u32(c).map(String::from).unwrap_or_default())
+        .collect()
+}
+
+/// Writes a tiny random model of `spec` to `path` (byte-level BPE vocabulary of the ASCII
+/// bytes and a few merges, then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`); returns its vocabulary size.
+pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
+    let mut rng = Rng(spec.seed);
+    let mut tokens = byte_tokens();
+    let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")];
+    for (a, b) in merges {
+        tokens.push(format!("{a}{b}"));
+    }
+    let mut types = vec![1i32; tokens.len()];
+    for special in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
+        tokens.push(special.to_string());
+        types.push(3);
+    }
+    let vocab = tokens.len();
+    let eot = (vocab - 3) as u32;
+    let arch = spec.arch;
+    let head_dim = spec.head_dim;
+    let mut meta: Vec<(String, Meta)> = vec![
+        ("general.architecture".into(), Meta::String(arch.into())),
+        // Not the architecture's name: llama.cpp gives tokens special handling by model name.
+        (
+            "general.name".into(),
+            Meta::String(format!("ragd tiny model {}", spec.seed)),
+        ),
+        (format!("{arch}.context_length"), Meta::U32(CONTEXT as u32)),
+        (format!("{arch}.embedding_length"), Meta::U32(HIDDEN as u32)),
+        (format!("{arch}.block_count"), Meta::U32(LAYERS as u32)),
+        (format!("{arch}.feed_forward_length"), Meta::U32(FFN as u32)),
+        (
+            format!("{arch}.attention.head_count"),
+            Meta::U32(HEADS as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Meta::U32(KV_HEADS as u32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Meta::F32(1e-6),
+        ),
+        (format!("{arch}.rope.freq_base"), Meta::F32(spec.freq_base)),
+        (
+            format!("{arch}.rope.dimension_count"),
+            Meta::U32(head_dim as u32),
+        ),
+        ("tokenizer.ggml.model".into(), Meta::String("gpt2".into())),
+        (
+            "tokenizer.ggml.pre".into(),
+            Meta::String(
+                if arch == "qwen2" {
+                    "qwen2"
+                } else {
+                    "llama-bpe"
+                }
+                .into(),
+            ),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Meta::Array(tokens.iter().map(|t| Meta::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Meta::Array(types.iter().map(|&t| Meta::I32(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Meta::Array(
+                merges
+                    .iter()
+                    .map(|(a, b)| Meta::String(format!("{a} {b}")))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Meta::U32(eot)),
+        ("tokenizer.ggml.eos_token_id".into(), Meta::U32(eot)),
+        ("tokenizer.ggml.add_bos_token".into(), Meta::Bool(false)),
+    ];
+    if head_dim != HIDDEN / HEADS {
+        for k in ["key_length", "value_length"] {
+            meta.push((format!("{arch}.attention.{k}"), Meta::U32(head_dim as u32)));
+        }
+    }
+    if let Some(factor) = spec.linear_scale {
+        meta.push((
+            format!("{arch}.rope.scaling.type"),
+            Meta::String("linear".into()),
+        ));
+        meta.push((format!("{arch}.rope.scaling.factor"), Meta::F32(factor)));
+    }
+    let dev = Device::Cpu;
+    let matrix =
+        |rng: &mut Rng, rows: usize, cols: usize, a: f32| -> candle_core::Result<QTensor> {
+            let t = Tensor::from_vec(rng.values(rows * cols, a), (rows, cols), &dev)?;
+            QTensor::quantize(&t, spec.dtype)
+        };
+    let vector = |values: Vec<f32>| -> candle_core::Result<QTensor> {
+        let n = values.len();
+        QTensor::quantize(&Tensor::from_vec(values, n, &dev)?, GgmlDType::F32)
+    };
+    let norm = |rng: &mut Rng| vector(rng.values(HIDDEN, 0.3).iter().map(|v| 1.0 + v).collect());
+    let proj = 1.7 / (HIDDEN as f32).sqrt();
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            matrix(&mut rng, vocab, HIDDEN, 1.0)?,
+        ),
+        ("output_norm.weight".into(), norm(&mut rng)?),
+        (
+            "output.weight".into(),
+            matrix(&mut rng, vocab, HIDDEN, 4.0 / (HIDDEN as f32).sqrt())?,
+        ),
+    ];
+    if spec.rope_freqs {
+        let factors = (0..head_dim / 2).map(|_| 1.0 + 3.0 * (1.0 + rng.uniform(1.0)));
+        tensors.push(("rope_freqs.weight".into(), vector(factors.collect())?));
+    }
+    let (qdim, kv) = (HEADS * head_dim, KV_HEADS * head_dim);
+    for i in 0..LAYERS {
+        let mut layer = vec![("attn_norm.weight", norm(&mut rng)?)];
+        if spec.fused {
+            layer.push((
+                "attn_qkv.weight",
+                matrix(&mut rng, qdim + 2 * kv, HIDDEN, proj)?,
+            ));
+        } else {
+            layer.push(("attn_q.weight", matrix(&mut rng, qdim, HIDDEN, proj)?));
+            layer.push(("attn_k.weight", matrix(&mut rng, kv, HIDDEN, proj)?));
+            layer.push(("attn_v.weight", matrix(&mut rng, kv, HIDDEN, proj)?));
+        }
+        if spec.qk_norm {
+            let mut head_norm =
+                || vector(rng.values(head_dim, 0.3).iter().map(|v| 1.0 + v).collect());
+            layer.push(("attn_q_norm.weight", head_norm()?));
+            layer.push(("attn_k_norm.weight", head_norm()?));
+        }
+        let out = 1.7 / (qdim as f32).sqrt();
+        layer.push(("attn_output.weight", matrix(&mut rng, HIDDEN, qdim, out)?));
+        layer.push(("ffn_norm.weight", norm(&mut rng)?));
+        if spec.fused {
+            layer.push(("ffn_up.weight", matrix(&mut rng, 2 * FFN, HIDDEN, proj)?));
+        } else {
+            layer.push(("ffn_gate.weight", matrix(&mut rng, FFN, HIDDEN, proj)?));
+            layer.push(("ffn_up.weight", matrix(&mut rng, FFN, HIDDEN, proj)?));
+        }
+        layer.push((
+            "ffn_down.weight",
+            matrix(&mut rng, HIDDEN, FFN, 1.7 / (FFN as f32).sqrt())?,
+        ));
+        if spec.biases {
+            layer.push(("attn_q.bias", vector(rng.values(qdim, 0.5))?));
+            layer.push(("attn_k.bias", vector(rng.values(kv, 0.5))?));
+            layer.push(("attn_v.bias", vector(rng.values(kv, 0.5))?));
+        }
+        tensors.extend(layer.into_iter().map(|(n, t)| (format!("blk.{i}.{n}"), t)));
+    }
+    let meta_refs: Vec<(&str, &Meta)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file =
+        std::fs::File::create(path).map_err(Error::io(format!("creating {}", path.display())))?;
+    gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    file.flush()
+        .map_err(Error::io(format!("writing {}", path.display())))?;
+    Ok(vocab)
+}
+
+impl TinySpec {
+    /// Llama: interleaved RoPE, grouped KV heads, F32 weights.
+    pub const LLAMA: Self = Self {
+        arch: "llama",
+        dtype: GgmlDType::F32,
+        biases: false,
+        rope_freqs: false,
+        linear_scale: None,
+        freq_base: 10_000.0,
+        qk_norm: false,
+        fused: false,
+        head_dim: HIDDEN / HEADS,
+        seed: 1,
+    };
+
+    /// Qwen2: NeoX RoPE, Q/K/V biases.
+    pub const QWEN2: Self = Self {
+        arch: "qwen2",
+        biases: true,
+        freq_base: 1_000_000.0,
+        seed: 3,
+        ..Self::LLAMA
+    };
+
+    /// Qwen3: NeoX RoPE, per-head Q/K norms, heads twice as wide as hidden / heads.
+    pub const QWEN3: Self = Self {
+        arch: "qwen3",
+        qk_norm: true,
+        head_dim: 2 * HIDDEN / HEADS,
+        freq_base: 1_000_000.0,
+        seed: 8,
+        ..Self::LLAMA
+    };
+
+    /// Phi-3: NeoX RoPE, Q/K/V and gate/up stacked.
+    pub const PHI3: Self = Self {
+        arch: "phi3",
+        fused: true,
+        seed: 9,
+        ..Self::LLAMA
+    };
+}

@@ -1,0 +1,353 @@
+//! Models users bring. `ragd models add NAME --gguf FILE` checks that ragd can run a GGUF decoder
+//! (architecture, tensors, tokenizer, chat template), copies it into the models directory (a
+//! hard link when the file system allows) beside a manifest that pins its sha256, and settings
+//! then select it by name (`decoder.name`); every load verifies the pin.
+
+use crate::error::{Error, Result};
+use crate::generator::TextModel;
+use crate::gguf_meta::Meta;
+use crate::llama::LlamaWeights;
+use crate::registry::{DEFAULT_DECODER, DEFAULT_MODELS, sha256_file};
+use candle_core::quantized::gguf_file;
+use ragd_core::ModelRole;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The file beside an added model's weights that says what it is.
+pub const MANIFEST: &str = "ragd-model.json";
+
+/// What `ragd models add` recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub role: ModelRole,
+    /// The weights file, inside the model's directory.
+    pub file: String,
+    /// Its sha256, checked on every load.
+    pub sha256: String,
+    /// Where it was added from.
+    pub source: String,
+}
+
+/// A GGUF decoder's shape, read from its header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GgufSummary {
+    pub architecture: String,
+    /// The type holding most of the weights (`Q4_K`, `Q8_0`, `F16`, ...).
+    pub quantization: String,
+    pub context_length: usize,
+    pub parameters: u64,
+}
+
+/// Reads a GGUF file's header (not its weights).
+pub fn summarize(path: &Path) -> Result<GgufSummary> {
+    let mut file =
+        std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let meta = Meta::new(&content, path);
+    let architecture = meta.str("general.architecture")?.to_string();
+    let context_length = meta.usize(&format!("{architecture}.context_length"))?;
+    let mut by_type: HashMap<String, u64> = HashMap::new();
+    let mut parameters = 0u64;
+    for info in content.tensor_infos.values() {
+        let n = info.shape.elem_count() as u64;
+        parameters += n;
+        *by_type.entry(format!("{:?}", info.ggml_dtype)).or_default() += n;
+    }
+    let quantization = by_type
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+    Ok(GgufSummary {
+        architecture,
+        quantization,
+        context_length,
+        parameters,
+    })
+}
+
+/// Names users may give: what a directory name and a settings value can both carry.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(Error::InvalidInput(format!(
+            "model name `{name}`: use 1-64 lowercase letters, digits, `-`, `_` or `.`, not \
+             starting with `.` or `-`"
+        )));
+    }
+    if DEFAULT_MODELS.iter().any(|m| m.name == name) {
+        return Err(Error::InvalidInput(format!(
+            "`{name}` is a bundled model's name; choose another"
+        )));
+    }
+    Ok(())
+}
+
+/// What `add_gguf` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Added {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    pub summary: GgufSummary,
+    /// `linked` (a hard link to the source) or `copied`.
+    pub how: &'static str,
+}
+
+/// Registers the GGUF decoder at `gguf` as `name` under `models_dir`: refuses a file ragd
+/// cannot run (it is loaded once here), one whose sha256 differs from `sha256` when given, and
+/// a name already taken. A `tokenizer.json` beside the file comes along (it overrides the
+/// GGUF's tokenizer, as for any decoder). The model directory appears complete or not at all.
+pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>) -> Result<Added> {
+    check_name(name)?;
+    let dest = models_dir.join(name);
+    if dest.exists() {
+        return Err(Error::InvalidInput(format!(
+            "a model named `{name}` already exists at {}; delete that directory first to \
+             replace it",
+            dest.display()
+        )));
+    }
+    if !gguf.is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a file",
+            gguf.display()
+        )));
+    }
+    let summary = summarize(gguf)?;
+    // Everything a load needs, checked before anything is written: weights, tokenizer,
+    // template.
+    let (_text, content, mut file) = TextModel::from_gguf(gguf)?;
+    LlamaWeights::load(&content, &Meta::new(&content, gguf), &mut file)?;
+    drop(file);
+
+    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
+        "creating models directory {}",
+        models_dir.display()
+    )))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".add-")
+        .tempdir_in(models_dir)
+        .map_err(Error::io("creating a staging directory"))?;
+    let file_name = gguf
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model.gguf".to_string());
+    let staged = staging.path().join(&file_name);
+    let how = if std::fs::hard_link(gguf, &staged).is_ok() {
+        "linked"
+    } else {
+        std::fs::copy(gguf, &staged).map_err(Error::io(format!(
+            "copying {} into {}",
+            gguf.display(),
+            staging.path().display()
+        )))?;
+        "copied"
+    };
+    let sidecar = gguf.with_file_name("tokenizer.json");
+    if sidecar.is_file() {
+        std::fs::copy(&sidecar, staging.path().join("tokenizer.json"))
+            .map_err(Error::io(format!("copying {}", sidecar.display())))?;
+    }
+    let got = sha256_file(&staged)?;
+    if let Some(want) = sha256
+        && !want.eq_ignore_ascii_case(&got)
+    {
+        return Err(Error::ModelInvalid {
+            path: gguf.to_path_buf(),
+            reason: format!("sha256 is {got}, expected {want}"),
+        });
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        role: ModelRole::Decoder,
+        file: file_name.clone(),
+        sha256: got,
+        source: std::path::absolute(gguf)
+            .unwrap_or_else(|_| gguf.to_path_buf())
+            .display()
+            .to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::InvalidInput(format!("writing the manifest: {e}")))?;
+    std::fs::write(staging.path().join(MANIFEST), json)
+        .map_err(Error::io("writing the model manifest"))?;
+    let staged_dir = staging.keep();
+    std::fs::rename(&staged_dir, &dest).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged_dir);
+        Error::io(format!("moving the model into {}", dest.display()))(e)
+    })?;
+    Ok(Added {
+        path: dest.join(&file_name),
+        manifest,
+        summary,
+        how,
+    })
+}
+
+/// The manifest of an added model, if `dir` holds one.
+pub fn manifest(dir: &Path) -> Result<Option<Manifest>> {
+    let path = dir.join(MANIFEST);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::ModelInvalid {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// Checks an added model's weights against its pinned sha256.
+pub fn verify(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
+    let path = dir.join(&manifest.file);
+    let got = sha256_file(&path)?;
+    if got != manifest.sha256 {
+        return Err(Error::ModelInvalid {
+            path,
+            reason: format!(
+                "sha256 is {got}, but {} was added as {}",
+                manifest.name, manifest.sha256
+            ),
+        });
+    }
+    Ok(path)
+}
+
+/// The GGUF file of decoder `name`: the bundled default (its own pins), or a model added with
+/// `ragd models add`, verified against its manifest.
+pub fn decoder_gguf(models_dir: &Path, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name == DEFAULT_DECODER.name {
+        if !DEFAULT_DECODER.dir(models_dir).is_dir() {
+            return Err(DEFAULT_DECODER.missing(models_dir));
+        }
+        return Ok(DEFAULT_DECODER.gguf_path(models_dir));
+    }
+    let dir = models_dir.join(name);
+    let missing = || Error::ModelMissing {
+        name: name.to_string(),
+        path: dir.clone(),
+        fix: format!(
+            "ragd models add {name} --gguf FILE --models-dir {}",
+            models_dir.display()
+        ),
+    };
+    check_name(name).map_err(|_| missing())?;
+    let manifest = manifest(&dir)?.ok_or_else(missing)?;
+    if manifest.role != ModelRole::Decoder {
+        return Err(Error::InvalidInput(format!("`{name}` is not a decoder")));
+    }
+    verify(&dir, &manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TinySpec, write_tiny_gguf};
+
+    fn tiny(dir: &Path, spec: &TinySpec) -> PathBuf {
+        let path = dir.join(format!("tiny-{}.gguf", spec.arch));
+        write_tiny_gguf(&path, spec).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_added_decoder_is_listed_resolved_and_its_pin_checked() {
+        let src = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let gguf = tiny(src.path(), &TinySpec::QWEN2);
+        let added = add_gguf(models.path(), "tiny-qwen", &gguf, None).unwrap();
+        assert_eq!(added.summary.architecture, "qwen2");
+        assert_eq!(added.summary.quantization, "F32");
+        assert_eq!(added.summary.context_length, crate::testing::CONTEXT);
+        assert_eq!(added.manifest.sha256, sha256_file(&gguf).unwrap());
+        let path = decoder_gguf(models.path(), "tiny-qwen").unwrap();
+        assert_eq!(path, added.path);
+        let listed = crate::registry::list(models.path()).unwrap();
+        let m = listed.iter().find(|m| m.name == "tiny-qwen").unwrap();
+        assert_eq!(m.status, "ok");
+        assert_eq!(m.role, ModelRole::Decoder);
+        assert_eq!(m.gguf.as_ref().unwrap().architecture, "qwen2");
+        // Nothing staged is left behind.
+        let names: Vec<String> = std::fs::read_dir(models.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["tiny-qwen"]);
+
+        // The same name twice is refused; so is the bundled decoder's.
+        let e = add_gguf(models.path(), "tiny-qwen", &gguf, None).unwrap_err();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        let e = add_gguf(models.path(), DEFAULT_DECODER.name, &gguf, None).unwrap_err();
+        assert!(e.to_string().contains("bundled"), "{e}");
+
+        // A changed file no longer loads, and the listing says why. (Rewritten, not edited in
+        // place: a hard link shares the source's bytes.)
+        std::fs::remove_file(&added.path).unwrap();
+        write_tiny_gguf(
+            &added.path,
+            &TinySpec {
+                seed: 99,
+                ..TinySpec::QWEN2
+            },
+        )
+        .unwrap();
+        let e = decoder_gguf(models.path(), "tiny-qwen").unwrap_err();
+        assert!(e.to_string().contains("sha256"), "{e}");
+        let listed = crate::registry::list(models.path()).unwrap();
+        let m = listed.iter().find(|m| m.name == "tiny-qwen").unwrap();
+        assert!(m.status.starts_with("corrupt"), "{}", m.status);
+    }
+
+    #[test]
+    fn what_cannot_run_or_does_not_match_is_refused_and_nothing_is_written() {
+        let src = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let gguf = tiny(src.path(), &TinySpec::LLAMA);
+        let e = add_gguf(models.path(), "x", &gguf, Some(&"0".repeat(64))).unwrap_err();
+        assert!(e.to_string().contains("expected 0000"), "{e}");
+        let want = sha256_file(&gguf).unwrap().to_uppercase();
+        add_gguf(models.path(), "pinned", &gguf, Some(&want)).unwrap();
+        for bad in ["", "Upper", "../x", ".hidden", "a b", &"x".repeat(65)] {
+            let e = add_gguf(models.path(), bad, &gguf, None).unwrap_err();
+            assert!(e.to_string().contains("model name"), "{bad}: {e}");
+        }
+        let gemma = tiny(
+            src.path(),
+            &TinySpec {
+                arch: "gemma3",
+                ..TinySpec::LLAMA
+            },
+        );
+        let e = add_gguf(models.path(), "gemma", &gemma, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`gemma3` is not supported") && e.contains("qwen3") && e.contains("phi3"),
+            "{e}"
+        );
+        let e = add_gguf(models.path(), "none", &src.path().join("absent.gguf"), None).unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
+        let names: Vec<String> = std::fs::read_dir(models.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["pinned"]);
+        let e = decoder_gguf(models.path(), "never-added")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ragd models add never-added --gguf"), "{e}");
+    }
+}

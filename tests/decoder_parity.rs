@@ -1,0 +1,367 @@
+//! The decoder's forward pass against llama.cpp's, on tiny random-weight GGUF files written here:
+//! llama (interleaved RoPE, grouped KV heads), Llama 3 style per-frequency RoPE factors and
+//! linear scaling, Qwen2 (NeoX RoPE, Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
+//! hidden / heads), Phi-3 (stacked Q/K/V and gate/up tensors), in F32 and in the quantized types the fast
+//! kernels run (Q4_1, Q8_0). Each file is served by `llama-server` (built by
+//! `deploy/llama-server/build.sh`, its path in `LLAMA_SERVER`) on loopback; for prompts of 1 to
+//! 200 token ids the next-token log-probabilities it reports are compared with
+//! `LlamaWeights::forward` over the whole prompt and over the prompt then its last token.
+#![allow(clippy::unwrap_used)]
+
+use candle_core::quantized::GgmlDType;
+use ragd_models::llama::LlamaWeights;
+use ragd_models::testing::{CONTEXT, Rng, TinySpec as Spec, write_tiny_gguf};
+use ragd_models::{ChatMessage, GenerateRequest, Generator, GeneratorOptions, Prompt};
+use serde_json::{Value as Json, json};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How far ragd's next-token log-probabilities may be from llama.cpp's: the largest difference
+/// among llama.cpp's top 8 tokens of every prompt, and the mean difference. F32 weights differ
+/// only in rounding (measured: worst 0.004-0.007, mean 0.0007-0.0008); with quantized weights
+/// both also quantize each activation row to 8-bit blocks, llama.cpp with f16 block scales and
+/// ragd with f32 ones (measured: worst 0.08-0.14, mean 0.022-0.028). A wrong RoPE layout or a
+/// missing bias moves them by whole units (Qwen2 run with llama's RoPE: worst 2.9, mean 0.7).
+#[derive(Clone, Copy)]
+struct Tolerance {
+    worst: f32,
+    mean: f64,
+}
+
+const F32: Tolerance = Tolerance {
+    worst: 0.02,
+    mean: 0.003,
+};
+
+const QUANTIZED: Tolerance = Tolerance {
+    worst: 0.3,
+    mean: 0.06,
+};
+
+const LLAMA: Spec = Spec::LLAMA;
+const QWEN2: Spec = Spec::QWEN2;
+const QWEN3: Spec = Spec::QWEN3;
+const PHI3: Spec = Spec::PHI3;
+
+fn write_gguf(path: &Path, spec: Spec) -> usize {
+    write_tiny_gguf(path, &spec).unwrap()
+}
+
+/// `llama-server` serving one file on loopback, F32 KV cache; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(model: &Path) -> Self {
+        let bin = std::env::var("LLAMA_SERVER").unwrap_or_else(|_| {
+            panic!(
+                "LLAMA_SERVER is not set: build llama-server with deploy/llama-server/build.sh \
+                 (it prints the path; .ci/run does this) and set LLAMA_SERVER to it"
+            )
+        });
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&bin)
+            .arg("-m")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-c", &CONTEXT.to_string(), "-np", "1", "-t", "2"])
+            .args(["-ctk", "f32", "-ctv", "f32", "--no-webui"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(model.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut server = Self { child, port };
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(
+                Instant::now() < until,
+                "llama-server did not become healthy within 60 s"
+            );
+            if let Some(status) = server.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(model.with_extension("log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(8).collect::<Vec<_>>().join("\n");
+                panic!("llama-server refused {}: {status}\n{tail}", model.display());
+            }
+            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ =
+                    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = c.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn post(&self, endpoint: &str, body: &Json) -> Json {
+        let url = format!("http://127.0.0.1:{}/{endpoint}", self.port);
+        ureq::post(&url)
+            .send_json(body)
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// llama.cpp's log-probabilities of its `k` likeliest next tokens after `prompt`.
+    fn next_logprobs(&self, prompt: &[u32], k: usize) -> Vec<(u32, f32)> {
+        let body = json!({
+            "prompt": prompt,
+            "n_predict": 1,
+            "n_probs": k,
+            "temperature": 0.0,
+            "cache_prompt": false,
+        });
+        let reply = self.post("completion", &body);
+        let top = reply["completion_probabilities"][0]["top_logprobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no top_logprobs in {reply}"));
+        top.iter()
+            .map(|t| {
+                (
+                    t["id"].as_u64().unwrap() as u32,
+                    t["logprob"].as_f64().unwrap() as f32,
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = max + sum.ln() as f32;
+    logits.iter().map(|l| l - log_z).collect()
+}
+
+/// Writes `spec`'s model, serves it, and checks ragd's next-token log-probabilities against
+/// llama.cpp's for 32 prompts: top-1 agreement (where ragd's own top two are `tol` apart) on
+/// at least 31, and every one of llama.cpp's top 8 within `tol`.
+fn check(spec: Spec, tol: Tolerance) {
+    let Tolerance {
+        worst: tol,
+        mean: mean_tol,
+    } = tol;
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join(format!("tiny-{}.gguf", spec.arch));
+    let vocab = write_gguf(&path, spec);
+    let ours = LlamaWeights::open(&path).unwrap();
+    assert_eq!(ours.config.architecture, spec.arch);
+    assert_eq!(ours.config.vocab, vocab);
+    let server = Server::start(&path);
+    let mut rng = Rng(spec.seed ^ 0xABCD);
+    let lengths = [
+        1, 2, 3, 5, 7, 8, 11, 13, 15, 16, 17, 19, 21, 24, 28, 30, 33, 36, 40, 48, 55, 64, 72, 80,
+        89, 100, 120, 144, 160, 180, 190, 200,
+    ];
+    let (mut disagreements, mut worst, mut sum, mut count) = (Vec::new(), 0f32, 0f64, 0usize);
+    for &n in &lengths {
+        let prompt: Vec<u32> = (0..n)
+            .map(|_| (rng.next() % (vocab as u64 - 3)) as u32)
+            .collect();
+        let theirs = server.next_logprobs(&prompt, 8);
+        assert_eq!(theirs.len(), 8, "prompt of {n}");
+        // The whole prompt at once (the GEMM attention above 16 rows), then the prompt less its
+        // last token followed by that token (a decode step over the cache).
+        let mut state = ours.new_state(CONTEXT);
+        let whole = log_softmax(&ours.forward(&prompt, &mut state).unwrap());
+        let mut state = ours.new_state(CONTEXT);
+        if n > 1 {
+            ours.forward(&prompt[..n - 1], &mut state).unwrap();
+        }
+        let stepped = log_softmax(&ours.forward(&prompt[n - 1..], &mut state).unwrap());
+        for mine in [&whole, &stepped] {
+            let mut order: Vec<usize> = (0..mine.len()).collect();
+            order.sort_by(|&a, &b| mine[b].total_cmp(&mine[a]));
+            let (top, second) = (order[0], order[1]);
+            if top as u32 != theirs[0].0
+                && mine[top] - mine[second] > tol
+                && disagreements.last().is_none_or(|&(m, _, _)| m != n)
+            {
+                disagreements.push((n, top, theirs[0].0));
+            }
+            for &(id, lp) in &theirs {
+                let diff = (mine[id as usize] - lp).abs();
+                worst = worst.max(diff);
+                sum += f64::from(diff);
+                count += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} {:?}: |log p difference| worst {worst:.5} mean {:.5}, top-1 disagreements \
+         {disagreements:?}",
+        spec.arch,
+        spec.dtype,
+        sum / count as f64
+    );
+    assert!(
+        disagreements.len() <= 1,
+        "top-1 differs from llama.cpp: {disagreements:?}"
+    );
+    assert!(
+        worst < tol,
+        "a log-probability differs from llama.cpp's by {worst} (tolerance {tol})"
+    );
+    let mean = sum / count as f64;
+    assert!(
+        mean < mean_tol,
+        "log-probabilities differ from llama.cpp's by {mean} on average (tolerance {mean_tol})"
+    );
+}
+
+#[test]
+fn llama_f32_matches_llama_cpp() {
+    check(LLAMA, F32);
+}
+
+#[test]
+fn llama3_rope_factors_and_linear_scaling_match_llama_cpp() {
+    check(
+        Spec {
+            rope_freqs: true,
+            linear_scale: Some(4.0),
+            freq_base: 500_000.0,
+            seed: 2,
+            ..LLAMA
+        },
+        F32,
+    );
+}
+
+#[test]
+fn qwen2_f32_matches_llama_cpp() {
+    check(QWEN2, F32);
+}
+
+#[test]
+fn qwen3_f32_matches_llama_cpp() {
+    check(QWEN3, F32);
+}
+
+#[test]
+fn phi3_f32_matches_llama_cpp() {
+    check(PHI3, F32);
+}
+
+/// The quantized kernels (Q4_1 and Q8_0 weights, on ragd's own integer dot products) stay within
+/// a few hundredths of llama.cpp's on average.
+#[test]
+fn quantized_models_match_llama_cpp() {
+    for (dtype, seed) in [(GgmlDType::Q4_1, 4), (GgmlDType::Q8_0, 5)] {
+        check(
+            Spec {
+                dtype,
+                seed,
+                ..LLAMA
+            },
+            QUANTIZED,
+        );
+        check(
+            Spec {
+                dtype,
+                seed: seed + 10,
+                ..QWEN2
+            },
+            QUANTIZED,
+        );
+        check(
+            Spec {
+                dtype,
+                seed: seed + 20,
+                ..QWEN3
+            },
+            QUANTIZED,
+        );
+        check(
+            Spec {
+                dtype,
+                seed: seed + 30,
+                ..PHI3
+            },
+            QUANTIZED,
+        );
+    }
+}
+
+/// A Qwen2 GGUF through the whole generator: its ChatML prompt is tokenized as llama.cpp
+/// tokenizes it (Qwen2 pre-tokenizer, special tokens whole) and greedy decoding writes the
+/// tokens llama.cpp writes.
+#[test]
+fn qwen2_generates_as_llama_cpp_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-qwen2.gguf");
+    let vocab = write_gguf(&path, Spec { seed: 7, ..QWEN2 });
+    let generator = Generator::load(
+        &path,
+        GeneratorOptions {
+            context: CONTEXT,
+            ..GeneratorOptions::default()
+        },
+    )
+    .unwrap();
+    let prompt = generator
+        .render_chat(&[
+            ChatMessage::new("system", "Answer in one line."),
+            ChatMessage::new("user", "What is the theme of the thing in 2024?"),
+        ])
+        .unwrap();
+    assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt}");
+    let eot = (vocab - 3) as u32;
+    let server = Server::start(&path);
+    let theirs = server.post(
+        "tokenize",
+        &json!({"content": prompt, "add_special": false, "parse_special": true}),
+    );
+    let theirs: Vec<u32> = theirs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(generator.tokenize(&prompt).unwrap(), theirs);
+    let reply = server.post(
+        "completion",
+        &json!({"prompt": prompt, "n_predict": 16, "temperature": 0.0, "cache_prompt": false,
+                "return_tokens": true}),
+    );
+    let ids: Vec<u32> = reply["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tokens in {reply}"))
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let ours = generator
+        .generate(GenerateRequest::greedy(Prompt::Text(prompt), ids.len()))
+        .unwrap()
+        .blocking_collect(|_| {})
+        .unwrap();
+    assert!(!ids.is_empty());
+    // An end-of-turn token ends both; neither writes it as text.
+    let end = ids.iter().position(|&i| i == eot || i == eot + 2);
+    assert_eq!(
+        ours.text,
+        generator
+            .detokenize(&ids[..end.unwrap_or(ids.len())])
+            .unwrap()
+    );
+}
