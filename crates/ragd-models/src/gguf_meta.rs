@@ -1,15 +1,25 @@
 //! Reading what a GGUF file says about itself: hyper-parameters, tokenizer, chat template.
 //!
-//! The tokenizer is rebuilt from `tokenizer.ggml.*` as a Hugging Face `tokenizers` BPE with the
-//! pre-tokenizer llama.cpp uses for the file's `tokenizer.ggml.pre`, so ids match llama.cpp's.
+//! The tokenizer is rebuilt from `tokenizer.ggml.*` as a Hugging Face `tokenizers` BPE: byte
+//! level with the pre-tokenizer llama.cpp uses for the file's `tokenizer.ggml.pre` (`gpt2`
+//! model), or SentencePiece's score-ranked BPE with byte fallback (`llama` model), so ids match
+//! llama.cpp's.
 //! A `tokenizer.json` beside the GGUF file takes precedence when present.
 
 use crate::error::{Error, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use std::collections::HashMap;
 use std::path::Path;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
+};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -127,60 +137,16 @@ pub(crate) fn decoder_vocab(meta: &Meta<'_>, gguf: &Path) -> Result<DecoderVocab
         Tokenizer::from_file(&sidecar)?
     } else {
         let model = meta.str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(meta.invalid(format!(
-                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`); \
-                 put a tokenizer.json beside the GGUF file"
-            )));
-        }
-        let merges: Vec<(String, String)> = meta
-            .strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| meta.invalid(format!("malformed merge `{m}`")))
-            })
-            .collect::<Result<_>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
-        let mut tk = Tokenizer::new(bpe);
-        let pre = meta.str("tokenizer.ggml.pre").unwrap_or("gpt2");
-        match pre {
-            "smollm" | "starcoder" | "refact" => {
-                tk.with_pre_tokenizer(Some(Sequence::new(vec![
-                    Digits::new(true).into(),
-                    ByteLevel::new(false, true, true).into(),
-                ])));
-            }
-            "llama3" | "llama-bpe" | "smaug-bpe" => {
-                tk.with_pre_tokenizer(Some(regex_then_bytes(LLAMA3_REGEX)?));
-            }
-            "qwen2" | "deepseek-r1-qwen" => {
-                tk.with_pre_tokenizer(Some(regex_then_bytes(QWEN2_REGEX)?));
-            }
+        match model {
+            "gpt2" => byte_level_bpe(meta, &tokens)?,
+            "llama" => sentencepiece_bpe(meta, &tokens)?,
             _ => {
-                tk.with_pre_tokenizer(Some(regex_then_bytes(GPT2_REGEX)?));
+                return Err(meta.invalid(format!(
+                    "tokenizer model `{model}` is not supported (byte-level BPE `gpt2` and \
+                     SentencePiece BPE `llama` are); put a tokenizer.json beside the GGUF file"
+                )));
             }
         }
-        tk.with_decoder(Some(ByteLevelDecoder::default()));
-        // Control (3) and user-defined (4) tokens are matched whole in the input, as llama.cpp
-        // does when it parses special tokens.
-        if let Ok(Value::Array(types)) = meta.get("tokenizer.ggml.token_type") {
-            let special: Vec<AddedToken> = types
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| matches!(t.to_i32(), Ok(3 | 4)))
-                .filter_map(|(i, _)| tokens.get(i))
-                .map(|t| AddedToken::from(t.clone(), true))
-                .collect();
-            tk.add_special_tokens(special)?;
-        }
-        tk
     };
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None)?;
@@ -191,9 +157,12 @@ pub(crate) fn decoder_vocab(meta: &Meta<'_>, gguf: &Path) -> Result<DecoderVocab
     };
     let bos = id_tok("tokenizer.ggml.bos_token_id");
     let eos = id_tok("tokenizer.ggml.eos_token_id");
-    let add_bos = meta
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().map_err(|e| meta.invalid(e.to_string())));
+    // SentencePiece vocabularies start prompts with BOS unless the file says otherwise (as
+    // llama.cpp does).
+    let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
+        Ok(v) => v.to_bool().map_err(|e| meta.invalid(e.to_string()))?,
+        Err(_) => meta.str("tokenizer.ggml.model").is_ok_and(|m| m == "llama"),
+    };
     let mut stop_ids: Vec<u32> = eos.iter().map(|(i, _)| *i).collect();
     for name in [
         "<|im_end|>",
@@ -201,6 +170,7 @@ pub(crate) fn decoder_vocab(meta: &Meta<'_>, gguf: &Path) -> Result<DecoderVocab
         "<|end_of_text|>",
         "<|endoftext|>",
         "<end_of_turn>",
+        "<|end|>",
     ] {
         if let Some(i) = tokens.iter().position(|t| t == name) {
             stop_ids.push(i as u32);
@@ -212,9 +182,146 @@ pub(crate) fn decoder_vocab(meta: &Meta<'_>, gguf: &Path) -> Result<DecoderVocab
         tokenizer,
         bos,
         eos,
-        add_bos: add_bos.unwrap_or(false),
+        add_bos,
         stop_ids,
     })
+}
+
+/// Control (3) and user-defined (4) tokens, matched whole in the input as llama.cpp does when
+/// it parses special tokens.
+fn special_tokens(meta: &Meta<'_>, tokens: &[String]) -> Vec<AddedToken> {
+    match meta.get("tokenizer.ggml.token_type") {
+        Ok(Value::Array(types)) => types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t.to_i32(), Ok(3 | 4)))
+            .filter_map(|(i, _)| tokens.get(i))
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `tokenizer.ggml.model = "llama"`: SentencePiece's BPE (Llama 2, Mistral, Phi-3, Gemma), as
+/// llama.cpp runs it. Spaces become `▁` (and a `▁` starts every run of text between special
+/// tokens unless `add_space_prefix` is false); then the adjacent pair whose joined piece has the
+/// highest score merges first, and what no piece covers falls back to `<0xXX>` byte tokens. As
+/// a Hugging Face BPE: a merge for every split of every normal piece into two pieces, ranked
+/// by the joined piece's score.
+fn sentencepiece_bpe(meta: &Meta<'_>, tokens: &[String]) -> Result<Tokenizer> {
+    let scores: Vec<f32> = meta
+        .get("tokenizer.ggml.scores")?
+        .to_vec()
+        .map_err(|e| meta.invalid(format!("`tokenizer.ggml.scores`: {e}")))?
+        .iter()
+        .map(|v| v.to_f32())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| meta.invalid(format!("`tokenizer.ggml.scores`: {e}")))?;
+    if scores.len() != tokens.len() {
+        return Err(meta.invalid(format!(
+            "{} scores for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    let types: Vec<i32> = match meta.get("tokenizer.ggml.token_type") {
+        Ok(Value::Array(t)) => t.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
+        _ => vec![1; tokens.len()],
+    };
+    let normal = |i: usize| types.get(i).copied().unwrap_or(1) == 1;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !normal(id) {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(cut);
+            if vocab.contains_key(a) && vocab.contains_key(b) {
+                ranked.push((scores[id], id, a.to_string(), b.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let mut bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unk) = types
+        .iter()
+        .position(|&t| t == 2)
+        .and_then(|i| tokens.get(i))
+    {
+        bpe = bpe.unk_token(unk.clone());
+    }
+    let mut tk = Tokenizer::new(bpe.build()?);
+    let space_prefix = match meta.get("tokenizer.ggml.add_space_prefix") {
+        Ok(v) => v.to_bool().map_err(|e| meta.invalid(e.to_string()))?,
+        Err(_) => true,
+    };
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if space_prefix {
+        normalizers.push(Prepend::new("▁".into()).into());
+    }
+    normalizers.push(Replace::new(" ", "▁")?.into());
+    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)))?;
+    tk.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(Replace::new("▁", " ")?),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+        Strip::new(' ', usize::from(space_prefix), 0).into(),
+    ])));
+    tk.add_special_tokens(special_tokens(meta, tokens))?;
+    Ok(tk)
+}
+
+/// `tokenizer.ggml.model = "gpt2"`: byte-level BPE with the pre-tokenizer llama.cpp uses for
+/// the file's `tokenizer.ggml.pre`.
+fn byte_level_bpe(meta: &Meta<'_>, tokens: &[String]) -> Result<Tokenizer> {
+    let merges: Vec<(String, String)> = meta
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| meta.invalid(format!("malformed merge `{m}`")))
+        })
+        .collect::<Result<_>>()?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build()?;
+    let mut tk = Tokenizer::new(bpe);
+    let pre = meta.str("tokenizer.ggml.pre").unwrap_or("gpt2");
+    match pre {
+        "smollm" | "starcoder" | "refact" => {
+            tk.with_pre_tokenizer(Some(Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ])));
+        }
+        "llama3" | "llama-bpe" | "smaug-bpe" => {
+            tk.with_pre_tokenizer(Some(regex_then_bytes(LLAMA3_REGEX)?));
+        }
+        "qwen2" | "deepseek-r1-qwen" => {
+            tk.with_pre_tokenizer(Some(regex_then_bytes(QWEN2_REGEX)?));
+        }
+        _ => {
+            tk.with_pre_tokenizer(Some(regex_then_bytes(GPT2_REGEX)?));
+        }
+    }
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+    // Control (3) and user-defined (4) tokens are matched whole in the input, as llama.cpp
+    // does when it parses special tokens.
+    tk.add_special_tokens(special_tokens(meta, tokens))?;
+    Ok(tk)
 }
 
 /// One chat turn.

@@ -54,6 +54,8 @@ pub struct TinySpec {
     pub fused: bool,
     /// Head size; `HIDDEN / HEADS` unless the architecture allows wider heads (Qwen3).
     pub head_dim: usize,
+    /// A SentencePiece (`llama` model) vocabulary instead of byte-level BPE (`gpt2`).
+    pub sentencepiece: bool,
     pub seed: u64,
 }
 
@@ -90,10 +92,9 @@ fn byte_tokens() -> Vec<String> {
         .collect()
 }
 
-/// Writes a tiny random model of `spec` to `path` (byte-level BPE vocabulary of the ASCII
-/// bytes and a few merges, then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`); returns its vocabulary size.
-pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
-    let mut rng = Rng(spec.seed);
+/// A byte-level BPE vocabulary (`gpt2` model): ASCII bytes, a few merges, then
+/// `<|endoftext|>` (BOS and EOS), `<|im_start|>`, `<|im_end|>`.
+fn byte_level_vocab(arch: &str) -> (Vec<(String, Meta)>, usize) {
     let mut tokens = byte_tokens();
     let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")];
     for (a, b) in merges {
@@ -106,36 +107,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
     }
     let vocab = tokens.len();
     let eot = (vocab - 3) as u32;
-    let arch = spec.arch;
-    let head_dim = spec.head_dim;
-    let mut meta: Vec<(String, Meta)> = vec![
-        ("general.architecture".into(), Meta::String(arch.into())),
-        // Not the architecture's name: llama.cpp gives tokens special handling by model name.
-        (
-            "general.name".into(),
-            Meta::String(format!("ragd tiny model {}", spec.seed)),
-        ),
-        (format!("{arch}.context_length"), Meta::U32(CONTEXT as u32)),
-        (format!("{arch}.embedding_length"), Meta::U32(HIDDEN as u32)),
-        (format!("{arch}.block_count"), Meta::U32(LAYERS as u32)),
-        (format!("{arch}.feed_forward_length"), Meta::U32(FFN as u32)),
-        (
-            format!("{arch}.attention.head_count"),
-            Meta::U32(HEADS as u32),
-        ),
-        (
-            format!("{arch}.attention.head_count_kv"),
-            Meta::U32(KV_HEADS as u32),
-        ),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            Meta::F32(1e-6),
-        ),
-        (format!("{arch}.rope.freq_base"), Meta::F32(spec.freq_base)),
-        (
-            format!("{arch}.rope.dimension_count"),
-            Meta::U32(head_dim as u32),
-        ),
+    let meta = vec![
         ("tokenizer.ggml.model".into(), Meta::String("gpt2".into())),
         (
             "tokenizer.ggml.pre".into(),
@@ -169,6 +141,109 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
         ("tokenizer.ggml.eos_token_id".into(), Meta::U32(eot)),
         ("tokenizer.ggml.add_bos_token".into(), Meta::Bool(false)),
     ];
+    (meta, vocab)
+}
+
+/// A SentencePiece vocabulary (`llama` model, as Llama 2, Mistral and Phi-3 GGUFs carry):
+/// `<unk>`, `<s>`, `</s>`, the 256 `<0xXX>` byte tokens, single characters and some longer
+/// pieces with scores (longer pieces first), then `<|user|>` and `<|end|>` as control tokens.
+fn sentencepiece_vocab() -> (Vec<(String, Meta)>, usize) {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    let mut types = vec![2, 3, 3];
+    let mut scores = vec![0f32; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    let pieces = [
+        "▁the", "▁Saint", "▁café", "▁what", "▁and", "▁for", "ing", "▁th", "▁to", "▁of", "▁is",
+        "▁in", "▁it", "▁an", "▁wh", "▁Sa", "int", "fé", "he", "in", "er", "an", "on", "re", "at",
+        "en", "es", "ed", "is", "it", "or", "ca", "▁t", "▁a", "▁w",
+    ];
+    for (i, p) in pieces.iter().enumerate() {
+        tokens.push((*p).to_string());
+        types.push(1);
+        scores.push(-(i as f32));
+    }
+    let singles = ('a'..='z')
+        .chain('A'..='Z')
+        .chain('0'..='9')
+        .chain("▁.,?!'-:é".chars());
+    for (i, c) in singles.enumerate() {
+        tokens.push(c.to_string());
+        types.push(1);
+        scores.push(-1000.0 - i as f32);
+    }
+    for special in ["<|user|>", "<|end|>"] {
+        tokens.push(special.to_string());
+        types.push(3);
+        scores.push(0.0);
+    }
+    let vocab = tokens.len();
+    let meta = vec![
+        ("tokenizer.ggml.model".into(), Meta::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Meta::Array(tokens.into_iter().map(Meta::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Meta::Array(scores.into_iter().map(Meta::F32).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Meta::Array(types.into_iter().map(Meta::I32).collect()),
+        ),
+        ("tokenizer.ggml.unknown_token_id".into(), Meta::U32(0)),
+        ("tokenizer.ggml.bos_token_id".into(), Meta::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Meta::U32(2)),
+    ];
+    (meta, vocab)
+}
+
+/// Writes a tiny random model of `spec` to `path` (its vocabulary: [`byte_level_vocab`] or
+/// [`sentencepiece_vocab`]); returns its vocabulary size.
+pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
+    let mut rng = Rng(spec.seed);
+    let (tokenizer, vocab) = if spec.sentencepiece {
+        sentencepiece_vocab()
+    } else {
+        byte_level_vocab(spec.arch)
+    };
+    let arch = spec.arch;
+    let head_dim = spec.head_dim;
+    let mut meta: Vec<(String, Meta)> = vec![
+        ("general.architecture".into(), Meta::String(arch.into())),
+        // Not the architecture's name: llama.cpp gives tokens special handling by model name.
+        (
+            "general.name".into(),
+            Meta::String(format!("ragd tiny model {}", spec.seed)),
+        ),
+        (format!("{arch}.context_length"), Meta::U32(CONTEXT as u32)),
+        (format!("{arch}.embedding_length"), Meta::U32(HIDDEN as u32)),
+        (format!("{arch}.block_count"), Meta::U32(LAYERS as u32)),
+        (format!("{arch}.feed_forward_length"), Meta::U32(FFN as u32)),
+        (
+            format!("{arch}.attention.head_count"),
+            Meta::U32(HEADS as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Meta::U32(KV_HEADS as u32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Meta::F32(1e-6),
+        ),
+        (format!("{arch}.rope.freq_base"), Meta::F32(spec.freq_base)),
+        (
+            format!("{arch}.rope.dimension_count"),
+            Meta::U32(head_dim as u32),
+        ),
+    ];
+    meta.extend(tokenizer);
+
     if head_dim != HIDDEN / HEADS {
         for k in ["key_length", "value_length"] {
             meta.push((format!("{arch}.attention.{k}"), Meta::U32(head_dim as u32)));
@@ -269,6 +344,7 @@ impl TinySpec {
         qk_norm: false,
         fused: false,
         head_dim: HIDDEN / HEADS,
+        sentencepiece: false,
         seed: 1,
     };
 
