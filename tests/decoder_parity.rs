@@ -1,7 +1,8 @@
 //! The decoder's forward pass against llama.cpp's, on tiny random-weight GGUF files written here:
 //! llama (interleaved RoPE, grouped KV heads), Llama 3 style per-frequency RoPE factors and
 //! linear scaling, Qwen2 (NeoX RoPE, Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
-//! hidden / heads), Phi-3 (stacked Q/K/V and gate/up tensors), in F32 and in the quantized types the fast
+//! hidden / heads), Phi-3 (stacked Q/K/V and gate/up tensors), Gemma 3 (sliding-window layers,
+//! GeGLU, post-norms, scaled embeddings, soft-capped logits), in F32 and in the quantized types the fast
 //! kernels run (Q4_1, Q8_0). Each file is served by `llama-server` (built by
 //! `deploy/llama-server/build.sh`, its path in `LLAMA_SERVER`) on loopback; for prompts of 1 to
 //! 200 token ids the next-token log-probabilities it reports are compared with
@@ -45,6 +46,7 @@ const LLAMA: Spec = Spec::LLAMA;
 const QWEN2: Spec = Spec::QWEN2;
 const QWEN3: Spec = Spec::QWEN3;
 const PHI3: Spec = Spec::PHI3;
+const GEMMA3: Spec = Spec::GEMMA3;
 
 fn write_gguf(path: &Path, spec: Spec) -> usize {
     write_tiny_gguf(path, &spec).unwrap()
@@ -263,6 +265,13 @@ fn phi3_f32_matches_llama_cpp() {
     check(PHI3, F32);
 }
 
+/// Gemma 3: sliding-window layers (prompts up to 200 tokens against a window of 24) with their
+/// own RoPE base, a global layer, GeGLU, post-norms, scaled embeddings, soft-capped logits.
+#[test]
+fn gemma3_f32_matches_llama_cpp() {
+    check(GEMMA3, F32);
+}
+
 /// The quantized kernels (Q4_1 and Q8_0 weights, on ragd's own integer dot products) stay within
 /// a few hundredths of llama.cpp's on average.
 #[test]
@@ -297,6 +306,14 @@ fn quantized_models_match_llama_cpp() {
                 dtype,
                 seed: seed + 30,
                 ..PHI3
+            },
+            QUANTIZED,
+        );
+        check(
+            Spec {
+                dtype,
+                seed: seed + 40,
+                ..GEMMA3
             },
             QUANTIZED,
         );

@@ -30,6 +30,24 @@ pub struct LlamaConfig {
     pub rms_eps: f64,
     pub rope_theta: f32,
     pub vocab: usize,
+    /// Token embeddings are multiplied by this (Gemma: √hidden).
+    pub embed_scale: f32,
+    /// Queries are multiplied by this on top of 1/√head_dim (Gemma 3 27B scales by
+    /// 1/√(hidden/heads) instead).
+    pub query_scale: f32,
+    /// The FFN's gate activation.
+    pub activation: Activation,
+    /// Logits become `cap · tanh(logits / cap)` (Gemma's final soft-capping).
+    pub final_softcap: Option<f32>,
+}
+
+/// The gate activation of the gated FFN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) · up` (SwiGLU).
+    Silu,
+    /// `gelu_tanh(gate) · up` (GeGLU: Gemma).
+    GeluTanh,
 }
 
 /// Linear layers that read the same input: one stacked matmul when the formats allow it.
@@ -92,6 +110,13 @@ struct Layer {
     /// Width of the gate (and of the up projection).
     ffn: usize,
     down: QLinear,
+    /// RMS norms of the attention output and of the FFN output before each joins the residual
+    /// stream (Gemma).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
+    /// Keys further back than this many positions are not attended to (Gemma's local layers).
+    window: Option<usize>,
+    /// RoPE with the local layers' tables (`local_cos`/`local_sin`).
+    local_rope: bool,
 }
 
 /// The immutable part of the model; share it with `Arc`.
@@ -106,6 +131,10 @@ pub struct LlamaWeights {
     /// RoPE tables, (context_length, head_dim / 2).
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding-window layers' own RoPE tables (Gemma 3: base 10,000, unscaled); empty when
+    /// no layer uses them.
+    local_cos: Vec<f32>,
+    local_sin: Vec<f32>,
 }
 
 /// Which pairs of a head's values RoPE rotates together (llama.cpp's rope types).
@@ -120,13 +149,16 @@ pub enum Rope {
 /// Architectures this forward pass runs, and their RoPE. All are pre-norm decoders with
 /// grouped-query attention and a SwiGLU FFN; what else a layer has is read off its tensors:
 /// Q/K/V biases (Qwen2), per-head Q/K norms and heads wider than hidden / heads (Qwen3), Q/K/V
-/// and gate/up stacked in one tensor each (Phi-3). Anything else is refused at load.
+/// and gate/up stacked in one tensor each (Phi-3). Gemma 3 adds what its metadata says: scaled
+/// embeddings, GeGLU, post-norms, sliding-window layers with their own RoPE base, final
+/// soft-capping. Anything else is refused at load.
 const LLAMA_LIKE: &[(&str, Rope)] = &[
     ("llama", Rope::Interleaved),
     ("mistral", Rope::Interleaved),
     ("qwen2", Rope::Halves),
     ("qwen3", Rope::Halves),
     ("phi3", Rope::Halves),
+    ("gemma3", Rope::Halves),
 ];
 
 /// Query rows above which prefill attention runs as batched GEMMs rather than per-row loops.
@@ -216,6 +248,22 @@ impl LlamaWeights {
             path: meta.path.to_path_buf(),
             reason,
         };
+        let gemma = arch == "gemma3";
+        // Gemma 3's local layers: all but every `pattern`-th attend `window` positions back
+        // (llama.cpp's "standard" sliding window: keys `window` or more back are masked).
+        let window = match meta.usize(&key("attention.sliding_window")) {
+            Ok(w) if gemma && w > 0 => Some(w),
+            _ => None,
+        };
+        let pattern = match meta.get(&key("attention.sliding_window_pattern")) {
+            Err(_) => 6,
+            Ok(v) => v.to_u32().map_err(|_| {
+                invalid(format!(
+                    "{arch}.attention.sliding_window_pattern: only a layer period is supported"
+                ))
+            })? as usize,
+        };
+        let is_local = |i: usize| window.is_some() && (pattern == 0 || i % pattern < pattern - 1);
         for i in 0..layer_count {
             let name = |n: &str| format!("blk.{i}.{n}");
             // Q, K and V come as three tensors, or as one (Phi-3's `attn_qkv`).
@@ -289,6 +337,21 @@ impl LlamaWeights {
                 .ok_or_else(|| invalid(format!("layer {i}: attn_norm.weight is missing")))??;
             let ffn_norm = f32s("ffn_norm.weight")
                 .ok_or_else(|| invalid(format!("layer {i}: ffn_norm.weight is missing")))??;
+            let post_norms = match (
+                f32s("post_attention_norm.weight").transpose()?,
+                f32s("post_ffw_norm.weight").transpose()?,
+            ) {
+                (Some(a), Some(f)) if gemma => Some((a, f)),
+                (None, None) if !gemma => None,
+                _ => {
+                    return Err(invalid(format!(
+                        "layer {i}: Gemma 3 layers have both post-norms, others neither"
+                    )));
+                }
+            };
+            if gemma && qk_norm.is_none() {
+                return Err(invalid(format!("layer {i}: Gemma 3 needs Q/K norms")));
+            }
             if qkv_bias
                 .as_ref()
                 .is_some_and(|b| b.len() != qdim + 2 * kvdim)
@@ -297,6 +360,9 @@ impl LlamaWeights {
                     .is_some_and(|(q, k)| q.len() != head_dim || k.len() != head_dim)
                 || attn_norm.len() != hidden
                 || ffn_norm.len() != hidden
+                || post_norms
+                    .as_ref()
+                    .is_some_and(|(a, f)| a.len() != hidden || f.len() != hidden)
             {
                 return Err(invalid(format!(
                     "layer {i}: a norm or bias does not match the model's sizes"
@@ -312,11 +378,18 @@ impl LlamaWeights {
                 gate_up,
                 ffn,
                 down,
+                post_norms,
+                window: window.filter(|_| is_local(i)),
+                local_rope: is_local(i),
             });
         }
         // A tensor this forward pass would not read means an architecture it does not compute
         // (output or FFN biases, Q/K norms, ...): refuse it rather than answer from half a model.
-        if let Some(name) = content.tensor_infos.keys().find(|n| !known_tensor(n)) {
+        if let Some(name) = content
+            .tensor_infos
+            .keys()
+            .find(|n| !known_tensor(n, gemma))
+        {
             return Err(Error::ModelInvalid {
                 path: meta.path.to_path_buf(),
                 reason: format!("tensor `{name}` is not part of the {arch} layout this build runs"),
@@ -326,6 +399,35 @@ impl LlamaWeights {
         let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
         let scaling = rope_scaling(meta, &key, head_dim, &mut tensor)?;
         let (cos, sin) = rope_tables(head_dim, rope_theta, context_length, &scaling);
+        let (local_cos, local_sin) = if window.is_some() {
+            let base = meta.f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0);
+            let plain = RopeScaling {
+                freq_scale: 1.0,
+                factors: None,
+            };
+            rope_tables(head_dim, base, context_length, &plain)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let final_softcap = meta
+            .f32(&key("final_logit_softcapping"))
+            .ok()
+            .filter(|c| gemma && *c > 0.0);
+        if meta
+            .f32(&key("attn_logit_softcapping"))
+            .is_ok_and(|c| c > 0.0)
+        {
+            return Err(invalid(
+                "attention logit soft-capping (Gemma 2) is not supported".into(),
+            ));
+        }
+        // Gemma 3 27B (62 layers) scales queries by 1/sqrt(hidden / heads), the others by
+        // 1/sqrt(head_dim), as llama.cpp and gemma_pytorch do.
+        let query_scale = if gemma && layer_count == 62 {
+            (head_dim as f32 / (hidden / heads) as f32).sqrt()
+        } else {
+            1.0
+        };
         let config = LlamaConfig {
             architecture: arch,
             rope,
@@ -340,6 +442,14 @@ impl LlamaWeights {
                 .unwrap_or(1e-5) as f64,
             rope_theta,
             vocab,
+            embed_scale: if gemma { (hidden as f32).sqrt() } else { 1.0 },
+            query_scale,
+            activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            final_softcap,
         };
         Ok(Self {
             config,
@@ -349,6 +459,8 @@ impl LlamaWeights {
             output,
             cos,
             sin,
+            local_cos,
+            local_sin,
         })
     }
 
@@ -407,6 +519,9 @@ impl LlamaWeights {
                 positions.push(s.state.pos + i);
             }
         }
+        if cfg.embed_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= cfg.embed_scale);
+        }
         let qdim = cfg.heads * d;
         let kvdim = cfg.kv_heads * d;
         let width = qdim + 2 * kvdim;
@@ -414,6 +529,11 @@ impl LlamaWeights {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
             let mut qkv = layer.qkv.matmul(&h, rows)?;
+            let (cos_t, sin_t) = if layer.local_rope {
+                (&self.local_cos, &self.local_sin)
+            } else {
+                (&self.cos, &self.sin)
+            };
             for (row, &pos) in qkv.chunks_exact_mut(width).zip(&positions) {
                 if let Some(b) = &layer.qkv_bias {
                     add(row, b);
@@ -423,13 +543,16 @@ impl LlamaWeights {
                     rms_norm_in_place(q, qn, eps);
                     rms_norm_in_place(k, kn, eps);
                 }
-                let cos = &self.cos[pos * d / 2..(pos + 1) * d / 2];
-                let sin = &self.sin[pos * d / 2..(pos + 1) * d / 2];
+                let cos = &cos_t[pos * d / 2..(pos + 1) * d / 2];
+                let sin = &sin_t[pos * d / 2..(pos + 1) * d / 2];
                 for head in row[..qdim + kvdim].chunks_exact_mut(d) {
                     match cfg.rope {
                         Rope::Interleaved => rope_interleaved(head, cos, sin),
                         Rope::Halves => rope_halves(head, cos, sin),
                     }
+                }
+                if cfg.query_scale != 1.0 {
+                    row[..qdim].iter_mut().for_each(|v| *v *= cfg.query_scale);
                 }
             }
             let mut off = 0;
@@ -439,12 +562,23 @@ impl LlamaWeights {
                 s.state.caches[l].append(&qkv[off * width..(off + n) * width], n, pos, ctx, cfg);
                 off += n;
             }
-            let ctx = attention(&qkv, segs, l, cfg)?;
-            add(&mut x, &layer.wo.matmul(&ctx, rows)?);
+            let ctx = attention(&qkv, segs, l, layer.window, cfg)?;
+            let mut attn = layer.wo.matmul(&ctx, rows)?;
+            if let Some((post, _)) = &layer.post_norms {
+                rms_norm_in_place(&mut attn, post, eps);
+            }
+            add(&mut x, &attn);
             rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let gu = layer.gate_up.matmul(&h, rows)?;
-            let act = fused::swiglu(&gu, layer.ffn);
-            add(&mut x, &layer.down.matmul(&act, rows)?);
+            let act = match cfg.activation {
+                Activation::Silu => fused::swiglu(&gu, layer.ffn),
+                Activation::GeluTanh => fused::geglu(&gu, layer.ffn),
+            };
+            let mut ffn = layer.down.matmul(&act, rows)?;
+            if let Some((_, post)) = &layer.post_norms {
+                rms_norm_in_place(&mut ffn, post, eps);
+            }
+            add(&mut x, &ffn);
         }
         // The last row of every segment, normed, through the output layer in one matmul.
         let mut last = vec![0f32; segs.len() * hidden];
@@ -454,7 +588,10 @@ impl LlamaWeights {
             rms_norm(&x[(end - 1) * hidden..end * hidden], &self.norm, eps, out);
             s.state.pos += s.tokens.len();
         }
-        let logits = self.output.matmul(&last, segs.len())?;
+        let mut logits = self.output.matmul(&last, segs.len())?;
+        if let Some(cap) = cfg.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
         Ok(logits
             .chunks_exact(cfg.vocab.max(1))
             .map(<[f32]>::to_vec)
@@ -472,7 +609,13 @@ pub struct Segment<'a> {
 /// Causal attention of every row of a batch over its own sequence's cache (layer `l`), rows in
 /// segment order. Long segments (a prompt piece) use the batched GEMMs; the rows of all the
 /// others (decode steps, short appends) run together, one task per (row, head).
-fn attention(qkv: &[f32], segs: &[Segment<'_>], l: usize, cfg: &LlamaConfig) -> Result<Vec<f32>> {
+fn attention(
+    qkv: &[f32],
+    segs: &[Segment<'_>],
+    l: usize,
+    window: Option<usize>,
+    cfg: &LlamaConfig,
+) -> Result<Vec<f32>> {
     let d = cfg.head_dim;
     let width = (cfg.heads + 2 * cfg.kv_heads) * d;
     let out_width = cfg.heads * d;
@@ -487,7 +630,8 @@ fn attention(qkv: &[f32], segs: &[Segment<'_>], l: usize, cfg: &LlamaConfig) -> 
         let past = s.state.pos;
         let cache = &s.state.caches[l];
         let ctx = s.state.context;
-        if n > GEMM_ATTENTION_ROWS {
+        // Sliding-window layers attend row by row, each row over its own last `window` keys.
+        if n > GEMM_ATTENTION_ROWS && window.is_none() {
             let part = &qkv[off * width..(off + n) * width];
             let o = attention_gemm(part, n, past, cache, ctx, cfg)?;
             out[off * out_width..(off + n) * out_width].copy_from_slice(&o);
@@ -509,8 +653,10 @@ fn attention(qkv: &[f32], segs: &[Segment<'_>], l: usize, cfg: &LlamaConfig) -> 
         let (r, cache, t, ctx) = short[k];
         let g = hq / group;
         let q = &qkv[r * width + hq * d..r * width + (hq + 1) * d];
-        let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
-        let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
+        // Keys at positions `t - window ..t` (the row's own position is `t - 1`).
+        let first = window.map_or(0, |w| t.saturating_sub(w));
+        let keys = &cache.k[(g * ctx + first) * d..(g * ctx + t) * d];
+        let vals = &cache.v[(g * ctx + first) * d..(g * ctx + t) * d];
         fused::attend(q, keys, vals, scale, o);
     });
     for (k, &(r, ..)) in short.iter().enumerate() {
@@ -682,8 +828,8 @@ impl KvState {
     }
 }
 
-/// The tensors [`LlamaWeights::load`] reads.
-fn known_tensor(name: &str) -> bool {
+/// The tensors [`LlamaWeights::load`] reads (with `gemma`, Gemma 3's post-norms too).
+fn known_tensor(name: &str, gemma: bool) -> bool {
     const GLOBAL: &[&str] = &[
         "token_embd.weight",
         "output.weight",
@@ -709,8 +855,10 @@ fn known_tensor(name: &str) -> bool {
     ];
     GLOBAL.contains(&name)
         || name.strip_prefix("blk.").is_some_and(|rest| {
-            rest.split_once('.')
-                .is_some_and(|(i, t)| i.parse::<usize>().is_ok() && LAYER.contains(&t))
+            rest.split_once('.').is_some_and(|(i, t)| {
+                let gemma_only = matches!(t, "post_attention_norm.weight" | "post_ffw_norm.weight");
+                i.parse::<usize>().is_ok() && (LAYER.contains(&t) || (gemma && gemma_only))
+            })
         })
 }
 
@@ -816,6 +964,10 @@ mod tests {
             rms_eps: 1e-5,
             rope_theta: 10_000.0,
             vocab: 8,
+            embed_scale: 1.0,
+            query_scale: 1.0,
+            activation: Activation::Silu,
+            final_softcap: None,
         }
     }
 
@@ -891,7 +1043,7 @@ mod tests {
             .zip(&tokens)
             .map(|(state, t)| Segment { tokens: t, state })
             .collect();
-        let got = attention(&qkv, &segs, 0, &cfg).unwrap();
+        let got = attention(&qkv, &segs, 0, None, &cfg).unwrap();
         assert_eq!(got.len(), expected.len());
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             assert!((g - e).abs() < 1e-5, "[{i}] {g} vs {e}");
@@ -992,7 +1144,7 @@ mod tests {
             "blk.27.attn_k_norm.weight",
             "blk.3.attn_v.bias",
         ] {
-            assert!(known_tensor(name), "{name}");
+            assert!(known_tensor(name, false), "{name}");
         }
         for name in [
             "blk.0.ffn_up.bias",
@@ -1001,7 +1153,8 @@ mod tests {
             "blk.x.attn_q.weight",
             "output.bias",
         ] {
-            assert!(!known_tensor(name), "{name}");
+            assert!(!known_tensor(name, false), "{name}");
         }
+        assert!(known_tensor("blk.1.post_attention_norm.weight", true));
     }
 }

@@ -56,6 +56,11 @@ pub struct TinySpec {
     pub head_dim: usize,
     /// A SentencePiece (`llama` model) vocabulary instead of byte-level BPE (`gpt2`).
     pub sentencepiece: bool,
+    pub layers: usize,
+    /// `attention.sliding_window` (Gemma 3: every layer but each sixth is local).
+    pub window: Option<usize>,
+    /// `final_logit_softcapping`.
+    pub final_softcap: Option<f32>,
     pub seed: u64,
 }
 
@@ -222,7 +227,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
         ),
         (format!("{arch}.context_length"), Meta::U32(CONTEXT as u32)),
         (format!("{arch}.embedding_length"), Meta::U32(HIDDEN as u32)),
-        (format!("{arch}.block_count"), Meta::U32(LAYERS as u32)),
+        (format!("{arch}.block_count"), Meta::U32(spec.layers as u32)),
         (format!("{arch}.feed_forward_length"), Meta::U32(FFN as u32)),
         (
             format!("{arch}.attention.head_count"),
@@ -248,6 +253,15 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
         for k in ["key_length", "value_length"] {
             meta.push((format!("{arch}.attention.{k}"), Meta::U32(head_dim as u32)));
         }
+    }
+    if let Some(w) = spec.window {
+        meta.push((
+            format!("{arch}.attention.sliding_window"),
+            Meta::U32(w as u32),
+        ));
+    }
+    if let Some(cap) = spec.final_softcap {
+        meta.push((format!("{arch}.final_logit_softcapping"), Meta::F32(cap)));
     }
     if let Some(factor) = spec.linear_scale {
         meta.push((
@@ -284,7 +298,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
         tensors.push(("rope_freqs.weight".into(), vector(factors.collect())?));
     }
     let (qdim, kv) = (HEADS * head_dim, KV_HEADS * head_dim);
-    for i in 0..LAYERS {
+    for i in 0..spec.layers {
         let mut layer = vec![("attn_norm.weight", norm(&mut rng)?)];
         if spec.fused {
             layer.push((
@@ -315,6 +329,10 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
             "ffn_down.weight",
             matrix(&mut rng, HIDDEN, FFN, 1.7 / (FFN as f32).sqrt())?,
         ));
+        if arch == "gemma3" {
+            layer.push(("post_attention_norm.weight", norm(&mut rng)?));
+            layer.push(("post_ffw_norm.weight", norm(&mut rng)?));
+        }
         if spec.biases {
             layer.push(("attn_q.bias", vector(rng.values(qdim, 0.5))?));
             layer.push(("attn_k.bias", vector(rng.values(kv, 0.5))?));
@@ -345,6 +363,9 @@ impl TinySpec {
         fused: false,
         head_dim: HIDDEN / HEADS,
         sentencepiece: false,
+        layers: LAYERS,
+        window: None,
+        final_softcap: None,
         seed: 1,
     };
 
@@ -364,6 +385,21 @@ impl TinySpec {
         head_dim: 2 * HIDDEN / HEADS,
         freq_base: 1_000_000.0,
         seed: 8,
+        ..Self::LLAMA
+    };
+
+    /// Gemma 3: NeoX RoPE, Q/K norms, wide heads, scaled embeddings, GeGLU, post-norms, six
+    /// layers of which the first five attend 24 positions back (RoPE base 10,000) and the last
+    /// everything (base 1,000,000), final logits soft-capped at 15.
+    pub const GEMMA3: Self = Self {
+        arch: "gemma3",
+        qk_norm: true,
+        head_dim: 2 * HIDDEN / HEADS,
+        freq_base: 1_000_000.0,
+        layers: 6,
+        window: Some(24),
+        final_softcap: Some(15.0),
+        seed: 10,
         ..Self::LLAMA
     };
 

@@ -324,18 +324,18 @@ mod tests {
             let e = add_gguf(models.path(), bad, &gguf, None).unwrap_err();
             assert!(e.to_string().contains("model name"), "{bad}: {e}");
         }
-        let gemma = tiny(
+        let gemma2 = tiny(
             src.path(),
             &TinySpec {
-                arch: "gemma3",
+                arch: "gemma2",
                 ..TinySpec::LLAMA
             },
         );
-        let e = add_gguf(models.path(), "gemma", &gemma, None)
+        let e = add_gguf(models.path(), "gemma", &gemma2, None)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("`gemma3` is not supported") && e.contains("qwen3") && e.contains("phi3"),
+            e.contains("`gemma2` is not supported") && e.contains("qwen3") && e.contains("gemma3"),
             "{e}"
         );
         let e = add_gguf(models.path(), "none", &src.path().join("absent.gguf"), None).unwrap_err();

@@ -167,6 +167,32 @@ fn swiglu_rows(gate_up: &[f32], ff: usize) -> Vec<f32> {
 }
 
 vectorized_fn! {
+    /// GeGLU activations: rows of gate|up (each half `ff` wide) to rows of `gelu_tanh(g)·u`.
+    pub(crate) fn geglu<'a>(gate_up: &'a [f32], ff: usize) -> Vec<f32> => geglu_rows;
+}
+
+#[inline(always)]
+fn geglu_rows(gate_up: &[f32], ff: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    for (o, r) in out.chunks_exact_mut(ff).zip(gate_up.chunks_exact(2 * ff)) {
+        let (g, u) = r.split_at(ff);
+        for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+            *o = gelu_tanh(*g) * u;
+        }
+    }
+    out
+}
+
+/// Tanh-approximated GELU, `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with
+/// `tanh(y) = 1 - 2/(e^{2y} + 1)`.
+#[inline(always)]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let y = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+    0.5 * x * (2.0 - 2.0 / (exp(2.0 * y) + 1.0))
+}
+
+vectorized_fn! {
     /// Root-mean-square norm of each row of `x` (rows of `w.len()`), scaled by `w`, into `out`.
     pub(crate) fn rms_norm<'a>(x: &'a [f32], w: &'a [f32], eps: f32, out: &'a mut [f32]) -> ()
         => rms_norm_rows;
