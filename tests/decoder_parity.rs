@@ -47,6 +47,7 @@ const QWEN2: Spec = Spec::QWEN2;
 const QWEN3: Spec = Spec::QWEN3;
 const PHI3: Spec = Spec::PHI3;
 const GEMMA3: Spec = Spec::GEMMA3;
+const GEMMA2: Spec = Spec::GEMMA2;
 
 fn write_gguf(path: &Path, spec: Spec) -> usize {
     write_tiny_gguf(path, &spec).unwrap()
@@ -272,6 +273,13 @@ fn gemma3_f32_matches_llama_cpp() {
     check(GEMMA3, F32);
 }
 
+/// Gemma 2: alternating sliding-window and global layers, attention scores and logits
+/// soft-capped, output tied to the embedding.
+#[test]
+fn gemma2_f32_matches_llama_cpp() {
+    check(GEMMA2, F32);
+}
+
 /// The quantized kernels (Q4_1 and Q8_0 weights, on ragd's own integer dot products) stay within
 /// a few hundredths of llama.cpp's on average.
 #[test]
@@ -314,6 +322,14 @@ fn quantized_models_match_llama_cpp() {
                 dtype,
                 seed: seed + 40,
                 ..GEMMA3
+            },
+            QUANTIZED,
+        );
+        check(
+            Spec {
+                dtype,
+                seed: seed + 50,
+                ..GEMMA2
             },
             QUANTIZED,
         );

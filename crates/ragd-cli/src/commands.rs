@@ -84,7 +84,8 @@ enum ModelsCommand {
     Add {
         /// The name settings use for it (lowercase letters, digits, `-`, `_`, `.`).
         name: String,
-        /// The GGUF file (architectures: llama, mistral, qwen2, qwen3, phi3, gemma3).
+        /// The GGUF file (architectures: llama, mistral, qwen2, qwen3, phi3, gemma2,
+        /// gemma3).
         #[arg(long, value_name = "FILE")]
         gguf: PathBuf,
         /// Refuse the file unless its sha256 is this.

@@ -2,7 +2,7 @@
 //!
 //! - [`Embedder`] / [`EmbedderHandle`]: a BERT-family sentence encoder; the handle's worker thread
 //!   owns the model and batches requests by token budget.
-//! - [`Generator`]: a GGUF decoder (llama, mistral, qwen2, qwen3, phi3, gemma3 architectures) whose
+//! - [`Generator`]: a GGUF decoder (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3 architectures) whose
 //!   sessions share the weights and step together on one thread, each with its own KV cache;
 //!   output streams through bounded channels. The same pool fronts an OpenAI-compatible model
 //!   server ([`RemoteOptions`]).

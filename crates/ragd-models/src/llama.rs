@@ -39,6 +39,8 @@ pub struct LlamaConfig {
     pub activation: Activation,
     /// Logits become `cap · tanh(logits / cap)` (Gemma's final soft-capping).
     pub final_softcap: Option<f32>,
+    /// Attention scores become `cap · tanh(score / cap)` before the softmax (Gemma 2).
+    pub attn_softcap: Option<f32>,
 }
 
 /// The gate activation of the gated FFN.
@@ -158,6 +160,7 @@ const LLAMA_LIKE: &[(&str, Rope)] = &[
     ("qwen2", Rope::Halves),
     ("qwen3", Rope::Halves),
     ("phi3", Rope::Halves),
+    ("gemma2", Rope::Halves),
     ("gemma3", Rope::Halves),
 ];
 
@@ -248,14 +251,18 @@ impl LlamaWeights {
             path: meta.path.to_path_buf(),
             reason,
         };
-        let gemma = arch == "gemma3";
-        // Gemma 3's local layers: all but every `pattern`-th attend `window` positions back
-        // (llama.cpp's "standard" sliding window: keys `window` or more back are masked).
+        let gemma2 = arch == "gemma2";
+        let gemma = gemma2 || arch == "gemma3";
+        // Gemma's local layers: all but every `pattern`-th (2 for Gemma 2, 6 for Gemma 3) attend
+        // `window` positions back (llama.cpp's "standard" sliding window: keys `window` or more
+        // back are masked; Gemma 2's window is 4,096 unless the file says otherwise).
         let window = match meta.usize(&key("attention.sliding_window")) {
             Ok(w) if gemma && w > 0 => Some(w),
+            Err(_) if gemma2 => Some(4096),
             _ => None,
         };
         let pattern = match meta.get(&key("attention.sliding_window_pattern")) {
+            Err(_) if gemma2 => 2,
             Err(_) => 6,
             Ok(v) => v.to_u32().map_err(|_| {
                 invalid(format!(
@@ -345,11 +352,11 @@ impl LlamaWeights {
                 (None, None) if !gemma => None,
                 _ => {
                     return Err(invalid(format!(
-                        "layer {i}: Gemma 3 layers have both post-norms, others neither"
+                        "layer {i}: Gemma layers have both post-norms, others neither"
                     )));
                 }
             };
-            if gemma && qk_norm.is_none() {
+            if gemma && !gemma2 && qk_norm.is_none() {
                 return Err(invalid(format!("layer {i}: Gemma 3 needs Q/K norms")));
             }
             if qkv_bias
@@ -399,31 +406,48 @@ impl LlamaWeights {
         let rope_theta = meta.f32(&key("rope.freq_base")).unwrap_or(10_000.0);
         let scaling = rope_scaling(meta, &key, head_dim, &mut tensor)?;
         let (cos, sin) = rope_tables(head_dim, rope_theta, context_length, &scaling);
+        // Local layers' RoPE: Gemma 2 keeps the global base and scaling unless the file gives
+        // `rope.freq_base_swa`; Gemma 3 uses that key or 10,000, unscaled.
         let (local_cos, local_sin) = if window.is_some() {
-            let base = meta.f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0);
-            let plain = RopeScaling {
-                freq_scale: 1.0,
-                factors: None,
+            let (base, local_scaling) = if gemma2 {
+                let base = meta.f32(&key("rope.freq_base_swa")).unwrap_or(rope_theta);
+                (base, scaling.clone())
+            } else {
+                let plain = RopeScaling {
+                    freq_scale: 1.0,
+                    factors: None,
+                };
+                (
+                    meta.f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0),
+                    plain,
+                )
             };
-            rope_tables(head_dim, base, context_length, &plain)
+            rope_tables(head_dim, base, context_length, &local_scaling)
         } else {
             (Vec::new(), Vec::new())
         };
-        let final_softcap = meta
-            .f32(&key("final_logit_softcapping"))
-            .ok()
-            .filter(|c| gemma && *c > 0.0);
-        if meta
-            .f32(&key("attn_logit_softcapping"))
-            .is_ok_and(|c| c > 0.0)
-        {
-            return Err(invalid(
-                "attention logit soft-capping (Gemma 2) is not supported".into(),
-            ));
-        }
-        // Gemma 3 27B (62 layers) scales queries by 1/sqrt(hidden / heads), the others by
-        // 1/sqrt(head_dim), as llama.cpp and gemma_pytorch do.
-        let query_scale = if gemma && layer_count == 62 {
+        // Soft-capping: Gemma 2 caps attention scores (50) and logits (30) unless the file
+        // says otherwise; Gemma 3 caps logits only when the file says so.
+        let cap = |k: &str, default: Option<f32>| match meta.f32(&key(k)) {
+            Ok(c) if c > 0.0 => Some(c),
+            Ok(_) => None,
+            Err(_) => default,
+        };
+        let final_softcap = match arch.as_str() {
+            "gemma2" => cap("final_logit_softcapping", Some(30.0)),
+            "gemma3" => cap("final_logit_softcapping", None),
+            _ => None,
+        };
+        let attn_softcap = if gemma2 {
+            cap("attn_logit_softcapping", Some(50.0))
+        } else {
+            None
+        };
+        // Gemma 27B models (Gemma 2: 46 layers, Gemma 3: 62) scale queries by
+        // 1/sqrt(hidden / heads), the others by 1/sqrt(head_dim), as llama.cpp and
+        // gemma_pytorch do.
+        let big = (gemma2 && layer_count == 46) || (arch == "gemma3" && layer_count == 62);
+        let query_scale = if big {
             (head_dim as f32 / (hidden / heads) as f32).sqrt()
         } else {
             1.0
@@ -450,6 +474,7 @@ impl LlamaWeights {
                 Activation::Silu
             },
             final_softcap,
+            attn_softcap,
         };
         Ok(Self {
             config,
@@ -630,8 +655,9 @@ fn attention(
         let past = s.state.pos;
         let cache = &s.state.caches[l];
         let ctx = s.state.context;
-        // Sliding-window layers attend row by row, each row over its own last `window` keys.
-        if n > GEMM_ATTENTION_ROWS && window.is_none() {
+        // Sliding-window layers attend row by row, each row over its own last `window` keys, and
+        // so do soft-capped scores.
+        if n > GEMM_ATTENTION_ROWS && window.is_none() && cfg.attn_softcap.is_none() {
             let part = &qkv[off * width..(off + n) * width];
             let o = attention_gemm(part, n, past, cache, ctx, cfg)?;
             out[off * out_width..(off + n) * out_width].copy_from_slice(&o);
@@ -657,7 +683,7 @@ fn attention(
         let first = window.map_or(0, |w| t.saturating_sub(w));
         let keys = &cache.k[(g * ctx + first) * d..(g * ctx + t) * d];
         let vals = &cache.v[(g * ctx + first) * d..(g * ctx + t) * d];
-        fused::attend(q, keys, vals, scale, o);
+        fused::attend(q, keys, vals, scale, cfg.attn_softcap.unwrap_or(0.0), o);
     });
     for (k, &(r, ..)) in short.iter().enumerate() {
         out[r * out_width..(r + 1) * out_width]
@@ -720,7 +746,7 @@ fn attention_rows(
         let t = past + i + 1;
         let keys = &cache.k[g * ctx * d..(g * ctx + t) * d];
         let vals = &cache.v[g * ctx * d..(g * ctx + t) * d];
-        fused::attend(q, keys, vals, scale, o);
+        fused::attend(q, keys, vals, scale, cfg.attn_softcap.unwrap_or(0.0), o);
     });
     out
 }
@@ -968,6 +994,7 @@ mod tests {
             query_scale: 1.0,
             activation: Activation::Silu,
             final_softcap: None,
+            attn_softcap: None,
         }
     }
 

@@ -61,6 +61,10 @@ pub struct TinySpec {
     pub window: Option<usize>,
     /// `final_logit_softcapping`.
     pub final_softcap: Option<f32>,
+    /// `attn_logit_softcapping`.
+    pub attn_softcap: Option<f32>,
+    /// No `output.weight`: the output layer is the token embedding (Gemma 2 always).
+    pub tied: bool,
     pub seed: u64,
 }
 
@@ -263,6 +267,9 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
     if let Some(cap) = spec.final_softcap {
         meta.push((format!("{arch}.final_logit_softcapping"), Meta::F32(cap)));
     }
+    if let Some(cap) = spec.attn_softcap {
+        meta.push((format!("{arch}.attn_logit_softcapping"), Meta::F32(cap)));
+    }
     if let Some(factor) = spec.linear_scale {
         meta.push((
             format!("{arch}.rope.scaling.type"),
@@ -288,11 +295,11 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
             matrix(&mut rng, vocab, HIDDEN, 1.0)?,
         ),
         ("output_norm.weight".into(), norm(&mut rng)?),
-        (
-            "output.weight".into(),
-            matrix(&mut rng, vocab, HIDDEN, 4.0 / (HIDDEN as f32).sqrt())?,
-        ),
     ];
+    let output = matrix(&mut rng, vocab, HIDDEN, 4.0 / (HIDDEN as f32).sqrt())?;
+    if !spec.tied {
+        tensors.push(("output.weight".into(), output));
+    }
     if spec.rope_freqs {
         let factors = (0..head_dim / 2).map(|_| 1.0 + 3.0 * (1.0 + rng.uniform(1.0)));
         tensors.push(("rope_freqs.weight".into(), vector(factors.collect())?));
@@ -329,7 +336,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
             "ffn_down.weight",
             matrix(&mut rng, HIDDEN, FFN, 1.7 / (FFN as f32).sqrt())?,
         ));
-        if arch == "gemma3" {
+        if arch.starts_with("gemma") {
             layer.push(("post_attention_norm.weight", norm(&mut rng)?));
             layer.push(("post_ffw_norm.weight", norm(&mut rng)?));
         }
@@ -366,6 +373,8 @@ impl TinySpec {
         layers: LAYERS,
         window: None,
         final_softcap: None,
+        attn_softcap: None,
+        tied: false,
         seed: 1,
     };
 
@@ -400,6 +409,22 @@ impl TinySpec {
         window: Some(24),
         final_softcap: Some(15.0),
         seed: 10,
+        ..Self::LLAMA
+    };
+
+    /// Gemma 2: like Gemma 3 without Q/K norms; every other layer (0 and 2 of 4) attends 24
+    /// positions back; attention scores soft-capped at 1.5 and logits at 6 (low enough to
+    /// change them; real models use 50 and 30); output tied to the embedding.
+    pub const GEMMA2: Self = Self {
+        arch: "gemma2",
+        head_dim: 2 * HIDDEN / HEADS,
+        freq_base: 10_000.0,
+        layers: 4,
+        window: Some(24),
+        attn_softcap: Some(1.5),
+        final_softcap: Some(6.0),
+        tied: true,
+        seed: 11,
         ..Self::LLAMA
     };
 

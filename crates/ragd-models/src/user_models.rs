@@ -324,18 +324,18 @@ mod tests {
             let e = add_gguf(models.path(), bad, &gguf, None).unwrap_err();
             assert!(e.to_string().contains("model name"), "{bad}: {e}");
         }
-        let gemma2 = tiny(
+        let falcon = tiny(
             src.path(),
             &TinySpec {
-                arch: "gemma2",
+                arch: "falcon",
                 ..TinySpec::LLAMA
             },
         );
-        let e = add_gguf(models.path(), "gemma", &gemma2, None)
+        let e = add_gguf(models.path(), "falcon", &falcon, None)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("`gemma2` is not supported") && e.contains("qwen3") && e.contains("gemma3"),
+            e.contains("`falcon` is not supported") && e.contains("qwen3") && e.contains("gemma3"),
             "{e}"
         );
         let e = add_gguf(models.path(), "none", &src.path().join("absent.gguf"), None).unwrap_err();

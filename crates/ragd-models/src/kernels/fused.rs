@@ -127,12 +127,14 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
 
 vectorized_fn! {
     /// Decoder attention for one query row against `t` cached keys and values (rows of
-    /// `q.len()`): adds the softmax-weighted sum of the values to `out`.
+    /// `q.len()`): adds the softmax-weighted sum of the values to `out`. With `softcap` above 0
+    /// the scores become `softcap · tanh(score / softcap)` first (Gemma 2).
     pub(crate) fn attend<'a>(
         q: &'a [f32],
         keys: &'a [f32],
         vals: &'a [f32],
         scale: f32,
+        softcap: f32,
         out: &'a mut [f32],
     ) -> () => attend_row;
 }
@@ -140,10 +142,15 @@ vectorized_fn! {
 // The bodies below are plain loops: a closure handed to an iterator adapter (`map`, `fold`) is
 // not guaranteed to be inlined into the AVX2 function, and outside it would be baseline code.
 #[inline(always)]
-fn attend_row(q: &[f32], keys: &[f32], vals: &[f32], scale: f32, out: &mut [f32]) {
+fn attend_row(q: &[f32], keys: &[f32], vals: &[f32], scale: f32, softcap: f32, out: &mut [f32]) {
     let mut scores = vec![0f32; keys.len() / q.len()];
     for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
         *s = dot(q, k) * scale;
+    }
+    if softcap > 0.0 {
+        for s in scores.iter_mut() {
+            *s = softcap * tanh(*s / softcap);
+        }
     }
     softmax_in_place(&mut scores);
     weighted_rows(&scores, vals, out);
@@ -183,13 +190,18 @@ fn geglu_rows(gate_up: &[f32], ff: usize) -> Vec<f32> {
     out
 }
 
+/// `tanh(y) = 1 - 2/(e^{2y} + 1)`, vectorizable.
+#[inline(always)]
+pub(crate) fn tanh(y: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * y) + 1.0)
+}
+
 /// Tanh-approximated GELU, `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with
 /// `tanh(y) = 1 - 2/(e^{2y} + 1)`.
 #[inline(always)]
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let y = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
-    0.5 * x * (2.0 - 2.0 / (exp(2.0 * y) + 1.0))
+    0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
 }
 
 vectorized_fn! {
