@@ -78,21 +78,27 @@ enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register a GGUF decoder you bring (checked, copied or hard-linked into the models
-    /// directory, its sha256 pinned and verified on every load); select it with the setting
-    /// `decoder.name = "NAME"` (or `--decoder NAME` on `ragd ask`).
+    /// Register a model you bring (checked, copied or hard-linked into the models directory,
+    /// every file's sha256 pinned and verified on every load): a GGUF decoder, selected with
+    /// `decoder.name = "NAME"` (or `--decoder NAME` on `ragd ask`), or a sentence-transformers
+    /// encoder directory, selected with `collections create --encoder NAME`.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["gguf", "dir"])))]
     Add {
         /// The name settings use for it (lowercase letters, digits, `-`, `_`, `.`).
         name: String,
-        /// The GGUF file (architectures: llama, mistral, qwen2, qwen3, phi3, gemma2,
+        /// A GGUF decoder (architectures: llama, mistral, qwen2, qwen3, phi3, gemma2,
         /// gemma3).
         #[arg(long, value_name = "FILE")]
-        gguf: PathBuf,
-        /// Refuse the file unless its sha256 is this.
-        #[arg(long, value_name = "HEX")]
+        gguf: Option<PathBuf>,
+        /// A sentence-transformers encoder directory (BERT family: config.json,
+        /// model.safetensors, tokenizer.json, 1_Pooling/config.json for CLS or mean pooling).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Refuse the GGUF file unless its sha256 is this.
+        #[arg(long, value_name = "HEX", requires = "gguf")]
         sha256: Option<String>,
         #[command(flatten)]
-        dir: ModelsDir,
+        models: ModelsDir,
         #[arg(long)]
         json: bool,
     },
@@ -181,11 +187,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ModelsCommand::Add {
                     name,
                     gguf,
-                    sha256,
                     dir,
+                    sha256,
+                    models,
                     json,
                 },
-        } => models_add(&dir.resolve(), &name, &gguf, sha256.as_deref(), json),
+        } => match (gguf, dir) {
+            (Some(gguf), _) => models_add(&models.resolve(), &name, &gguf, sha256.as_deref(), json),
+            (None, Some(dir)) => models_add_encoder(&models.resolve(), &name, &dir, json),
+            (None, None) => Err(anyhow::anyhow!("give --gguf FILE or --dir DIR")),
+        },
         Command::Bench {
             command: BenchCommand::Embed(args),
         } => bench::embed(&args),
@@ -242,11 +253,30 @@ fn models_add(dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>, json: b
             s.quantization,
             s.context_length,
             s.parameters as f64 / 1e6,
-            added.manifest.sha256,
+            added
+                .manifest
+                .gguf()
+                .map_or("", |g| added.manifest.files[g].as_str()),
             added.how,
             added.path.display()
         );
         println!("use it: decoder.name = \"{name}\" in the settings, or ragd ask --decoder {name}");
+    }
+    Ok(())
+}
+
+fn models_add_encoder(models: &Path, name: &str, dir: &Path, json: bool) -> Result<()> {
+    let added = ragd_engine::user_models::add_encoder_dir(models, name, dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&added)?);
+    } else {
+        println!(
+            "added encoder {name}: {} dimensions, {} files pinned, copied to {}",
+            added.dim,
+            added.manifest.files.len(),
+            added.path.display()
+        );
+        println!("use it: ragd collections create NAME --encoder {name}");
     }
     Ok(())
 }

@@ -1868,3 +1868,123 @@ fn bad_input_over_every_cli_command_exits_with_a_message_naming_it() {
         serde_json::json!({"cli_bad_inputs": tried, "wrong": 0})
     );
 }
+
+/// An encoder the user brings: `ragd models add NAME --dir DIR` copies a sentence-transformers
+/// directory (here the bundled MiniLM's, under another name) with every file pinned; a
+/// collection created with `--encoder NAME` embeds with it; once a file changes, loading it
+/// fails with the sha256 that does not match; a directory that is not a model is refused.
+#[test]
+fn an_added_encoder_embeds_its_collections_while_its_pins_hold() {
+    use ragd_models::registry::{self, DEFAULT_ENCODER};
+    let real = registry::resolve_models_dir(None);
+    assert!(
+        DEFAULT_ENCODER.verify(&real).unwrap_or(false),
+        "{}",
+        DEFAULT_ENCODER.missing(&real)
+    );
+    let models = tempfile::tempdir().unwrap();
+    let m = models.path().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let src = DEFAULT_ENCODER.dir(&real);
+    let added = json_of(&ragd(&[
+        "models",
+        "add",
+        "minilm-copy",
+        "--dir",
+        src.to_str().unwrap(),
+        "--models-dir",
+        m,
+        "--json",
+    ]));
+    assert_eq!(added["dim"], 384, "{added}");
+    assert!(
+        added["manifest"]["files"]["model.safetensors"].is_string(),
+        "{added}"
+    );
+    let listed = json_of(&ragd(&["models", "list", "--models-dir", m, "--json"]));
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "minilm-copy")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(entry["status"], "ok", "{entry}");
+    assert_eq!(entry["role"], "encoder", "{entry}");
+
+    let doc = data.path().join("tides.md");
+    std::fs::write(
+        &doc,
+        "# Tides\n\nThe tide at Saint-Malo rises by up to thirteen metres.\n",
+    )
+    .unwrap();
+    let common = ["--data-dir", d, "--models-dir", m];
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&common);
+        ragd(&all)
+    };
+    json_of(&run(&[
+        "collections",
+        "create",
+        "c",
+        "--encoder",
+        "minilm-copy",
+        "--json",
+    ]));
+    json_of(&run(&[
+        "ingest",
+        "--collection",
+        "c",
+        doc.to_str().unwrap(),
+        "--json",
+    ]));
+    let v = json_of(&run(&[
+        "search",
+        "--collection",
+        "c",
+        "How high is the tide in Saint-Malo?",
+        "--json",
+    ]));
+    assert!(
+        v["hits"][0]["doc_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("tides.md"),
+        "{v}"
+    );
+    assert!(v["hits"][0]["dense_score"].as_f64().unwrap() > 0.5, "{v}");
+
+    let stats = json_of(&ragd(&[
+        "collections",
+        "stats",
+        "c",
+        "--json",
+        "--data-dir",
+        d,
+    ]));
+    assert_eq!(stats["settings"]["encoder"], "minilm-copy", "{stats}");
+
+    // The copy, not the bundled model, is changed (files are copied, never linked).
+    let weights = models.path().join("minilm-copy/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let out = run(&["search", "--collection", "c", "tide", "--json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sha256") && err.contains("minilm-copy"),
+        "{err}"
+    );
+    assert!(DEFAULT_ENCODER.verify(&real).unwrap());
+
+    let out = ragd(&["models", "add", "nothing", "--dir", d, "--models-dir", m]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no config.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

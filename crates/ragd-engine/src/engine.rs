@@ -305,6 +305,9 @@ impl Engine {
                 dir.display()
             )));
         }
+        // An encoder added with `ragd models add --dir` loads only while its files match their
+        // pins.
+        ragd_models::user_models::verify_encoder_dir(&path)?;
         let e: Arc<dyn Encode> = Arc::new(Embedder::load(&path)?);
         lock(&self.models.encoders).insert(name.to_string(), Arc::clone(&e));
         Ok(e)

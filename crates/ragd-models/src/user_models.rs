@@ -1,7 +1,10 @@
 //! Models users bring. `ragd models add NAME --gguf FILE` checks that ragd can run a GGUF decoder
 //! (architecture, tensors, tokenizer, chat template), copies it into the models directory (a
 //! hard link when the file system allows) beside a manifest that pins its sha256, and settings
-//! then select it by name (`decoder.name`); every load verifies the pin.
+//! then select it by name (`decoder.name`). `ragd models add NAME --dir DIR` does the same for a
+//! sentence-transformers encoder directory (BERT family), copied file by file, each pinned;
+//! collections select it by name (`collections create --encoder NAME`). Every load verifies
+//! the pins.
 
 use crate::error::{Error, Result};
 use crate::generator::TextModel;
@@ -11,7 +14,7 @@ use crate::registry::{DEFAULT_DECODER, DEFAULT_MODELS, sha256_file};
 use candle_core::quantized::gguf_file;
 use ragd_core::ModelRole;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The file beside an added model's weights that says what it is.
@@ -22,12 +25,21 @@ pub const MANIFEST: &str = "ragd-model.json";
 pub struct Manifest {
     pub name: String,
     pub role: ModelRole,
-    /// The weights file, inside the model's directory.
-    pub file: String,
-    /// Its sha256, checked on every load.
-    pub sha256: String,
+    /// Every file of the model, by path inside its directory, with its sha256 (checked on
+    /// every load).
+    pub files: BTreeMap<String, String>,
     /// Where it was added from.
     pub source: String,
+}
+
+impl Manifest {
+    /// A decoder's GGUF file, inside the model's directory.
+    pub fn gguf(&self) -> Option<&str> {
+        self.files
+            .keys()
+            .find(|f| f.ends_with(".gguf"))
+            .map(String::as_str)
+    }
 }
 
 /// A GGUF decoder's shape, read from its header.
@@ -103,11 +115,8 @@ pub struct Added {
     pub how: &'static str,
 }
 
-/// Registers the GGUF decoder at `gguf` as `name` under `models_dir`: refuses a file ragd
-/// cannot run (it is loaded once here), one whose sha256 differs from `sha256` when given, and
-/// a name already taken. A `tokenizer.json` beside the file comes along (it overrides the
-/// GGUF's tokenizer, as for any decoder). The model directory appears complete or not at all.
-pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>) -> Result<Added> {
+/// Refuses a name that is taken, before anything is checked or written.
+fn free_name(models_dir: &Path, name: &str) -> Result<PathBuf> {
     check_name(name)?;
     let dest = models_dir.join(name);
     if dest.exists() {
@@ -117,6 +126,132 @@ pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>
             dest.display()
         )));
     }
+    Ok(dest)
+}
+
+/// A staging directory inside `models_dir` (so the final rename stays on one file system).
+fn staging(models_dir: &Path) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
+        "creating models directory {}",
+        models_dir.display()
+    )))?;
+    tempfile::Builder::new()
+        .prefix(".add-")
+        .tempdir_in(models_dir)
+        .map_err(Error::io("creating a staging directory"))
+}
+
+/// Pins every file staged, writes the manifest and moves the directory into place.
+fn commit(
+    staging: tempfile::TempDir,
+    dest: &Path,
+    name: &str,
+    role: ModelRole,
+    source: &Path,
+) -> Result<Manifest> {
+    let mut files = BTreeMap::new();
+    for path in files_under(staging.path())? {
+        let rel = path
+            .strip_prefix(staging.path())
+            .map_err(|e| Error::InvalidInput(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        files.insert(rel, sha256_file(&path)?);
+    }
+    let manifest = Manifest {
+        name: name.to_string(),
+        role,
+        files,
+        source: std::path::absolute(source)
+            .unwrap_or_else(|_| source.to_path_buf())
+            .display()
+            .to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::InvalidInput(format!("writing the manifest: {e}")))?;
+    std::fs::write(staging.path().join(MANIFEST), json)
+        .map_err(Error::io("writing the model manifest"))?;
+    let staged_dir = staging.keep();
+    std::fs::rename(&staged_dir, dest).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged_dir);
+        Error::io(format!("moving the model into {}", dest.display()))(e)
+    })?;
+    Ok(manifest)
+}
+
+/// Regular files under `dir`, recursively, sorted; hidden ones and the manifest left out.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(Error::io(format!("reading {}", d.display())))? {
+            let entry = entry.map_err(Error::io(format!("reading {}", d.display())))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') || name == MANIFEST {
+                continue;
+            }
+            let kind = entry
+                .file_type()
+                .map_err(Error::io(format!("reading {}", entry.path().display())))?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What `add_encoder_dir` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddedEncoder {
+    pub manifest: Manifest,
+    pub path: PathBuf,
+    /// Vector length.
+    pub dim: usize,
+}
+
+/// Registers the sentence-transformers encoder directory `dir` (BERT family: `config.json`,
+/// `model.safetensors`, `tokenizer.json`, optionally `1_Pooling/config.json`) as `name`:
+/// refused unless ragd loads it (it is loaded once here) and the name is free; its files are
+/// copied, each pinned by sha256.
+pub fn add_encoder_dir(models_dir: &Path, name: &str, dir: &Path) -> Result<AddedEncoder> {
+    let dest = free_name(models_dir, name)?;
+    if !dir.join("config.json").is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{} holds no config.json: not a model directory",
+            dir.display()
+        )));
+    }
+    let dim = crate::Embedder::load(dir)?.dim();
+    let stage = staging(models_dir)?;
+    for path in files_under(dir)? {
+        let rel = path
+            .strip_prefix(dir)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let to = stage.path().join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(Error::io(format!("creating {}", parent.display())))?;
+        }
+        std::fs::copy(&path, &to).map_err(Error::io(format!("copying {}", path.display())))?;
+    }
+    let manifest = commit(stage, &dest, name, ModelRole::Encoder, dir)?;
+    Ok(AddedEncoder {
+        manifest,
+        path: dest,
+        dim,
+    })
+}
+
+/// Registers the GGUF decoder at `gguf` as `name` under `models_dir`: refuses a file ragd
+/// cannot run (it is loaded once here), one whose sha256 differs from `sha256` when given, and
+/// a name already taken. A `tokenizer.json` beside the file comes along (it overrides the
+/// GGUF's tokenizer, as for any decoder). The model directory appears complete or not at all.
+pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>) -> Result<Added> {
+    let dest = free_name(models_dir, name)?;
     if !gguf.is_file() {
         return Err(Error::InvalidInput(format!(
             "{} is not a file",
@@ -130,62 +265,37 @@ pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>
     LlamaWeights::load(&content, &Meta::new(&content, gguf), &mut file)?;
     drop(file);
 
-    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
-        "creating models directory {}",
-        models_dir.display()
-    )))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".add-")
-        .tempdir_in(models_dir)
-        .map_err(Error::io("creating a staging directory"))?;
+    let stage = staging(models_dir)?;
     let file_name = gguf
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model.gguf".to_string());
-    let staged = staging.path().join(&file_name);
+    let staged = stage.path().join(&file_name);
     let how = if std::fs::hard_link(gguf, &staged).is_ok() {
         "linked"
     } else {
         std::fs::copy(gguf, &staged).map_err(Error::io(format!(
             "copying {} into {}",
             gguf.display(),
-            staging.path().display()
+            stage.path().display()
         )))?;
         "copied"
     };
     let sidecar = gguf.with_file_name("tokenizer.json");
     if sidecar.is_file() {
-        std::fs::copy(&sidecar, staging.path().join("tokenizer.json"))
+        std::fs::copy(&sidecar, stage.path().join("tokenizer.json"))
             .map_err(Error::io(format!("copying {}", sidecar.display())))?;
     }
-    let got = sha256_file(&staged)?;
-    if let Some(want) = sha256
-        && !want.eq_ignore_ascii_case(&got)
-    {
-        return Err(Error::ModelInvalid {
-            path: gguf.to_path_buf(),
-            reason: format!("sha256 is {got}, expected {want}"),
-        });
+    if let Some(want) = sha256 {
+        let got = sha256_file(&staged)?;
+        if !want.eq_ignore_ascii_case(&got) {
+            return Err(Error::ModelInvalid {
+                path: gguf.to_path_buf(),
+                reason: format!("sha256 is {got}, expected {want}"),
+            });
+        }
     }
-    let manifest = Manifest {
-        name: name.to_string(),
-        role: ModelRole::Decoder,
-        file: file_name.clone(),
-        sha256: got,
-        source: std::path::absolute(gguf)
-            .unwrap_or_else(|_| gguf.to_path_buf())
-            .display()
-            .to_string(),
-    };
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::InvalidInput(format!("writing the manifest: {e}")))?;
-    std::fs::write(staging.path().join(MANIFEST), json)
-        .map_err(Error::io("writing the model manifest"))?;
-    let staged_dir = staging.keep();
-    std::fs::rename(&staged_dir, &dest).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged_dir);
-        Error::io(format!("moving the model into {}", dest.display()))(e)
-    })?;
+    let manifest = commit(stage, &dest, name, ModelRole::Decoder, gguf)?;
     Ok(Added {
         path: dest.join(&file_name),
         manifest,
@@ -210,20 +320,35 @@ pub fn manifest(dir: &Path) -> Result<Option<Manifest>> {
         })
 }
 
-/// Checks an added model's weights against its pinned sha256.
-pub fn verify(dir: &Path, manifest: &Manifest) -> Result<PathBuf> {
-    let path = dir.join(&manifest.file);
-    let got = sha256_file(&path)?;
-    if got != manifest.sha256 {
-        return Err(Error::ModelInvalid {
-            path,
-            reason: format!(
-                "sha256 is {got}, but {} was added as {}",
-                manifest.name, manifest.sha256
-            ),
-        });
+/// Checks every file of an added model against its pinned sha256.
+pub fn verify(dir: &Path, manifest: &Manifest) -> Result<()> {
+    for (file, want) in &manifest.files {
+        let path = dir.join(file);
+        let got = sha256_file(&path)?;
+        if &got != want {
+            return Err(Error::ModelInvalid {
+                path,
+                reason: format!(
+                    "sha256 is {got}, but {} was added with {want}",
+                    manifest.name
+                ),
+            });
+        }
     }
-    Ok(path)
+    Ok(())
+}
+
+/// Verifies an added encoder's pins when `dir` holds a manifest (directories put there by hand
+/// load unverified, as before).
+pub fn verify_encoder_dir(dir: &Path) -> Result<()> {
+    match manifest(dir)? {
+        Some(m) if m.role != ModelRole::Encoder => Err(Error::InvalidInput(format!(
+            "`{}` is not an encoder",
+            m.name
+        ))),
+        Some(m) => verify(dir, &m),
+        None => Ok(()),
+    }
 }
 
 /// The GGUF file of decoder `name`: the bundled default (its own pins), or a model added with
@@ -246,10 +371,12 @@ pub fn decoder_gguf(models_dir: &Path, name: &str) -> Result<PathBuf> {
     };
     check_name(name).map_err(|_| missing())?;
     let manifest = manifest(&dir)?.ok_or_else(missing)?;
-    if manifest.role != ModelRole::Decoder {
-        return Err(Error::InvalidInput(format!("`{name}` is not a decoder")));
-    }
-    verify(&dir, &manifest)
+    let gguf = match (manifest.role, manifest.gguf()) {
+        (ModelRole::Decoder, Some(g)) => dir.join(g),
+        _ => return Err(Error::InvalidInput(format!("`{name}` is not a decoder"))),
+    };
+    verify(&dir, &manifest)?;
+    Ok(gguf)
 }
 
 #[cfg(test)]
@@ -272,7 +399,10 @@ mod tests {
         assert_eq!(added.summary.architecture, "qwen2");
         assert_eq!(added.summary.quantization, "F32");
         assert_eq!(added.summary.context_length, crate::testing::CONTEXT);
-        assert_eq!(added.manifest.sha256, sha256_file(&gguf).unwrap());
+        assert_eq!(
+            added.manifest.files["tiny-qwen2.gguf"],
+            sha256_file(&gguf).unwrap()
+        );
         let path = decoder_gguf(models.path(), "tiny-qwen").unwrap();
         assert_eq!(path, added.path);
         let listed = crate::registry::list(models.path()).unwrap();
