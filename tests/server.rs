@@ -1259,3 +1259,91 @@ async fn a_document_ingested_offline_is_unchanged_when_sent_again_over_grpc() {
     );
     srv.stop().await;
 }
+
+/// A decoder added with `ragd models add` answers when the settings name it (`decoder.name`),
+/// its name in every answer's usage; a name never added stops the server at start with the
+/// command that adds it.
+#[tokio::test]
+async fn the_settings_name_an_added_decoder() {
+    use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
+    use ragd_models::testing::{TinySpec, write_tiny_gguf};
+    let real = ragd_engine::models::resolve_models_dir(None);
+    let models = tempfile::tempdir().unwrap();
+    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
+        assert!(
+            spec.verify(&real).unwrap_or(false),
+            "{}",
+            spec.missing(&real)
+        );
+        std::os::unix::fs::symlink(spec.dir(&real), spec.dir(models.path())).unwrap();
+    }
+    let src = tempfile::tempdir().unwrap();
+    let gguf = src.path().join("tiny-qwen2.gguf");
+    write_tiny_gguf(&gguf, &TinySpec::QWEN2).unwrap();
+    ragd_models::user_models::add_gguf(models.path(), "tiny", &gguf, None).unwrap();
+    let m = models.path().to_path_buf();
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.models_dir = m.clone();
+        s.decoder.name = "tiny".into();
+        s.answer.strategy = ragd_engine::Strategy::Generate;
+    })
+    .await;
+    srv.create("notes").await;
+    let up = srv
+        .documents()
+        .upsert(pb::UpsertRequest {
+            collection: "notes".into(),
+            documents: vec![pb::DocumentInput {
+                id: "tides.md".into(),
+                title: "Tides".into(),
+                content: b"# Tides\n\nThe tide at Saint-Malo rises by up to thirteen metres.\n"
+                    .to_vec(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        up.results[0].status,
+        pb::DocumentStatus::Added as i32,
+        "{up:?}"
+    );
+    let a = srv
+        .answer()
+        .ask(pb::AskRequest {
+            collection: "notes".into(),
+            question: "How much does the tide rise at Saint-Malo?".into(),
+            generation: Some(pb::GenerationOptions {
+                max_tokens: 8,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = a.usage.clone().unwrap();
+    assert_eq!(usage.decoder, "tiny-qwen2");
+    assert!(usage.generated_tokens > 0, "{a:?}");
+    srv.stop().await;
+
+    let data = tempfile::tempdir().unwrap();
+    let settings = ragd_server::Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        models_dir: m,
+        decoder: ragd_server::settings::Decoder {
+            name: "never-added".into(),
+            ..Default::default()
+        },
+        ..ragd_server::Settings::default()
+    };
+    match ragd_server::bind(settings).await {
+        Ok(_) => panic!("a server started with a decoder never added"),
+        Err(e) => assert!(
+            e.to_string().contains("ragd models add never-added --gguf"),
+            "{e}"
+        ),
+    }
+}
