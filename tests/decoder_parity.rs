@@ -2,8 +2,9 @@
 //! llama (interleaved RoPE, grouped KV heads), Llama 3 style per-frequency RoPE factors and
 //! linear scaling, Qwen2 (NeoX RoPE, Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
 //! hidden / heads), Phi-3 (stacked Q/K/V and gate/up tensors), Gemma 3 (sliding-window layers,
-//! GeGLU, post-norms, scaled embeddings, soft-capped logits), in F32 and in the quantized types the fast
-//! kernels run (Q4_1, Q8_0). Each file is served by `llama-server` (built by
+//! GeGLU, post-norms, scaled embeddings, soft-capped logits), Gemma 2 (alternating windows,
+//! soft-capped attention scores), in F32 and in the quantized types the fast kernels run (Q4_1,
+//! Q8_0). Each file is served by `llama-server` (built by
 //! `deploy/llama-server/build.sh`, its path in `LLAMA_SERVER`) on loopback; for prompts of 1 to
 //! 200 token ids the next-token log-probabilities it reports are compared with
 //! `LlamaWeights::forward` over the whole prompt and over the prompt then its last token.
@@ -13,18 +14,17 @@ use candle_core::quantized::GgmlDType;
 use ragd_models::llama::LlamaWeights;
 use ragd_models::testing::{CONTEXT, Rng, TinySpec as Spec, write_tiny_gguf};
 use ragd_models::{ChatMessage, GenerateRequest, Generator, GeneratorOptions, Prompt};
-use serde_json::{Value as Json, json};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+mod llama_server;
+use llama_server::LlamaServer;
 
 /// How far ragd's next-token log-probabilities may be from llama.cpp's: the largest difference
 /// among llama.cpp's top 8 tokens of every prompt, and the mean difference. F32 weights differ
-/// only in rounding (measured: worst 0.004-0.007, mean 0.0007-0.0008); with quantized weights
+/// only in rounding (measured: worst 0.001-0.007, mean 0.0002-0.0012); with quantized weights
 /// both also quantize each activation row to 8-bit blocks, llama.cpp with f16 block scales and
-/// ragd with f32 ones (measured: worst 0.08-0.14, mean 0.022-0.028). A wrong RoPE layout or a
+/// ragd with f32 ones (measured: worst 0.02-0.14, mean 0.005-0.030). A wrong RoPE layout or a
 /// missing bias moves them by whole units (Qwen2 run with llama's RoPE: worst 2.9, mean 0.7).
 #[derive(Clone, Copy)]
 struct Tolerance {
@@ -53,100 +53,60 @@ fn write_gguf(path: &Path, spec: Spec) -> usize {
     write_tiny_gguf(path, &spec).unwrap()
 }
 
-/// `llama-server` serving one file on loopback, F32 KV cache; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
+/// `llama-server` serving one tiny model, one slot, F32 KV cache.
+fn serve(model: &Path) -> LlamaServer {
+    let ctx = CONTEXT.to_string();
+    LlamaServer::start(
+        model,
+        &[
+            "-c",
+            &ctx,
+            "-np",
+            "1",
+            "-t",
+            "2",
+            "-ctk",
+            "f32",
+            "-ctv",
+            "f32",
+            "--no-webui",
+        ],
+    )
 }
 
-impl Server {
-    fn start(model: &Path) -> Self {
-        let bin = std::env::var("LLAMA_SERVER").unwrap_or_else(|_| {
-            panic!(
-                "LLAMA_SERVER is not set: build llama-server with deploy/llama-server/build.sh \
-                 (it prints the path; .ci/run does this) and set LLAMA_SERVER to it"
+/// The tiny model through the whole generator.
+fn generator(path: &Path) -> Generator {
+    Generator::load(
+        path,
+        GeneratorOptions {
+            context: CONTEXT,
+            ..GeneratorOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// llama.cpp's log-probabilities of its `k` likeliest next tokens after `prompt`.
+fn next_logprobs(server: &LlamaServer, prompt: &[u32], k: usize) -> Vec<(u32, f32)> {
+    let body = json!({
+        "prompt": prompt,
+        "n_predict": 1,
+        "n_probs": k,
+        "temperature": 0.0,
+        "cache_prompt": false,
+    });
+    let reply = server.post("completion", &body);
+    let top = reply["completion_probabilities"][0]["top_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no top_logprobs in {reply}"));
+    top.iter()
+        .map(|t| {
+            (
+                t["id"].as_u64().unwrap() as u32,
+                t["logprob"].as_f64().unwrap() as f32,
             )
-        });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .arg("-m")
-            .arg(model)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-c", &CONTEXT.to_string(), "-np", "1", "-t", "2"])
-            .args(["-ctk", "f32", "-ctv", "f32", "--no-webui"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(model.with_extension("log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let mut server = Self { child, port };
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(
-                Instant::now() < until,
-                "llama-server did not become healthy within 60 s"
-            );
-            if let Some(status) = server.child.try_wait().unwrap() {
-                let log = std::fs::read_to_string(model.with_extension("log")).unwrap_or_default();
-                let tail: String = log.lines().rev().take(8).collect::<Vec<_>>().join("\n");
-                panic!("llama-server refused {}: {status}\n{tail}", model.display());
-            }
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ =
-                    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut out = String::new();
-                let _ = c.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return server;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn post(&self, endpoint: &str, body: &Json) -> Json {
-        let url = format!("http://127.0.0.1:{}/{endpoint}", self.port);
-        ureq::post(&url)
-            .send_json(body)
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    }
-
-    /// llama.cpp's log-probabilities of its `k` likeliest next tokens after `prompt`.
-    fn next_logprobs(&self, prompt: &[u32], k: usize) -> Vec<(u32, f32)> {
-        let body = json!({
-            "prompt": prompt,
-            "n_predict": 1,
-            "n_probs": k,
-            "temperature": 0.0,
-            "cache_prompt": false,
-        });
-        let reply = self.post("completion", &body);
-        let top = reply["completion_probabilities"][0]["top_logprobs"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no top_logprobs in {reply}"));
-        top.iter()
-            .map(|t| {
-                (
-                    t["id"].as_u64().unwrap() as u32,
-                    t["logprob"].as_f64().unwrap() as f32,
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        })
+        .collect()
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
@@ -170,7 +130,7 @@ fn check(spec: Spec, tol: Tolerance) {
     let ours = LlamaWeights::open(&path).unwrap();
     assert_eq!(ours.config.architecture, spec.arch);
     assert_eq!(ours.config.vocab, vocab);
-    let server = Server::start(&path);
+    let server = serve(&path);
     let mut rng = Rng(spec.seed ^ 0xABCD);
     let lengths = [
         1, 2, 3, 5, 7, 8, 11, 13, 15, 16, 17, 19, 21, 24, 28, 30, 33, 36, 40, 48, 55, 64, 72, 80,
@@ -181,7 +141,7 @@ fn check(spec: Spec, tol: Tolerance) {
         let prompt: Vec<u32> = (0..n)
             .map(|_| (rng.next() % (vocab as u64 - 3)) as u32)
             .collect();
-        let theirs = server.next_logprobs(&prompt, 8);
+        let theirs = next_logprobs(&server, &prompt, 8);
         assert_eq!(theirs.len(), 8, "prompt of {n}");
         // The whole prompt at once (the GEMM attention above 16 rows), then the prompt less its
         // last token followed by that token (a decode step over the cache).
@@ -344,14 +304,7 @@ fn qwen2_generates_as_llama_cpp_does() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny-qwen2.gguf");
     let vocab = write_gguf(&path, Spec { seed: 7, ..QWEN2 });
-    let generator = Generator::load(
-        &path,
-        GeneratorOptions {
-            context: CONTEXT,
-            ..GeneratorOptions::default()
-        },
-    )
-    .unwrap();
+    let generator = generator(&path);
     let prompt = generator
         .render_chat(&[
             ChatMessage::new("system", "Answer in one line."),
@@ -360,7 +313,7 @@ fn qwen2_generates_as_llama_cpp_does() {
         .unwrap();
     assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt}");
     let eot = (vocab - 3) as u32;
-    let server = Server::start(&path);
+    let server = serve(&path);
     let theirs = server.post(
         "tokenize",
         &json!({"content": prompt, "add_special": false, "parse_special": true}),
@@ -414,15 +367,8 @@ fn sentencepiece_tokenizes_as_llama_cpp_does() {
             ..PHI3
         },
     );
-    let generator = Generator::load(
-        &path,
-        GeneratorOptions {
-            context: CONTEXT,
-            ..GeneratorOptions::default()
-        },
-    )
-    .unwrap();
-    let server = Server::start(&path);
+    let generator = generator(&path);
+    let server = serve(&path);
     let texts = [
         "what is the café in Saint-Malo?",
         "The  tide,  at 13:40 -- it rises!",

@@ -14,12 +14,13 @@ use ragd_proto::v1 as pb;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
 mod common;
 use common::*;
+mod llama_server;
+use llama_server::LlamaServer;
 
 fn models_dir() -> PathBuf {
     std::env::var_os("RAGD_MODELS")
@@ -34,85 +35,11 @@ fn gguf() -> PathBuf {
     DEFAULT_DECODER.gguf_path(&models_dir())
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `llama-server` on loopback with the default GGUF; killed when dropped.
-struct LlamaServer {
-    child: Child,
-    port: u16,
-}
-
-impl LlamaServer {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
-        let bin = std::env::var("LLAMA_SERVER").unwrap_or_else(|_| {
-            panic!(
-                "LLAMA_SERVER is not set: build llama-server with deploy/llama-server/build.sh \
-                 (it prints the path; .ci/run does this) and set LLAMA_SERVER to it"
-            )
-        });
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-m"])
-            .arg(gguf())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-c", "4096", "-np", "2", "-t", "2", "--no-webui"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let mut s = Self { child, port };
-        s.wait_healthy();
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
-    }
-
-    /// Waits (at most 60 s) for `GET /health` to answer 200.
-    fn wait_healthy(&mut self) {
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("llama-server exited at start: {status}");
-            }
-            if let Ok(mut c) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ =
-                    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut out = String::new();
-                let _ = c.read_to_string(&mut out);
-                if out.starts_with("HTTP/1.1 200") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("llama-server did not become healthy within 60 s");
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `llama-server` serving the default GGUF (4,096 tokens, two slots) with `extra` flags.
+fn smollm(extra: &[&str]) -> LlamaServer {
+    let mut args = vec!["-c", "4096", "-np", "2", "-t", "2", "--no-webui"];
+    args.extend_from_slice(extra);
+    LlamaServer::start(&gguf(), &args)
 }
 
 fn remote(url: &str, tokenizer: bool) -> Generator {
@@ -144,7 +71,7 @@ fn chat(question: &str) -> Prompt {
 /// weights, greedy), and stop sequences end it here even if the server ran past them.
 #[test]
 fn a_model_server_streams_what_the_local_model_would_write() {
-    let server = LlamaServer::start();
+    let server = smollm(&[]);
     let g = remote(&server.url(), true);
     assert!(g.is_remote());
     assert!(g.name().contains("127.0.0.1"), "{}", g.name());
@@ -224,7 +151,7 @@ fn a_model_server_streams_what_the_local_model_would_write() {
 /// request's deadline.
 #[test]
 fn a_lost_or_slow_model_server_is_a_clear_error() {
-    let mut server = LlamaServer::start_with(&["--api-key", "sk-test-0123"]);
+    let mut server = smollm(&["--api-key", "sk-test-0123"]);
     // The key is sent as a bearer token; a wrong one is refused, not retried.
     let wrong = remote_with_key(&server.url(), false, Some("sk-wrong"));
     let err = wrong
@@ -294,7 +221,7 @@ fn a_lost_or_slow_model_server_is_a_clear_error() {
 /// next event is read): llama-server's own count of predicted tokens stops growing.
 #[test]
 fn a_dropped_stream_stops_the_server_generating() {
-    let server = LlamaServer::start_with(&["--metrics"]);
+    let server = smollm(&["--metrics"]);
     let g = remote(&server.url(), false);
     let mut stream = g
         .generate(GenerateRequest::greedy(
@@ -417,9 +344,7 @@ fn qa_docs() -> Vec<pb::DocumentInput> {
 /// by sentence as for the local decoder; with the server gone, UNAVAILABLE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_answers_through_a_model_server() {
-    let server = tokio::task::spawn_blocking(LlamaServer::start)
-        .await
-        .unwrap();
+    let server = tokio::task::spawn_blocking(|| smollm(&[])).await.unwrap();
     let url = server.url();
     let srv = start_with(tempfile::tempdir().unwrap(), |s| {
         s.decoder.url = url;
@@ -505,7 +430,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// length or a precision the server cannot give is a clear error.
 #[test]
 fn an_embeddings_server_encodes_in_order_and_checks_what_it_gets() {
-    let server = LlamaServer::start_with(&["--embeddings", "--pooling", "mean"]);
+    let server = smollm(&["--embeddings", "--pooling", "mean"]);
     let texts: Vec<String> = [
         "The Kessel Bridge has seven stone arches.",
         "Resi Amstutz is the warden of the Gorsel Hut.",
@@ -572,11 +497,9 @@ fn an_embeddings_server_encodes_in_order_and_checks_what_it_gets() {
 /// settings name it), and search and Embed use it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_embeds_through_an_embeddings_server() {
-    let server = tokio::task::spawn_blocking(|| {
-        LlamaServer::start_with(&["--embeddings", "--pooling", "mean"])
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| smollm(&["--embeddings", "--pooling", "mean"]))
+        .await
+        .unwrap();
     let url = server.url();
     let srv = start_with(tempfile::tempdir().unwrap(), |s| {
         s.encoder.url = url;

@@ -1265,18 +1265,11 @@ async fn a_document_ingested_offline_is_unchanged_when_sent_again_over_grpc() {
 /// command that adds it.
 #[tokio::test]
 async fn the_settings_name_an_added_decoder() {
-    use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
     use ragd_models::testing::{TinySpec, write_tiny_gguf};
     let real = ragd_engine::models::resolve_models_dir(None);
     let models = tempfile::tempdir().unwrap();
-    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
-        assert!(
-            spec.verify(&real).unwrap_or(false),
-            "{}",
-            spec.missing(&real)
-        );
-        std::os::unix::fs::symlink(spec.dir(&real), spec.dir(models.path())).unwrap();
-    }
+    ragd_models::testing::link_default_models(&real, models.path())
+        .unwrap_or_else(|e| panic!("{e}"));
     let src = tempfile::tempdir().unwrap();
     let gguf = src.path().join("tiny-qwen2.gguf");
     write_tiny_gguf(&gguf, &TinySpec::QWEN2).unwrap();

@@ -177,14 +177,8 @@ fn debug_logs_break_an_answer_down_by_stage() {
 fn an_added_decoder_answers_when_named() {
     let real = registry::resolve_models_dir(None);
     let models = tempfile::tempdir().unwrap();
-    for spec in [DEFAULT_ENCODER, DEFAULT_DECODER] {
-        assert!(
-            spec.verify(&real).unwrap_or(false),
-            "{}",
-            spec.missing(&real)
-        );
-        std::os::unix::fs::symlink(spec.dir(&real), spec.dir(models.path())).unwrap();
-    }
+    ragd_models::testing::link_default_models(&real, models.path())
+        .unwrap_or_else(|e| panic!("{e}"));
     let src = tempfile::tempdir().unwrap();
     let gguf = src.path().join("tiny-qwen2.gguf");
     ragd_models::testing::write_tiny_gguf(&gguf, &ragd_models::testing::TinySpec::QWEN2).unwrap();

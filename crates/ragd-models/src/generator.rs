@@ -235,12 +235,7 @@ pub(crate) struct TextModel {
 impl TextModel {
     /// Reads the tokenizer and chat template of a GGUF file (not its weights).
     pub(crate) fn from_gguf(path: &Path) -> Result<(Self, gguf_file::Content, std::fs::File)> {
-        let mut file =
-            std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (content, file) = crate::gguf_meta::read_gguf(path)?;
         let meta = Meta::new(&content, path);
         let vocab = decoder_vocab(&meta, path)?;
         let template = ChatTemplate::from_meta(&meta, &vocab)?;

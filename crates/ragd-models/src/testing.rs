@@ -357,6 +357,21 @@ pub fn write_tiny_gguf(path: &Path, spec: &TinySpec) -> Result<usize> {
     Ok(vocab)
 }
 
+/// Makes `dir` a models directory whose bundled models are links to the verified ones in
+/// `installed`, so a test can add models beside them without touching the user's cache.
+#[cfg(unix)]
+pub fn link_default_models(installed: &Path, dir: &Path) -> Result<()> {
+    for spec in crate::registry::DEFAULT_MODELS {
+        if !spec.verify(installed)? {
+            return Err(spec.missing(installed));
+        }
+        std::os::unix::fs::symlink(spec.dir(installed), spec.dir(dir)).map_err(Error::io(
+            format!("linking {} into {}", spec.name, dir.display()),
+        ))?;
+    }
+    Ok(())
+}
+
 impl TinySpec {
     /// Llama: interleaved RoPE, grouped KV heads, F32 weights.
     pub const LLAMA: Self = Self {

