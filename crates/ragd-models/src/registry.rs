@@ -147,6 +147,9 @@ pub struct InstalledModel {
     /// A GGUF decoder's architecture, weight type and context length (from its header).
     #[serde(flatten)]
     pub gguf: Option<crate::user_models::GgufSummary>,
+    /// An encoder's architecture, dimensions and context length (from its config.json).
+    #[serde(flatten)]
+    pub encoder: Option<crate::EncoderSummary>,
 }
 
 /// The header summary of the first `.gguf` file in `dir`, if it reads.
@@ -178,6 +181,10 @@ pub fn list(models_dir: &Path) -> Result<Vec<InstalledModel>> {
             gguf: match spec.role {
                 ModelRole::Decoder => gguf_summary(&spec.dir(models_dir)),
                 ModelRole::Encoder => None,
+            },
+            encoder: match spec.role {
+                ModelRole::Decoder => None,
+                ModelRole::Encoder => crate::summarize_encoder(&spec.dir(models_dir)).ok(),
             },
         });
     }
@@ -222,6 +229,10 @@ pub fn list(models_dir: &Path) -> Result<Vec<InstalledModel>> {
             gguf: match role {
                 ModelRole::Decoder => gguf_summary(&path),
                 ModelRole::Encoder => None,
+            },
+            encoder: match role {
+                ModelRole::Decoder => None,
+                ModelRole::Encoder => crate::summarize_encoder(&path).ok(),
             },
             path,
             status,

@@ -208,10 +208,13 @@ pub struct AddedEncoder {
     pub path: PathBuf,
     /// Vector length.
     pub dim: usize,
+    /// Its `model_type` (see [`crate::summarize_encoder`]).
+    pub architecture: String,
 }
 
-/// Registers the sentence-transformers encoder directory `dir` (BERT family: `config.json`,
-/// `model.safetensors`, `tokenizer.json`, optionally `1_Pooling/config.json`) as `name`:
+/// Registers the sentence-transformers encoder directory `dir` (`config.json` of a supported
+/// family, see [`crate::summarize_encoder`]; `model.safetensors`, `tokenizer.json`, optionally
+/// `1_Pooling/config.json`) as `name`:
 /// refused unless ragd loads it (it is loaded once here) and the name is free; its files are
 /// copied, each pinned by sha256.
 pub fn add_encoder_dir(models_dir: &Path, name: &str, dir: &Path) -> Result<AddedEncoder> {
@@ -239,6 +242,7 @@ fn add_encoder_from(
         )));
     }
     let dim = crate::Embedder::load(dir)?.dim();
+    let architecture = crate::summarize_encoder(dir)?.architecture;
     let stage = crate::registry::scratch_dir(models_dir, ".add-")?;
     for path in files_under(dir)? {
         let rel = path
@@ -256,6 +260,7 @@ fn add_encoder_from(
         manifest,
         path: dest,
         dim,
+        architecture,
     })
 }
 
