@@ -10,7 +10,7 @@ use crate::bert::{BertConfig, BertModel, var_builder};
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{modernbert, xlm_roberta};
+use candle_transformers::models::{bert, modernbert, xlm_roberta};
 use ragd_core::Precision;
 use serde_json::Value;
 use std::path::Path;
@@ -225,8 +225,8 @@ fn under_prefix<'a>(vb: VarBuilder<'a>, probe: &str, prefixes: &[&str]) -> VarBu
 }
 
 /// Typed reads of a `config.json`, naming the key that is missing or wrong.
-struct Fields<'a> {
-    v: &'a Value,
+pub(crate) struct Fields<'a> {
+    pub(crate) v: &'a Value,
 }
 
 impl Fields<'_> {
@@ -256,7 +256,7 @@ impl Fields<'_> {
             .unwrap_or(default)
     }
 
-    fn str_or<'s>(&'s self, key: &str, default: &'s str) -> &'s str {
+    pub(crate) fn str_or<'s>(&'s self, key: &str, default: &'s str) -> &'s str {
         self.at(&[key]).and_then(Value::as_str).unwrap_or(default)
     }
 
@@ -265,7 +265,9 @@ impl Fields<'_> {
     }
 }
 
-fn xlm_roberta_config(c: &Fields<'_>) -> std::result::Result<xlm_roberta::Config, String> {
+pub(crate) fn xlm_roberta_config(
+    c: &Fields<'_>,
+) -> std::result::Result<xlm_roberta::Config, String> {
     let position = c.str_or("position_embedding_type", "absolute");
     if position != "absolute" {
         return Err(format!(
@@ -346,5 +348,35 @@ fn modernbert_config(c: &Fields<'_>) -> std::result::Result<modernbert::Config, 
             10_000.0,
         ),
         classifier_config: None,
+    })
+}
+
+pub(crate) fn bert_config(c: &Fields<'_>) -> std::result::Result<bert::Config, String> {
+    let position = c.str_or("position_embedding_type", "absolute");
+    if position != "absolute" {
+        return Err(format!(
+            "position_embedding_type `{position}` is not supported (only absolute)"
+        ));
+    }
+    let act = c.str_or("hidden_act", "gelu");
+    let hidden_act = serde_json::from_value(Value::String(act.to_string()))
+        .map_err(|_| format!("hidden_act `{act}` is not supported"))?;
+    Ok(bert::Config {
+        vocab_size: c.usize("vocab_size")?,
+        hidden_size: c.usize("hidden_size")?,
+        num_hidden_layers: c.usize("num_hidden_layers")?,
+        num_attention_heads: c.usize("num_attention_heads")?,
+        intermediate_size: c.usize("intermediate_size")?,
+        hidden_act,
+        hidden_dropout_prob: 0.0,
+        max_position_embeddings: c.usize("max_position_embeddings")?,
+        type_vocab_size: c.usize_or("type_vocab_size", 2)?,
+        initializer_range: 0.02,
+        layer_norm_eps: c.f64_or(&[&["layer_norm_eps"]], 1e-12),
+        pad_token_id: c.usize_or("pad_token_id", 0)?,
+        position_embedding_type: bert::PositionEmbeddingType::Absolute,
+        use_cache: false,
+        classifier_dropout: None,
+        model_type: Some("bert".into()),
     })
 }

@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod llama;
 pub mod registry;
 mod remote;
+mod reranker;
 mod sampling;
 pub mod testing;
 pub mod user_models;
@@ -40,4 +41,5 @@ pub use generator::{
 pub use gguf_meta::{ChatMessage, ChatTemplate};
 pub use ragd_core::Precision;
 pub use remote::{RemoteEncoder, RemoteEncoderOptions, RemoteOptions};
+pub use reranker::Reranker;
 pub use sampling::{Sampler, SamplingParams, argmax};

@@ -114,3 +114,61 @@ fn an_unsupported_model_type_is_refused_naming_the_supported_ones() {
         "{err}"
     );
 }
+
+/// Scores the reference pairs; returns the largest difference to transformers' logits.
+fn reranker_parity(name: &str) -> f32 {
+    let r = reference(name);
+    let m = ragd_models::Reranker::load(&fixture(name)).unwrap();
+    let mut worst = 0.0f32;
+    for (pair, want) in r["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["scores"].as_array().unwrap())
+    {
+        let (q, p) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        let got = m.score(q, &[p]).unwrap()[0];
+        worst = worst.max((got - want.as_f64().unwrap() as f32).abs());
+    }
+    // All pairs of one question in one batch: the same scores.
+    let q = r["pairs"][0][0].as_str().unwrap();
+    let passages: Vec<&str> = r["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p[0] == q)
+        .map(|p| p[1].as_str().unwrap())
+        .collect();
+    let together = m.score(q, &passages).unwrap();
+    for (p, s) in passages.iter().zip(&together) {
+        assert!(
+            (m.score(q, &[p]).unwrap()[0] - s).abs() < 1e-4,
+            "{name}: batched"
+        );
+    }
+    eprintln!("{name}: largest logit difference to transformers {worst:.2e}");
+    assert!(worst < 1e-3, "{name}: {worst}");
+    worst
+}
+
+#[test]
+fn bert_cross_encoder_matches_transformers() {
+    reranker_parity("bert-reranker");
+}
+
+#[test]
+fn xlm_roberta_cross_encoder_matches_transformers() {
+    reranker_parity("xlm-roberta-reranker");
+}
+
+#[test]
+fn an_embedder_is_not_a_reranker() {
+    // A model without a classification head is refused, naming what it is.
+    let err = ragd_models::Reranker::load(&fixture("bert"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cross-encoder") && err.contains("BertModel"),
+        "{err}"
+    );
+}
