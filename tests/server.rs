@@ -1340,3 +1340,93 @@ async fn the_settings_name_an_added_decoder() {
         ),
     }
 }
+
+/// Reranking over gRPC: with `reranker.name` set to a cross-encoder added with `ragd models
+/// add`, `SearchOptions.rerank` orders the hits by its score (`Hit.rerank_score`); fewer than
+/// `top_k` is INVALID_ARGUMENT; a name never added stops the server at start with the command
+/// that adds it.
+#[tokio::test]
+async fn searches_rerank_with_the_configured_cross_encoder() {
+    let real = ragd_engine::models::resolve_models_dir(None);
+    let models = tempfile::tempdir().unwrap();
+    ragd_models::testing::link_default_models(&real, models.path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/ragd-models/tests/fixtures/tiny-encoders/bert-reranker");
+    ragd_models::user_models::add_encoder_dir(models.path(), "rr", &fixture).unwrap();
+    let m = models.path().to_path_buf();
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.models_dir = m.clone();
+        s.reranker.name = "rr".into();
+    })
+    .await;
+    srv.create("notes").await;
+    let documents = [
+        ("bridge.md", "The bridge was opened to traffic in 1932."),
+        ("cell.md", "Mitochondria produce ATP in the cell."),
+        ("bm25.md", "BM25 ranks documents by term frequency."),
+    ]
+    .into_iter()
+    .map(|(id, text)| pb::DocumentInput {
+        id: id.into(),
+        content: text.as_bytes().to_vec(),
+        ..Default::default()
+    })
+    .collect();
+    srv.documents()
+        .upsert(pb::UpsertRequest {
+            collection: "notes".into(),
+            documents,
+        })
+        .await
+        .unwrap();
+    let search = |rerank: u32| pb::SearchRequest {
+        collection: "notes".into(),
+        query: "When did the bridge open?".into(),
+        options: Some(pb::SearchOptions {
+            top_k: 3,
+            rerank,
+            ..Default::default()
+        }),
+    };
+    let hits = srv
+        .search()
+        .search(search(3))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    let scores: Vec<f32> = hits.iter().map(|h| h.rerank_score.unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let plain = srv
+        .search()
+        .search(search(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(plain.iter().all(|h| h.rerank_score.is_none()), "{plain:?}");
+    let e = srv.search().search(search(2)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("rerank"), "{e:?}");
+    srv.stop().await;
+
+    let data = tempfile::tempdir().unwrap();
+    let settings = ragd_server::Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data.path().to_path_buf(),
+        models_dir: models.path().to_path_buf(),
+        reranker: ragd_server::settings::Reranker {
+            name: "never-added".into(),
+        },
+        ..ragd_server::Settings::default()
+    };
+    match ragd_server::bind(settings).await {
+        Ok(_) => panic!("a server started with a reranker never added"),
+        Err(e) => assert!(
+            e.to_string().contains("ragd models add never-added --dir"),
+            "{e}"
+        ),
+    }
+}

@@ -51,7 +51,7 @@ pub(crate) fn open_or_create(engine: &Engine, name: &str, quiet: bool) -> Result
 /// A data directory or a server.
 pub(crate) enum Backend {
     /// Offline, through an engine that loads models when a command needs them.
-    Local(Engine),
+    Local(Box<Engine>),
     /// A running server.
     Remote { client: Remote, url: String },
 }
@@ -90,9 +90,22 @@ impl Backend {
                 client: Remote::connect(server, url)?,
                 url: url.clone(),
             },
-            None => {
-                Self::Local(engine(data, models, answer).with_decoder(decoder.unwrap_or_default()))
+            None => Self::Local(Box::new(
+                engine(data, models, answer).with_decoder(decoder.unwrap_or_default()),
+            )),
+        })
+    }
+
+    /// Offline, searches that ask to rerank use cross-encoder `name` (added with `ragd models
+    /// add`) from `models`; refused with a server, which reranks with its own.
+    pub(crate) fn with_reranker(self, models: &ModelsDir, name: Option<&str>) -> Result<Self> {
+        self.offline_only("--reranker", name.is_some())?;
+        Ok(match (self, name) {
+            (Self::Local(e), Some(name)) => {
+                let r = ragd_engine::load_reranker(&models.resolve(), name, 16)?;
+                Self::Local(Box::new(e.with_reranker(Some(r))))
             }
+            (b, _) => b,
         })
     }
 

@@ -40,6 +40,13 @@ pub(crate) struct SearchArgs {
     /// Diversify with maximal marginal relevance (λ: 1 = relevance only).
     #[arg(long)]
     mmr: Option<f32>,
+    /// Rerank the best N fused candidates with the cross-encoder (at least --top-k; 0: off).
+    #[arg(long, default_value_t = 0)]
+    rerank: usize,
+    /// The cross-encoder offline: a model added with `ragd models add NAME --dir DIR` (a
+    /// server reranks with its own `reranker.name`).
+    #[arg(long, value_name = "NAME")]
+    reranker: Option<String>,
     #[command(flatten)]
     fusion: FusionFlags,
     #[arg(long)]
@@ -94,12 +101,11 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         min_score: a.min_score,
         one_per_document: a.one_per_document,
         mmr_lambda: a.mmr,
+        rerank: a.rerank,
     };
-    let hits = crate::backend::Backend::new(&a.data, &a.models, &a.remote)?.search(
-        &a.collection,
-        &a.query,
-        &params,
-    )?;
+    let hits = crate::backend::Backend::new(&a.data, &a.models, &a.remote)?
+        .with_reranker(&a.models, a.reranker.as_deref())?
+        .search(&a.collection, &a.query, &params)?;
     if a.json {
         println!(
             "{}",
@@ -109,8 +115,11 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
     }
     for (i, h) in hits.iter().enumerate() {
         let fmt = |s: Option<f32>| s.map_or("-".to_string(), |s| format!("{s:.3}"));
+        let rerank = h
+            .rerank_score
+            .map_or(String::new(), |s| format!("  rerank {s:.3}"));
         println!(
-            "{:>2}. {:.4}  dense {}  bm25 {}  {}  [{}..{}]  {}",
+            "{:>2}. {:.4}  dense {}  bm25 {}{rerank}  {}  [{}..{}]  {}",
             i + 1,
             h.score,
             fmt(h.dense_score),

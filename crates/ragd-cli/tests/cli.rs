@@ -2185,3 +2185,95 @@ fn xlm_roberta_and_modernbert_encoders_embed_collections() {
         assert!(err.contains("int8") && err.contains(family), "{err}");
     }
 }
+
+/// A cross-encoder the user brings reranks `ragd search` offline (`--reranker NAME --rerank N`):
+/// every hit carries its rerank score, in order; asking to rerank without one is refused.
+#[test]
+fn search_reranks_with_an_added_cross_encoder() {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../ragd-models/tests/fixtures/tiny-encoders");
+    let models = tempfile::tempdir().unwrap();
+    let m = models.path().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    for (name, dir) in [("enc", "bert"), ("rr", "bert-reranker")] {
+        let src = fixtures.join(dir);
+        json_of(&ragd(&[
+            "models",
+            "add",
+            name,
+            "--dir",
+            src.to_str().unwrap(),
+            "--models-dir",
+            m,
+            "--json",
+        ]));
+    }
+    let common = ["--data-dir", d, "--models-dir", m];
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&common);
+        ragd(&all)
+    };
+    json_of(&run(&[
+        "collections",
+        "create",
+        "c",
+        "--encoder",
+        "enc",
+        "--json",
+    ]));
+    for (file, text) in [
+        ("bridge.md", "The bridge was opened to traffic in 1932."),
+        ("cell.md", "Mitochondria produce ATP in the cell."),
+        ("bm25.md", "BM25 ranks documents by term frequency."),
+    ] {
+        let p = data.path().join(file);
+        std::fs::write(&p, text).unwrap();
+        json_of(&run(&[
+            "ingest",
+            "--collection",
+            "c",
+            p.to_str().unwrap(),
+            "--json",
+        ]));
+    }
+    let q = "When did the bridge open?";
+    let v = json_of(&run(&[
+        "search",
+        "--collection",
+        "c",
+        q,
+        "--top-k",
+        "3",
+        "--rerank",
+        "3",
+        "--reranker",
+        "rr",
+        "--json",
+    ]));
+    let scores: Vec<f64> = v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["rerank_score"].as_f64().unwrap_or_else(|| panic!("{v}")))
+        .collect();
+    assert_eq!(scores.len(), 3, "{v}");
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let out = run(&[
+        "search",
+        "--collection",
+        "c",
+        q,
+        "--top-k",
+        "3",
+        "--rerank",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no reranker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,7 +21,7 @@ use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::user_models::decoder_gguf;
 use ragd_models::{
     AtPrecision, Embedder, EmbedderHandle, Embedding, Encode, Generator, GeneratorOptions,
-    Precision, RemoteEncoder, RemoteEncoderOptions, RemoteOptions,
+    Precision, RemoteEncoder, RemoteEncoderOptions, RemoteOptions, RerankerHandle,
 };
 use ragd_store::{
     ChunkRecord, Collection, CollectionSettings, CollectionStats, DocRecord, DocWrite, WriteOutcome,
@@ -42,6 +42,13 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub const MAX_EMBED_TEXT_BYTES: usize = 16384;
 /// Query vectors each open collection's searcher keeps.
 pub const DEFAULT_QUERY_CACHE: usize = 1024;
+
+/// Cross-encoder `name` from `models_dir` (added with `ragd models add NAME --dir`, pins
+/// verified) on its own thread, `queue` requests waiting at most.
+pub fn load_reranker(models_dir: &Path, name: &str, queue: usize) -> Result<RerankerHandle> {
+    let dir = ragd_models::user_models::reranker_dir(models_dir, name)?;
+    Ok(RerankerHandle::load(&dir, queue)?)
+}
 
 /// What an engine is built with besides its models.
 #[derive(Debug, Clone)]
@@ -81,6 +88,9 @@ pub struct ModelOptions {
     /// When set, the default encoder (what new collections get) is this embeddings server
     /// instead of the bundled local model.
     pub encoder_server: Option<RemoteEncoderOptions>,
+    /// A cross-encoder added with `ragd models add`, for searches that ask to rerank; empty:
+    /// none.
+    pub reranker: String,
 }
 
 /// Every collection on disk: those that open with their counts, and those that do not with
@@ -162,6 +172,8 @@ struct Models {
     /// Which decoder (empty: the bundled default).
     decoder_name: String,
     generator: OnceLock<Generator>,
+    /// The cross-encoder searches rerank with, when one is loaded.
+    reranker: Option<RerankerHandle>,
     /// Serialises loading.
     loading: Mutex<()>,
 }
@@ -192,6 +204,7 @@ impl Engine {
             decoder_opts: GeneratorOptions::default(),
             decoder_name: String::new(),
             generator: OnceLock::new(),
+            reranker: None,
             loading: Mutex::new(()),
         };
         if let Some(g) = generator {
@@ -213,6 +226,7 @@ impl Engine {
                 decoder_opts: decoder,
                 decoder_name: String::new(),
                 generator: OnceLock::new(),
+                reranker: None,
                 loading: Mutex::new(()),
             },
         )
@@ -222,6 +236,12 @@ impl Engine {
     /// the bundled default), loaded on first use like the default.
     pub fn with_decoder(mut self, name: impl Into<String>) -> Self {
         self.models.decoder_name = name.into();
+        self
+    }
+
+    /// Searches that ask to rerank use `reranker` (see [`load_reranker`]).
+    pub fn with_reranker(mut self, reranker: Option<RerankerHandle>) -> Self {
+        self.models.reranker = reranker;
         self
     }
 
@@ -267,7 +287,11 @@ impl Engine {
                 o,
             )?),
         };
-        Ok(Self::new(config, encoder, generator))
+        let reranker = match opts.reranker.as_str() {
+            "" => None,
+            name => Some(load_reranker(models_dir, name, opts.encoder_queue)?),
+        };
+        Ok(Self::new(config, encoder, generator).with_reranker(reranker))
     }
 
     /// Where collections live.
@@ -437,11 +461,10 @@ impl Engine {
             return Ok(Arc::clone(s));
         }
         let encoder = self.encoder_for(&o.collection.settings()?)?;
-        let s = Arc::new(Searcher::new(
-            Arc::clone(&o.collection),
-            encoder,
-            self.config.query_cache,
-        )?);
+        let s = Arc::new(
+            Searcher::new(Arc::clone(&o.collection), encoder, self.config.query_cache)?
+                .with_reranker(self.models.reranker.clone()),
+        );
         *slot = Some(Arc::clone(&s));
         Ok(s)
     }

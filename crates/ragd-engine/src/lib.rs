@@ -30,7 +30,7 @@ pub use cite::{Marker, parse_citations};
 pub use engine::{
     DEFAULT_PAGE_SIZE, DEFAULT_QUERY_CACHE, Deleted, DocumentPage, Engine, EngineConfig, Listing,
     MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, SearchResults,
-    StoredDocument,
+    StoredDocument, load_reranker,
 };
 pub use error::{Error, Result};
 pub use ingest::{
@@ -49,7 +49,7 @@ pub mod grounding {
     pub use crate::answer::answer_sentences;
     pub use crate::evidence::{Support, claim_text, support};
 }
-pub use search::{CacheStats, Fused, Fusion, Hit, Mode, SearchParams, Searcher, fuse};
+pub use search::{CacheStats, Fused, Fusion, Hit, MAX_RERANK, Mode, SearchParams, Searcher, fuse};
 
 // The data model and model handles the engine's operations take and return, so that front
 // doors need no crate below the engine.

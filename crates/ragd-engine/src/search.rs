@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use lru::LruCache;
 use ragd_core::Metadata;
-use ragd_models::Encode;
+use ragd_models::{Encode, RerankerHandle};
 use ragd_store::{Collection, SearchFilter};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -96,6 +96,9 @@ pub struct SearchParams {
     pub one_per_document: bool,
     /// Maximal marginal relevance: `λ·relevance − (1−λ)·max similarity to hits already chosen`.
     pub mmr_lambda: Option<f32>,
+    /// Rerank the best this many fused candidates with the cross-encoder (0: off); hits are
+    /// then ordered by [`Hit::rerank_score`]. At least `top_k`.
+    pub rerank: usize,
 }
 
 impl Default for SearchParams {
@@ -110,6 +113,7 @@ impl Default for SearchParams {
             min_score: None,
             one_per_document: false,
             mmr_lambda: None,
+            rerank: 0,
         }
     }
 }
@@ -143,9 +147,18 @@ impl SearchParams {
         if self.ef.is_some_and(|e| e == 0 || e > 4096) {
             return bad("ef must be 1..=4096".into());
         }
+        if self.rerank != 0 && !(self.top_k..=MAX_RERANK).contains(&self.rerank) {
+            return bad(format!(
+                "rerank must be 0 (off) or {}..={MAX_RERANK} (at least top_k), got {}",
+                self.top_k, self.rerank
+            ));
+        }
         Ok(())
     }
 }
+
+/// Most candidates one search reranks.
+pub const MAX_RERANK: usize = 200;
 
 /// One retrieved chunk.
 #[derive(Debug, Clone, Serialize)]
@@ -168,8 +181,12 @@ pub struct Hit {
     pub dense_score: Option<f32>,
     /// BM25 score, when the lexical retriever found it.
     pub lexical_score: Option<f32>,
-    /// The score hits are ordered by (the fused one in hybrid mode).
+    /// The fused score (the retriever's own in dense or lexical mode); hits are ordered by it
+    /// unless they were reranked.
     pub score: f32,
+    /// The cross-encoder's relevance logit, when the search reranked (hits are then ordered by
+    /// it).
+    pub rerank_score: Option<f32>,
 }
 
 /// A fused candidate before it is resolved to text.
@@ -235,6 +252,7 @@ pub fn fuse(dense: &[(u64, f32)], lexical: &[(u64, f32)], fusion: Fusion) -> Vec
 pub struct Searcher {
     collection: Arc<Collection>,
     embedder: Arc<dyn Encode>,
+    reranker: Option<RerankerHandle>,
     cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -270,10 +288,17 @@ impl Searcher {
         Ok(Self {
             collection,
             embedder,
+            reranker: None,
             cache: Mutex::new(LruCache::new(cap)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
+    }
+
+    /// Searches that ask for it rerank with `reranker`.
+    pub fn with_reranker(mut self, reranker: Option<RerankerHandle>) -> Self {
+        self.reranker = reranker;
+        self
     }
 
     /// The collection searched.
@@ -344,8 +369,15 @@ impl Searcher {
         if query.trim().is_empty() {
             return Err(Error::InvalidInput("the query is empty".into()));
         }
+        if p.rerank > 0 && self.reranker.is_none() {
+            return Err(Error::InvalidInput(
+                "rerank asked for, but no reranker is loaded (reranker.name in the server \
+                 settings, --reranker offline)"
+                    .into(),
+            ));
+        }
         let fused = self.retrieve(query, query_vector, p)?;
-        let hits = self.finish(fused, p)?;
+        let hits = self.finish(query, fused, p)?;
         tracing::Span::current().record("hits", hits.len());
         Ok(hits)
     }
@@ -408,7 +440,7 @@ impl Searcher {
         })
     }
 
-    fn finish(&self, mut fused: Vec<Fused>, p: &SearchParams) -> Result<Vec<Hit>> {
+    fn finish(&self, query: &str, mut fused: Vec<Fused>, p: &SearchParams) -> Result<Vec<Hit>> {
         if let Some(min) = p.min_score {
             fused.retain(|f| f.score >= min);
         }
@@ -419,6 +451,24 @@ impl Searcher {
         if p.one_per_document {
             let mut seen = std::collections::HashSet::new();
             fused.retain(|f| seen.insert(chunks[&f.chunk].doc_id.clone()));
+        }
+        // Reranking: the cross-encoder reads the question with each of the best candidates and
+        // its logit orders them (MMR, when asked, then diversifies by that order).
+        let mut reranked: HashMap<u64, f32> = HashMap::new();
+        let mut fused_score: HashMap<u64, f32> = HashMap::new();
+        if let Some(r) = self.reranker.as_ref().filter(|_| p.rerank > 0) {
+            fused.truncate(p.rerank);
+            fused_score.extend(fused.iter().map(|f| (f.chunk, f.score)));
+            let texts: Vec<String> = fused
+                .iter()
+                .map(|f| chunks[&f.chunk].span.text.clone())
+                .collect();
+            let scores = r.score(query, texts)?;
+            for (f, s) in fused.iter_mut().zip(&scores) {
+                reranked.insert(f.chunk, *s);
+                f.score = *s;
+            }
+            fused.sort_by(|a, b| b.score.total_cmp(&a.score));
         }
         let order: Vec<Fused> = match p.mmr_lambda {
             Some(lambda) if fused.len() > 1 => {
@@ -460,7 +510,12 @@ impl Searcher {
                     end: c.span.end,
                     dense_score: f.dense,
                     lexical_score: f.lexical,
-                    score: f.score,
+                    score: if reranked.is_empty() {
+                        f.score
+                    } else {
+                        fused_score[&f.chunk]
+                    },
+                    rerank_score: reranked.get(&f.chunk).copied(),
                 }
             })
             .collect())

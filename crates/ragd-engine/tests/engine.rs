@@ -480,6 +480,73 @@ fn search_modes_filters_and_options() {
     assert!(e.to_string().contains("weight"));
 }
 
+/// The optional reranking stage: the best N fused candidates are scored by the cross-encoder
+/// (here the tiny random-weight BERT cross-encoder of the parity tests), hits come back in its
+/// order with its logit beside the fused score; asking without a reranker, or for fewer than
+/// top_k, is refused.
+#[test]
+fn a_search_reranks_its_best_candidates_with_the_cross_encoder() {
+    use ragd_engine::{SearchParams, Searcher};
+    use ragd_models::{Reranker, RerankerHandle};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Arc::new(search_fixture(tmp.path()));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ragd-models/tests/fixtures/tiny-encoders/bert-reranker");
+    let plain = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
+    let q = "orbits of planets around the sun";
+    let p = SearchParams {
+        top_k: 5,
+        rerank: 8,
+        ..Default::default()
+    };
+    let e = plain.search(q, None, &p).unwrap_err();
+    assert!(e.to_string().contains("no reranker"), "{e}");
+    let s = Searcher::new(c.clone(), embedder().clone(), 8)
+        .unwrap()
+        .with_reranker(Some(RerankerHandle::load(&dir, 4).unwrap()));
+    let fused = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                top_k: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(fused.iter().all(|h| h.rerank_score.is_none()));
+    let hits = s.search(q, None, &p).unwrap();
+    assert_eq!(hits.len(), 5);
+    // The cross-encoder's own scores of the 8 best fused candidates, best first.
+    let direct = Reranker::load(&dir).unwrap();
+    let texts: Vec<&str> = fused.iter().map(|h| h.text.as_str()).collect();
+    let mut want: Vec<(f32, u64)> = direct
+        .score(q, &texts)
+        .unwrap()
+        .into_iter()
+        .zip(fused.iter().map(|h| h.chunk_id))
+        .collect();
+    want.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (h, (score, chunk)) in hits.iter().zip(&want) {
+        assert_eq!(h.chunk_id, *chunk, "{hits:?}");
+        assert!((h.rerank_score.unwrap() - score).abs() < 1e-5);
+        let before = fused.iter().find(|f| f.chunk_id == h.chunk_id).unwrap();
+        assert_eq!(h.score, before.score, "the fused score is kept");
+    }
+    let e = s
+        .search(
+            q,
+            None,
+            &SearchParams {
+                top_k: 5,
+                rerank: 3,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("rerank"), "{e}");
+}
+
 /// Deeply nested Markdown lists (each line one level deeper) made chunking quadratic: the
 /// splitter re-tokenized every candidate, and a 161 KB file took 79 s (30 s in this profile).
 /// The text is tokenized once now (measured here: 161 KB in 0.08 s, 4 MB in 2.5 s); and a

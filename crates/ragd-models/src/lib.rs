@@ -41,5 +41,5 @@ pub use generator::{
 pub use gguf_meta::{ChatMessage, ChatTemplate};
 pub use ragd_core::Precision;
 pub use remote::{RemoteEncoder, RemoteEncoderOptions, RemoteOptions};
-pub use reranker::Reranker;
+pub use reranker::{Reranker, RerankerHandle};
 pub use sampling::{Sampler, SamplingParams, argmax};

@@ -196,3 +196,60 @@ impl Reranker {
         Ok(out)
     }
 }
+
+/// One scoring request for the reranker's thread.
+type ScoreRequest = (
+    String,
+    Vec<String>,
+    std::sync::mpsc::SyncSender<Result<Vec<f32>>>,
+);
+
+/// A [`Reranker`] on its own thread behind a bounded queue; cheap to clone and share.
+#[derive(Debug, Clone)]
+pub struct RerankerHandle {
+    tx: std::sync::mpsc::SyncSender<ScoreRequest>,
+    name: String,
+}
+
+impl RerankerHandle {
+    /// Moves `reranker` onto a new thread; `queue` bounds the requests waiting for it.
+    pub fn spawn(reranker: Reranker, queue: usize) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ScoreRequest>(queue.max(1));
+        let name = reranker.name().to_string();
+        std::thread::Builder::new()
+            .name("ragd-reranker".into())
+            .spawn(move || {
+                for (query, passages, reply) in rx {
+                    let _ = reply.send(reranker.score(&query, &passages));
+                }
+            })
+            .map_err(Error::io("spawning the reranker thread"))?;
+        Ok(Self { tx, name })
+    }
+
+    /// Loads the cross-encoder in `dir` and spawns its worker.
+    pub fn load(dir: &Path, queue: usize) -> Result<Self> {
+        Self::spawn(Reranker::load(dir)?, queue)
+    }
+
+    /// Scores `passages` against `query` on the worker (blocking this thread; fails at once
+    /// when the queue is full).
+    pub fn score(&self, query: &str, passages: Vec<String>) -> Result<Vec<f32>> {
+        if passages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .try_send((query.to_string(), passages, reply))
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => Error::Overloaded("reranker"),
+                std::sync::mpsc::TrySendError::Disconnected(_) => Error::WorkerGone("reranker"),
+            })?;
+        rx.recv().map_err(|_| Error::WorkerGone("reranker"))?
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

@@ -441,6 +441,26 @@ pub fn verify_encoder_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// The directory of cross-encoder `name` (added with `ragd models add NAME --dir DIR`, its pins
+/// verified; or put there by hand).
+pub fn reranker_dir(models_dir: &Path, name: &str) -> Result<PathBuf> {
+    let dir = models_dir.join(name);
+    let missing = || Error::ModelMissing {
+        name: name.to_string(),
+        path: dir.clone(),
+        fix: format!(
+            "ragd models add {name} --dir CROSS_ENCODER_DIR --models-dir {}",
+            models_dir.display()
+        ),
+    };
+    check_name(name).map_err(|_| missing())?;
+    if !dir.join("config.json").is_file() {
+        return Err(missing());
+    }
+    verify_encoder_dir(&dir)?;
+    Ok(dir)
+}
+
 /// The GGUF file of decoder `name`: the bundled default (its own pins), or a model added with
 /// `ragd models add`, verified against its manifest.
 pub fn decoder_gguf(models_dir: &Path, name: &str) -> Result<PathBuf> {

@@ -67,6 +67,7 @@ impl From<&SearchParams> for pb::SearchOptions {
             min_score,
             one_per_document,
             mmr_lambda,
+            rerank,
         } = p;
         let method = match *fusion {
             Fusion::Rrf { k } => pb::fusion::Method::Rrf(pb::Rrf { k }),
@@ -93,6 +94,7 @@ impl From<&SearchParams> for pb::SearchOptions {
             min_score: *min_score,
             one_per_document: *one_per_document,
             mmr_lambda: *mmr_lambda,
+            rerank: *rerank as u32,
         }
     }
 }
@@ -110,6 +112,7 @@ pub fn search_params(o: Option<pb::SearchOptions>, default_top_k: usize) -> Resu
         min_score,
         one_per_document,
         mmr_lambda,
+        rerank,
     } = o.unwrap_or_default();
     let d = SearchParams::default();
     let mode = match pb::SearchMode::try_from(mode) {
@@ -160,6 +163,7 @@ pub fn search_params(o: Option<pb::SearchOptions>, default_top_k: usize) -> Resu
         min_score,
         one_per_document,
         mmr_lambda,
+        rerank: rerank as usize,
     })
 }
 
@@ -176,6 +180,7 @@ impl From<Hit> for pb::Hit {
             dense_score,
             lexical_score,
             score,
+            rerank_score,
         } = h;
         Self {
             chunk_id,
@@ -188,6 +193,7 @@ impl From<Hit> for pb::Hit {
             dense_score,
             lexical_score,
             score,
+            rerank_score,
         }
     }
 }
@@ -205,6 +211,7 @@ impl From<pb::Hit> for Hit {
             dense_score,
             lexical_score,
             score,
+            rerank_score,
         } = h;
         Self {
             chunk_id,
@@ -217,6 +224,7 @@ impl From<pb::Hit> for Hit {
             dense_score,
             lexical_score,
             score,
+            rerank_score,
         }
     }
 }
@@ -1070,6 +1078,7 @@ mod tests {
             min_score: Some(0.25),
             one_per_document: true,
             mmr_lambda: Some(0.5),
+            rerank: 20,
         };
         let back = search_params(Some((&p).into()), 10).unwrap();
         assert_eq!(format!("{back:?}"), format!("{p:?}"));

@@ -185,6 +185,7 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
         decoder_name: s.decoder.name.clone(),
         model_server: s.decoder.model_server(),
         encoder_server: s.encoder.server(),
+        reranker: s.reranker.name.trim().to_string(),
     };
     Ok(Engine::load(config, models_dir, &opts)?)
 }

@@ -29,11 +29,22 @@ pub struct Settings {
     pub limits: Limits,
     pub encoder: Encoder,
     pub decoder: Decoder,
+    pub reranker: Reranker,
     pub answer: Answer,
     /// Seconds streams get to finish after SIGTERM/SIGINT before they are cut.
     pub shutdown_grace_seconds: f64,
     /// Seconds between background checkpoints of collections that have new writes.
     pub checkpoint_interval_seconds: f64,
+}
+
+/// The cross-encoder searches and answers rerank with when a request asks (`rerank` in its
+/// search options).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Reranker {
+    /// A model added with `ragd models add NAME --dir CROSS_ENCODER_DIR` (pins verified at
+    /// start); empty: none, and requests that ask to rerank are refused.
+    pub name: String,
 }
 
 /// PEM files; both set enables TLS.
@@ -241,6 +252,7 @@ impl Default for Settings {
             limits: Limits::default(),
             encoder: Encoder::default(),
             decoder: Decoder::default(),
+            reranker: Reranker::default(),
             answer: Answer::default(),
             shutdown_grace_seconds: 10.0,
             checkpoint_interval_seconds: 30.0,
