@@ -32,6 +32,14 @@ pub(crate) struct AnswerFlags {
     doc_ids: Vec<String>,
     #[command(flatten)]
     fusion: FusionFlags,
+    /// Rerank the best N fused candidates with the cross-encoder before answering (at least
+    /// --top-k; 0: off).
+    #[arg(long, default_value_t = 0)]
+    rerank: usize,
+    /// The cross-encoder offline: a model added with `ragd models add NAME --dir DIR` (a
+    /// server reranks with its own `reranker.name`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) reranker: Option<String>,
     /// Most tokens in the answer.
     #[arg(long, default_value_t = ragd_engine::DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
@@ -125,6 +133,7 @@ impl AnswerFlags {
             ef: self.fusion.ef,
             fusion: self.fusion.fusion()?,
             filter: parse_filters(&self.filters, &self.doc_ids)?,
+            rerank: self.rerank,
             ..SearchParams::default()
         };
         r.max_tokens = self.max_tokens;
@@ -245,7 +254,8 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         &a.remote,
         a.flags.config()?,
         a.flags.decoder.as_deref(),
-    )?;
+    )?
+    .with_reranker(&a.models, a.flags.reranker.as_deref())?;
     backend.offline_only("--prompt-out", a.prompt_out.is_some())?;
     let mut request = a.flags.request(&a.question)?;
     request.history = read_history(a.history.as_deref())?;
@@ -515,8 +525,13 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
             format!("qa-{set}")
         }
     };
+    let reranker = match a.flags.reranker.as_deref() {
+        Some(r) => Some(ragd_engine::load_reranker(&a.models.resolve(), r, 16)?),
+        None => None,
+    };
     let engine = engine(&a.data, &a.models, a.flags.config()?)
-        .with_decoder(a.flags.decoder.clone().unwrap_or_default());
+        .with_decoder(a.flags.decoder.clone().unwrap_or_default())
+        .with_reranker(reranker);
     open_or_create(&engine, &name, a.json)?;
     let report = engine.ingest_paths(
         &name,
