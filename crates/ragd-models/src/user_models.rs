@@ -133,7 +133,7 @@ fn free_name(models_dir: &Path, name: &str) -> Result<PathBuf> {
 /// sha256 the user gave for it) does not hold, writes the manifest and moves the directory
 /// into place.
 fn commit(
-    staging: tempfile::TempDir,
+    staging: crate::registry::Scratch,
     dest: &Path,
     name: &str,
     role: ModelRole,
@@ -168,11 +168,13 @@ fn commit(
         .map_err(|e| Error::InvalidInput(format!("writing the manifest: {e}")))?;
     std::fs::write(staging.path().join(MANIFEST), json)
         .map_err(Error::io("writing the model manifest"))?;
-    let staged_dir = staging.keep();
-    std::fs::rename(&staged_dir, dest).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged_dir);
-        Error::io(format!("moving the model into {}", dest.display()))(e)
-    })?;
+    // Renamed while still locked (a sweep by another process must not take it); on failure
+    // the scratch directory goes when `staging` drops.
+    std::fs::rename(staging.path(), dest).map_err(Error::io(format!(
+        "moving the model into {}",
+        dest.display()
+    )))?;
+    drop(staging);
     Ok(manifest)
 }
 
