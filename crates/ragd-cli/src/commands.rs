@@ -309,14 +309,25 @@ fn print_added_encoder(
     if json {
         println!("{}", serde_json::to_string_pretty(added)?);
     } else {
+        let kind = if added.cross_encoder {
+            "reranker"
+        } else {
+            "encoder"
+        };
         println!(
-            "added encoder {name}: {}, {} dimensions, {} files pinned, copied to {}",
+            "added {kind} {name}: {}, {} dimensions, {} files pinned, copied to {}",
             added.architecture,
             added.dim,
             added.manifest.files.len(),
             added.path.display()
         );
-        println!("use it: ragd collections create NAME --encoder {name}");
+        if added.cross_encoder {
+            println!(
+                "use it: ragd search --reranker {name} --rerank 20 ..., or reranker.name = \"{name}\" in the settings"
+            );
+        } else {
+            println!("use it: ragd collections create NAME --encoder {name}");
+        }
     }
     Ok(())
 }
@@ -335,8 +346,11 @@ fn models_list(dir: &Path, json: bool) -> Result<()> {
                 g.architecture, g.quantization, g.context_length
             ),
             (None, Some(e)) => format!(
-                "{} dim {} ctx {}",
-                e.architecture, e.dimensions, e.context_length
+                "{}{} dim {} ctx {}",
+                e.architecture,
+                if e.cross_encoder { " reranker" } else { "" },
+                e.dimensions,
+                e.context_length
             ),
             (None, None) => String::new(),
         };

@@ -2196,9 +2196,9 @@ fn search_reranks_with_an_added_cross_encoder() {
     let m = models.path().to_str().unwrap();
     let data = tempfile::tempdir().unwrap();
     let d = data.path().to_str().unwrap();
-    for (name, dir) in [("enc", "bert"), ("rr", "bert-reranker")] {
+    for (name, dir, cross) in [("enc", "bert", false), ("rr", "bert-reranker", true)] {
         let src = fixtures.join(dir);
-        json_of(&ragd(&[
+        let added = json_of(&ragd(&[
             "models",
             "add",
             name,
@@ -2208,13 +2208,30 @@ fn search_reranks_with_an_added_cross_encoder() {
             m,
             "--json",
         ]));
+        assert_eq!(added["cross_encoder"], cross, "{added}");
     }
+    let listed = json_of(&ragd(&["models", "list", "--models-dir", m, "--json"]));
+    let rr = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "rr")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(rr["cross_encoder"], true, "{rr}");
     let common = ["--data-dir", d, "--models-dir", m];
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
         all.extend_from_slice(&common);
         ragd(&all)
     };
+    // A cross-encoder embeds nothing: it is refused as a collection's encoder.
+    let out = run(&["collections", "create", "x", "--encoder", "rr"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cross-encoder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     json_of(&run(&[
         "collections",
         "create",

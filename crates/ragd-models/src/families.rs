@@ -27,6 +27,18 @@ pub struct EncoderSummary {
     pub dimensions: usize,
     /// Longest input in tokens.
     pub context_length: usize,
+    /// A cross-encoder (`*ForSequenceClassification`): a reranker, not an embedding model.
+    pub cross_encoder: bool,
+}
+
+/// True when `config` describes a sequence-classification model (a cross-encoder).
+pub(crate) fn is_cross_encoder(config: &Value) -> bool {
+    config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .is_some_and(|a| a.ends_with("ForSequenceClassification"))
 }
 
 /// The summary of the encoder directory `dir`.
@@ -54,6 +66,7 @@ pub fn summarize_encoder(dir: &Path) -> Result<EncoderSummary> {
         dimensions: c.usize("hidden_size").map_err(invalid)?,
         architecture,
         context_length,
+        cross_encoder: is_cross_encoder(&v),
     })
 }
 
@@ -99,6 +112,13 @@ impl Network {
                 path: weights,
                 reason: "file not found".into(),
             });
+        }
+        if is_cross_encoder(config) {
+            return Err(invalid(
+                "a cross-encoder (sequence classification) scores pairs and embeds nothing: \
+                 use it as a reranker (--reranker, reranker.name)"
+                    .into(),
+            ));
         }
         let model_type = config
             .get("model_type")

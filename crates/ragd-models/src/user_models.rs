@@ -212,6 +212,8 @@ pub struct AddedEncoder {
     pub dim: usize,
     /// Its `model_type` (see [`crate::summarize_encoder`]).
     pub architecture: String,
+    /// A reranker (cross-encoder), not an embedding model.
+    pub cross_encoder: bool,
 }
 
 /// Registers the sentence-transformers encoder directory `dir` (`config.json` of a supported
@@ -243,8 +245,13 @@ fn add_encoder_from(
             dir.display()
         )));
     }
-    let dim = crate::Embedder::load(dir)?.dim();
-    let architecture = crate::summarize_encoder(dir)?.architecture;
+    let summary = crate::summarize_encoder(dir)?;
+    // Loaded once to refuse what ragd cannot run.
+    if summary.cross_encoder {
+        crate::Reranker::load(dir)?;
+    } else {
+        crate::Embedder::load(dir)?;
+    }
     let stage = crate::registry::scratch_dir(models_dir, ".add-")?;
     for path in files_under(dir)? {
         let rel = path
@@ -261,8 +268,9 @@ fn add_encoder_from(
     Ok(AddedEncoder {
         manifest,
         path: dest,
-        dim,
-        architecture,
+        dim: summary.dimensions,
+        architecture: summary.architecture,
+        cross_encoder: summary.cross_encoder,
     })
 }
 
