@@ -197,10 +197,7 @@ impl Embedder {
             max_length: max_len,
             ..Default::default()
         }))?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = crate::families::model_name(dir);
         Ok(Self {
             model,
             tokenizer,

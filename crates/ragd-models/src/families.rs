@@ -70,6 +70,13 @@ pub fn summarize_encoder(dir: &Path) -> Result<EncoderSummary> {
     })
 }
 
+/// A model's name: its directory's.
+pub(crate) fn model_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// A loaded encoder network: token ids in, last hidden state out.
 pub(crate) enum Network {
     /// ragd's own fused pass (f32 or int8).
@@ -283,27 +290,36 @@ impl Fields<'_> {
     fn flag(&self, key: &str) -> bool {
         self.at(&[key]).and_then(Value::as_bool).unwrap_or(false)
     }
+
+    /// A BERT-style config's position embeddings (absolute only) and activation, the latter
+    /// in whichever candle type `A` the model takes.
+    fn bert_style<A: serde::de::DeserializeOwned>(
+        &self,
+    ) -> std::result::Result<(String, A), String> {
+        let position = self.str_or("position_embedding_type", "absolute");
+        if position != "absolute" {
+            return Err(format!(
+                "position_embedding_type `{position}` is not supported (only absolute)"
+            ));
+        }
+        let act = self.str_or("hidden_act", "gelu");
+        let hidden_act = serde_json::from_value(Value::String(act.to_string()))
+            .map_err(|_| format!("hidden_act `{act}` is not supported"))?;
+        Ok((position.to_string(), hidden_act))
+    }
 }
 
 pub(crate) fn xlm_roberta_config(
     c: &Fields<'_>,
 ) -> std::result::Result<xlm_roberta::Config, String> {
-    let position = c.str_or("position_embedding_type", "absolute");
-    if position != "absolute" {
-        return Err(format!(
-            "position_embedding_type `{position}` is not supported (only absolute)"
-        ));
-    }
-    let act = c.str_or("hidden_act", "gelu");
-    let hidden_act = serde_json::from_value(Value::String(act.to_string()))
-        .map_err(|_| format!("hidden_act `{act}` is not supported"))?;
+    let (position, hidden_act) = c.bert_style()?;
     Ok(xlm_roberta::Config {
         hidden_size: c.usize("hidden_size")?,
         layer_norm_eps: c.f64_or(&[&["layer_norm_eps"]], 1e-12),
         attention_probs_dropout_prob: 0.0,
         hidden_dropout_prob: 0.0,
         num_attention_heads: c.usize("num_attention_heads")?,
-        position_embedding_type: position.to_string(),
+        position_embedding_type: position,
         intermediate_size: c.usize("intermediate_size")?,
         hidden_act,
         num_hidden_layers: c.usize("num_hidden_layers")?,
@@ -372,15 +388,7 @@ fn modernbert_config(c: &Fields<'_>) -> std::result::Result<modernbert::Config, 
 }
 
 pub(crate) fn bert_config(c: &Fields<'_>) -> std::result::Result<bert::Config, String> {
-    let position = c.str_or("position_embedding_type", "absolute");
-    if position != "absolute" {
-        return Err(format!(
-            "position_embedding_type `{position}` is not supported (only absolute)"
-        ));
-    }
-    let act = c.str_or("hidden_act", "gelu");
-    let hidden_act = serde_json::from_value(Value::String(act.to_string()))
-        .map_err(|_| format!("hidden_act `{act}` is not supported"))?;
+    let (_, hidden_act) = c.bert_style::<bert::HiddenAct>()?;
     Ok(bert::Config {
         vocab_size: c.usize("vocab_size")?,
         hidden_size: c.usize("hidden_size")?,

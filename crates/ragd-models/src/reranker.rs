@@ -137,10 +137,7 @@ impl Reranker {
             strategy: TruncationStrategy::OnlySecond,
             ..Default::default()
         }))?;
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = crate::families::model_name(dir);
         Ok(Self {
             net,
             tokenizer,
