@@ -31,6 +31,16 @@ pub struct EncoderSummary {
     pub cross_encoder: bool,
 }
 
+/// The JSON of a model directory's `config.json` at `path`.
+pub(crate) fn read_config(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::ModelInvalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// True when `config` describes a sequence-classification model (a cross-encoder).
 pub(crate) fn is_cross_encoder(config: &Value) -> bool {
     config
@@ -44,12 +54,7 @@ pub(crate) fn is_cross_encoder(config: &Value) -> bool {
 /// The summary of the encoder directory `dir`.
 pub fn summarize_encoder(dir: &Path) -> Result<EncoderSummary> {
     let path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::ModelInvalid {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let v = read_config(&path)?;
     let c = Fields { v: &v };
     let invalid = |reason: String| Error::ModelInvalid {
         path: path.clone(),

@@ -6,7 +6,7 @@
 //! users bring theirs (`ragd models add --dir`).
 
 use crate::error::{Error, Result};
-use crate::families::{Fields, bert_config, xlm_roberta_config};
+use crate::families::{Fields, bert_config, read_config, xlm_roberta_config};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Linear, linear};
 use candle_transformers::models::{bert, xlm_roberta};
@@ -59,9 +59,7 @@ impl Reranker {
             path: path.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let v = read_config(&path)?;
         let c = Fields { v: &v };
         if let Some(arch) = v
             .get("architectures")
