@@ -10,7 +10,7 @@ const FRONT_DOORS: &[(&str, &[&str])] =
     &[("ragd-server", &["ragd-core", "ragd-engine", "ragd-proto"])];
 
 /// Crates below the engine.
-const BELOW_THE_ENGINE: &[&str] = &["ragd-store", "ragd-models"];
+const BELOW_THE_ENGINE: &[&str] = &["ragd-store", "ragd-models", "ragd-cluster"];
 
 #[test]
 fn front_doors_depend_on_the_engine_not_below_it() {

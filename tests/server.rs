@@ -1430,3 +1430,79 @@ async fn searches_rerank_with_the_configured_cross_encoder() {
         ),
     }
 }
+
+/// With `publish.url` set, the server publishes a collection after the background checkpoint
+/// that follows its writes: the store then lists a generation holding them, whose files fetch
+/// and open; a tick with no new writes publishes nothing; the next write is published as a newer
+/// generation.
+#[tokio::test]
+async fn the_server_publishes_what_changed_after_its_checkpoints() {
+    use ragd_engine::cluster::GenerationStore;
+    let bucket = tempfile::tempdir().unwrap();
+    let url = bucket.path().to_string_lossy().into_owned();
+    let u = url.clone();
+    let srv = start_with(tempfile::tempdir().unwrap(), |s| {
+        s.checkpoint_interval_seconds = 0.3;
+        s.publish.url = u;
+    })
+    .await;
+    srv.create("notes").await;
+    let upsert = |id: &str, text: &str| pb::UpsertRequest {
+        collection: "notes".into(),
+        documents: vec![pb::DocumentInput {
+            id: id.into(),
+            content: text.as_bytes().to_vec(),
+            ..Default::default()
+        }],
+    };
+    srv.documents()
+        .upsert(upsert(
+            "tide.md",
+            "The tide at Saint-Malo rises thirteen metres.",
+        ))
+        .await
+        .unwrap();
+    let store = GenerationStore::open(&url, &Default::default()).unwrap();
+    // Waits (bounded) for a published generation of `notes` holding `docs` documents.
+    let published = |docs: u64| {
+        let store = store.clone();
+        async move {
+            for _ in 0..100 {
+                for id in store.list("notes").await.unwrap().into_iter().rev() {
+                    let (m, _) = store.describe("notes", id).await.unwrap();
+                    if m.documents == docs {
+                        return id;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no generation of notes with {docs} documents was published within 10 s");
+        }
+    };
+    let first = published(1).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        store.list("notes").await.unwrap(),
+        vec![first],
+        "published again without writes"
+    );
+    srv.documents()
+        .upsert(upsert(
+            "bridge.md",
+            "The bridge was opened to traffic in 1932.",
+        ))
+        .await
+        .unwrap();
+    let second = published(2).await;
+    assert!(second > first);
+    let out = tempfile::tempdir().unwrap();
+    let f = store
+        .fetch("notes", second, None, &out.path().join("notes"))
+        .await
+        .unwrap();
+    assert_eq!(f.manifest.chunks, 2);
+    let copy = ragd_store::Collection::open(out.path(), "notes").unwrap();
+    copy.verify().unwrap();
+    assert_eq!(copy.counts().unwrap().documents, 2);
+    srv.stop().await;
+}

@@ -57,6 +57,13 @@ enum Command {
     /// Write a new index generation from the DocStore (optionally re-chunking or re-embedding)
     /// and switch to it.
     Rebuild(RebuildArgs),
+    /// Publish a collection's index generation to object storage (checkpointed, a consistent
+    /// copy, every file with its sha256, publish.json last), for read replicas and for
+    /// restoring the collection elsewhere.
+    Publish(crate::publish::PublishArgs),
+    /// Install a collection from a generation published to object storage (every file
+    /// checked against publish.json; the collection must not exist).
+    Restore(crate::publish::RestoreArgs),
     /// Search a collection: dense, lexical or hybrid, with filters.
     Search(SearchArgs),
     /// Run the gRPC service (logs `listening on ADDR` once it accepts requests; exits 0 after
@@ -178,6 +185,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Collections { command } => collections::collections(command),
         Command::Delete(args) => collections::delete(args),
         Command::Rebuild(args) => collections::rebuild(args),
+        Command::Publish(args) => crate::publish::publish(args),
+        Command::Restore(args) => crate::publish::restore(args),
         Command::Search(args) => retrieval::search(args),
         Command::Serve(args) => crate::serve::serve(args),
         Command::Eval { command } => retrieval::eval(command),

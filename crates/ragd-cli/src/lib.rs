@@ -13,6 +13,7 @@ mod collections;
 mod commands;
 mod flags;
 mod output;
+mod publish;
 mod remote;
 mod retrieval;
 mod serve;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cpu;
 mod document;
+pub mod scratch;
 pub use document::{
     ChunkSpan, DocumentInput, MAX_METADATA_BYTES, MAX_METADATA_KEYS, MAX_TITLE_BYTES, Metadata,
     check_bounds, content_hash, metadata_text, truncate_utf8,

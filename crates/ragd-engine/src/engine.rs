@@ -17,6 +17,7 @@ use crate::ingest::{DocResult, IngestOptions, IngestReport, Ingestor, ProgressSi
 use crate::parse::ParsedDoc;
 use crate::rebuild::{RebuildOptions, RebuildSummary};
 use crate::search::{CacheStats, Hit, Mode, SearchParams, Searcher};
+use ragd_core::scratch::Scratch;
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::user_models::decoder_gguf;
 use ragd_models::{
@@ -186,6 +187,21 @@ impl std::fmt::Debug for Engine {
             .field("decoder", &self.models.generator.get().map(Generator::name))
             .finish()
     }
+}
+
+/// The scratch directories of the data directory: snapshots staged for publishing, published
+/// generations being fetched (swept when a killed process left them).
+const STAGING: &[&str] = &[".publish-", ".restore-"];
+
+/// A consistent copy of a collection staged for publishing ([`Engine::snapshot`]); its
+/// directory is removed when this is dropped.
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    /// The copy, laid out as a collection directory.
+    pub dir: PathBuf,
+    /// What it holds.
+    pub snapshot: ragd_store::Snapshot,
+    _scratch: Scratch,
 }
 
 impl Engine {
@@ -504,6 +520,74 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// A consistent copy of collection `name` ([`Collection::snapshot`]) staged in a scratch
+    /// directory inside the data directory (hard links to the generation's files stay on one
+    /// file system), for publishing; removed when the returned value is dropped.
+    pub fn snapshot(&self, name: &str) -> Result<StagedSnapshot> {
+        let c = self.collection(name)?;
+        let scratch = self.scratch(".publish-")?;
+        let snapshot = c.snapshot(&scratch.path().join(name))?;
+        Ok(StagedSnapshot {
+            dir: scratch.path().join(name),
+            snapshot,
+            _scratch: scratch,
+        })
+    }
+
+    /// A scratch directory inside the data directory to fetch a published copy of a
+    /// collection into, as `<it>/<name>`, for [`install`](Self::install).
+    pub fn restore_staging(&self) -> Result<Scratch> {
+        self.scratch(".restore-")
+    }
+
+    fn scratch(&self, prefix: &str) -> Result<Scratch> {
+        ragd_core::scratch::scratch_dir(self.data_dir(), prefix, STAGING).map_err(|source| {
+            Error::Io {
+                context: format!(
+                    "making a temporary directory in {}",
+                    self.data_dir().display()
+                ),
+                source,
+            }
+        })
+    }
+
+    /// Installs `<staged>/<name>`, a collection directory fetched from a published generation,
+    /// as collection `name`. It is opened where it lies first — the generation's checksums
+    /// verified, its indexes checked against its DocStore — so a copy that does not open as a
+    /// collection is never installed; an existing collection `name` is never replaced.
+    pub fn install(&self, name: &str, staged: &Scratch) -> Result<CollectionStats> {
+        ragd_store::validate_name(name)?;
+        let _l = self.lifecycle();
+        let dest = self.data_dir().join(name);
+        if dest.exists() {
+            return Err(ragd_store::Error::CollectionExists(name.into()).into());
+        }
+        let copy = Collection::open(staged.path(), name)?;
+        copy.verify()?;
+        let r = copy.recovery();
+        if r.rebuilt || r.replayed > 0 {
+            tracing::warn!(collection = name, replayed = r.replayed, rebuilt = r.rebuilt, repaired = ?r.repaired, "the fetched copy needed recovery before it opened");
+        }
+        drop(copy);
+        let io = |source| Error::Io {
+            context: format!("moving the fetched collection to {}", dest.display()),
+            source,
+        };
+        std::fs::create_dir_all(self.data_dir()).map_err(io)?;
+        // rename(2) onto an existing non-empty directory fails: a collection created meanwhile
+        // is not replaced.
+        std::fs::rename(staged.path().join(name), &dest).map_err(|source| {
+            if dest.exists() {
+                Error::Store(ragd_store::Error::CollectionExists(name.into()))
+            } else {
+                io(source)
+            }
+        })?;
+        drop(_l);
+        self.stats(name)
     }
 
     /// Deletes collection `name` (requests holding it finish on their open handle).

@@ -14,6 +14,9 @@ pub enum Error {
     /// The collection store failed.
     #[error(transparent)]
     Store(#[from] ragd_store::Error),
+    /// Publishing or fetching a generation failed.
+    #[error(transparent)]
+    Cluster(#[from] ragd_cluster::Error),
     /// A model failed.
     #[error(transparent)]
     Model(#[from] ragd_models::Error),
@@ -40,6 +43,7 @@ impl Error {
             Self::InvalidInput(_) => ErrorKind::InvalidInput,
             Self::Store(e) => e.kind(),
             Self::Model(e) => e.kind(),
+            Self::Cluster(e) => e.kind(),
             Self::Cancelled => ErrorKind::Unavailable,
             Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Self::Io { .. } => ErrorKind::Internal,

@@ -30,7 +30,7 @@ pub use cite::{Marker, parse_citations};
 pub use engine::{
     DEFAULT_PAGE_SIZE, DEFAULT_QUERY_CACHE, Deleted, DocumentPage, Engine, EngineConfig, Listing,
     MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, SearchResults,
-    StoredDocument, load_reranker,
+    StagedSnapshot, StoredDocument, load_reranker,
 };
 pub use error::{Error, Result};
 pub use ingest::{
@@ -53,6 +53,8 @@ pub use search::{CacheStats, Fused, Fusion, Hit, MAX_RERANK, Mode, SearchParams,
 
 // The data model and model handles the engine's operations take and return, so that front
 // doors need no crate below the engine.
+pub use ragd_cluster as cluster;
+pub use ragd_core::scratch::Scratch;
 pub use ragd_models::registry as models;
 pub use ragd_models::user_models;
 pub use ragd_models::{

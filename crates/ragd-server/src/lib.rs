@@ -12,11 +12,12 @@ mod state;
 pub use error::Error;
 pub use settings::{Overrides, Settings, SettingsError};
 
-use metrics::{MethodLabels, Metrics, RpcLabels};
+use metrics::{MethodLabels, Metrics, ResultLabels, RpcLabels};
 use ragd_engine::{Engine, EngineConfig, GeneratorOptions, ModelOptions};
 use ragd_proto::v1 as pb;
 use services::Services;
 use state::State;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -301,16 +302,25 @@ impl Bound {
                 services, auth,
             ));
 
-        // Background checkpoints bound how much a restart replays.
+        // Background checkpoints bound how much a restart replays; each is followed by
+        // publishing what changed when `publish.url` is set.
         let ticker_state = Arc::clone(&state);
         let interval = Duration::from_secs_f64(settings.checkpoint_interval_seconds);
+        let publisher = settings
+            .publish
+            .store()
+            .map_err(|e| SettingsError(format!("setting `publish.url`: {e}")))?;
         let ticker = tokio::spawn(async move {
             let mut t = tokio::time::interval(interval);
             t.tick().await;
+            let mut published = HashMap::new();
             loop {
                 t.tick().await;
                 let s = Arc::clone(&ticker_state);
                 let _ = tokio::task::spawn_blocking(move || s.engine.checkpoint_all()).await;
+                if let Some(store) = &publisher {
+                    publish_changed(&ticker_state, store, &mut published).await;
+                }
             }
         });
 
@@ -519,6 +529,71 @@ fn request_id<B>(req: &http::Request<B>) -> String {
             },
             str::to_string,
         )
+}
+
+/// Publishes every collection whose live generation or DocStore sequence moved since this
+/// server last published it (`published`: name → (generation, sequence)). A failure is logged
+/// and counted; the collection is tried again after the next checkpoint.
+async fn publish_changed(
+    state: &Arc<State>,
+    store: &ragd_engine::cluster::GenerationStore,
+    published: &mut HashMap<String, (u64, u64)>,
+) {
+    let s = Arc::clone(state);
+    let listing = match tokio::task::spawn_blocking(move || s.engine.list()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "listing collections to publish failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    for stats in listing.open {
+        if published.get(&stats.name) == Some(&(stats.generation, stats.seq)) {
+            continue;
+        }
+        let s = Arc::clone(state);
+        let name = stats.name.clone();
+        let staged = match tokio::task::spawn_blocking(move || s.engine.snapshot(&name)).await {
+            Ok(Ok(staged)) => staged,
+            Ok(Err(e)) => {
+                tracing::warn!(collection = %stats.name, error = %e, "snapshot for publishing failed");
+                state
+                    .metrics
+                    .publishes
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let done = (staged.snapshot.manifest.generation, staged.snapshot.seq);
+        match store
+            .publish(&stats.name, &staged.dir, &staged.snapshot)
+            .await
+        {
+            Ok(r) => {
+                published.insert(stats.name.clone(), done);
+                if !r.already_published {
+                    state
+                        .metrics
+                        .publishes
+                        .get_or_create(&ResultLabels { result: "ok" })
+                        .inc();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(collection = %stats.name, store = store.url(), error = %e, "publishing failed; it is tried again after the next checkpoint");
+                state
+                    .metrics
+                    .publishes
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
+            }
+        }
+        // Removing the staged copy is file system work: off the async workers.
+        let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
+    }
 }
 
 #[cfg(test)]

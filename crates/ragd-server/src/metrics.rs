@@ -73,6 +73,14 @@ pub struct Metrics {
     pub tokens_generated: Counter,
     pub answers_refused: Counter,
     pub query_cache: Family<CacheLabels, Counter>,
+    pub publishes: Family<ResultLabels, Counter>,
+}
+
+/// Labels of an operation that succeeds or fails.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
 }
 
 /// Labels of a query-vector cache lookup.
@@ -102,6 +110,7 @@ impl Metrics {
         let tokens_generated = Counter::default();
         let answers_refused = Counter::default();
         let query_cache = Family::<CacheLabels, Counter>::default();
+        let publishes = Family::<ResultLabels, Counter>::default();
         registry.register(
             "grpc_requests",
             "RPCs finished, by method and status code",
@@ -147,6 +156,11 @@ impl Metrics {
             "Search query vectors looked up in their collection's cache, by outcome",
             query_cache.clone(),
         );
+        registry.register(
+            "generations_published",
+            "Collection generations published to object storage (publish.url), by result",
+            publishes.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -158,6 +172,7 @@ impl Metrics {
             tokens_generated,
             answers_refused,
             query_cache,
+            publishes,
         }
     }
 

@@ -35,6 +35,33 @@ pub struct Settings {
     pub shutdown_grace_seconds: f64,
     /// Seconds between background checkpoints of collections that have new writes.
     pub checkpoint_interval_seconds: f64,
+    pub publish: Publish,
+}
+
+/// Continuous publishing: after each background checkpoint, every collection whose generation
+/// or sequence moved since it was last published is published to object storage (what `ragd
+/// publish` does once), for read replicas and for restoring this writer elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Publish {
+    /// Object store URL: `s3://bucket/path`, `gs://…`, `az://…`, `file:///dir`; empty: nothing
+    /// is published.
+    pub url: String,
+    /// object_store options (`aws_endpoint`, `aws_region`, `aws_allow_http`, …); the
+    /// environment's `AWS_*`, `GOOGLE_*` and `AZURE_*` variables are read too.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl Publish {
+    /// The store to publish to, when one is set.
+    pub fn store(
+        &self,
+    ) -> Result<Option<ragd_engine::cluster::GenerationStore>, ragd_engine::cluster::Error> {
+        if self.url.trim().is_empty() {
+            return Ok(None);
+        }
+        ragd_engine::cluster::GenerationStore::open(self.url.trim(), &self.options).map(Some)
+    }
 }
 
 /// The cross-encoder searches and answers rerank with when a request asks (`rerank` in its
@@ -256,6 +283,7 @@ impl Default for Settings {
             answer: Answer::default(),
             shutdown_grace_seconds: 10.0,
             checkpoint_interval_seconds: 30.0,
+            publish: Publish::default(),
         }
     }
 }
@@ -492,6 +520,9 @@ impl Settings {
                 return bad(key, format!("must be a positive number, got {v}"));
             }
         }
+        if let Err(e) = self.publish.store() {
+            return bad("publish.url", e.to_string());
+        }
         Ok(())
     }
 
@@ -601,6 +632,23 @@ mod tests {
             jail.create_file("bad.toml", "listne = \"x\"\n")?;
             let e = Settings::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
             assert!(e.0.contains("listne"), "{e}");
+            // The publishing store is checked at start: its URL, and every option's name.
+            jail.set_env("RAGD_PUBLISH__URL", "ftp://nowhere/x");
+            let e = Settings::load(None, &Overrides::default()).unwrap_err();
+            assert!(
+                e.0.contains("publish.url") && e.0.contains("ftp://nowhere/x"),
+                "{e}"
+            );
+            jail.set_env("RAGD_PUBLISH__URL", "s3://bucket/ragd");
+            let s = Settings::load(None, &Overrides::default()).map_err(|e| e.0)?;
+            assert_eq!(s.publish.url, "s3://bucket/ragd");
+            jail.create_file(
+                "publish.toml",
+                "[publish]\noptions = { aws_endpoint = \"http://127.0.0.1:1\", aws_endpiont = \"x\" }\n",
+            )?;
+            let e =
+                Settings::load(Some(Path::new("publish.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.0.contains("aws_endpiont"), "{e}");
             Ok(())
         });
     }

@@ -15,7 +15,7 @@ use crate::generation::{self, Generation, Manifest, gen_dir_name};
 use crate::lexical::{LexicalDoc, LexicalHit, SearchFilter};
 use crate::settings::{CollectionSettings, validate_name};
 use crate::vector::{VectorHit, VectorIndex};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -25,6 +25,33 @@ const DOCSTORE: &str = "docstore.redb";
 /// Filters that leave at most this many chunks are scored exactly rather than by a filtered
 /// graph walk.
 const EXACT_FILTER_MAX: usize = 2048;
+
+/// A consistent copy of a collection made by [`Collection::snapshot`].
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The copied generation's manifest, as checkpointed for the copy.
+    pub manifest: Manifest,
+    /// Last DocStore sequence in the copy: the manifest's applied sequence, or later when a
+    /// re-chunking rebuild had DocStore-only entries pending (the copy replays them on open).
+    pub seq: u64,
+    /// Every file of the copy, sorted by path.
+    pub files: Vec<SnapshotFile>,
+}
+
+/// One file of a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFile {
+    /// Path relative to the copy's directory, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+}
+
+/// How many times a snapshot links the live generation again when a tantivy merge replaced
+/// segment files while they were being linked.
+const SNAPSHOT_ATTEMPTS: usize = 5;
 
 /// `ragd collections stats`.
 #[derive(Debug, Clone, Serialize)]
@@ -738,12 +765,87 @@ impl Collection {
         })
     }
 
+    /// Writes a consistent copy of the collection to `dest` (which must not exist), laid out as
+    /// a collection directory — `docstore.redb`, `CURRENT`, `gen-<n>/` — so that opening it as a
+    /// collection finds the same documents, chunks and indexes with nothing to replay or
+    /// rebuild. Under the write lock: a checkpoint, hard links to the live generation's files
+    /// (immutable once checkpointed: dumps get new names, manifests are renamed into place) and a
+    /// read snapshot of the DocStore; the DocStore copy is written from that snapshot after the
+    /// lock is released, so writes wait only for the checkpoint and the links. Nothing is left at
+    /// `dest` when it fails.
+    pub fn snapshot(&self, dest: &Path) -> Result<Snapshot> {
+        std::fs::create_dir(dest).map_err(Error::io(format!("creating {}", dest.display())))?;
+        let r = self.snapshot_into(dest);
+        if r.is_err() {
+            let _ = std::fs::remove_dir_all(dest);
+        }
+        r
+    }
+
+    fn snapshot_into(&self, dest: &Path) -> Result<Snapshot> {
+        let (manifest, read) = {
+            let _w = self.lock()?;
+            let live = self.live();
+            self.watch(self.checkpoint_locked(&live))?;
+            let manifest = self.manifest();
+            let read = self.store.read_snapshot()?;
+            link_generation(&live.dir, &dest.join(gen_dir_name(live.number)))?;
+            (manifest, read)
+        };
+        read.write_to(&dest.join(DOCSTORE), &self.name)?;
+        let seq = read.seq()?;
+        drop(read);
+        generation::write_current(dest, manifest.generation)?;
+        fsutil::sync_dir(dest)?;
+        let files = fsutil::file_digests(dest)?
+            .into_iter()
+            .map(|(path, bytes, sha256)| SnapshotFile {
+                path,
+                bytes,
+                sha256,
+            })
+            .collect();
+        Ok(Snapshot {
+            manifest,
+            seq,
+            files,
+        })
+    }
+
     /// The live generation's manifest.
     pub fn manifest(&self) -> Manifest {
         let live = self.live();
         let m = live.manifest.lock().map(|m| m.clone());
         m.unwrap_or_else(|p| p.into_inner().clone())
     }
+}
+
+/// Links generation directory `src` at `dst`, leaving out lock and temporary files. tantivy
+/// merges in the background and deletes the segments a merge replaced, possibly between the
+/// listing and the linking: the copy is checked (every file of its last commit present and
+/// passing its checksum) and linked again when it is not whole.
+fn link_generation(src: &Path, dst: &Path) -> Result<()> {
+    let skip = |name: &str| name.ends_with(".lock") || name.ends_with(".tmp");
+    let mut last = None;
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        fsutil::link_tree(src, dst, &skip)?;
+        let checked = generation::read_manifest(dst)
+            .and_then(|m| generation::check_files(dst, &m))
+            .and_then(|()| crate::lexical::LexicalIndex::check_dir(&dst.join(generation::BM25)));
+        match checked {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "generation changed while it was linked; linking it again");
+                last = Some(e);
+                std::fs::remove_dir_all(dst)
+                    .map_err(Error::io(format!("removing {}", dst.display())))?;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Corrupt {
+        path: src.to_path_buf(),
+        reason: "it could not be linked whole".into(),
+    }))
 }
 
 /// Builds generation `number` of the collection in `dir` from the DocStore: in

@@ -581,6 +581,72 @@ pub struct LiveChunk {
     pub vector: Vec<f32>,
 }
 
+/// A read snapshot of a DocStore: redb's MVCC keeps what it sees unchanged while writers go on,
+/// so a copy can be written from it after the collection's write lock is released.
+pub struct DocStoreSnapshot {
+    tx: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for DocStoreSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocStoreSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl DocStore {
+    /// The DocStore as of now, for [`DocStoreSnapshot::write_to`].
+    pub fn read_snapshot(&self) -> Result<DocStoreSnapshot> {
+        Ok(DocStoreSnapshot {
+            tx: self.db.begin_read()?,
+        })
+    }
+}
+
+impl DocStoreSnapshot {
+    /// Last sequence number the snapshot holds.
+    pub fn seq(&self) -> Result<u64> {
+        counter(&self.tx.open_table(COUNTERS)?, SEQ)
+    }
+
+    /// Writes every table of the snapshot, log included, to a new redb file at `path` (which
+    /// must not exist): a DocStore that opens as this one did at the snapshot, without the free
+    /// pages of the original.
+    pub fn write_to(&self, path: &Path, name: &str) -> Result<()> {
+        if path.exists() {
+            return Err(Error::Io {
+                context: format!("writing a DocStore copy to {}", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let db = Database::create(path).map_err(|e| map_open(e, name))?;
+        let tx = db.begin_write()?;
+        copy_table(&self.tx, &tx, SETTINGS)?;
+        copy_table(&self.tx, &tx, COUNTERS)?;
+        copy_table(&self.tx, &tx, DOCS)?;
+        copy_table(&self.tx, &tx, TEXTS)?;
+        copy_table(&self.tx, &tx, CHUNKS)?;
+        copy_table(&self.tx, &tx, VECTORS)?;
+        copy_table(&self.tx, &tx, TOMBSTONES)?;
+        copy_table(&self.tx, &tx, LOG)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<()> {
+    let src = from.open_table(def)?;
+    let mut dst = to.open_table(def)?;
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 fn counter(t: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64> {
     Ok(t.get(key)?.map(|g| g.value()).unwrap_or(0))
 }

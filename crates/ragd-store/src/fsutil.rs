@@ -53,6 +53,70 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// Recreates the tree under `src` at `dst` (which must not exist) with hard links to its files,
+/// or copies where linking fails (another filesystem), leaving out names `skip` rejects.
+/// Linking is a snapshot only of files that are replaced rather than modified in place, which
+/// is how the generation's files are written (new names, atomic renames).
+pub(crate) fn link_tree(src: &Path, dst: &Path, skip: &dyn Fn(&str) -> bool) -> Result<()> {
+    std::fs::create_dir(dst).map_err(Error::io(format!("creating {}", dst.display())))?;
+    let entries =
+        std::fs::read_dir(src).map_err(Error::io(format!("reading {}", src.display())))?;
+    for e in entries {
+        let e = e.map_err(Error::io(format!("reading {}", src.display())))?;
+        let name = e.file_name();
+        if skip(&name.to_string_lossy()) {
+            continue;
+        }
+        let (from, to) = (e.path(), dst.join(&name));
+        let kind = e
+            .file_type()
+            .map_err(Error::io(format!("reading {}", from.display())))?;
+        if kind.is_dir() {
+            link_tree(&from, &to, skip)?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(Error::io(format!(
+                "copying {} to {}",
+                from.display(),
+                to.display()
+            )))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file under `root`: its path relative to `root` with `/` separators, size and hex
+/// sha256, sorted by path.
+pub(crate) fn file_digests(root: &Path) -> Result<Vec<(String, u64, String)>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64, String)>) -> Result<()> {
+        let entries =
+            std::fs::read_dir(dir).map_err(Error::io(format!("reading {}", dir.display())))?;
+        for e in entries {
+            let e = e.map_err(Error::io(format!("reading {}", dir.display())))?;
+            let p = e.path();
+            let meta = e
+                .metadata()
+                .map_err(Error::io(format!("reading {}", p.display())))?;
+            if meta.is_dir() {
+                walk(root, &p, out)?;
+                continue;
+            }
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push((rel, meta.len(), sha256_file(&p)?));
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// Total size in bytes of the files under `path`.
 pub(crate) fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {

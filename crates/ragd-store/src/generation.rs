@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// File naming the live generation.
 pub(crate) const CURRENT: &str = "CURRENT";
 const MANIFEST: &str = "manifest.json";
-const BM25: &str = "bm25";
+pub(crate) const BM25: &str = "bm25";
 
 /// What a generation directory holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

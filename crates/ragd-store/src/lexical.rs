@@ -208,6 +208,19 @@ impl LexicalIndex {
         Self::from_index(index, dir)
     }
 
+    /// Checks the committed index in `dir` without opening a writer: the schema is ragd's and
+    /// every file its last commit names is present and passes its footer checksum.
+    pub fn check_dir(dir: &Path) -> Result<()> {
+        let index = Index::open_in_dir(dir)?;
+        if index.schema() != schema().0 {
+            return Err(Error::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "the lexical index has a different schema".into(),
+            });
+        }
+        check_checksums(&index, dir)
+    }
+
     /// Checks every file of the committed index against the checksum in its footer.
     pub fn check_files(&self) -> Result<()> {
         check_checksums(&self.index, &self.dir)

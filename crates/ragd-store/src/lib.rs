@@ -20,9 +20,12 @@ mod lexical;
 mod settings;
 mod vector;
 
-pub use collection::{Collection, CollectionStats, RebuildReport, Recovery, WriteReport};
+pub use collection::{
+    Collection, CollectionStats, RebuildReport, Recovery, Snapshot, SnapshotFile, WriteReport,
+};
 pub use docstore::{
-    ChunkRecord, DocRecord, DocStore, DocWrite, LiveChunk, LogOp, StoreCounts, WriteOutcome,
+    ChunkRecord, DocRecord, DocStore, DocStoreSnapshot, DocWrite, LiveChunk, LogOp, StoreCounts,
+    WriteOutcome,
 };
 pub use error::{Error, Result};
 pub use generation::{Generation, Manifest};
