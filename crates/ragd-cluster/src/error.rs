@@ -24,6 +24,9 @@ pub enum Error {
         /// object_store's error (boxed: it is large, and errors travel by value).
         source: Box<object_store::Error>,
     },
+    /// etcd failed on every endpoint (unreachable, no leader, refused).
+    #[error("etcd: {0}")]
+    Etcd(String),
     /// What the store holds is not what its manifest says: a missing, short or altered
     /// object, or a manifest that does not parse.
     #[error("published generation {what}: {reason}")]
@@ -56,6 +59,7 @@ impl Error {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
                 _ => ErrorKind::Unavailable,
             },
+            Self::Etcd(_) => ErrorKind::Unavailable,
             Self::Corrupt { .. } => ErrorKind::Internal,
             Self::Io { source, .. } if is_full(source) => ErrorKind::StorageFull,
             Self::Io { .. } => ErrorKind::Internal,

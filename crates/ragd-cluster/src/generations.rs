@@ -187,7 +187,7 @@ fn retry() -> RetryConfig {
 
 /// object_store's HTTP client takes TLS from rustls's process-wide provider: ring, which the
 /// rest of ragd's TLS (tonic, ureq) uses too.
-fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err: the process installed one already, which then serves.
@@ -255,7 +255,10 @@ impl GenerationStore {
             }};
         }
         let store: Arc<dyn ObjectStore> = match scheme {
-            ObjectStoreScheme::Local => Arc::new(object_store::local::LocalFileSystem::new()),
+            // Deleting a generation's files leaves no empty directories behind.
+            ObjectStoreScheme::Local => {
+                Arc::new(object_store::local::LocalFileSystem::new().with_automatic_cleanup(true))
+            }
             ObjectStoreScheme::AmazonS3 => build!(
                 object_store::aws::AmazonS3Builder::new(),
                 object_store::aws::AmazonS3ConfigKey
@@ -534,6 +537,33 @@ impl GenerationStore {
                 self.url, self.url
             ))
         })
+    }
+
+    /// Deletes `collection`'s generation `id`: `publish.json` first, so it stops being a
+    /// generation before any of its files goes, then every object under its prefix.
+    pub async fn delete(&self, collection: &str, id: GenerationId) -> Result<()> {
+        let prefix = self.key(&Self::gen_prefix(collection, id));
+        let manifest = self.key(&format!("{}/{MANIFEST}", Self::gen_prefix(collection, id)));
+        match self.store.delete(&manifest).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.failed(format!("deleting {manifest}"))(e)),
+        }
+        let keys: Vec<Key> = self
+            .store
+            .list(Some(&prefix))
+            .map(|m| m.map(|m| m.location))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(self.failed(format!("listing {prefix}")))?;
+        for k in keys {
+            match self.store.delete(&k).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.failed(format!("deleting {k}"))(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Downloads `collection`'s generation `id` into `dest` (created; must not exist), laid

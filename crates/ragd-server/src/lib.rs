@@ -310,6 +310,11 @@ impl Bound {
             .publish
             .store()
             .map_err(|e| SettingsError(format!("setting `publish.url`: {e}")))?;
+        let pointer = settings
+            .publish
+            .etcd()
+            .map_err(|e| SettingsError(format!("setting `publish.etcd`: {e}")))?;
+        let keep = settings.publish.keep;
         let ticker = tokio::spawn(async move {
             let mut t = tokio::time::interval(interval);
             t.tick().await;
@@ -319,7 +324,11 @@ impl Bound {
                 let s = Arc::clone(&ticker_state);
                 let _ = tokio::task::spawn_blocking(move || s.engine.checkpoint_all()).await;
                 if let Some(store) = &publisher {
-                    publish_changed(&ticker_state, store, &mut published).await;
+                    let to = Rollout {
+                        etcd: pointer.as_ref(),
+                        keep,
+                    };
+                    publish_changed(&ticker_state, store, to, &mut published).await;
                 }
             }
         });
@@ -531,12 +540,21 @@ fn request_id<B>(req: &http::Request<B>) -> String {
         )
 }
 
+/// Where a publish goes after the object store: the etcd pointer, and how many generations
+/// are kept.
+#[derive(Clone, Copy)]
+struct Rollout<'a> {
+    etcd: Option<&'a ragd_engine::cluster::Etcd>,
+    keep: usize,
+}
+
 /// Publishes every collection whose live generation or DocStore sequence moved since this
 /// server last published it (`published`: name → (generation, sequence)). A failure is logged
 /// and counted; the collection is tried again after the next checkpoint.
 async fn publish_changed(
     state: &Arc<State>,
     store: &ragd_engine::cluster::GenerationStore,
+    rollout: Rollout<'_>,
     published: &mut HashMap<String, (u64, u64)>,
 ) {
     let s = Arc::clone(state);
@@ -573,13 +591,36 @@ async fn publish_changed(
             .await
         {
             Ok(r) => {
-                published.insert(stats.name.clone(), done);
                 if !r.already_published {
                     state
                         .metrics
                         .publishes
                         .get_or_create(&ResultLabels { result: "ok" })
                         .inc();
+                }
+                let pointed = match rollout.etcd {
+                    None => true,
+                    Some(etcd) => {
+                        let to = ragd_engine::cluster::Pointer {
+                            id: r.id,
+                            digest: r.digest.clone(),
+                        };
+                        let moved = ragd_engine::cluster::point_and_prune(
+                            etcd,
+                            store,
+                            &stats.name,
+                            &to,
+                            rollout.keep,
+                        )
+                        .await;
+                        if let Err(e) = &moved {
+                            tracing::warn!(collection = %stats.name, error = %e, "moving the generation pointer failed; it is tried again after the next checkpoint");
+                        }
+                        moved.is_ok()
+                    }
+                };
+                if pointed {
+                    published.insert(stats.name.clone(), done);
                 }
             }
             Err(e) => {

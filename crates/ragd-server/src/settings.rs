@@ -41,7 +41,7 @@ pub struct Settings {
 /// Continuous publishing: after each background checkpoint, every collection whose generation
 /// or sequence moved since it was last published is published to object storage (what `ragd
 /// publish` does once), for read replicas and for restoring this writer elsewhere.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Publish {
     /// Object store URL: `s3://bucket/path`, `gs://…`, `az://…`, `file:///dir`; empty: nothing
@@ -50,6 +50,23 @@ pub struct Publish {
     /// object_store options (`aws_endpoint`, `aws_region`, `aws_allow_http`, …); the
     /// environment's `AWS_*`, `GOOGLE_*` and `AZURE_*` variables are read too.
     pub options: std::collections::BTreeMap<String, String>,
+    /// etcd client endpoints: after each publish, `/ragd/<collection>/current` is pointed at
+    /// the new generation (compare-and-swap, never back) and published generations older than
+    /// the `keep` newest that no live replica serves are deleted. Empty: no pointer.
+    pub etcd: Vec<String>,
+    /// Published generations kept per collection when `etcd` is set (at least 1).
+    pub keep: usize,
+}
+
+impl Default for Publish {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            options: Default::default(),
+            etcd: Vec::new(),
+            keep: 3,
+        }
+    }
 }
 
 impl Publish {
@@ -61,6 +78,14 @@ impl Publish {
             return Ok(None);
         }
         ragd_engine::cluster::GenerationStore::open(self.url.trim(), &self.options).map(Some)
+    }
+
+    /// The etcd cluster to point replicas through, when one is set.
+    pub fn etcd(&self) -> Result<Option<ragd_engine::cluster::Etcd>, ragd_engine::cluster::Error> {
+        if self.etcd.is_empty() {
+            return Ok(None);
+        }
+        ragd_engine::cluster::Etcd::new(&self.etcd, ragd_engine::cluster::ETCD_PREFIX).map(Some)
     }
 }
 
@@ -522,6 +547,18 @@ impl Settings {
         }
         if let Err(e) = self.publish.store() {
             return bad("publish.url", e.to_string());
+        }
+        if let Err(e) = self.publish.etcd() {
+            return bad("publish.etcd", e.to_string());
+        }
+        if !self.publish.etcd.is_empty() && self.publish.url.trim().is_empty() {
+            return bad(
+                "publish.etcd",
+                "needs publish.url (what the pointer names is published there)".into(),
+            );
+        }
+        if self.publish.keep == 0 {
+            return bad("publish.keep", "must be at least 1".into());
         }
         Ok(())
     }
