@@ -4,35 +4,8 @@
 use serde_json::Value;
 use std::process::{Command, Output};
 
-fn ragd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ragd"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn models_dir() -> String {
-    ragd_models_dir().to_string_lossy().into_owned()
-}
-
-fn ragd_models_dir() -> std::path::PathBuf {
-    match std::env::var_os("RAGD_MODELS") {
-        Some(p) if !p.is_empty() => p.into(),
-        _ => std::env::var_os("HOME")
-            .map(std::path::PathBuf::from)
-            .unwrap()
-            .join(".cache/ragd/models"),
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn models_list_json_names_roles_and_paths() {

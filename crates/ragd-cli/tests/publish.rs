@@ -10,32 +10,10 @@
 use ragd_cluster::testing::{EtcdCluster, SeaweedFs};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn ragd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ragd"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn models_dir() -> String {
-    match std::env::var_os("RAGD_MODELS") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/ragd/models"),
-    }
-    .to_string_lossy()
-    .into_owned()
-}
+mod common;
+use common::{json_of as ok_json, models_dir, ragd};
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()

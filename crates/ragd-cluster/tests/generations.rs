@@ -73,21 +73,37 @@ fn publish(rt: &tokio::runtime::Runtime, s: &GenerationStore, c: &Collection) ->
     r.id
 }
 
+/// A collection of `n` documents, a store in a directory, and a directory to fetch into.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    store: GenerationStore,
+    collection: Collection,
+    bucket: tempfile::TempDir,
+    out: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+fn setup(n: u64) -> Setup {
+    let (data, bucket) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    Setup {
+        rt: rt(),
+        store: store(bucket.path()),
+        collection: collection(data.path(), n),
+        bucket,
+        out: tempfile::tempdir().unwrap(),
+        _data: data,
+    }
+}
+
 #[test]
 fn a_published_generation_fetches_and_opens_as_the_collection_was() {
-    let (data, bucket, out) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let rt = rt();
-    let s = store(bucket.path());
-    let c = collection(data.path(), 30);
-    let first = publish(&rt, &s, &c);
+    let t = setup(30);
+    let (rt, s, c, out) = (&t.rt, &t.store, &t.collection, &t.out);
+    let first = publish(rt, s, c);
     // Writes go on; the next publish is a new id, the first stays as it was.
     c.write((30..45).map(doc).collect()).unwrap();
     c.write(vec![DocWrite::Delete { id: "d3".into() }]).unwrap();
-    let second = publish(&rt, &s, &c);
+    let second = publish(rt, s, c);
     assert!(second > first);
     assert_eq!(rt.block_on(s.list("c")).unwrap(), vec![first, second]);
     assert_eq!(rt.block_on(s.latest("c")).unwrap(), second);
@@ -152,15 +168,9 @@ fn a_published_generation_fetches_and_opens_as_the_collection_was() {
 /// (an upload that stopped half way) is not a generation.
 #[test]
 fn altered_missing_or_unfinished_objects_are_refused() {
-    let (data, bucket, out) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
-    let rt = rt();
-    let s = store(bucket.path());
-    let c = collection(data.path(), 20);
-    let id = publish(&rt, &s, &c);
+    let t = setup(20);
+    let (rt, s, c, out, bucket) = (&t.rt, &t.store, &t.collection, &t.out, &t.bucket);
+    let id = publish(rt, s, c);
     let prefix = bucket.path().join(format!("collections/c/gen/{id}"));
     let (m, _) = rt.block_on(s.describe("c", id)).unwrap();
     let graph = m
