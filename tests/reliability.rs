@@ -387,8 +387,23 @@ async fn a_full_disk_is_resource_exhausted_and_the_collection_recovers_without_r
             .unwrap_or_else(|e| panic!("acknowledged {id} is gone: {e:?}"));
     }
     srv.stop().await;
-    // Offline, the indexes agree with the DocStore.
-    let c = ragd_store::Collection::open(&data, "full").unwrap();
+    // Offline, the indexes agree with the DocStore. A blocking job of the in-process server (the
+    // one the full disk failed) may still be letting go of the collection's locks: bounded wait.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        match ragd_store::Collection::open(&data, "full") {
+            Ok(c) => break c,
+            Err(e)
+                if Instant::now() < deadline && e.kind() == ragd_core::ErrorKind::Unavailable =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) if Instant::now() < deadline && e.to_string().contains("Lock") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the collection does not open after the server stopped: {e}"),
+        }
+    };
     c.verify().unwrap();
     assert_eq!(c.stats().unwrap().documents, acknowledged.len() as u64);
 }

@@ -375,7 +375,10 @@ impl Bound {
         };
         // Jobs still running (a long ingest, a rebuild) stop at their next check.
         state.jobs.cancel();
+        // Awaited, not only aborted: the ticker holds the engine (and so every open collection's
+        // files and locks) until its future is dropped, which abort alone leaves to a later poll.
         ticker.abort();
+        let _ = ticker.await;
         if let Some(m) = metrics_task {
             m.abort();
         }
