@@ -25,6 +25,8 @@ pub fn with_key(mut req: Request<()>) -> Result<Request<()>, Status> {
 
 pub struct Running {
     pub channel: Channel,
+    /// The gRPC address.
+    pub addr: std::net::SocketAddr,
     /// The `/metrics` address, when `metrics_listen` was set.
     pub metrics: Option<std::net::SocketAddr>,
     pub stop: Option<oneshot::Sender<()>>,
@@ -65,6 +67,7 @@ pub async fn start_with(data: tempfile::TempDir, configure: impl FnOnce(&mut Set
         .unwrap();
     Running {
         channel,
+        addr,
         metrics,
         stop: Some(stop),
         done,

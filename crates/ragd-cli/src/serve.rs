@@ -22,6 +22,10 @@ pub(crate) struct ServeArgs {
     /// Models directory.
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// Serve as a read replica of the generations a writer publishes (settings `[replica]`:
+    /// `url`, `etcd`, `writer`); writes are refused.
+    #[arg(long)]
+    replica: bool,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -34,6 +38,9 @@ pub(crate) fn settings(args: &ServeArgs) -> Result<Settings> {
         metrics_listen: args.metrics_listen.clone(),
         data_dir: args.data_dir.clone(),
         models_dir: args.models_dir.clone(),
+        replica: args
+            .replica
+            .then_some(ragd_server::ReplicaOverrides { enabled: true }),
     };
     Ok(Settings::load(args.config.as_deref(), &overrides)?)
 }

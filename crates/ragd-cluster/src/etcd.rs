@@ -273,6 +273,13 @@ impl Etcd {
         Ok(int(&v["result"]["TTL"]) > 0)
     }
 
+    /// Ends `lease` now: its keys go at once (a replica stopping cleanly).
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        self.call("lease/revoke", &json!({"ID": lease.to_string()}))
+            .await?;
+        Ok(())
+    }
+
     /// Records, under `lease`, that replica `replica` serves `serving` of `collection`.
     pub async fn register(
         &self,

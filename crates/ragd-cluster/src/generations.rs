@@ -501,6 +501,25 @@ impl GenerationStore {
         })
     }
 
+    /// The collections that have anything published, sorted.
+    pub async fn collections(&self) -> Result<Vec<String>> {
+        let prefix = self.key("collections");
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(self.failed(format!("listing {prefix}")))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename())
+            .filter(|n| ragd_store::validate_name(n).is_ok())
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The completely published generations of `collection` (those with a `publish.json`),
     /// oldest first.
     pub async fn list(&self, collection: &str) -> Result<Vec<GenerationId>> {

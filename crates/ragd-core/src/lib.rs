@@ -19,7 +19,7 @@ pub use document::{
 ///
 /// Every crate's error enum exposes `kind()`; the gRPC layer maps each kind to exactly one status
 /// code, and the CLI maps it to an exit code. User errors (`InvalidInput`, `NotFound`,
-/// `AlreadyExists`) carry messages meant for the person who sent the request; `Internal` ones do
+/// `AlreadyExists`, `FailedPrecondition`) carry messages meant for the person who sent the request; `Internal` ones do
 /// not leak details over the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +30,9 @@ pub enum ErrorKind {
     NotFound,
     /// Something the request would create exists already.
     AlreadyExists,
+    /// The request is valid but not here: a write sent to a read replica (the message names
+    /// the writer).
+    FailedPrecondition,
     /// A bounded queue is full; the caller may retry later.
     Overloaded,
     /// A dependency is not ready (a worker thread is gone, the service is shutting down).
@@ -47,7 +50,7 @@ impl ErrorKind {
     pub fn is_user_error(self) -> bool {
         matches!(
             self,
-            Self::InvalidInput | Self::NotFound | Self::AlreadyExists
+            Self::InvalidInput | Self::NotFound | Self::AlreadyExists | Self::FailedPrecondition
         )
     }
 }
@@ -119,11 +122,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_errors_are_the_three_caller_kinds() {
+    fn user_errors_are_the_four_caller_kinds() {
         let user: Vec<_> = [
             ErrorKind::InvalidInput,
             ErrorKind::NotFound,
             ErrorKind::AlreadyExists,
+            ErrorKind::FailedPrecondition,
             ErrorKind::Overloaded,
             ErrorKind::Unavailable,
             ErrorKind::DeadlineExceeded,
@@ -138,7 +142,8 @@ mod tests {
             [
                 ErrorKind::InvalidInput,
                 ErrorKind::NotFound,
-                ErrorKind::AlreadyExists
+                ErrorKind::AlreadyExists,
+                ErrorKind::FailedPrecondition
             ]
         );
     }

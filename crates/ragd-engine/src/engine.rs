@@ -17,6 +17,7 @@ use crate::ingest::{DocResult, IngestOptions, IngestReport, Ingestor, ProgressSi
 use crate::parse::ParsedDoc;
 use crate::rebuild::{RebuildOptions, RebuildSummary};
 use crate::search::{CacheStats, Hit, Mode, SearchParams, Searcher};
+use ragd_cluster::GenerationId;
 use ragd_core::scratch::Scratch;
 use ragd_models::registry::{DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::user_models::decoder_gguf;
@@ -30,7 +31,7 @@ use ragd_store::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{
-    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 
 /// Most document ids one delete takes.
@@ -143,21 +144,53 @@ pub struct SearchResults {
     /// Whether the query's vector came from the collection's cache (`None`: lexical search,
     /// no vector).
     pub cached_vector: Option<bool>,
+    /// The published generation searched, on a read replica.
+    pub published: Option<GenerationId>,
+}
+
+/// Whether an engine owns its collections or serves copies of published generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Collections live in the data directory and take writes.
+    Writer,
+    /// A read replica: it serves only generations installed with
+    /// [`Engine::serve_published`] and refuses every write (FAILED_PRECONDITION, naming
+    /// `writer` when given).
+    Replica {
+        /// Where writes go, for the refusal's message.
+        writer: String,
+    },
+}
+
+/// A collection a read replica serves, and which published generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The collection.
+    pub collection: String,
+    /// The published generation.
+    pub id: GenerationId,
 }
 
 /// The engine. See the module docs.
 pub struct Engine {
     config: EngineConfig,
     models: Models,
+    role: Role,
     open: RwLock<HashMap<String, Arc<Open>>>,
     /// Serialises collection creation, reopening and deletion.
     lifecycle: Mutex<()>,
+    /// A replica's replaced copies, removed once no request holds their collection.
+    retired: Mutex<Vec<(Weak<Collection>, Scratch)>>,
 }
 
 /// One open collection and, once something searched it, its searcher.
 struct Open {
     collection: Arc<Collection>,
     searcher: Mutex<Option<Arc<Searcher>>>,
+    /// On a replica: the published generation this copy is, and the scratch directory it
+    /// lives in (retired, not removed, when a newer copy replaces it).
+    published: Option<GenerationId>,
+    files: Mutex<Option<Scratch>>,
 }
 
 /// The engine's models: those given, and those it may load from a models directory.
@@ -265,8 +298,31 @@ impl Engine {
         Self {
             config,
             models,
+            role: Role::Writer,
             open: RwLock::new(HashMap::new()),
             lifecycle: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The engine as `role`: a read replica serves only what [`Engine::serve_published`]
+    /// installs and refuses writes.
+    pub fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// Whether it owns its collections or serves published copies.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    fn writable(&self) -> Result<()> {
+        match &self.role {
+            Role::Writer => Ok(()),
+            Role::Replica { writer } => Err(Error::ReadOnly {
+                writer: writer.clone(),
+            }),
         }
     }
 
@@ -407,6 +463,7 @@ impl Engine {
     /// Creates collection `name` (ALREADY_EXISTS when it exists). Chunking the encoder cannot
     /// take is refused now, not at every later upsert.
     pub fn create(&self, name: &str, settings: &CollectionSettings) -> Result<CollectionStats> {
+        self.writable()?;
         ragd_store::validate_name(name)?;
         let encoder = self.encoder_for(settings)?;
         crate::check_encoder(settings, encoder.as_ref())?;
@@ -422,6 +479,7 @@ impl Engine {
     /// Opens collection `name`, creating it with the default settings when absent; true when
     /// this call created it.
     pub fn open_or_create(&self, name: &str) -> Result<bool> {
+        self.writable()?;
         match self.open(name) {
             Ok(_) => Ok(false),
             Err(Error::Store(ragd_store::Error::CollectionNotFound(_))) => {
@@ -441,6 +499,20 @@ impl Engine {
     /// recovers once the cause is gone, without a restart.
     fn open(&self, name: &str) -> Result<Arc<Open>> {
         ragd_store::validate_name(name)?;
+        if let Role::Replica { .. } = self.role {
+            return self.open_map().get(name).cloned().ok_or_else(|| {
+                let mut serving: Vec<String> = self.open_map().keys().cloned().collect();
+                serving.sort();
+                Error::Store(ragd_store::Error::CollectionNotFound(format!(
+                    "{name} (this read replica serves {})",
+                    if serving.is_empty() {
+                        "no collection yet".to_string()
+                    } else {
+                        serving.join(", ")
+                    }
+                )))
+            });
+        }
         if let Some(o) = self.open_map().get(name).cloned()
             && !o.collection.needs_reopen()
         {
@@ -479,7 +551,8 @@ impl Engine {
         let encoder = self.encoder_for(&o.collection.settings()?)?;
         let s = Arc::new(
             Searcher::new(Arc::clone(&o.collection), encoder, self.config.query_cache)?
-                .with_reranker(self.models.reranker.clone()),
+                .with_reranker(self.models.reranker.clone())
+                .with_published(o.published),
         );
         *slot = Some(Arc::clone(&s));
         Ok(s)
@@ -507,7 +580,10 @@ impl Engine {
 
     /// Every collection on disk (see [`Listing`]).
     pub fn list(&self) -> Result<Listing> {
-        let mut names = Collection::list(self.data_dir())?;
+        let mut names = match self.role {
+            Role::Writer => Collection::list(self.data_dir())?,
+            Role::Replica { .. } => self.open_map().keys().cloned().collect(),
+        };
         names.sort();
         let mut out = Listing::default();
         for name in names {
@@ -559,6 +635,7 @@ impl Engine {
     /// verified, its indexes checked against its DocStore — so a copy that does not open as a
     /// collection is never installed; an existing collection `name` is never replaced.
     pub fn install(&self, name: &str, staged: &Scratch) -> Result<CollectionStats> {
+        self.writable()?;
         ragd_store::validate_name(name)?;
         let _l = self.lifecycle();
         let dest = self.data_dir().join(name);
@@ -590,8 +667,88 @@ impl Engine {
         self.stats(name)
     }
 
+    /// On a read replica: serves `<staged>/<name>`, published generation `id` as fetched, as
+    /// collection `name` from now on. The copy is opened where it lies (its checksums
+    /// verified, its indexes checked against its DocStore) and its searcher built with the
+    /// collection's own encoder before it replaces the copy served so far, so a copy that
+    /// cannot serve is never swapped in; requests already running finish on the old copy,
+    /// whose files go once the last of them lets go ([`Engine::sweep_retired`]).
+    pub fn serve_published(
+        &self,
+        name: &str,
+        staged: Scratch,
+        id: GenerationId,
+    ) -> Result<CollectionStats> {
+        if self.role == Role::Writer {
+            return Err(Error::InvalidInput(
+                "only a read replica serves published generations; a writer restores them (`ragd restore`)".into(),
+            ));
+        }
+        ragd_store::validate_name(name)?;
+        let c = Collection::open(staged.path(), name)?;
+        c.verify()?;
+        let r = c.recovery();
+        if r.rebuilt || r.replayed > 0 {
+            tracing::warn!(collection = name, generation = %id, replayed = r.replayed, rebuilt = r.rebuilt, "the fetched copy needed recovery before it opened");
+        }
+        let c = Arc::new(c);
+        let encoder = self.encoder_for(&c.settings()?)?;
+        let searcher = Searcher::new(Arc::clone(&c), encoder, self.config.query_cache)?
+            .with_reranker(self.models.reranker.clone())
+            .with_published(Some(id));
+        let stats = c.stats()?;
+        let o = Arc::new(Open {
+            collection: c,
+            searcher: Mutex::new(Some(Arc::new(searcher))),
+            published: Some(id),
+            files: Mutex::new(Some(staged)),
+        });
+        let old = {
+            let _l = self.lifecycle();
+            self.open_map_mut().insert(name.to_string(), o)
+        };
+        if let Some(old) = old
+            && let Some(files) = lock(&old.files).take()
+        {
+            lock(&self.retired).push((Arc::downgrade(&old.collection), files));
+        }
+        self.sweep_retired();
+        Ok(stats)
+    }
+
+    /// Removes the replaced copies no request holds any more; how many are still held.
+    pub fn sweep_retired(&self) -> usize {
+        let done: Vec<Scratch> = {
+            let mut retired = lock(&self.retired);
+            let (gone, held): (Vec<_>, Vec<_>) =
+                retired.drain(..).partition(|(c, _)| c.strong_count() == 0);
+            *retired = held;
+            gone.into_iter().map(|(_, s)| s).collect()
+        };
+        // Dropping a Scratch removes its directory: outside the lock.
+        drop(done);
+        lock(&self.retired).len()
+    }
+
+    /// What a read replica serves: each collection and its published generation, by name.
+    pub fn served(&self) -> Vec<Served> {
+        let mut out: Vec<Served> = self
+            .open_map()
+            .iter()
+            .filter_map(|(name, o)| {
+                Some(Served {
+                    collection: name.clone(),
+                    id: o.published?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.collection.cmp(&b.collection));
+        out
+    }
+
     /// Deletes collection `name` (requests holding it finish on their open handle).
     pub fn delete_collection(&self, name: &str) -> Result<()> {
+        self.writable()?;
         ragd_store::validate_name(name)?;
         let _l = self.lifecycle();
         let removed = self.open_map_mut().remove(name);
@@ -609,6 +766,7 @@ impl Engine {
         docs: Vec<ParsedDoc>,
         opts: IngestOptions,
     ) -> Result<Vec<DocResult>> {
+        self.writable()?;
         let s = self.searcher(name)?;
         let stored = Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_batch(docs)?;
         s.collection().refresh()?;
@@ -624,6 +782,7 @@ impl Engine {
         opts: IngestOptions,
         sink: &mut dyn ProgressSink,
     ) -> Result<IngestReport> {
+        self.writable()?;
         let s = self.searcher(name)?;
         Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_paths(paths, sink)
     }
@@ -637,12 +796,14 @@ impl Engine {
         opts: IngestOptions,
         sink: &mut dyn ProgressSink,
     ) -> Result<IngestReport> {
+        self.writable()?;
         let s = self.searcher(name)?;
         Ingestor::new(s.collection(), s.embedder(), opts)?.ingest_documents(docs, sink)
     }
 
     /// Deletes documents by id (1 to [`MAX_DELETE_IDS`]).
     pub fn delete_documents(&self, name: &str, ids: Vec<String>) -> Result<Deleted> {
+        self.writable()?;
         if ids.is_empty() || ids.len() > MAX_DELETE_IDS {
             return Err(Error::InvalidInput(format!(
                 "delete takes 1 to {MAX_DELETE_IDS} ids, got {}",
@@ -750,6 +911,7 @@ impl Engine {
             hits,
             generation: s.collection().manifest().generation,
             cached_vector: vector.map(|(_, cached)| cached),
+            published: s.published(),
         })
     }
 
@@ -797,6 +959,7 @@ impl Engine {
         opts: &RebuildOptions,
         progress: impl FnMut(&str, u64, u64),
     ) -> Result<RebuildSummary> {
+        self.writable()?;
         let o = self.open(name)?;
         let c = &o.collection;
         let settings = c.settings()?;
@@ -820,6 +983,10 @@ impl Engine {
 
     /// Checkpoints every open collection that has unsaved writes.
     pub fn checkpoint_all(&self) {
+        if self.role != Role::Writer {
+            // A replica's copies take no writes.
+            return;
+        }
         let open: Vec<Arc<Open>> = self.open_map().values().cloned().collect();
         for o in open {
             let c = &o.collection;
@@ -855,6 +1022,8 @@ impl Open {
         Self {
             collection,
             searcher: Mutex::new(None),
+            published: None,
+            files: Mutex::new(None),
         }
     }
 }

@@ -26,6 +26,12 @@ pub enum Error {
     /// The job ran past its caller's deadline and was stopped.
     #[error("the deadline passed before the job finished")]
     DeadlineExceeded,
+    /// A write reached a read replica, which serves published generations only.
+    #[error("{}", read_only_message(writer))]
+    ReadOnly {
+        /// Where writes go (the writer's address), when the replica was told.
+        writer: String,
+    },
     /// Reading input failed.
     #[error("{context}: {source}")]
     Io {
@@ -46,7 +52,17 @@ impl Error {
             Self::Cluster(e) => e.kind(),
             Self::Cancelled => ErrorKind::Unavailable,
             Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            Self::ReadOnly { .. } => ErrorKind::FailedPrecondition,
             Self::Io { .. } => ErrorKind::Internal,
         }
+    }
+}
+
+fn read_only_message(writer: &str) -> String {
+    let head = "this server is a read replica serving published generations; it takes no writes";
+    if writer.is_empty() {
+        format!("{head}: send them to the writer that publishes the collections")
+    } else {
+        format!("{head}: send them to the writer at {writer}")
     }
 }

@@ -29,7 +29,7 @@ pub use chunk::{Chunker, embed_text};
 pub use cite::{Marker, parse_citations};
 pub use engine::{
     DEFAULT_PAGE_SIZE, DEFAULT_QUERY_CACHE, Deleted, DocumentPage, Engine, EngineConfig, Listing,
-    MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, SearchResults,
+    MAX_DELETE_IDS, MAX_EMBED_TEXT_BYTES, MAX_PAGE_SIZE, ModelOptions, Role, SearchResults, Served,
     StagedSnapshot, StoredDocument, load_reranker,
 };
 pub use error::{Error, Result};

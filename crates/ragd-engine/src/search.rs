@@ -253,6 +253,8 @@ pub struct Searcher {
     collection: Arc<Collection>,
     embedder: Arc<dyn Encode>,
     reranker: Option<RerankerHandle>,
+    /// The published generation the collection was fetched as, on a read replica.
+    published: Option<ragd_cluster::GenerationId>,
     cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -289,6 +291,7 @@ impl Searcher {
             collection,
             embedder,
             reranker: None,
+            published: None,
             cache: Mutex::new(LruCache::new(cap)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -299,6 +302,18 @@ impl Searcher {
     pub fn with_reranker(mut self, reranker: Option<RerankerHandle>) -> Self {
         self.reranker = reranker;
         self
+    }
+
+    /// Marks the collection as published generation `id` (a read replica's copy), which
+    /// searches and answers then name.
+    pub fn with_published(mut self, id: Option<ragd_cluster::GenerationId>) -> Self {
+        self.published = id;
+        self
+    }
+
+    /// The published generation searched, on a read replica.
+    pub fn published(&self) -> Option<ragd_cluster::GenerationId> {
+        self.published
     }
 
     /// The collection searched.

@@ -1014,3 +1014,129 @@ fn an_interrupted_precision_rebuild_is_flagged_and_finishes_when_run_again() {
     assert_eq!(at_int8(&c), [true; 6]);
     c.verify().unwrap();
 }
+
+/// A read replica's engine: nothing served until a published copy is installed; every write
+/// refused as FAILED_PRECONDITION naming the writer; a newer copy swapped in while a request
+/// still holds the old one, whose files go only once it lets go.
+#[test]
+fn a_replica_swaps_published_copies_in_and_removes_replaced_ones_once_unused() {
+    use ragd_core::ErrorKind;
+    use ragd_engine::cluster::GenerationId;
+    use ragd_engine::{Engine, EngineConfig, Role, SearchParams, Served};
+    let w = tempfile::tempdir().unwrap();
+    let writer = Engine::new(EngineConfig::new(w.path()), embedder().clone(), None);
+    writer
+        .create("a", &writer.default_settings().unwrap())
+        .unwrap();
+    writer
+        .ingest(
+            "a",
+            vec![note("d0", "Bees dance to point at flowers.")],
+            ingestor_opts(),
+        )
+        .unwrap();
+    let r = tempfile::tempdir().unwrap();
+    let replica = Engine::new(EngineConfig::new(r.path()), embedder().clone(), None).with_role(
+        Role::Replica {
+            writer: "writer.example:50051".into(),
+        },
+    );
+    let p = SearchParams::default();
+    assert_eq!(
+        replica.search("a", "bees", &p).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let settings = writer.default_settings().unwrap();
+    let refusals = [
+        replica.create("b", &settings).unwrap_err(),
+        replica
+            .ingest("a", vec![note("x", "text")], ingestor_opts())
+            .unwrap_err(),
+        replica
+            .delete_documents("a", vec!["d0".into()])
+            .unwrap_err(),
+        replica.delete_collection("a").unwrap_err(),
+        replica
+            .rebuild("a", &RebuildOptions::default(), |_, _, _| {})
+            .unwrap_err(),
+    ];
+    for e in refusals {
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.to_string().contains("writer.example:50051"), "{e}");
+    }
+
+    // A published copy of the writer's collection, staged in the replica's data directory.
+    let stage = || {
+        let staging = replica.restore_staging().unwrap();
+        let snap = writer
+            .collection("a")
+            .unwrap()
+            .snapshot(&staging.path().join("a"))
+            .unwrap();
+        let id = GenerationId {
+            generation: snap.manifest.generation,
+            seq: snap.seq,
+        };
+        (staging, id)
+    };
+    let (staging, first) = stage();
+    let first_dir = staging.path().to_path_buf();
+    replica.serve_published("a", staging, first).unwrap();
+    let found = replica.search("a", "how do bees find flowers", &p).unwrap();
+    assert_eq!(found.hits[0].doc_id, "d0");
+    assert_eq!(found.published, Some(first));
+    assert_eq!(
+        writer.search("a", "bees", &p).unwrap().published,
+        None,
+        "the writer serves no published copy"
+    );
+    let held = replica.searcher("a").unwrap();
+
+    writer
+        .ingest(
+            "a",
+            vec![note("d1", "Glaciers carve valleys over millennia.")],
+            ingestor_opts(),
+        )
+        .unwrap();
+    let (staging, second) = stage();
+    assert!(second > first, "{second} after {first}");
+    replica.serve_published("a", staging, second).unwrap();
+    let found = replica.search("a", "what carves valleys", &p).unwrap();
+    assert_eq!(found.hits[0].doc_id, "d1");
+    assert_eq!(found.published, Some(second));
+    assert_eq!(
+        replica.served(),
+        [Served {
+            collection: "a".into(),
+            id: second
+        }]
+    );
+    let names: Vec<String> = replica
+        .list()
+        .unwrap()
+        .open
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["a"]);
+
+    // The request that held the first copy still searches it; its files go after it lets go.
+    assert_eq!(held.published(), Some(first));
+    assert_eq!(held.collection().counts().unwrap().documents, 1);
+    assert!(first_dir.exists());
+    assert_eq!(replica.sweep_retired(), 1);
+    drop(held);
+    assert_eq!(replica.sweep_retired(), 0);
+    assert!(!first_dir.exists());
+
+    // A writer does not serve published copies (it restores them).
+    let staging = writer.restore_staging().unwrap();
+    assert_eq!(
+        writer
+            .serve_published("a", staging, second)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}

@@ -917,6 +917,7 @@ impl From<AnswerUsage> for pb::Usage {
             encoder,
             decoder,
             index_generation,
+            published_generation,
             // The sources themselves travel in the answer.
             sources: _,
         } = u;
@@ -932,6 +933,7 @@ impl From<AnswerUsage> for pb::Usage {
             encoder,
             decoder,
             index_generation,
+            published_generation,
         }
     }
 }
@@ -950,6 +952,7 @@ impl From<pb::Usage> for AnswerUsage {
             encoder,
             decoder,
             index_generation,
+            published_generation,
         } = u;
         Self {
             prompt_tokens: prompt_tokens as usize,
@@ -963,6 +966,7 @@ impl From<pb::Usage> for AnswerUsage {
             encoder,
             decoder,
             index_generation,
+            published_generation,
             sources: 0,
         }
     }
@@ -1175,6 +1179,7 @@ mod tests {
                 encoder: "enc".into(),
                 decoder: "dec".into(),
                 index_generation: 3,
+                published_generation: "gen-3-seq-41".into(),
                 sources: 0,
             },
         };

@@ -5,12 +5,23 @@
 
 mod error;
 mod metrics;
+mod replica;
 mod services;
 pub mod settings;
 mod state;
 
 pub use error::Error;
-pub use settings::{Overrides, Settings, SettingsError};
+pub use settings::{Overrides, ReplicaOverrides, Settings, SettingsError};
+
+/// The services `grpc.health.v1` reports on ("" is the server as a whole).
+pub(crate) const HEALTH_SERVICES: &[&str] = &[
+    "ragd.v1.Collections",
+    "ragd.v1.Documents",
+    "ragd.v1.Search",
+    "ragd.v1.Answer",
+    "ragd.v1.Admin",
+    "",
+];
 
 use metrics::{MethodLabels, Metrics, ResultLabels, RpcLabels};
 use ragd_engine::{Engine, EngineConfig, GeneratorOptions, ModelOptions};
@@ -175,6 +186,13 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
         answer: state::answer_config(s),
         ..EngineConfig::new(&s.data_dir)
     };
+    let role = if s.replica.enabled {
+        ragd_engine::Role::Replica {
+            writer: s.replica.writer.trim().to_string(),
+        }
+    } else {
+        ragd_engine::Role::Writer
+    };
     let opts = ModelOptions {
         encoder_queue: s.limits.max_inflight,
         decoder: Some(GeneratorOptions {
@@ -188,7 +206,7 @@ fn load_engine(models_dir: &std::path::Path, s: &Settings) -> Result<Engine, Sta
         encoder_server: s.encoder.server(),
         reranker: s.reranker.name.trim().to_string(),
     };
-    Ok(Engine::load(config, models_dir, &opts)?)
+    Ok(Engine::load(config, models_dir, &opts)?.with_role(role))
 }
 
 impl Bound {
@@ -230,18 +248,22 @@ impl Bound {
         let limit = settings.limits.max_message_bytes;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        for name in [
-            "ragd.v1.Collections",
-            "ragd.v1.Documents",
-            "ragd.v1.Search",
-            "ragd.v1.Answer",
-            "ragd.v1.Admin",
-            "",
-        ] {
-            health_reporter
-                .set_service_status(name, tonic_health::ServingStatus::Serving)
-                .await;
+        // A replica is NOT_SERVING until it has loaded what the pointers name.
+        let initially = if state.replica.is_some() {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        for name in HEALTH_SERVICES {
+            health_reporter.set_service_status(*name, initially).await;
         }
+        let follower = match &state.replica {
+            Some(status) => Some(replica::Follower::new(
+                Arc::clone(&state),
+                Arc::clone(status),
+            )?),
+            None => None,
+        };
         // Both reflection versions: grpcurl ≥ 1.9 asks v1, older tools (and grpcio's
         // reflection client) v1alpha.
         let reflect = || {
@@ -340,6 +362,7 @@ impl Bound {
             let _ = shutdown_tx.send(true);
             let _ = stop_tx.send(true);
         });
+        let follower = follower.map(|f| tokio::spawn(f.run(stop_rx.clone(), health_reporter)));
         let metrics_task = metrics_listener.map(|l| {
             let mut rx = stop_rx.clone();
             tracing::info!(
@@ -379,6 +402,17 @@ impl Bound {
         // files and locks) until its future is dropped, which abort alone leaves to a later poll.
         ticker.abort();
         let _ = ticker.await;
+        if let Some(mut f) = follower {
+            // It stops at its next wait and revokes its etcd lease; one busy downloading is
+            // cut (its lease then expires by itself).
+            if tokio::time::timeout(Duration::from_secs(5), &mut f)
+                .await
+                .is_err()
+            {
+                f.abort();
+                let _ = f.await;
+            }
+        }
         if let Some(m) = metrics_task {
             m.abort();
         }

@@ -74,6 +74,20 @@ pub struct Metrics {
     pub answers_refused: Counter,
     pub query_cache: Family<CacheLabels, Counter>,
     pub publishes: Family<ResultLabels, Counter>,
+    /// Read replica: published generations fetched and swapped in, by result.
+    pub replica_loads: Family<ResultLabels, Counter>,
+    /// Read replica: 1 while the last poll reached the source (`pointer`: etcd, `store`: the
+    /// object store), else 0.
+    pub replica_source_up: Family<SourceLabels, Gauge>,
+    /// Read replica: Unix time of the last poll that found every pointed generation served.
+    pub replica_last_sync: Gauge,
+}
+
+/// Labels of a source a read replica follows.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `pointer` (etcd) or `store` (object storage).
+    pub source: &'static str,
 }
 
 /// Labels of an operation that succeeds or fails.
@@ -111,6 +125,9 @@ impl Metrics {
         let answers_refused = Counter::default();
         let query_cache = Family::<CacheLabels, Counter>::default();
         let publishes = Family::<ResultLabels, Counter>::default();
+        let replica_loads = Family::<ResultLabels, Counter>::default();
+        let replica_source_up = Family::<SourceLabels, Gauge>::default();
+        let replica_last_sync = Gauge::default();
         registry.register(
             "grpc_requests",
             "RPCs finished, by method and status code",
@@ -161,6 +178,21 @@ impl Metrics {
             "Collection generations published to object storage (publish.url), by result",
             publishes.clone(),
         );
+        registry.register(
+            "replica_generations_loaded",
+            "Read replica: published generations fetched, verified and swapped in, by result",
+            replica_loads.clone(),
+        );
+        registry.register(
+            "replica_source_up",
+            "Read replica: 1 when its last poll reached the source (pointer: etcd, store: object storage); it serves what it has while 0",
+            replica_source_up.clone(),
+        );
+        registry.register(
+            "replica_last_sync_timestamp_seconds",
+            "Read replica: Unix time of the last poll that found every pointed generation served",
+            replica_last_sync.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -173,6 +205,9 @@ impl Metrics {
             answers_refused,
             query_cache,
             publishes,
+            replica_loads,
+            replica_source_up,
+            replica_last_sync,
         }
     }
 

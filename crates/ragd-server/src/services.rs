@@ -427,6 +427,10 @@ impl pb::search_server::Search for Services {
                     hits: found.hits.into_iter().map(Into::into).collect(),
                     took_ms: t.elapsed().as_secs_f64() * 1e3,
                     index_generation: found.generation,
+                    published_generation: found
+                        .published
+                        .map(|id| id.to_string())
+                        .unwrap_or_default(),
                 })
             })
             .await?;
@@ -645,6 +649,7 @@ impl pb::admin_server::Admin for Services {
                     ],
                     collections,
                     unavailable_collections,
+                    replica: s.replica.as_ref().map(|r| r.to_pb(&s.engine)),
                 })
             })
             .await?;

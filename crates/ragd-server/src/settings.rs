@@ -36,6 +36,84 @@ pub struct Settings {
     /// Seconds between background checkpoints of collections that have new writes.
     pub checkpoint_interval_seconds: f64,
     pub publish: Publish,
+    pub replica: Replica,
+}
+
+/// Read replica mode (`ragd serve --replica`): the server holds no collection of its own; it
+/// follows the generations a writer publishes (the etcd pointer of each collection, or without
+/// etcd the newest generation of each collection in the store), downloads each into its data
+/// directory, checks every file and swaps it in, serves searches and answers from it, and
+/// refuses writes (FAILED_PRECONDITION naming `writer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Replica {
+    /// Serve as a read replica.
+    pub enabled: bool,
+    /// Object store URL the writer publishes to (its `publish.url`).
+    pub url: String,
+    /// object_store options, as for `publish.options`.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// etcd client endpoints holding the pointers (the writer's `publish.etcd`). Empty: follow
+    /// the newest generation of every collection in the store.
+    pub etcd: Vec<String>,
+    /// The writer's address, named when a write is refused.
+    pub writer: String,
+    /// This replica's name in etcd (`/ragd/<collection>/replicas/<name>`); empty: host name
+    /// and process id.
+    pub name: String,
+    /// Seconds between two looks at the pointers.
+    pub poll_seconds: f64,
+    /// TTL of the etcd lease the replica's keys live under: a replica that stops renewing it
+    /// (killed, cut off) releases its generations to pruning after this long.
+    pub lease_seconds: u64,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            options: Default::default(),
+            etcd: Vec::new(),
+            writer: String::new(),
+            name: String::new(),
+            poll_seconds: 2.0,
+            lease_seconds: 10,
+        }
+    }
+}
+
+impl Replica {
+    /// The store to follow, when one is set.
+    pub fn store(
+        &self,
+    ) -> Result<Option<ragd_engine::cluster::GenerationStore>, ragd_engine::cluster::Error> {
+        open_store(&self.url, &self.options)
+    }
+
+    /// The etcd cluster holding the pointers, when one is set.
+    pub fn etcd(&self) -> Result<Option<ragd_engine::cluster::Etcd>, ragd_engine::cluster::Error> {
+        open_etcd(&self.etcd)
+    }
+}
+
+fn open_store(
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<ragd_engine::cluster::GenerationStore>, ragd_engine::cluster::Error> {
+    if url.trim().is_empty() {
+        return Ok(None);
+    }
+    ragd_engine::cluster::GenerationStore::open(url.trim(), options).map(Some)
+}
+
+fn open_etcd(
+    endpoints: &[String],
+) -> Result<Option<ragd_engine::cluster::Etcd>, ragd_engine::cluster::Error> {
+    if endpoints.is_empty() {
+        return Ok(None);
+    }
+    ragd_engine::cluster::Etcd::new(endpoints, ragd_engine::cluster::ETCD_PREFIX).map(Some)
 }
 
 /// Continuous publishing: after each background checkpoint, every collection whose generation
@@ -74,18 +152,12 @@ impl Publish {
     pub fn store(
         &self,
     ) -> Result<Option<ragd_engine::cluster::GenerationStore>, ragd_engine::cluster::Error> {
-        if self.url.trim().is_empty() {
-            return Ok(None);
-        }
-        ragd_engine::cluster::GenerationStore::open(self.url.trim(), &self.options).map(Some)
+        open_store(&self.url, &self.options)
     }
 
     /// The etcd cluster to point replicas through, when one is set.
     pub fn etcd(&self) -> Result<Option<ragd_engine::cluster::Etcd>, ragd_engine::cluster::Error> {
-        if self.etcd.is_empty() {
-            return Ok(None);
-        }
-        ragd_engine::cluster::Etcd::new(&self.etcd, ragd_engine::cluster::ETCD_PREFIX).map(Some)
+        open_etcd(&self.etcd)
     }
 }
 
@@ -309,6 +381,7 @@ impl Default for Settings {
             shutdown_grace_seconds: 10.0,
             checkpoint_interval_seconds: 30.0,
             publish: Publish::default(),
+            replica: Replica::default(),
         }
     }
 }
@@ -560,6 +633,54 @@ impl Settings {
         if self.publish.keep == 0 {
             return bad("publish.keep", "must be at least 1".into());
         }
+        if let Err(e) = self.replica.store() {
+            return bad("replica.url", e.to_string());
+        }
+        if let Err(e) = self.replica.etcd() {
+            return bad("replica.etcd", e.to_string());
+        }
+        if self.replica.enabled {
+            if self.replica.url.trim().is_empty() {
+                return bad(
+                    "replica.url",
+                    "a replica needs the object store its writer publishes to".into(),
+                );
+            }
+            if !self.publish.url.trim().is_empty() {
+                return bad(
+                    "publish.url",
+                    "a read replica publishes nothing (its writer does); leave it empty".into(),
+                );
+            }
+        }
+        if !(0.05..=3600.0).contains(&self.replica.poll_seconds) {
+            return bad(
+                "replica.poll_seconds",
+                format!("must be 0.05..=3600, got {}", self.replica.poll_seconds),
+            );
+        }
+        if !(2..=3600).contains(&self.replica.lease_seconds) {
+            return bad(
+                "replica.lease_seconds",
+                format!("must be 2..=3600, got {}", self.replica.lease_seconds),
+            );
+        }
+        if !self.replica.name.is_empty()
+            && (self.replica.name.len() > 128
+                || !self
+                    .replica
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        {
+            return bad(
+                "replica.name",
+                format!(
+                    "{:?} must be 1 to 128 characters of [A-Za-z0-9._-]",
+                    self.replica.name
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -584,6 +705,16 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models_dir: Option<PathBuf>,
+    /// `--replica`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaOverrides>,
+}
+
+/// Flags of the `[replica]` table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaOverrides {
+    /// `replica.enabled`.
+    pub enabled: bool,
 }
 
 /// True for the variables Kubernetes injects into every pod for a Service (here named `ragd`),
@@ -686,6 +817,55 @@ mod tests {
             let e =
                 Settings::load(Some(Path::new("publish.toml")), &Overrides::default()).unwrap_err();
             assert!(e.0.contains("aws_endpiont"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn a_replica_is_told_where_generations_come_from_and_publishes_nothing() {
+        figment::Jail::expect_with(|jail| {
+            let replica = Overrides {
+                replica: Some(ReplicaOverrides { enabled: true }),
+                ..Overrides::default()
+            };
+            let e = Settings::load(None, &replica).unwrap_err();
+            assert!(e.0.contains("replica.url"), "{e}");
+            jail.create_file(
+                "replica.toml",
+                "[replica]
+url = \"s3://bucket/ragd\"
+etcd = [\"http://127.0.0.1:2379\"]
+writer = \"writer:50051\"
+",
+            )?;
+            let file = Some(Path::new("replica.toml"));
+            let s = Settings::load(file, &replica).map_err(|e| e.0)?;
+            assert!(s.replica.enabled);
+            assert_eq!(s.replica.etcd, ["http://127.0.0.1:2379"]);
+            assert_eq!((s.replica.poll_seconds, s.replica.lease_seconds), (2.0, 10));
+            // Without the flag the table alone does not make a replica.
+            assert!(
+                !Settings::load(file, &Overrides::default())
+                    .map_err(|e| e.0)?
+                    .replica
+                    .enabled
+            );
+            jail.set_env("RAGD_PUBLISH__URL", "s3://bucket/other");
+            let e = Settings::load(file, &replica).unwrap_err();
+            assert!(e.0.contains("publish.url"), "{e}");
+            jail.clear_env();
+            for (key, value, named) in [
+                ("RAGD_REPLICA__NAME", "has space", "replica.name"),
+                ("RAGD_REPLICA__POLL_SECONDS", "0", "replica.poll_seconds"),
+                ("RAGD_REPLICA__LEASE_SECONDS", "1", "replica.lease_seconds"),
+                ("RAGD_REPLICA__ETCD", "[\"127.0.0.1:2379\"]", "replica.etcd"),
+            ] {
+                jail.set_env(key, value);
+                let e = Settings::load(file, &replica).unwrap_err();
+                assert!(e.0.contains(named), "{key}: {e}");
+                jail.clear_env();
+            }
             Ok(())
         });
     }

@@ -22,6 +22,8 @@ pub struct State {
     /// job outlives the server.
     pub jobs: Cancel,
     pub metrics: crate::metrics::Metrics,
+    /// Set on a read replica.
+    pub replica: Option<Arc<crate::replica::ReplicaStatus>>,
 }
 
 impl std::fmt::Debug for State {
@@ -60,7 +62,9 @@ impl State {
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(settings.limits.max_inflight));
         let workers = Arc::new(Semaphore::new(settings.limits.worker_count()));
+        let replica = crate::replica::status_for(&settings);
         Self {
+            replica,
             settings,
             engine,
             inflight,

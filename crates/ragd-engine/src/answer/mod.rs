@@ -302,6 +302,9 @@ pub struct AnswerUsage {
     pub decoder: String,
     /// The collection's index generation the sources came from.
     pub index_generation: u64,
+    /// The published generation (`gen-<n>-seq-<s>`) a read replica answered from; empty on
+    /// the writer.
+    pub published_generation: String,
     /// Sources packed into the prompt.
     pub sources: usize,
 }

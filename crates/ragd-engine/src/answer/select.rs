@@ -115,6 +115,11 @@ impl<'a> Answerer<'a> {
             encoder: self.searcher.embedder().name().to_string(),
             decoder: self.generator.name().to_string(),
             index_generation: collection.manifest().generation,
+            published_generation: self
+                .searcher
+                .published()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
             ..AnswerUsage::default()
         };
         // The gate: dense similarity or lexical coverage of the question's rare terms.
