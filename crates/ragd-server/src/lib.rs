@@ -369,9 +369,20 @@ impl Bound {
                 "metrics on http://{}/metrics",
                 l.local_addr().map(|a| a.to_string()).unwrap_or_default()
             );
-            tokio::spawn(metrics::serve(l, state.metrics.clone(), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }))
+            let ready: metrics::Ready = {
+                let state = Arc::clone(&state);
+                Arc::new(move || {
+                    !state.stopping() && state.replica.as_ref().is_none_or(|r| r.ready())
+                })
+            };
+            tokio::spawn(metrics::serve(
+                l,
+                state.metrics.clone(),
+                ready,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            ))
         });
 
         tracing::info!("listening on {addr}");

@@ -227,27 +227,48 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Whether the server takes requests now (readiness for proxies and orchestrators).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Serves `GET /metrics` and `GET /ready` (200 `ready` while `ready()` holds, else 503 `not
+/// ready`: a read replica before it has loaded what the pointers name, any server once it is
+/// stopping) on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
+    ready: Ready,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.render(),
-                )
-            }
-        }),
-    );
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route(
+            "/ready",
+            axum::routing::get(move || {
+                let ok = ready();
+                async move {
+                    if ok {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

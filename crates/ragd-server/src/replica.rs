@@ -177,16 +177,16 @@ impl Follower {
             .etcd
             .clone()
             .map(|etcd| tokio::spawn(keep_lease(etcd, self.lease_ttl, lease_tx, stop.clone())));
-        let mut serving = false;
         loop {
-            self.poll_once(&lease_rx).await;
-            if !serving && self.status.ready() {
-                serving = true;
+            let synced = self.poll_once(&lease_rx).await;
+            if synced && !self.status.ready() {
                 for name in crate::HEALTH_SERVICES {
                     health
                         .set_service_status(*name, ServingStatus::Serving)
                         .await;
                 }
+                tracing::info!("the replica serves every published collection");
+                self.status.update(|s| s.ready = true);
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.poll) => {}
@@ -198,7 +198,8 @@ impl Follower {
         }
     }
 
-    async fn poll_once(&mut self, lease: &watch::Receiver<Option<i64>>) {
+    /// One look at the pointers; true when every pointed generation is served.
+    async fn poll_once(&mut self, lease: &watch::Receiver<Option<i64>>) -> bool {
         let targets = match self.targets().await {
             Ok(t) => t,
             Err((source, e)) => {
@@ -211,7 +212,7 @@ impl Follower {
                     }
                     s.last_error = format!("{source}: {e}");
                 });
-                return;
+                return false;
             }
         };
         self.source_up("pointer", true);
@@ -275,15 +276,9 @@ impl Follower {
             s.last_error = errors.join("; ");
             if synced {
                 s.last_sync = Some(Instant::now());
-                if !s.ready {
-                    tracing::info!(
-                        collections = targets.len(),
-                        "the replica serves every published collection"
-                    );
-                }
-                s.ready = true;
             }
         });
+        synced
     }
 
     /// Every collection's target generation; on failure, which source failed.
