@@ -137,8 +137,8 @@ fn corrupted_copy(bucket: &Path, from: GenerationId, to: GenerationId) {
     std::fs::write(&path, bytes).unwrap();
 }
 
-/// One writer publishing through etcd, one replica following the pointers and one following
-/// the store alone:
+/// One writer publishing through etcd, one replica following the pointers (woken by an etcd
+/// watch) and one following the store alone (polling):
 /// - before anything is published a replica is NOT_SERVING and says it is not ready; writes to
 ///   it are FAILED_PRECONDITION naming the writer;
 /// - once the writer publishes, both serve it (SERVING), searches equal the writer's and name
@@ -166,7 +166,7 @@ async fn replicas_serve_what_the_writer_publishes_and_keep_serving_when_sources_
     })
     .await;
     let writer_addr = writer.addr.to_string();
-    let replica = |name: &str, etcd: Vec<String>| {
+    let replica = |name: &str, etcd: Vec<String>, poll: f64| {
         let (u, w, name) = (url.clone(), writer_addr.clone(), name.to_string());
         start_with(tempfile::tempdir().unwrap(), move |s| {
             s.replica.enabled = true;
@@ -174,13 +174,14 @@ async fn replicas_serve_what_the_writer_publishes_and_keep_serving_when_sources_
             s.replica.etcd = etcd;
             s.replica.writer = w;
             s.replica.name = name;
-            s.replica.poll_seconds = 0.2;
+            s.replica.poll_seconds = poll;
             s.replica.lease_seconds = 4;
             s.metrics_listen = "127.0.0.1:0".into();
         })
     };
-    let r1 = replica("r1", endpoints.clone()).await;
-    let r2 = replica("r2", Vec::new()).await;
+    // r1 follows the etcd watch: its clock polls every 60 s, later than every bound below.
+    let r1 = replica("r1", endpoints.clone(), 60.0).await;
+    let r2 = replica("r2", Vec::new(), 0.2).await;
 
     let ready = |r: &Running| {
         let port = r.metrics.unwrap().port();
@@ -221,6 +222,11 @@ async fn replicas_serve_what_the_writer_publishes_and_keep_serving_when_sources_
     }
     let e = r1.search().search(search_req("tide")).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(
+        e.message().contains("serves no collection yet"),
+        "{}",
+        e.message()
+    );
 
     // Published: both replicas serve it, as the writer does.
     writer.create("notes").await;

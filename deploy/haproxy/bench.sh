@@ -150,7 +150,7 @@ for n in "${counts[@]}"; do
     round=$((round + 1))
     start_replicas "$n"
     hp=$(port)
-    env=(RAGD_PROXY_LISTEN="127.0.0.1:$hp")
+    env=(PROXY_LISTEN="127.0.0.1:$hp")
     for i in 1 2 3; do
         # Fewer replicas than three: the missing lines point at the first (the config names three).
         j=$(( i <= n ? i : 1 ))

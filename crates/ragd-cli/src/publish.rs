@@ -8,9 +8,7 @@ use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ragd_engine::AnswerConfig;
-use ragd_engine::cluster::{
-    ETCD_PREFIX, Etcd, GenerationId, GenerationStore, Pointer, point_and_prune,
-};
+use ragd_engine::cluster::{ETCD_PREFIX, Etcd, GenerationId, GenerationStore, point_and_prune};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -103,11 +101,8 @@ pub(crate) fn publish(a: PublishArgs) -> Result<()> {
     drop(staged);
     let rollout = match &etcd {
         Some(etcd) => {
-            let to = Pointer {
-                id: report.id,
-                digest: report.digest.clone(),
-            };
             let keep = usize::try_from(a.keep).unwrap_or(usize::MAX);
+            let to = report.pointer();
             Some(rt.block_on(point_and_prune(etcd, &store, &a.name, &to, keep))?)
         }
         None => None,

@@ -352,6 +352,31 @@ fn three_replicas_behind_haproxy_roll_out_a_generation_and_survive_a_kill() {
         err.contains("FailedPrecondition") && err.contains(&writer.url()),
         "{err}"
     );
+    // No replica left: the proxy answers UNAVAILABLE (retryable), not an HTML error page.
+    replicas[0].kill();
+    replicas[2].kill();
+    let t0 = Instant::now();
+    loop {
+        let out = ragd(&[
+            "search",
+            "--server",
+            &format!("http://127.0.0.1:{}", proxy.port),
+            "--collection",
+            COLLECTION,
+            "x",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if err.contains("no ragd replica is ready") {
+            assert_eq!(out.status.code(), Some(75), "{err}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the proxy never said no replica is ready: {err}\n{}",
+            proxy.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(proxy);
     drop(etcd);
 }

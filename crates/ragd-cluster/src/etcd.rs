@@ -179,6 +179,95 @@ impl Etcd {
         Err(Error::Etcd(format!("{method}: {}", failures.join("; "))))
     }
 
+    /// etcd's current revision (every change under any key moves it).
+    pub async fn revision(&self) -> Result<i64> {
+        let prefix = format!("{}/", self.prefix);
+        let v = self
+            .call(
+                "kv/range",
+                &json!({"key": b64(&prefix), "range_end": range_end(&prefix), "count_only": true}),
+            )
+            .await?;
+        Ok(int(&v["header"]["revision"]))
+    }
+
+    /// Waits until a pointer changes after `revision` (as [`Etcd::revision`] read it: a change
+    /// made since then counts, even one made before this call), or `wait` passes: true on a
+    /// change. An etcd watch on the pointers through the gateway's streaming `/v3/watch`, on
+    /// the first endpoint that takes it. Replica keys coming and going are not changes.
+    pub async fn changed_since(&self, revision: i64, wait: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let prefix = format!("{}/", self.prefix);
+        let body = json!({"create_request": {
+            "key": b64(&prefix),
+            "range_end": range_end(&prefix),
+            "start_revision": (revision + 1).to_string(),
+        }})
+        .to_string();
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let sent = self
+                .http
+                .post(format!("{}/v3/watch", self.endpoints[at]))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                // The stream stays open until a change or the wait ends, beyond the client's
+                // per-request timeout.
+                .timeout(wait + TIMEOUT)
+                .send()
+                .await;
+            let mut resp = match sent {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    failures.push(format!("{}: {}", self.endpoints[at], r.status()));
+                    continue;
+                }
+                Err(e) => {
+                    failures.push(format!("{}: {e}", self.endpoints[at]));
+                    continue;
+                }
+            };
+            let mut buf = Vec::new();
+            loop {
+                let chunk = tokio::select! {
+                    c = resp.chunk() => c,
+                    _ = tokio::time::sleep_until(deadline) => return Ok(false),
+                };
+                match chunk {
+                    Ok(Some(bytes)) => buf.extend_from_slice(&bytes),
+                    // The member went away mid-watch: try the next one.
+                    Ok(None) | Err(_) => break,
+                }
+                while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    let r = &v["result"];
+                    let pointers_moved = r["events"].as_array().is_some_and(|events| {
+                        events.iter().any(|e| {
+                            B64.decode(e["kv"]["key"].as_str().unwrap_or_default())
+                                .is_ok_and(|k| k.ends_with(b"/current"))
+                        })
+                    });
+                    // Cancelled (the revision was compacted away): say "changed", the caller
+                    // reads everything again.
+                    if pointers_moved || r["canceled"].as_bool().unwrap_or(false) {
+                        return Ok(true);
+                    }
+                }
+            }
+            failures.push(format!("{}: the watch ended", self.endpoints[at]));
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+        Err(Error::Etcd(format!("watch: {}", failures.join("; "))))
+    }
+
     /// Collection `collection`'s pointer, if any.
     pub async fn current(&self, collection: &str) -> Result<Option<Current>> {
         let key = self.current_key(collection);

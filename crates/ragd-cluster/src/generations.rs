@@ -149,6 +149,16 @@ pub struct PublishReport {
     pub seconds: f64,
 }
 
+impl PublishReport {
+    /// The pointer that names this generation (what replicas follow once it is flipped).
+    pub fn pointer(&self) -> crate::etcd::Pointer {
+        crate::etcd::Pointer {
+            id: self.id,
+            digest: self.digest.clone(),
+        }
+    }
+}
+
 /// What [`GenerationStore::fetch`] brought.
 #[derive(Debug, Clone)]
 pub struct Fetched {

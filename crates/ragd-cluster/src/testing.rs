@@ -302,7 +302,7 @@ impl HaProxy {
             std::fs::File::create(dir.path().join("haproxy.log")).unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = Command::new(&bin);
         cmd.arg("-f").arg(config).arg("-db");
-        cmd.env("RAGD_PROXY_LISTEN", format!("127.0.0.1:{port}"));
+        cmd.env("PROXY_LISTEN", format!("127.0.0.1:{port}"));
         for (i, (addr, ready)) in replicas.iter().enumerate() {
             cmd.env(format!("REPLICA{}", i + 1), addr);
             cmd.env(format!("REPLICA{}_READY", i + 1), ready.to_string());

@@ -210,3 +210,68 @@ async fn old_generations_go_once_no_live_replica_serves_them() {
         vec![("replica-b".to_string(), ids[2])]
     );
 }
+
+/// A replica's wait for the pointers: a pointer moved after the revision it read wakes it at once
+/// (also one moved before the wait began); a replica key coming and going does not; with no
+/// change it returns at the end of its wait; with every member gone it is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_wakes_on_pointer_moves_only() {
+    let mut cluster = EtcdCluster::start(1);
+    let etcd = Etcd::new(&cluster.endpoints(), "/ragd-watch").unwrap();
+    assert!(etcd.flip("c", None, &pointer(1, 1)).await.unwrap());
+    let rev = etcd.revision().await.unwrap();
+    let t0 = Instant::now();
+    assert!(
+        !etcd
+            .changed_since(rev, Duration::from_millis(600))
+            .await
+            .unwrap()
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A replica registering is not a pointer moving.
+    let lease = etcd.grant(10).await.unwrap();
+    etcd.register("c", "r1", lease, id(1, 1)).await.unwrap();
+    assert!(
+        !etcd
+            .changed_since(rev, Duration::from_millis(400))
+            .await
+            .unwrap()
+    );
+    // A flip while the wait runs wakes it well before its end.
+    let waiter = {
+        let etcd = etcd.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let changed = etcd.changed_since(rev, Duration::from_secs(20)).await;
+            (changed, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cur = etcd.current("c").await.unwrap().unwrap();
+    assert!(
+        etcd.flip("c", Some(cur.mod_revision), &pointer(1, 2))
+            .await
+            .unwrap()
+    );
+    let (changed, took) = waiter.await.unwrap();
+    assert!(changed.unwrap());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A move made before the wait began (after the revision read) counts at once.
+    let t1 = Instant::now();
+    assert!(
+        etcd.changed_since(rev, Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert!(t1.elapsed() < Duration::from_secs(2), "{:?}", t1.elapsed());
+    cluster.kill(0);
+    assert!(
+        etcd.changed_since(rev, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}

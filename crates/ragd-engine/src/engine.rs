@@ -503,14 +503,10 @@ impl Engine {
             return self.open_map().get(name).cloned().ok_or_else(|| {
                 let mut serving: Vec<String> = self.open_map().keys().cloned().collect();
                 serving.sort();
-                Error::Store(ragd_store::Error::CollectionNotFound(format!(
-                    "{name} (this read replica serves {})",
-                    if serving.is_empty() {
-                        "no collection yet".to_string()
-                    } else {
-                        serving.join(", ")
-                    }
-                )))
+                Error::NotServed {
+                    name: name.to_string(),
+                    serving,
+                }
             });
         }
         if let Some(o) = self.open_map().get(name).cloned()

@@ -26,6 +26,15 @@ pub enum Error {
     /// The job ran past its caller's deadline and was stopped.
     #[error("the deadline passed before the job finished")]
     DeadlineExceeded,
+    /// A read replica was asked for a collection it does not serve (not published, or not
+    /// loaded yet).
+    #[error("{}", not_served_message(name, serving))]
+    NotServed {
+        /// The collection asked for.
+        name: String,
+        /// What the replica serves.
+        serving: Vec<String>,
+    },
     /// A write reached a read replica, which serves published generations only.
     #[error("{}", read_only_message(writer))]
     ReadOnly {
@@ -53,6 +62,7 @@ impl Error {
             Self::Cancelled => ErrorKind::Unavailable,
             Self::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             Self::ReadOnly { .. } => ErrorKind::FailedPrecondition,
+            Self::NotServed { .. } => ErrorKind::NotFound,
             Self::Io { .. } => ErrorKind::Internal,
         }
     }
@@ -64,5 +74,18 @@ fn read_only_message(writer: &str) -> String {
         format!("{head}: send them to the writer that publishes the collections")
     } else {
         format!("{head}: send them to the writer at {writer}")
+    }
+}
+
+fn not_served_message(name: &str, serving: &[String]) -> String {
+    if serving.is_empty() {
+        format!(
+            "this read replica serves no collection yet, so not {name:?}: it has not loaded a published generation (is the writer publishing, and are the pointers in etcd?)"
+        )
+    } else {
+        format!(
+            "this read replica does not serve collection {name:?} (it serves {}); collections are created on the writer and reach replicas once published",
+            serving.join(", ")
+        )
     }
 }

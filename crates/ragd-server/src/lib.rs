@@ -649,10 +649,7 @@ async fn publish_changed(
                 let pointed = match rollout.etcd {
                     None => true,
                     Some(etcd) => {
-                        let to = ragd_engine::cluster::Pointer {
-                            id: r.id,
-                            digest: r.digest.clone(),
-                        };
+                        let to = r.pointer();
                         let moved = ragd_engine::cluster::point_and_prune(
                             etcd,
                             store,

@@ -1,7 +1,8 @@
 //! Read replica mode: follow the generations a writer publishes and serve them.
 //!
 //! A poll looks at every collection's pointer in etcd (`/ragd/<c>/current`; without etcd, the
-//! newest generation of each collection in the object store), and for each one that names a
+//! newest generation of each collection in the object store) — when an etcd watch reports that a
+//! pointer moved, else every `replica.poll_seconds` — and for each one that names a
 //! generation this replica does not serve yet, downloads it into a scratch directory of the data
 //! directory (every file's size and sha256 checked, `publish.json` against the pointer's
 //! digest), opens and verifies it there, and swaps it in ([`Engine::serve_published`]). A
@@ -177,7 +178,13 @@ impl Follower {
             .etcd
             .clone()
             .map(|etcd| tokio::spawn(keep_lease(etcd, self.lease_ttl, lease_tx, stop.clone())));
+        let mut watch_failed = false;
         loop {
+            // The revision the poll starts from: a pointer moved after it wakes the wait below.
+            let revision = match &self.etcd {
+                Some(etcd) => etcd.revision().await.ok(),
+                None => None,
+            };
             let synced = self.poll_once(&lease_rx).await;
             if synced && !self.status.ready() {
                 for name in crate::HEALTH_SERVICES {
@@ -189,12 +196,31 @@ impl Follower {
                 self.status.update(|s| s.ready = true);
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = self.wait_for_change(revision, &mut watch_failed) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
         if let Some(k) = keeper {
             let _ = k.await;
+        }
+    }
+
+    /// Until the next poll: with etcd, until a pointer moves after `revision` (an etcd watch)
+    /// or `poll_seconds` pass; without, `poll_seconds`. A watch that fails (etcd going away)
+    /// ends the wait at once, so the next poll finds and reports it; after that the replica
+    /// polls on the clock until a watch holds again.
+    async fn wait_for_change(&self, revision: Option<i64>, failed_before: &mut bool) {
+        match (&self.etcd, revision) {
+            (Some(etcd), Some(revision)) if !*failed_before => {
+                if let Err(e) = etcd.changed_since(revision, self.poll).await {
+                    tracing::debug!(error = %e, "watching the pointers failed");
+                    *failed_before = true;
+                }
+            }
+            _ => {
+                *failed_before = false;
+                tokio::time::sleep(self.poll).await;
+            }
         }
     }
 

@@ -61,7 +61,8 @@ pub struct Replica {
     /// This replica's name in etcd (`/ragd/<collection>/replicas/<name>`); empty: host name
     /// and process id.
     pub name: String,
-    /// Seconds between two looks at the pointers.
+    /// Seconds between two looks at the pointers (with etcd, a watch wakes the replica at once
+    /// when a pointer moves: this is the fallback).
     pub poll_seconds: f64,
     /// TTL of the etcd lease the replica's keys live under: a replica that stops renewing it
     /// (killed, cut off) releases its generations to pruning after this long.
