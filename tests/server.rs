@@ -1385,7 +1385,7 @@ async fn searches_rerank_with_the_configured_cross_encoder() {
         query: "When did the bridge open?".into(),
         options: Some(pb::SearchOptions {
             top_k: 3,
-            rerank,
+            rerank: Some(rerank),
             ..Default::default()
         }),
     };
@@ -1410,6 +1410,76 @@ async fn searches_rerank_with_the_configured_cross_encoder() {
     let e = srv.search().search(search(2)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("rerank"), "{e:?}");
+    // A collection that reranks by default: searches that do not say are reranked.
+    let c = srv
+        .collections()
+        .create(pb::CreateCollectionRequest {
+            name: "ranked".into(),
+            rerank: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.settings.unwrap().rerank, 5);
+    let e = srv
+        .collections()
+        .create(pb::CreateCollectionRequest {
+            name: "too-deep".into(),
+            rerank: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("rerank"), "{e:?}");
+    let documents = [
+        "The bridge was opened to traffic in 1932.",
+        "BM25 ranks documents.",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, text)| pb::DocumentInput {
+        id: format!("d{i}"),
+        content: text.as_bytes().to_vec(),
+        ..Default::default()
+    })
+    .collect();
+    srv.documents()
+        .upsert(pb::UpsertRequest {
+            collection: "ranked".into(),
+            documents,
+        })
+        .await
+        .unwrap();
+    let by_default = |rerank: Option<u32>| pb::SearchRequest {
+        collection: "ranked".into(),
+        query: "When did the bridge open?".into(),
+        options: Some(pb::SearchOptions {
+            top_k: 2,
+            rerank,
+            ..Default::default()
+        }),
+    };
+    let hits = srv
+        .search()
+        .search(by_default(None))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(
+        !hits.is_empty() && hits.iter().all(|h| h.rerank_score.is_some()),
+        "{hits:?}"
+    );
+    let hits = srv
+        .search()
+        .search(by_default(Some(0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(hits.iter().all(|h| h.rerank_score.is_none()), "{hits:?}");
     srv.stop().await;
 
     let data = tempfile::tempdir().unwrap();

@@ -238,11 +238,13 @@ impl Backend {
         precision: Option<Precision>,
         chunk: &ChunkFlags,
         hnsw: HnswFlags,
+        rerank: usize,
     ) -> Result<CollectionStats> {
         match self {
             Self::Local(e) => {
                 let mut s = e.settings_with_encoder(encoder)?;
                 s.encoder_precision = precision.unwrap_or_default();
+                s.rerank = rerank;
                 s.chunking = chunk.apply(s.chunking);
                 s.hnsw = HnswSettings {
                     m: hnsw.m.unwrap_or(s.hnsw.m),
@@ -264,7 +266,7 @@ impl Backend {
                     ef_construction: hnsw.ef_construction.unwrap_or(0) as u32,
                     ef_search: hnsw.ef_search.unwrap_or(0) as u32,
                 };
-                Ok(create_remote(r, name, precision, chunk, hnsw)?.into())
+                Ok(create_remote(r, name, precision, chunk, hnsw, rerank)?.into())
             }
         }
     }
@@ -443,6 +445,7 @@ pub(crate) fn create_remote(
     precision: Option<Precision>,
     chunk: &ChunkFlags,
     hnsw: pb::HnswSettings,
+    rerank: usize,
 ) -> Result<pb::Collection> {
     let req = pb::CreateCollectionRequest {
         name: name.to_string(),
@@ -451,6 +454,7 @@ pub(crate) fn create_remote(
             .then(|| chunking_msg(chunk, ChunkSettings::default())),
         hnsw: (hnsw != pb::HnswSettings::default()).then_some(hnsw),
         encoder_precision: precision.map(|p| p.to_string()).unwrap_or_default(),
+        rerank: u32::try_from(rerank).unwrap_or(u32::MAX),
     };
     r.rt.block_on(collections(r).create(r.request(req)))
         .map(tonic::Response::into_inner)
@@ -471,6 +475,7 @@ fn ensure_remote(r: &Remote, name: &str, quiet: bool) -> Result<()> {
                 None,
                 &ChunkFlags::default(),
                 pb::HnswSettings::default(),
+                0,
             ) {
                 Ok(_) => Ok(()),
                 // Someone else created it meanwhile: that is what we wanted.

@@ -84,6 +84,11 @@ pub(crate) struct CreateArgs {
     /// HNSW candidate list while searching (default for queries).
     #[arg(long)]
     hnsw_ef_search: Option<usize>,
+    /// Rerank the best N fused candidates with the cross-encoder in every search and answer
+    /// that does not say otherwise (`--rerank`), 1 to 200; 0 (the default): none. Needs a
+    /// reranker where it is searched (`reranker.name` on a server, `--reranker` offline).
+    #[arg(long, default_value_t = 0)]
+    rerank: usize,
     #[arg(long)]
     json: bool,
 }
@@ -201,6 +206,12 @@ pub(crate) fn collections(cmd: CollectionsCommand) -> Result<()> {
                 "chunking    {}..={} tokens, overlap {}, title embedded: {}",
                 ch.min_tokens, ch.max_tokens, ch.overlap_tokens, ch.title_in_embedding
             );
+            if s.settings.rerank > 0 {
+                println!(
+                    "rerank      the best {} fused candidates, unless a search says otherwise",
+                    s.settings.rerank
+                );
+            }
             if s.settings.reembedding {
                 println!(
                     "warning     a rebuild to {p} was interrupted: some chunks still hold vectors \
@@ -237,7 +248,14 @@ fn create(a: CreateArgs) -> Result<()> {
         ef_construction: a.hnsw_ef_construction,
         ef_search: a.hnsw_ef_search,
     };
-    let stats = backend.create(&a.name, &a.encoder, a.encoder_precision, &a.chunk, hnsw)?;
+    let stats = backend.create(
+        &a.name,
+        &a.encoder,
+        a.encoder_precision,
+        &a.chunk,
+        hnsw,
+        a.rerank,
+    )?;
     if a.json {
         return print_json(&stats);
     }

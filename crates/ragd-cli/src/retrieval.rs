@@ -41,8 +41,9 @@ pub(crate) struct SearchArgs {
     #[arg(long)]
     mmr: Option<f32>,
     /// Rerank the best N fused candidates with the cross-encoder (at least --top-k; 0: off).
-    #[arg(long, default_value_t = 0)]
-    rerank: usize,
+    /// [default: the collection's `rerank` setting]
+    #[arg(long)]
+    rerank: Option<usize>,
     /// The cross-encoder offline: a model added with `ragd models add NAME --dir DIR` (a
     /// server reranks with its own `reranker.name`).
     #[arg(long, value_name = "NAME")]

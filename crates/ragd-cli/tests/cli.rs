@@ -175,10 +175,16 @@ fn collections_and_ingest_json_shapes_and_exit_codes() {
             "phys8",
             "--encoder-precision",
             "int8",
+            "--rerank",
+            "20",
             "--json",
         ],
     ));
     assert_eq!(v["settings"]["encoder_precision"], "int8");
+    assert_eq!(v["settings"]["rerank"], 20);
+    let out = ragd_in(&data, &["collections", "create", "deep", "--rerank", "201"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rerank"));
     let out = ragd_in(&data, &["collections", "create", "phys"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));

@@ -96,9 +96,10 @@ pub struct SearchParams {
     pub one_per_document: bool,
     /// Maximal marginal relevance: `λ·relevance − (1−λ)·max similarity to hits already chosen`.
     pub mmr_lambda: Option<f32>,
-    /// Rerank the best this many fused candidates with the cross-encoder (0: off); hits are
-    /// then ordered by [`Hit::rerank_score`]. At least `top_k`.
-    pub rerank: usize,
+    /// Rerank the best this many fused candidates with the cross-encoder (`Some(0)`: off); hits
+    /// are then ordered by [`Hit::rerank_score`]. At least `top_k`. `None`: the collection's
+    /// own `rerank` setting (raised to `top_k`), when a reranker is loaded.
+    pub rerank: Option<usize>,
 }
 
 impl Default for SearchParams {
@@ -113,7 +114,7 @@ impl Default for SearchParams {
             min_score: None,
             one_per_document: false,
             mmr_lambda: None,
-            rerank: 0,
+            rerank: None,
         }
     }
 }
@@ -147,18 +148,20 @@ impl SearchParams {
         if self.ef.is_some_and(|e| e == 0 || e > 4096) {
             return bad("ef must be 1..=4096".into());
         }
-        if self.rerank != 0 && !(self.top_k..=MAX_RERANK).contains(&self.rerank) {
+        if let Some(n) = self.rerank
+            && n != 0
+            && !(self.top_k..=MAX_RERANK).contains(&n)
+        {
             return bad(format!(
-                "rerank must be 0 (off) or {}..={MAX_RERANK} (at least top_k), got {}",
-                self.top_k, self.rerank
+                "rerank must be 0 (off) or {}..={MAX_RERANK} (at least top_k), got {n}",
+                self.top_k
             ));
         }
         Ok(())
     }
 }
 
-/// Most candidates one search reranks.
-pub const MAX_RERANK: usize = 200;
+pub use ragd_store::MAX_RERANK;
 
 /// One retrieved chunk.
 #[derive(Debug, Clone, Serialize)]
@@ -253,6 +256,8 @@ pub struct Searcher {
     collection: Arc<Collection>,
     embedder: Arc<dyn Encode>,
     reranker: Option<RerankerHandle>,
+    /// The collection's `rerank` setting: candidates reranked when a search does not say.
+    default_rerank: usize,
     /// The published generation the collection was fetched as, on a read replica.
     published: Option<ragd_cluster::GenerationId>,
     cache: Mutex<LruCache<String, Arc<Vec<f32>>>>,
@@ -285,12 +290,14 @@ impl Searcher {
         embedder: Arc<dyn Encode>,
         cache_size: usize,
     ) -> Result<Self> {
-        crate::check_encoder(&collection.settings()?, embedder.as_ref())?;
+        let settings = collection.settings()?;
+        crate::check_encoder(&settings, embedder.as_ref())?;
         let cap = NonZeroUsize::new(cache_size.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             collection,
             embedder,
             reranker: None,
+            default_rerank: settings.rerank,
             published: None,
             cache: Mutex::new(LruCache::new(cap)),
             hits: AtomicU64::new(0),
@@ -384,15 +391,9 @@ impl Searcher {
         if query.trim().is_empty() {
             return Err(Error::InvalidInput("the query is empty".into()));
         }
-        if p.rerank > 0 && self.reranker.is_none() {
-            return Err(Error::InvalidInput(
-                "rerank asked for, but no reranker is loaded (reranker.name in the server \
-                 settings, --reranker offline)"
-                    .into(),
-            ));
-        }
+        let rerank = self.rerank_depth(p)?;
         let fused = self.retrieve(query, query_vector, p)?;
-        let hits = self.finish(query, fused, p)?;
+        let hits = self.finish(query, fused, p, rerank)?;
         tracing::Span::current().record("hits", hits.len());
         Ok(hits)
     }
@@ -455,7 +456,44 @@ impl Searcher {
         })
     }
 
-    fn finish(&self, query: &str, mut fused: Vec<Fused>, p: &SearchParams) -> Result<Vec<Hit>> {
+    /// Fused candidates `p` reranks: its own `rerank` (refused when no reranker is loaded),
+    /// else the collection's setting raised to `top_k` — skipped, with a warning, when no
+    /// reranker is loaded or `top_k` exceeds [`MAX_RERANK`].
+    fn rerank_depth(&self, p: &SearchParams) -> Result<usize> {
+        match p.rerank {
+            Some(n) if n > 0 && self.reranker.is_none() => Err(Error::InvalidInput(
+                "rerank asked for, but no reranker is loaded (reranker.name in the server \
+                 settings, --reranker offline)"
+                    .into(),
+            )),
+            Some(n) => Ok(n),
+            None if self.default_rerank == 0 || p.top_k > MAX_RERANK => Ok(0),
+            None if self.reranker.is_none() => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        collection = self.collection.name(),
+                        "the collection asks for reranking but no reranker is loaded; searching without"
+                    );
+                });
+                Ok(0)
+            }
+            None => Ok(self.default_rerank.max(p.top_k)),
+        }
+    }
+
+    /// The collection's `rerank` setting.
+    pub fn default_rerank(&self) -> usize {
+        self.default_rerank
+    }
+
+    fn finish(
+        &self,
+        query: &str,
+        mut fused: Vec<Fused>,
+        p: &SearchParams,
+        rerank: usize,
+    ) -> Result<Vec<Hit>> {
         if let Some(min) = p.min_score {
             fused.retain(|f| f.score >= min);
         }
@@ -471,8 +509,8 @@ impl Searcher {
         // its logit orders them (MMR, when asked, then diversifies by that order).
         let mut reranked: HashMap<u64, f32> = HashMap::new();
         let mut fused_score: HashMap<u64, f32> = HashMap::new();
-        if let Some(r) = self.reranker.as_ref().filter(|_| p.rerank > 0) {
-            fused.truncate(p.rerank);
+        if let Some(r) = self.reranker.as_ref().filter(|_| rerank > 0) {
+            fused.truncate(rerank);
             fused_score.extend(fused.iter().map(|f| (f.chunk, f.score)));
             let texts: Vec<String> = fused
                 .iter()

@@ -496,7 +496,7 @@ fn a_search_reranks_its_best_candidates_with_the_cross_encoder() {
     let q = "orbits of planets around the sun";
     let p = SearchParams {
         top_k: 5,
-        rerank: 8,
+        rerank: Some(8),
         ..Default::default()
     };
     let e = plain.search(q, None, &p).unwrap_err();
@@ -539,7 +539,7 @@ fn a_search_reranks_its_best_candidates_with_the_cross_encoder() {
             None,
             &SearchParams {
                 top_k: 5,
-                rerank: 3,
+                rerank: Some(3),
                 ..Default::default()
             },
         )
@@ -1139,4 +1139,63 @@ fn a_replica_swaps_published_copies_in_and_removes_replaced_ones_once_unused() {
             .kind(),
         ErrorKind::InvalidInput
     );
+}
+
+/// A collection's own `rerank` setting: searches (and so answers) that do not say rerank that
+/// many fused candidates (raised to `top_k`); `Some(0)` turns it off for one search; without a
+/// reranker loaded the collection is searched as if unset; the setting is validated at create.
+#[test]
+fn a_collection_reranks_by_default_when_it_says_so() {
+    use ragd_core::ErrorKind;
+    use ragd_engine::{Engine, EngineConfig, SearchParams};
+    use ragd_models::RerankerHandle;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../ragd-models/tests/fixtures/tiny-encoders/bert-reranker");
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None);
+    let mut settings = plain.default_settings().unwrap();
+    settings.rerank = 201;
+    assert_eq!(
+        plain.create("r", &settings).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    settings.rerank = 4;
+    plain.create("r", &settings).unwrap();
+    let docs = [
+        "The heart pumps blood through arteries.",
+        "Stars fuse hydrogen into helium.",
+        "Plants turn sunlight into sugar.",
+        "Glaciers carve valleys over millennia.",
+        "Bees dance to point at flowers.",
+        "Rivers carry silt to the sea.",
+    ];
+    let docs = docs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| note(&format!("d{i}"), t))
+        .collect();
+    plain.ingest("r", docs, ingestor_opts()).unwrap();
+    let p = |top_k: usize, rerank: Option<usize>| SearchParams {
+        top_k,
+        rerank,
+        ..Default::default()
+    };
+    let q = "what do bees do";
+    // No reranker loaded: searched as if the setting were unset.
+    let hits = plain.search("r", q, &p(3, None)).unwrap().hits;
+    assert!(hits.iter().all(|h| h.rerank_score.is_none()), "{hits:?}");
+    assert_eq!(plain.stats("r").unwrap().settings.rerank, 4);
+    drop(plain);
+
+    let engine = Engine::new(EngineConfig::new(tmp.path()), embedder().clone(), None)
+        .with_reranker(Some(RerankerHandle::load(&dir, 4).unwrap()));
+    let hits = engine.search("r", q, &p(3, None)).unwrap().hits;
+    assert_eq!(hits.len(), 3);
+    assert!(hits.iter().all(|h| h.rerank_score.is_some()), "{hits:?}");
+    // Raised to top_k: five hits, all reranked.
+    let hits = engine.search("r", q, &p(5, None)).unwrap().hits;
+    assert_eq!(hits.len(), 5);
+    assert!(hits.iter().all(|h| h.rerank_score.is_some()), "{hits:?}");
+    let hits = engine.search("r", q, &p(3, Some(0))).unwrap().hits;
+    assert!(hits.iter().all(|h| h.rerank_score.is_none()), "{hits:?}");
 }

@@ -94,7 +94,7 @@ impl From<&SearchParams> for pb::SearchOptions {
             min_score: *min_score,
             one_per_document: *one_per_document,
             mmr_lambda: *mmr_lambda,
-            rerank: *rerank as u32,
+            rerank: rerank.map(|n| n as u32),
         }
     }
 }
@@ -163,7 +163,7 @@ pub fn search_params(o: Option<pb::SearchOptions>, default_top_k: usize) -> Resu
         min_score,
         one_per_document,
         mmr_lambda,
-        rerank: rerank as usize,
+        rerank: rerank.map(|n| n as usize),
     })
 }
 
@@ -468,8 +468,10 @@ impl From<&CollectionSettings> for pb::CollectionSettings {
             chunking,
             hnsw,
             reembedding,
+            rerank,
         } = s;
         Self {
+            rerank: *rerank as u32,
             encoder: encoder.clone(),
             dim: *dim as u32,
             chunking: Some(chunking.into()),
@@ -548,8 +550,10 @@ impl From<pb::CollectionSettings> for CollectionSettings {
             hnsw,
             encoder_precision,
             reembedding,
+            rerank,
         } = p;
         Self {
+            rerank: rerank as usize,
             encoder,
             dim: dim as usize,
             // A server older than the setting sends none: its collections are f32.
@@ -1082,7 +1086,7 @@ mod tests {
             min_score: Some(0.25),
             one_per_document: true,
             mmr_lambda: Some(0.5),
-            rerank: 20,
+            rerank: Some(20),
         };
         let back = search_params(Some((&p).into()), 10).unwrap();
         assert_eq!(format!("{back:?}"), format!("{p:?}"));

@@ -112,6 +112,7 @@ impl pb::collections_server::Collections for Services {
                 if let Some(p) = convert::precision_from(&r.encoder_precision).map_err(invalid)? {
                     settings.encoder_precision = p;
                 }
+                settings.rerank = r.rerank as usize;
                 Ok(s.engine.create(&r.name, &settings)?.into())
             })
             .await?;

@@ -30,5 +30,5 @@ pub use docstore::{
 pub use error::{Error, Result};
 pub use generation::{Generation, Manifest};
 pub use lexical::{LexicalDoc, LexicalHit, LexicalIndex, SearchFilter, analyze};
-pub use settings::{ChunkSettings, CollectionSettings, HnswSettings, validate_name};
+pub use settings::{ChunkSettings, CollectionSettings, HnswSettings, MAX_RERANK, validate_name};
 pub use vector::{CosineDistance, HnswFiles, IdSet, VectorHit, VectorIndex, dot};

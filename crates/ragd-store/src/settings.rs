@@ -27,7 +27,19 @@ pub struct CollectionSettings {
     /// only while true, so collections without it read in older versions.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reembedding: bool,
+    /// Fused candidates a cross-encoder reranks in searches and answers over this collection
+    /// that do not say (0: none). Written only when set, so collections without it read in
+    /// older versions.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rerank: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Most fused candidates one search reranks.
+pub const MAX_RERANK: usize = 200;
 
 impl Default for CollectionSettings {
     fn default() -> Self {
@@ -38,6 +50,7 @@ impl Default for CollectionSettings {
             chunking: ChunkSettings::default(),
             hnsw: HnswSettings::default(),
             reembedding: false,
+            rerank: 0,
         }
     }
 }
@@ -115,6 +128,12 @@ impl CollectionSettings {
             return bad(format!(
                 "chunking.overlap_tokens must be below min_tokens ({}), got {}",
                 c.min_tokens, c.overlap_tokens
+            ));
+        }
+        if self.rerank > MAX_RERANK {
+            return bad(format!(
+                "rerank must be 0 (off) or 1..={MAX_RERANK}, got {}",
+                self.rerank
             ));
         }
         let h = &self.hnsw;
