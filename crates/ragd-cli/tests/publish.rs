@@ -34,22 +34,7 @@ fn ingested(root: &Path) -> PathBuf {
     ] {
         std::fs::write(docs.join(name), text).unwrap();
     }
-    let out = ragd(&[
-        "ingest",
-        "--collection",
-        "phys",
-        &s(&docs),
-        "--data-dir",
-        &s(&data),
-        "--models-dir",
-        &models_dir(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ingest_offline("phys", &docs, &data);
     data
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 mod common;
-use common::{Served, json_of, models_dir, ragd};
+use common::{Served, ingest_offline, json_of, ragd};
 
 const COLLECTION: &str = "notes";
 /// The query the new document answers, and that document.
@@ -121,22 +121,7 @@ fn three_replicas_behind_haproxy_roll_out_a_generation_and_survive_a_kill() {
     )
     .unwrap();
     let writer_data = root.path().join("writer");
-    let out = ragd(&[
-        "ingest",
-        "--collection",
-        COLLECTION,
-        &s(&docs),
-        "--data-dir",
-        &s(&writer_data),
-        "--models-dir",
-        &models_dir(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ingest_offline(COLLECTION, &docs, &writer_data);
     let store = root.path().join("store");
     let etcd = EtcdCluster::start(1);
     let endpoints = format!("{:?}", etcd.endpoints());

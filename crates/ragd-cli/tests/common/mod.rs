@@ -33,6 +33,27 @@ pub fn ragd_models_dir() -> std::path::PathBuf {
     }
 }
 
+/// `ragd ingest --collection NAME DOCS --data-dir DATA` with the test models, checked.
+pub fn ingest_offline(name: &str, docs: &std::path::Path, data: &std::path::Path) {
+    let (docs, data) = (docs.to_string_lossy(), data.to_string_lossy());
+    let out = ragd(&[
+        "ingest",
+        "--collection",
+        name,
+        &docs,
+        "--data-dir",
+        &data,
+        "--models-dir",
+        &models_dir(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// [`ragd_models_dir`] as a flag value.
 pub fn models_dir() -> String {
     ragd_models_dir().to_string_lossy().into_owned()
