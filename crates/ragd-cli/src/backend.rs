@@ -317,10 +317,19 @@ impl Backend {
         Ok(out)
     }
 
-    /// Searches collection `name`.
-    pub(crate) fn search(&self, name: &str, query: &str, p: &SearchParams) -> Result<Vec<Hit>> {
+    /// Searches collection `name`: the hits, the index generation searched and, from a read
+    /// replica, the published generation it served.
+    pub(crate) fn search(
+        &self,
+        name: &str,
+        query: &str,
+        p: &SearchParams,
+    ) -> Result<(Vec<Hit>, u64, Option<String>)> {
         match self {
-            Self::Local(e) => Ok(e.search(name, query, p)?.hits),
+            Self::Local(e) => {
+                let r = e.search(name, query, p)?;
+                Ok((r.hits, r.generation, r.published.map(|id| id.to_string())))
+            }
             Self::Remote { client: r, .. } => {
                 let req = pb::SearchRequest {
                     collection: name.to_string(),
@@ -334,7 +343,12 @@ impl Backend {
                     )
                     .map_err(status)?
                     .into_inner();
-                Ok(resp.hits.into_iter().map(Hit::from).collect())
+                let published = Some(resp.published_generation).filter(|g| !g.is_empty());
+                Ok((
+                    resp.hits.into_iter().map(Hit::from).collect(),
+                    resp.index_generation,
+                    published,
+                ))
             }
         }
     }

@@ -104,15 +104,20 @@ pub(crate) fn search(a: SearchArgs) -> Result<()> {
         mmr_lambda: a.mmr,
         rerank: a.rerank,
     };
-    let hits = crate::backend::Backend::new(&a.data, &a.models, &a.remote)?
-        .with_reranker(&a.models, a.reranker.as_deref())?
-        .search(&a.collection, &a.query, &params)?;
+    let (hits, generation, published) =
+        crate::backend::Backend::new(&a.data, &a.models, &a.remote)?
+            .with_reranker(&a.models, a.reranker.as_deref())?
+            .search(&a.collection, &a.query, &params)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "hits": hits }))?
-        );
+        let mut v = serde_json::json!({ "hits": hits, "index_generation": generation });
+        if let Some(g) = &published {
+            v["published_generation"] = g.clone().into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if let Some(g) = &published {
+        println!("(served by a read replica from published generation {g})");
     }
     for (i, h) in hits.iter().enumerate() {
         let fmt = |s: Option<f32>| s.map_or("-".to_string(), |s| format!("{s:.3}"));

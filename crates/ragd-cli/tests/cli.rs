@@ -506,6 +506,11 @@ fn eval_beir_and_search_json_shapes() {
     ));
     let hits = v["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 2, "{v}");
+    // Offline: the index generation searched, no published generation.
+    assert!(
+        v["index_generation"].is_u64() && v.get("published_generation").is_none(),
+        "{v}"
+    );
     for h in hits {
         assert_eq!(h["metadata"]["kind"], "drug");
         for k in [

@@ -309,6 +309,7 @@ fn three_replicas_behind_haproxy_roll_out_a_generation_and_survive_a_kill() {
         "--json",
     ]));
     assert_eq!(v["hits"][0]["doc_id"], NEW_DOC, "{v}");
+    assert_eq!(v["published_generation"], second.as_str(), "{v}");
     let out = ragd(&[
         "search",
         "--server",
