@@ -130,13 +130,17 @@ impl Etcd {
         format!("{}/{collection}/replicas/", self.prefix)
     }
 
-    /// `POST /v3/<method>` with `body` on the first endpoint that answers.
-    async fn call(&self, method: &str, body: &Value) -> Result<Value> {
+    /// Indexes of the endpoints in the order to try them: the last that answered first.
+    fn rotation(&self) -> impl Iterator<Item = usize> {
         let n = self.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
+        (0..n).map(move |i| (first + i) % n)
+    }
+
+    /// `POST /v3/<method>` with `body` on the first endpoint that answers.
+    async fn call(&self, method: &str, body: &Value) -> Result<Value> {
         let mut failures = Vec::new();
-        for i in 0..n {
-            let at = (first + i) % n;
+        for at in self.rotation() {
             let url = format!("{}/v3/{method}", self.endpoints[at]);
             let sent = self
                 .http
@@ -204,11 +208,8 @@ impl Etcd {
             "start_revision": (revision + 1).to_string(),
         }})
         .to_string();
-        let n = self.endpoints.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut failures = Vec::new();
-        for i in 0..n {
-            let at = (first + i) % n;
+        for at in self.rotation() {
             let sent = self
                 .http
                 .post(format!("{}/v3/watch", self.endpoints[at]))

@@ -346,10 +346,7 @@ impl GenerationStore {
             chunks: snapshot.manifest.chunks,
             settings: snapshot.manifest.settings.clone(),
             files: snapshot.files.clone(),
-            published_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            published_at: ragd_core::unix_now(),
             ragd_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let mut report = PublishReport {

@@ -45,6 +45,13 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Seconds since the Unix epoch (0 on a clock set before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl ErrorKind {
     /// True when the caller can fix the request; such messages are safe to show them verbatim.
     pub fn is_user_error(self) -> bool {

@@ -638,13 +638,7 @@ impl Engine {
         if dest.exists() {
             return Err(ragd_store::Error::CollectionExists(name.into()).into());
         }
-        let copy = Collection::open(staged.path(), name)?;
-        copy.verify()?;
-        let r = copy.recovery();
-        if r.rebuilt || r.replayed > 0 {
-            tracing::warn!(collection = name, replayed = r.replayed, rebuilt = r.rebuilt, repaired = ?r.repaired, "the fetched copy needed recovery before it opened");
-        }
-        drop(copy);
+        drop(open_fetched(staged, name)?);
         let io = |source| Error::Io {
             context: format!("moving the fetched collection to {}", dest.display()),
             source,
@@ -681,13 +675,7 @@ impl Engine {
             ));
         }
         ragd_store::validate_name(name)?;
-        let c = Collection::open(staged.path(), name)?;
-        c.verify()?;
-        let r = c.recovery();
-        if r.rebuilt || r.replayed > 0 {
-            tracing::warn!(collection = name, generation = %id, replayed = r.replayed, rebuilt = r.rebuilt, "the fetched copy needed recovery before it opened");
-        }
-        let c = Arc::new(c);
+        let c = Arc::new(open_fetched(&staged, name)?);
         let encoder = self.encoder_for(&c.settings()?)?;
         let searcher = Searcher::new(Arc::clone(&c), encoder, self.config.query_cache)?
             .with_reranker(self.models.reranker.clone())
@@ -1022,6 +1010,18 @@ impl Open {
             files: Mutex::new(None),
         }
     }
+}
+
+/// `<staged>/<name>`, a collection fetched from a published generation, opened where it lies:
+/// its generation's checksums verified and its indexes checked against its DocStore.
+fn open_fetched(staged: &Scratch, name: &str) -> Result<Collection> {
+    let c = Collection::open(staged.path(), name)?;
+    c.verify()?;
+    let r = c.recovery();
+    if r.rebuilt || r.replayed > 0 {
+        tracing::warn!(collection = name, replayed = r.replayed, rebuilt = r.rebuilt, repaired = ?r.repaired, "the fetched copy needed recovery before it opened");
+    }
+    Ok(c)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -22,7 +22,7 @@ use ragd_engine::cluster::{Etcd, GenerationId, GenerationStore};
 use ragd_proto::v1 as pb;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -292,9 +292,7 @@ impl Follower {
         let _ = tokio::task::spawn_blocking(move || state.engine.sweep_retired()).await;
         let synced = all_served && !targets.is_empty();
         if synced {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = ragd_core::unix_now();
             self.state.metrics.replica_last_sync.set(now as i64);
         }
         self.status.update(|s| {
@@ -361,9 +359,7 @@ impl Follower {
             tokio::task::spawn_blocking(move || state.engine.serve_published(&name, staging, id))
                 .await
                 .map_err(worker_failed)??;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = ragd_core::unix_now();
         self.status.update(|s| {
             s.since.insert(t.collection.clone(), now);
         });

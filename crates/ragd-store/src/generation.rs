@@ -84,13 +84,6 @@ pub struct Generation {
     pub(crate) manifest: Mutex<Manifest>,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Generation {
     /// Creates an empty generation in `dir` (created here) for `settings`, with its manifest.
     pub(crate) fn create(
@@ -116,7 +109,7 @@ impl Generation {
             chunks: 0,
             hnsw: None,
             checksums: BTreeMap::new(),
-            written_at: unix_now(),
+            written_at: ragd_core::unix_now(),
         };
         write_manifest(dir, &manifest)?;
         Ok(Self {
@@ -207,7 +200,7 @@ impl Generation {
         manifest.applied_seq = seq;
         manifest.documents = documents;
         manifest.chunks = chunks;
-        manifest.written_at = unix_now();
+        manifest.written_at = ragd_core::unix_now();
         write_manifest(&self.dir, &manifest)?;
         if let Some(o) = old {
             for ext in ["hnsw.graph", "hnsw.data"] {
