@@ -886,6 +886,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_quote_is_followed_by_the_next_best_sentence_that_is_on_topic_and_elsewhere() {
+        // The next best overlaps the first (the same sentence through another chunk): skipped.
+        let ranked = [
+            (0.8, "a", 100, 150),
+            (0.7, "a", 120, 150),
+            (0.5, "a", 150, 190),
+            (0.45, "b", 0, 40),
+        ];
+        assert_eq!(runner_up(&ranked), Some(2));
+        // Another document's sentence at the same bytes is elsewhere.
+        assert_eq!(runner_up(&[(0.8, "a", 0, 50), (0.6, "b", 0, 50)]), Some(1));
+        // Under half the first's score: nothing, whatever follows.
+        assert_eq!(runner_up(&[(0.8, "a", 0, 50), (0.39, "a", 60, 90)]), None);
+        assert_eq!(runner_up(&[(0.8, "a", 0, 50)]), None);
+        assert_eq!(runner_up(&[]), None);
+        assert!(is_markup(
+            "<Listing number=\"1-2\" file-name=\"Cargo.toml\" caption=\"Contents\">"
+        ));
+        assert!(is_markup("<!-- manual-regeneration -->\n"));
+        assert!(!is_markup("Use `<T>` for a generic type <T>."));
+    }
+
+    #[test]
     fn windows_grow_around_the_best_sentence_within_the_byte_limit() {
         let text = "Aaaa aaaa. Bbbb bbbb. Cccc cccc. Dddd dddd.";
         let sents: Vec<(usize, usize, f32)> = crate::evidence::sentences(text)

@@ -514,7 +514,8 @@ pub(super) fn ranked_sentences(
 
 /// The best sentence inside the packed sources that can hold what the question asks for, with
 /// its neighbour where it needs one, or after the sentence that linked to its document when
-/// the two answer together.
+/// the two answer together; a sentence quoted alone is followed by the next best one (see
+/// [`ON_TOPIC_SHARE`]). Two sentences at most.
 pub(super) fn best_extract(
     question: &str,
     candidates: &[Candidate],
@@ -531,38 +532,94 @@ pub(super) fn best_extract(
         start: c.hit.start + start,
         end: c.hit.start + end,
     };
-    let mut best: Option<Extract> = None;
+    // Every sentence that can be quoted, best first.
+    let mut all: Vec<(f32, &Source, &Candidate, usize)> = Vec::new();
     for src in sources {
         let Some(c) = candidates.iter().find(|c| c.hit.chunk_id == src.chunk_id) else {
             continue;
         };
         let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
         for (k, &(s, e, score)) in c.sentences.iter().enumerate() {
-            if s < lo || e > hi || best.as_ref().is_some_and(|b| b.score >= score) {
+            if s < lo || e > hi {
                 continue;
             }
             let text = &c.hit.text[s..e];
-            if !evidence::fits(expects, text, question) || text.split_whitespace().count() < 3 {
+            if !evidence::fits(expects, text, question)
+                || text.split_whitespace().count() < 3
+                || is_markup(text)
+            {
                 continue;
             }
-            let link = c
-                .link
-                .as_ref()
-                .filter(|_| c.chained.get(k).copied().unwrap_or(false))
-                .and_then(|l| linked_source(l, candidates, sources));
-            let parts = match link {
-                Some((l, ls, lc)) => vec![quoted(ls, lc, (l.start, l.end)), quoted(src, c, (s, e))],
-                None => vec![quoted(
-                    src,
-                    c,
-                    extract_span(&c.hit.text, &c.sentences, k, (lo, hi)),
-                )],
-            };
-            best = Some(Extract { parts, score });
+            all.push((score, src, c, k));
         }
     }
-    best
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let &(score, src, c, k) = all.first()?;
+    let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
+    let (s, e, _) = c.sentences[k];
+    let link = c
+        .link
+        .as_ref()
+        .filter(|_| c.chained.get(k).copied().unwrap_or(false))
+        .and_then(|l| linked_source(l, candidates, sources));
+    let mut parts = match link {
+        Some((l, ls, lc)) => vec![quoted(ls, lc, (l.start, l.end)), quoted(src, c, (s, e))],
+        None => {
+            let span = extract_span(&c.hit.text, &c.sentences, k, (lo, hi));
+            vec![quoted(src, c, span)]
+        }
+    };
+    // A lone sentence is followed by the runner-up, wherever it is, when that scores at least
+    // half as well: the ranker's first choice often restates the question, the answer being
+    // in the sentence it ranks next.
+    if parts.len() == 1 && parts[0].end - parts[0].start == e - s {
+        let placed: Vec<(f32, &str, usize, usize)> = all
+            .iter()
+            .map(|&(score, src, c, k)| {
+                let (a, b, _) = c.sentences[k];
+                (
+                    score,
+                    src.document_id.as_str(),
+                    c.hit.start + a,
+                    c.hit.start + b,
+                )
+            })
+            .collect();
+        if let Some(i) = runner_up(&placed) {
+            let (_, src2, c2, k2) = all[i];
+            let (a, b, _) = c2.sentences[k2];
+            parts.push(quoted(src2, c2, (a, b)));
+        }
+    }
+    Some(Extract { parts, score })
 }
+
+/// Of quotable sentences `(score, document, start, end)`, best first, the one to quote after the
+/// first: the next best that scores at least [`ON_TOPIC_SHARE`] of it and does not overlap it.
+/// The ranker's first choice often restates the question, the answer being in the sentence it
+/// ranks next.
+pub(super) fn runner_up(ranked: &[(f32, &str, usize, usize)]) -> Option<usize> {
+    let &(best, doc, start, end) = ranked.first()?;
+    ranked
+        .iter()
+        .enumerate()
+        .skip(1)
+        .take_while(|(_, x)| x.0 >= best * ON_TOPIC_SHARE)
+        .find(|(_, x)| x.1 != doc || x.3 <= start || x.2 >= end)
+        .map(|(i, _)| i)
+}
+
+/// True for a "sentence" that is only a markup tag or comment (`<Listing …>`, `<!-- … -->`):
+/// no fact to quote.
+pub(super) fn is_markup(sentence: &str) -> bool {
+    let t = sentence.trim();
+    t.starts_with('<') && t.ends_with('>')
+}
+
+/// The least share of the quoted sentence's score that a second quoted sentence needs (a
+/// neighbour taken for a pronoun or for length, or the runner-up): a sentence under it may be
+/// anything a document holds, instructions to the reader included.
+const ON_TOPIC_SHARE: f32 = 0.5;
 
 /// The packed source holding a linking sentence, with its candidate.
 pub(super) fn linked_source<'c>(
@@ -610,7 +667,7 @@ pub(super) fn extract_span(
         sentences
             .get(i)
             .filter(inside)
-            .filter(|n| n.2 >= score * 0.5)
+            .filter(|n| n.2 >= score * ON_TOPIC_SHARE)
             .copied()
     };
     if points_back(this)
