@@ -451,7 +451,7 @@ pub fn expects(question: &str) -> Expects {
         && words
             .get(opening + 1)
             .is_some_and(|w| AUXILIARIES.contains(w));
-    if how || dated || when {
+    if how || dated || when || asks_a_measure(&words, opening) {
         Expects::Number
     } else if ["who", "whom", "whose"].iter().any(|w| asks(&[w], false)) || names_a_kind(&words) {
         Expects::Name
@@ -459,6 +459,50 @@ pub fn expects(question: &str) -> Expects {
         Expects::Any
     }
 }
+
+/// True when the question opens by asking what a measure is ("What is the length of …", "What
+/// was the estimated mean incubation period …", "What was the production budget …"): after
+/// "what is / was / are / were the", one of the words before the first preposition is a
+/// quantity's name.
+fn asks_a_measure(words: &[&str], opening: usize) -> bool {
+    let rest = &words[opening.min(words.len())..];
+    rest.len() > 3
+        && rest[0] == "what"
+        && ["is", "was", "are", "were"].contains(&rest[1])
+        && rest[2] == "the"
+        && rest[3..]
+            .iter()
+            .take(5)
+            .take_while(|w| !PREPOSITIONS.contains(w))
+            .any(|w| MEASURES.contains(w))
+}
+
+/// Names of quantities: what they ask for is a number.
+const MEASURES: &[&str] = &[
+    "length",
+    "size",
+    "duration",
+    "period",
+    "population",
+    "number",
+    "amount",
+    "age",
+    "weight",
+    "height",
+    "width",
+    "depth",
+    "distance",
+    "budget",
+    "cost",
+    "price",
+    "rate",
+    "count",
+    "dose",
+    "speed",
+    "temperature",
+    "area",
+    "volume",
+];
 
 /// True when a "which" / "what" of the question asks for something with a proper name ("Which
 /// Danish metal band …", "… the mayor of what city?"): one of the next four words, before a
@@ -770,6 +814,13 @@ mod tests {
             ("In what year did the wall fall?", Expects::Number),
             ("For how long is each version supported?", Expects::Number),
             ("By whom was it built?", Expects::Name),
+            ("What is the length of the replicase gene?", Expects::Number),
+            (
+                "What was the estimated mean incubation period for it?",
+                Expects::Number,
+            ),
+            ("What is the name of the period?", Expects::Any),
+            ("What is the default type?", Expects::Any),
             (
                 "The sitcom with Rosie premiered on which date?",
                 Expects::Number,
