@@ -192,7 +192,8 @@ fn test_split_meets_the_floors(set: &str, config: &AnswerConfig, correct_cited: 
 // BENCHMARKS.md). 2026-12-03 (BENCHMARKS.md, "What a question asks for"): extract on the
 // markdown test split 57.8% correct and cited, 93.3% unanswerable refused; on the scientific test
 // split 62.2% and 86.7%. 2026-12-05 (BENCHMARKS.md, "The runner-up sentence"): markdown 66.7% and
-// 86.7%, scientific 64.4% and 86.7%.
+// 86.7%, scientific 64.4% and 86.7%; then 93.3% refused on scientific ("Questions that ask for a
+// measure").
 const FLOOR_GEN_REFUSED: f64 = 0.4;
 const FLOOR_GEN_CORRECT_CITED: f64 = 0.5;
 const CEIL_GEN_FALSE_REFUSALS: f64 = 0.15;
@@ -201,4 +202,4 @@ const FLOOR_EXT_CORRECT_CITED: f64 = 0.45;
 const FLOOR_MD_CORRECT_CITED: f64 = 0.6;
 const FLOOR_MD_REFUSED: f64 = 0.8;
 const FLOOR_SCI_CORRECT_CITED: f64 = 0.6;
-const FLOOR_SCI_REFUSED: f64 = 0.75;
+const FLOOR_SCI_REFUSED: f64 = 0.85;
