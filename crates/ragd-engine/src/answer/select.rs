@@ -569,9 +569,7 @@ pub(super) fn best_extract(
             vec![quoted(src, c, span)]
         }
     };
-    // A lone sentence is followed by the runner-up, wherever it is, when that scores at least
-    // half as well: the ranker's first choice often restates the question, the answer being
-    // in the sentence it ranks next.
+    // A lone sentence is followed by the runner-up, from any packed source.
     if parts.len() == 1 && parts[0].end - parts[0].start == e - s {
         let placed: Vec<(f32, &str, usize, usize)> = all
             .iter()
