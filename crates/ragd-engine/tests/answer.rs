@@ -451,7 +451,19 @@ fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
         a.answer
     );
     assert!(a.citations[0].document_id.ends_with("kessel-bridge.md"));
-    assert_quotes_its_range(collection(), &a.support[0]);
+    // At most two quoted sentences, each quoting its range; a second one (the runner-up or a
+    // neighbour) scores no more than the first and at least half as much.
+    assert!((1..=2).contains(&a.support.len()), "{:?}", a.support);
+    for s in &a.support {
+        assert_quotes_its_range(collection(), s);
+    }
+    for w in a.support.windows(2) {
+        assert!(
+            w[1].score <= w[0].score && w[1].score >= 0.5 * w[0].score,
+            "{:?}",
+            a.support
+        );
+    }
     let a = Answerer::new(&searcher, g, &config)
         .answer_blocking(
             AnswerRequest::new("What is the standard VAT rate on restaurant meals in Portugal?"),

@@ -441,6 +441,8 @@ struct Quoted {
     /// Byte range in the document.
     start: usize,
     end: usize,
+    /// Its question score (a runner-up's own; the sentence's for a neighbour or a link).
+    score: f32,
 }
 
 /// A retrieved chunk that passed the gate.

@@ -37,7 +37,7 @@ impl Extract {
                 .map(|q| SentenceSupport {
                     sentence: q.text.clone(),
                     supported: true,
-                    score: self.score,
+                    score: q.score,
                     marker: Some(q.marker),
                     document_id: Some(q.document_id.clone()),
                     start: q.start,
@@ -522,7 +522,7 @@ pub(super) fn best_extract(
     sources: &[Source],
 ) -> Option<Extract> {
     let expects = evidence::expects(question);
-    let quoted = |src: &Source, c: &Candidate, (start, end): (usize, usize)| Quoted {
+    let quoted = |src: &Source, c: &Candidate, (start, end): (usize, usize), score: f32| Quoted {
         marker: src.marker,
         document_id: src.document_id.clone(),
         text: c.hit.text[start..end]
@@ -531,6 +531,7 @@ pub(super) fn best_extract(
             .join(" "),
         start: c.hit.start + start,
         end: c.hit.start + end,
+        score,
     };
     // Every sentence that can be quoted, best first.
     let mut all: Vec<(f32, &Source, &Candidate, usize)> = Vec::new();
@@ -563,10 +564,13 @@ pub(super) fn best_extract(
         .filter(|_| c.chained.get(k).copied().unwrap_or(false))
         .and_then(|l| linked_source(l, candidates, sources));
     let mut parts = match link {
-        Some((l, ls, lc)) => vec![quoted(ls, lc, (l.start, l.end)), quoted(src, c, (s, e))],
+        Some((l, ls, lc)) => vec![
+            quoted(ls, lc, (l.start, l.end), score),
+            quoted(src, c, (s, e), score),
+        ],
         None => {
             let span = extract_span(&c.hit.text, &c.sentences, k, (lo, hi));
-            vec![quoted(src, c, span)]
+            vec![quoted(src, c, span, score)]
         }
     };
     // A lone sentence is followed by the runner-up, from any packed source.
@@ -584,9 +588,9 @@ pub(super) fn best_extract(
             })
             .collect();
         if let Some(i) = runner_up(&placed) {
-            let (_, src2, c2, k2) = all[i];
+            let (other, src2, c2, k2) = all[i];
             let (a, b, _) = c2.sentences[k2];
-            parts.push(quoted(src2, c2, (a, b)));
+            parts.push(quoted(src2, c2, (a, b), other));
         }
     }
     Some(Extract { parts, score })
