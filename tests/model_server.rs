@@ -263,6 +263,36 @@ fn predicted(port: u16) -> f64 {
     value("llamacpp:tokens_predicted_total").unwrap_or_else(|| panic!("no metric in {out}"))
 }
 
+/// Reads one whole HTTP request (headers, then `Content-Length` bytes of body) so that closing
+/// the connection after the reply is a clean FIN: closing with unread request bytes makes the
+/// kernel send a reset, which the client may see before the reply.
+fn read_request(c: &mut TcpStream) {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while got.len() < end + length {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A server answering 429/503 is retried with backoff (its `Retry-After` honoured), then the
 /// error names the status and the attempts.
 #[test]
@@ -273,8 +303,7 @@ fn a_busy_server_is_retried_then_unavailable() {
         let mut n = 0;
         for c in l.incoming().take(3) {
             let mut c = c.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf);
+            read_request(&mut c);
             let status = if n == 0 {
                 "429 Too Many Requests"
             } else {
