@@ -205,7 +205,8 @@ pub fn specific_words(text: &str) -> impl Iterator<Item = &str> {
 
 /// Byte ranges of the sentences of `text`, without surrounding whitespace; blank pieces are
 /// skipped. Hard-wrapped prose is joined across single line breaks; a blank line, a heading, a
-/// list item, a table row, a quote or a code fence starts a new sentence.
+/// list item, a table row, a quote or a code fence starts a new sentence. A full stop after an
+/// initial or a title ("M. Ward", "Dr. Lee", "Fig. 2") does not end the sentence.
 pub fn sentences(text: &str) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     // Unicode sentence bounds break after every line feed; pieces are joined back where the
@@ -224,6 +225,10 @@ pub fn sentences(text: &str) -> Vec<(usize, usize)> {
         let ends_line = piece.ends_with('\n');
         let this = &text[start..end];
         open = match open {
+            // Unicode bounds end a sentence at every full stop before a capital.
+            Some((s, e)) if !text[e..start].contains('\n') && ends_abbreviated(&text[s..e]) => {
+                Some((s, end))
+            }
             Some((s, e))
                 if !starts_block(this)
                     && !starts_block(&text[s..e])
@@ -243,6 +248,27 @@ pub fn sentences(text: &str) -> Vec<(usize, usize)> {
     }
     out.extend(open);
     out
+}
+
+/// Words written with a full stop that rarely end a sentence: titles before a name and the
+/// abbreviations of references ("Fig. 2", "Smith et al. Found").
+const ABBREVIATIONS: &[&str] = &[
+    "dr", "mr", "mrs", "ms", "prof", "st", "mt", "fig", "figs", "vs", "e.g", "i.e", "al", "cf",
+    "approx", "eq", "ref", "refs", "gen", "col", "lt", "sgt", "capt", "rev", "hon",
+];
+
+/// True when `sentence` ends with an initial ("M.") or one of the [`ABBREVIATIONS`].
+fn ends_abbreviated(sentence: &str) -> bool {
+    let Some(body) = sentence.strip_suffix('.') else {
+        return false;
+    };
+    let word = body
+        .rsplit(|c: char| c.is_whitespace() || matches!(c, '(' | '[' | '"' | '\u{201c}'))
+        .next()
+        .unwrap_or(body);
+    let mut chars = word.chars();
+    let initial = matches!((chars.next(), chars.next()), (Some(c), None) if c.is_uppercase());
+    initial || ABBREVIATIONS.iter().any(|a| word.eq_ignore_ascii_case(a))
 }
 
 /// True when a line opens a Markdown block of its own.
@@ -676,6 +702,17 @@ mod tests {
                 "```",
                 "x",
                 "```"
+            ]
+        );
+        // Initials and titles do not end a sentence; a full stop after a word does.
+        let t = "The third album by singer-songwriter M. Ward. Dr. Lee wrote it (see Fig. 2). Plan A. Next";
+        let got: Vec<&str> = sentences(t).into_iter().map(|(s, e)| &t[s..e]).collect();
+        assert_eq!(
+            got,
+            [
+                "The third album by singer-songwriter M. Ward.",
+                "Dr. Lee wrote it (see Fig. 2).",
+                "Plan A. Next"
             ]
         );
     }
