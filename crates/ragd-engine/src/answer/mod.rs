@@ -473,7 +473,8 @@ struct Link {
 
 /// First-hop chunks searched again with the question on a second hop.
 const BRIDGES: usize = 2;
-/// Hits of each second-hop search.
+/// Hits of each second-hop search, not counting the first hop's candidates (which the search
+/// with their own sentence added finds first).
 const HOP_HITS: usize = 3;
 
 /// A retrieved chunk that passed the gate, with the window of it that will be packed.

@@ -181,10 +181,11 @@ impl<'a> Answerer<'a> {
     /// The second hop of a question that names its subject only through something else ("the
     /// sitcom on which Jean Vander Pyl voiced Rosie"): the best sentence of each of the first
     /// hop's best chunks is added to the query ("… she voiced Rosie on The Jetsons") and the
-    /// collection searched again. A chunk found this way joins the candidates when the sentence
-    /// that led to it names its document (all of the title's terms are in it): the link makes
-    /// it relevant whatever its own similarity to the question, and its sentences are scored
-    /// together with the linking one (see `select`).
+    /// collection searched again; the best [`HOP_HITS`] new chunks of each search are kept. A
+    /// chunk found this way joins the candidates when it is in another document and the
+    /// sentence that led to it names that document (writes its title, less a disambiguation in
+    /// parentheses): the link makes it relevant whatever its own similarity to the question,
+    /// and its sentences are scored together with the linking one (see `select`).
     #[tracing::instrument(level = "debug", skip_all)]
     pub(super) fn second_hop(
         &self,
@@ -196,7 +197,7 @@ impl<'a> Answerer<'a> {
     ) -> Result<Vec<Gated>> {
         let mut seen: HashSet<u64> = first.iter().map(|c| c.hit.chunk_id).collect();
         let mut params = search.clone();
-        params.top_k = HOP_HITS;
+        params.top_k = HOP_HITS + first.len();
         let mut linked: Vec<(Hit, Link)> = Vec::new();
         for c in first.iter().take(BRIDGES) {
             let first_title = evidence::term_set(&c.hit.title);
@@ -215,17 +216,25 @@ impl<'a> Answerer<'a> {
             {
                 let hop = format!("{query} {}", &c.hit.text[extra.0..extra.1]);
                 let v = self.searcher.embed_query(&hop)?;
-                hits.extend(self.searcher.search(&hop, Some(&v), &params)?);
+                let found = self.searcher.search(&hop, Some(&v), &params)?;
+                hits.extend(
+                    found
+                        .into_iter()
+                        .filter(|h| !seen.contains(&h.chunk_id))
+                        .take(HOP_HITS),
+                );
             }
             for hit in hits {
-                let title = evidence::term_set(&hit.title);
-                if title.is_empty() || seen.contains(&hit.chunk_id) {
+                let name = document_name(&hit.title);
+                // A bridge leads to another document: a sentence naming its own document's
+                // title is about that document, not a link out of it.
+                if name.is_empty() || seen.contains(&hit.chunk_id) || hit.doc_id == c.hit.doc_id {
                     continue;
                 }
                 // The best sentence of the first chunk that names the document.
                 let Some((s, e, _, words)) = sentences
                     .iter()
-                    .filter(|x| title.is_subset(&x.3))
+                    .filter(|x| c.hit.text[x.0..x.1].contains(name))
                     .max_by(|a, b| a.2.total_cmp(&b.2))
                 else {
                     continue;
@@ -439,6 +448,16 @@ impl<'a> Answerer<'a> {
                 })
             })
             .collect())
+    }
+}
+
+/// The name a document's title gives it, as a sentence that links to the document writes it:
+/// the title without its disambiguation ("David Smith" for "David Smith (director)").
+fn document_name(title: &str) -> &str {
+    let t = title.trim();
+    match t.strip_suffix(')').and_then(|x| x.rfind(" (")) {
+        Some(i) if i > 0 => t[..i].trim_end(),
+        _ => t,
     }
 }
 
@@ -695,4 +714,20 @@ pub(super) fn points_back(sentence: &str) -> bool {
         .unwrap_or("")
         .trim_end_matches([',', ';', ':']);
     OPENERS.contains(&first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document_name;
+
+    #[test]
+    fn a_documents_name_is_its_title_without_the_disambiguation() {
+        assert_eq!(document_name("David Smith (director)"), "David Smith");
+        assert_eq!(document_name(" The Jetsons "), "The Jetsons");
+        assert_eq!(document_name("(1980–99)"), "(1980–99)");
+        assert_eq!(
+            document_name("List of North Carolina hurricanes (1980–99)"),
+            "List of North Carolina hurricanes"
+        );
+    }
 }
