@@ -122,14 +122,20 @@ impl<'a> Answerer<'a> {
                 .unwrap_or_default(),
             ..AnswerUsage::default()
         };
-        // The gate: dense similarity or lexical coverage of the question's rare terms.
+        // The gate: dense similarity, lexical coverage of the question's rare terms, or the
+        // question naming the chunk's document ("Drew Fuller starred in a series that …": his
+        // page is about him, however little of it matches the rest of the question).
+        let question = request.question.as_str();
         let relevant: Vec<Gated> = hits
             .into_iter()
             .zip(relevance)
             .map(|(hit, relevance)| Gated::new(hit, relevance, &terms))
-            .filter(|g| g.relevance >= min_relevance || g.lexical >= config.min_lexical)
+            .filter(|g| {
+                g.relevance >= min_relevance
+                    || g.lexical >= config.min_lexical
+                    || writes_name(question, document_name(&g.hit.title))
+            })
             .collect();
-        let question = request.question.as_str();
         let mut candidates = self.select(&qv, &terms, question, relevant, &config)?;
         if config.second_hop {
             let more = self.second_hop(&qv, &query, &terms, &candidates, &search)?;
@@ -234,7 +240,7 @@ impl<'a> Answerer<'a> {
                 // The best sentence of the first chunk that names the document.
                 let Some((s, e, _, words)) = sentences
                     .iter()
-                    .filter(|x| c.hit.text[x.0..x.1].contains(name))
+                    .filter(|x| writes_name(&c.hit.text[x.0..x.1], name))
                     .max_by(|a, b| a.2.total_cmp(&b.2))
                 else {
                     continue;
@@ -459,6 +465,28 @@ fn document_name(title: &str) -> &str {
         Some(i) if i > 0 => t[..i].trim_end(),
         _ => t,
     }
+}
+
+/// True when `text` writes `name` as it is written (case and all) as whole words, as a proper
+/// name: one of several words or with a capital or a digit inside ("Drew Fuller", "ANU"), or
+/// one capitalised word that does not open `text` ("… the series \"Charmed\"", not
+/// "Installation is …").
+fn writes_name(text: &str, name: &str) -> bool {
+    let inner = name.contains(' ')
+        || name
+            .chars()
+            .skip(1)
+            .any(|c| c.is_uppercase() || c.is_ascii_digit());
+    let capital = name.chars().next().is_some_and(char::is_uppercase);
+    if name.len() < 2 || !(inner || capital) {
+        return false;
+    }
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(name).any(|(i, _)| {
+        (inner || i > 0)
+            && !word(text[..i].chars().next_back())
+            && !word(text[i + name.len()..].chars().next())
+    })
 }
 
 /// A sentence's score for a question: encoder cosine and weighted term coverage, coverage
@@ -718,7 +746,7 @@ pub(super) fn points_back(sentence: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::document_name;
+    use super::{document_name, writes_name};
 
     #[test]
     fn a_documents_name_is_its_title_without_the_disambiguation() {
@@ -729,5 +757,21 @@ mod tests {
             document_name("List of North Carolina hurricanes (1980–99)"),
             "List of North Carolina hurricanes"
         );
+    }
+
+    #[test]
+    fn a_name_is_written_as_whole_words_and_must_be_a_proper_one() {
+        let q = "Drew Fuller starred in \"Charmed\", shown on The WB; installation aside?";
+        assert!(writes_name(q, "Drew Fuller"));
+        assert!(writes_name(q, "WB"));
+        assert!(writes_name(q, "Charmed"));
+        assert!(!writes_name(q, "Drew Full"), "not a whole word");
+        assert!(!writes_name(q, "drew fuller"), "written otherwise");
+        assert!(!writes_name(q, "installation"), "not a name");
+        assert!(
+            !writes_name(q, "Drew"),
+            "a capitalised word that opens the text"
+        );
+        assert!(!writes_name(q, "B"));
     }
 }
