@@ -474,7 +474,7 @@ fn the_extract_strategy_quotes_the_answering_sentence_without_the_decoder() {
 }
 
 #[test]
-fn a_second_hop_follows_the_sentence_that_names_the_answering_document() {
+fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming_it() {
     let docs = [
         (
             "Marra Quell",
@@ -553,6 +553,28 @@ fn a_second_hop_follows_the_sentence_that_names_the_answering_document() {
     assert_eq!(cited, ["marra-quell", "the-orrery-family"], "{a:?}");
     for s in &a.support {
         assert_quotes_its_range(&c, s);
+    }
+    // With both scores out of reach, only the question naming a document lets it through.
+    let named_only = AnswerConfig {
+        min_relevance: 0.99,
+        min_lexical: 1.01,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let answerer = Answerer::new(&searcher, generator(), &named_only);
+    let p = answerer
+        .prepare(AnswerRequest::new(
+            "Which river flows past the town of Dunmere?",
+        ))
+        .unwrap();
+    let docs: Vec<&str> = p.sources.iter().map(|s| s.document_id.as_str()).collect();
+    assert_eq!(docs, ["dunmere"], "{:?}", p.sources);
+    for q in [
+        "Which river flows past the market town?",
+        "Which river flows past the town of dunmere?",
+    ] {
+        let p = answerer.prepare(AnswerRequest::new(q)).unwrap();
+        assert!(p.is_refusal(), "{q}: {:?}", p.sources);
     }
 }
 
