@@ -591,6 +591,18 @@ const NAMED_KINDS: &[&str] = &[
     "queen",
     "emperor",
     "general",
+    "name",
+    "brand",
+    "label",
+    "studio",
+    "film",
+    "movie",
+    "album",
+    "song",
+    "novel",
+    "sitcom",
+    "franchise",
+    "tribe",
 ];
 
 /// Words that may open a question before its asking phrase ("In which year …", "By whom …").
@@ -654,7 +666,9 @@ pub fn fits(expects: Expects, sentence: &str, question: &str) -> bool {
         }
         Expects::Name => {
             let asked = asked();
+            // Markdown emphasis is not part of a word ("_The Rust Programming Language_").
             sentence.unicode_words().skip(1).any(|w| {
+                let w = w.trim_matches('_');
                 w.chars().next().is_some_and(char::is_uppercase) && !asked.contains(&norm_word(w))
             })
         }
@@ -928,6 +942,11 @@ mod tests {
             Expects::Name,
             "It was built by Ann Ode.",
             "Who built the bridge?"
+        ));
+        assert!(!fits(
+            Expects::Name,
+            "Welcome to _The Rust Programming Language_, a book about Rust.",
+            "Who created the Rust programming language?"
         ));
         assert!(!fits(
             Expects::Name,
