@@ -865,7 +865,10 @@ mod tests {
             ("In what year did the wall fall?", Expects::Number),
             ("For how long is each version supported?", Expects::Number),
             ("By whom was it built?", Expects::Name),
-            ("Under what brand name is zanamivir marketed?", Expects::Name),
+            (
+                "Under what brand name is zanamivir marketed?",
+                Expects::Name,
+            ),
             ("What song debuted in that episode?", Expects::Name),
             ("What is the length of the replicase gene?", Expects::Number),
             (
