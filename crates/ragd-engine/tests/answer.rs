@@ -501,25 +501,7 @@ fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming
             "Fenwick Studios is an animation studio founded in Harlow in 1958.",
         ),
     ];
-    let parsed = docs
-        .iter()
-        .map(|(title, text)| ragd_engine::ParsedDoc {
-            doc: ragd_core::DocumentInput {
-                id: title
-                    .split(" (")
-                    .next()
-                    .unwrap()
-                    .to_lowercase()
-                    .replace(' ', "-"),
-                source: "test".into(),
-                title: (*title).into(),
-                text: (*text).into(),
-                metadata: Default::default(),
-            },
-            markdown: false,
-        })
-        .collect();
-    let (_dir, c) = collection_of("hops", parsed);
+    let (_dir, c) = collection_of("hops", titled(&docs));
     let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let q = "On which date did the show in which Marra Quell voiced Tibbet first air?";
     // One chunk per hop: the first finds the actress, whose sentence names the show.
@@ -575,6 +557,82 @@ fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming
     ] {
         let p = answerer.prepare(AnswerRequest::new(q)).unwrap();
         assert!(p.is_refusal(), "{q}: {:?}", p.sources);
+    }
+}
+
+/// Plain-text documents from (title, text) pairs; each id is its title without the
+/// parenthesised disambiguation, lower-cased, spaces as hyphens.
+fn titled(docs: &[(&str, &str)]) -> Vec<ragd_engine::ParsedDoc> {
+    docs.iter()
+        .map(|(title, text)| ragd_engine::ParsedDoc {
+            doc: ragd_core::DocumentInput {
+                id: title
+                    .split(" (")
+                    .next()
+                    .unwrap()
+                    .to_lowercase()
+                    .replace(' ', "-"),
+                source: "test".into(),
+                title: (*title).into(),
+                text: (*text).into(),
+                metadata: Default::default(),
+            },
+            markdown: false,
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_hop_follows_a_document_that_names_the_first_one() {
+    // The actor's page never names his daughter; her page names him.
+    let docs = [
+        (
+            "Tobin Vale",
+            "Tobin Vale is a Canadian actor from Harrowgate. He played the ranger Corvin Bell in \
+             the drama Northline.",
+        ),
+        (
+            "Ada Vale",
+            "Ada Vale is a singer and stage actress. She is the daughter of Tobin Vale, and she \
+             made her stage debut in 1994 at the Lantern Theatre.",
+        ),
+        (
+            "Northline",
+            "Northline is a Canadian drama about park rangers, filmed near Harrowgate.",
+        ),
+        (
+            "Lantern Theatre",
+            "The Lantern Theatre is a playhouse in Kelso that seats four hundred.",
+        ),
+    ];
+    let (_dir, c) = collection_of("hops-back", titled(&docs));
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
+    let q = "In which year did the daughter of the Canadian actor from Harrowgate who played the \
+             ranger Corvin Bell in Northline debut?";
+    let single = AnswerConfig {
+        max_sources: 1,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let a = Answerer::new(&searcher, generator(), &single)
+        .answer_blocking(AnswerRequest::new(q), |_| {})
+        .unwrap();
+    assert!(!a.answer.contains("1994"), "{a:?}");
+    let hops = AnswerConfig {
+        second_hop: true,
+        ..single
+    };
+    let a = Answerer::new(&searcher, generator(), &hops)
+        .answer_blocking(AnswerRequest::new(q), |_| {})
+        .unwrap();
+    assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
+    assert!(a.answer.contains("1994"), "{}", a.answer);
+    let mut cited: Vec<&str> = a.citations.iter().map(|c| c.document_id.as_str()).collect();
+    cited.sort_unstable();
+    cited.dedup();
+    assert!(cited.contains(&"ada-vale"), "{a:?}");
+    for s in &a.support {
+        assert_quotes_its_range(&c, s);
     }
 }
 

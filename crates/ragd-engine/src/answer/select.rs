@@ -190,7 +190,9 @@ impl<'a> Answerer<'a> {
     /// collection searched again; the best [`HOP_HITS`] new chunks of each search are kept. A
     /// chunk found this way joins the candidates when it is in another document and the
     /// sentence that led to it names that document (writes its title, less a disambiguation in
-    /// parentheses): the link makes it relevant whatever its own similarity to the question,
+    /// parentheses), or, failing that, when the chunk names the first chunk's document ("She is
+    /// the daughter of the actor Paul Gross": a link back, whose linking sentence is the first
+    /// chunk's best): the link makes it relevant whatever its own similarity to the question,
     /// and its sentences are scored together with the linking one (see `select`).
     #[tracing::instrument(level = "debug", skip_all)]
     pub(super) fn second_hop(
@@ -230,19 +232,27 @@ impl<'a> Answerer<'a> {
                         .take(HOP_HITS),
                 );
             }
+            let first_name = document_name(&c.hit.title);
             for hit in hits {
-                let name = document_name(&hit.title);
                 // A bridge leads to another document: a sentence naming its own document's
                 // title is about that document, not a link out of it.
-                if name.is_empty() || seen.contains(&hit.chunk_id) || hit.doc_id == c.hit.doc_id {
+                if seen.contains(&hit.chunk_id) || hit.doc_id == c.hit.doc_id {
                     continue;
                 }
-                // The best sentence of the first chunk that names the document.
-                let Some((s, e, _, words)) = sentences
+                // The best sentence of the first chunk that names the document; or, when the
+                // hit names the first chunk's document ("She is the daughter of … Paul Gross"
+                // for a question about Paul Gross's role), the first chunk's best sentence.
+                let name = document_name(&hit.title);
+                let forward = sentences
                     .iter()
                     .filter(|x| writes_name(&c.hit.text[x.0..x.1], name))
-                    .max_by(|a, b| a.2.total_cmp(&b.2))
-                else {
+                    .max_by(|a, b| a.2.total_cmp(&b.2));
+                let backward = || {
+                    writes_name(&hit.text, first_name)
+                        .then(|| sentences.iter().max_by(|a, b| a.2.total_cmp(&b.2)))
+                        .flatten()
+                };
+                let Some((s, e, _, words)) = forward.or_else(backward) else {
                     continue;
                 };
                 seen.insert(hit.chunk_id);
