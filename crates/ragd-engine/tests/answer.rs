@@ -504,23 +504,9 @@ fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming
     let (_dir, c) = collection_of("hops", titled(&docs));
     let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let q = "On which date did the show in which Marra Quell voiced Tibbet first air?";
-    // One chunk per hop: the first finds the actress, whose sentence names the show.
-    let single = AnswerConfig {
-        max_sources: 1,
-        second_hop: false,
-        ..AnswerConfig::default()
-    };
-    let a = Answerer::new(&searcher, generator(), &single)
-        .answer_blocking(AnswerRequest::new(q), |_| {})
-        .unwrap();
-    assert!(!a.answer.contains("14 March 1971"), "{a:?}");
-    let hops = AnswerConfig {
-        second_hop: true,
-        ..single
-    };
-    let a = Answerer::new(&searcher, generator(), &hops)
-        .answer_blocking(AnswerRequest::new(q), |_| {})
-        .unwrap();
+    // The first hop finds the actress, whose sentence names the show.
+    let (single, a) = one_chunk_answers(&searcher, q);
+    assert!(!single.answer.contains("14 March 1971"), "{single:?}");
     assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
     assert!(a.answer.contains("14 March 1971"), "{}", a.answer);
     // The linking sentence, then the answering one, each quoted with its own source.
@@ -609,22 +595,8 @@ fn a_second_hop_follows_a_document_that_names_the_first_one() {
     let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
     let q = "In which year did the daughter of the Canadian actor from Harrowgate who played the \
              ranger Corvin Bell in Northline debut?";
-    let single = AnswerConfig {
-        max_sources: 1,
-        second_hop: false,
-        ..AnswerConfig::default()
-    };
-    let a = Answerer::new(&searcher, generator(), &single)
-        .answer_blocking(AnswerRequest::new(q), |_| {})
-        .unwrap();
-    assert!(!a.answer.contains("1994"), "{a:?}");
-    let hops = AnswerConfig {
-        second_hop: true,
-        ..single
-    };
-    let a = Answerer::new(&searcher, generator(), &hops)
-        .answer_blocking(AnswerRequest::new(q), |_| {})
-        .unwrap();
+    let (single, a) = one_chunk_answers(&searcher, q);
+    assert!(!single.answer.contains("1994"), "{single:?}");
     assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
     assert!(a.answer.contains("1994"), "{}", a.answer);
     let mut cited: Vec<&str> = a.citations.iter().map(|c| c.document_id.as_str()).collect();
@@ -634,6 +606,25 @@ fn a_second_hop_follows_a_document_that_names_the_first_one() {
     for s in &a.support {
         assert_quotes_its_range(&c, s);
     }
+}
+
+/// The answers to `q` from one chunk per hop: without the second hop, then with it.
+fn one_chunk_answers(searcher: &Searcher, q: &str) -> (ragd_engine::Answer, ragd_engine::Answer) {
+    let single = AnswerConfig {
+        max_sources: 1,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let hops = AnswerConfig {
+        second_hop: true,
+        ..single.clone()
+    };
+    let ask = |config: &AnswerConfig| {
+        Answerer::new(searcher, generator(), config)
+            .answer_blocking(AnswerRequest::new(q), |_| {})
+            .unwrap()
+    };
+    (ask(&single), ask(&hops))
 }
 
 /// A quoted sentence is its document's bytes at its range (whitespace runs joined).
