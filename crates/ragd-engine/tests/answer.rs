@@ -599,10 +599,10 @@ fn a_second_hop_follows_a_document_that_names_the_first_one() {
     assert!(!single.answer.contains("1994"), "{single:?}");
     assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
     assert!(a.answer.contains("1994"), "{}", a.answer);
-    let mut cited: Vec<&str> = a.citations.iter().map(|c| c.document_id.as_str()).collect();
-    cited.sort_unstable();
-    cited.dedup();
-    assert!(cited.contains(&"ada-vale"), "{a:?}");
+    assert!(
+        a.citations.iter().any(|c| c.document_id == "ada-vale"),
+        "{a:?}"
+    );
     for s in &a.support {
         assert_quotes_its_range(&c, s);
     }

@@ -216,9 +216,9 @@ impl<'a> Answerer<'a> {
                 .collect();
             // The question with the chunk's best sentence, and with its whole packed window
             // (which may name the document in another sentence).
-            let best = c.sentences.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+            let best = sentences.iter().max_by(|a, b| a.2.total_cmp(&b.2));
             let mut hits = Vec::new();
-            for extra in [best.map(|&(s, e, _)| (s, e)), Some((c.start, c.end))]
+            for extra in [best.map(|x| (x.0, x.1)), Some((c.start, c.end))]
                 .into_iter()
                 .flatten()
             {
@@ -247,11 +247,7 @@ impl<'a> Answerer<'a> {
                     .iter()
                     .filter(|x| writes_name(&c.hit.text[x.0..x.1], name))
                     .max_by(|a, b| a.2.total_cmp(&b.2));
-                let backward = || {
-                    writes_name(&hit.text, first_name)
-                        .then(|| sentences.iter().max_by(|a, b| a.2.total_cmp(&b.2)))
-                        .flatten()
-                };
+                let backward = || best.filter(|_| writes_name(&hit.text, first_name));
                 let Some((s, e, _, words)) = forward.or_else(backward) else {
                     continue;
                 };
