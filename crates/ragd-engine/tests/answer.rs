@@ -358,12 +358,19 @@ fn dropping_the_stream_stops_generation_and_deadlines_are_honoured() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(g.tokens_generated() <= at_drop + 1);
 
-    // A deadline that passes during generation ends the stream with DeadlineExceeded.
-    r.deadline = Some(Instant::now() + Duration::from_secs(3));
+    // A deadline that passes during generation ends the stream with DeadlineExceeded. The
+    // first delta is held until the deadline has passed, so the decoder is still at work
+    // then on any machine: it streams this answer's 114 greedy tokens into a queue of 64
+    // events that nobody reads meanwhile, and checks the deadline before its next forward
+    // pass. (Read as it came, the answer was done in 2.6 s here, before a 3 s deadline.)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    r.deadline = Some(deadline);
     let mut stream = answerer.prepare(r.clone()).unwrap().start(&g).unwrap();
     let err = loop {
         match stream.blocking_next() {
-            Some(Ok(AnswerEvent::Delta(_))) => {}
+            Some(Ok(AnswerEvent::Delta(_))) => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            }
             Some(Err(e)) => break e,
             other => panic!("expected a deadline error, got {other:?}"),
         }
