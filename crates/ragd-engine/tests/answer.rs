@@ -553,6 +553,43 @@ fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming
     }
 }
 
+#[test]
+fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
+    let docs = [
+        (
+            "Harlow Canal",
+            "The Harlow Canal is a waterway in Essex. It opened in 1802 and runs for 14 miles \
+             between Harlow and the river Lea.",
+        ),
+        (
+            "Ostby Canal",
+            "The Ostby Canal is a waterway in the Dunmere valley, dug by the Ostby mill owners.",
+        ),
+    ];
+    let (_dir, c) = collection_of("names", titled(&docs));
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
+    // Every chunk through the gate and any score quoted: only what the passages name decides.
+    let config = AnswerConfig {
+        strategy: Strategy::Extract,
+        min_relevance: 0.0,
+        min_extract: 0.0,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let ask = |q: &str| {
+        Answerer::new(&searcher, generator(), &config)
+            .answer_blocking(AnswerRequest::new(q), |_| {})
+            .unwrap()
+    };
+    // The only sentence holding a length is about another canal: it names neither Ostby nor
+    // Dunmere.
+    let a = ask("How long is the Ostby Canal near Dunmere?");
+    assert_eq!(a.kind, AnswerKind::Refusal, "{a:?}");
+    let a = ask("How long is the Harlow Canal in Essex?");
+    assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
+    assert!(a.answer.contains("14 miles"), "{}", a.answer);
+}
+
 /// Plain-text documents from (title, text) pairs; each id is its title without the
 /// parenthesised disambiguation, lower-cased, spaces as hyphens.
 fn titled(docs: &[(&str, &str)]) -> Vec<ragd_engine::ParsedDoc> {
