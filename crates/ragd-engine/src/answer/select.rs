@@ -659,15 +659,10 @@ pub(super) fn best_extract(
 /// True when the chunk and its document's title — with, on a second hop, the chunk that linked
 /// to it and its title — hold all but at most [`MISSING_NAMES`] of the question's names
 /// (`names`: its numbers, acronyms and capitalised words, analysed). A passage that names few
-/// of them is about something else: a near-miss question ("How many students are enrolled at
-/// the Australian National University?") is otherwise answered with a sentence of the right
-/// kind about another subject, and a many-named question with a sentence from the wrong one
-/// of its pages.
-pub(super) fn names_enough(
-    c: &Candidate,
-    candidates: &[Candidate],
-    names: &HashSet<String>,
-) -> bool {
+/// of them is about something else: "Do Lafzon Ki Kahani … is a remake of Always, released in
+/// which year, is a South Korean film directed by Song Il-gon?" was answered from the Hindi
+/// film's page, which names neither the director nor his country.
+fn names_enough(c: &Candidate, candidates: &[Candidate], names: &HashSet<String>) -> bool {
     if names.len() <= MISSING_NAMES {
         return true;
     }
