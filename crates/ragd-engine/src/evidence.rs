@@ -31,9 +31,7 @@ impl QueryTerms {
         terms.sort_unstable();
         terms.dedup();
         let (n, freqs) = collection.doc_freqs(&terms)?;
-        let specific: HashSet<String> = specific_words(question)
-            .flat_map(ragd_store::analyze)
-            .collect();
+        let specific = specific_terms(question);
         Ok(Self::weighted(
             terms
                 .into_iter()
@@ -185,6 +183,11 @@ fn idf(n: u64, df: u64) -> f32 {
 /// The analyzed terms of `text` as a set.
 pub fn term_set(text: &str) -> HashSet<String> {
     ragd_store::analyze(text).into_iter().collect()
+}
+
+/// The analyzed terms of `text`'s [`specific_words`] (a question's names), as a set.
+pub fn specific_terms(text: &str) -> HashSet<String> {
+    specific_words(text).flat_map(ragd_store::analyze).collect()
 }
 
 /// Words that name something: numbers, acronyms and capitalised words that do not open a

@@ -587,9 +587,7 @@ pub(super) fn best_extract(
         end: c.hit.start + end,
         score,
     };
-    let names: HashSet<String> = evidence::specific_words(question)
-        .flat_map(ragd_store::analyze)
-        .collect();
+    let names = evidence::specific_terms(question);
     // Every sentence that can be quoted, best first.
     let mut all: Vec<(f32, &Source, &Candidate, usize)> = Vec::new();
     for src in sources {
