@@ -54,7 +54,8 @@ fn evaluate(docs: &Path, questions: &Path, config: &AnswerConfig) -> QaReport {
     let items = ragd_eval::answers::load_qa(questions).unwrap();
     let searcher = Searcher::new(Arc::new(c), embedder().clone(), 64).unwrap();
     let answerer = Answerer::new(&searcher, generator(), config);
-    let template = AnswerRequest::new("");
+    let mut template = AnswerRequest::new("");
+    template.explain = true;
     let r = ragd_eval::answers::evaluate_answers(
         &answerer,
         &items,
@@ -82,6 +83,21 @@ fn evaluate(docs: &Path, questions: &Path, config: &AnswerConfig) -> QaReport {
         r.extracts,
         r.refusals
     );
+    // The explanation agrees with what was answered: a quote is the best sentence it lists as
+    // quotable, a refusal had none scoring `min_extract`.
+    if config.strategy == Strategy::Extract {
+        for o in &r.outcomes {
+            let best = o
+                .sentences
+                .iter()
+                .find(|s| s.sentence.excluded.is_none())
+                .map(|s| s.sentence.score);
+            match o.kind.as_str() {
+                "extract" => assert_eq!(o.extract_score, best, "{}", o.id),
+                _ => assert!(best.is_none_or(|b| b < config.min_extract), "{}", o.id),
+            }
+        }
+    }
     // By construction, whatever the model writes.
     assert_eq!(r.citations_to_ungiven_sources, 0);
     assert_eq!(r.ungiven_markers, 0);

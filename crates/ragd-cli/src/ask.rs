@@ -8,8 +8,8 @@ use clap::Args;
 use ragd_engine::SamplingParams;
 use ragd_engine::models::{self as registry, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_engine::{
-    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, IngestOptions, Mode, SearchParams,
-    Turn,
+    Answer, AnswerConfig, AnswerKind, AnswerRequest, Answerer, Exclusion, IngestOptions, Mode,
+    ScoredSentence, SearchParams, Turn,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -176,6 +176,10 @@ pub(crate) struct AskArgs {
     /// `ragd bench generate --prompt-file`.
     #[arg(long)]
     prompt_out: Option<PathBuf>,
+    /// Also show every sentence of the packed sources as the quote ranks it: its score and
+    /// the parts it is made of, and why it could not be quoted (with --json: "sentences").
+    #[arg(long)]
+    explain: bool,
     #[command(flatten)]
     remote: crate::client::ServerFlags,
     /// Print one JSON object instead of streaming text.
@@ -226,6 +230,10 @@ pub(crate) struct AnswersArgs {
     /// With --calibrate: the largest share of answerable questions the threshold may refuse.
     #[arg(long, default_value_t = 0.05)]
     max_false_refusals: f64,
+    /// Add to each question's outcome every packed sentence with its score parts, why it
+    /// could or could not be quoted, and whether it holds an expected string (in --json).
+    #[arg(long)]
+    explain: bool,
     #[arg(long)]
     json: bool,
 }
@@ -258,6 +266,7 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
     )?
     .with_reranker(&a.models, a.flags.reranker.as_deref())?;
     backend.offline_only("--prompt-out", a.prompt_out.is_some())?;
+    backend.offline_only("--explain", a.explain)?;
     let mut request = a.flags.request(&a.question)?;
     request.history = read_history(a.history.as_deref())?;
     if let Some(t) = a.timeout {
@@ -266,10 +275,16 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
         }
         request.deadline = Some(Instant::now() + Duration::from_secs_f64(t));
     }
-    if let (Some(path), Backend::Local(engine)) = (&a.prompt_out, &backend) {
-        let prepared = engine.prepare(&a.collection, request.clone())?;
-        let text = engine.generator()?.render_chat(prepared.messages())?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    let mut scored = Vec::new();
+    if let (true, Backend::Local(engine)) = (a.prompt_out.is_some() || a.explain, &backend) {
+        let mut r = request.clone();
+        r.explain = a.explain;
+        let prepared = engine.prepare(&a.collection, r)?;
+        if let Some(path) = &a.prompt_out {
+            let text = engine.generator()?.render_chat(prepared.messages())?;
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        scored = prepared.scored_sentences().to_vec();
     }
     // The question is printed once the answer starts (or is complete): a failed call prints
     // nothing on stdout.
@@ -289,7 +304,45 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
     if !shown {
         println!("{question}");
     }
-    print_answer(answer, a.json)
+    if !a.explain {
+        return print_answer(answer, a.json);
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&answer)?;
+        v["sentences"] = serde_json::to_value(&scored)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print_answer(answer, false)?;
+    print_scored(&scored);
+    Ok(())
+}
+
+/// The packed sentences as the quote ranks them, one per line: score (cosine, coverage), the
+/// source's marker, why it could not be quoted, and its first 100 characters.
+fn print_scored(scored: &[ScoredSentence]) {
+    println!(
+        "
+Sentences by score (cosine, coverage):"
+    );
+    for s in scored {
+        let why = match s.excluded {
+            None => "",
+            Some(Exclusion::Names) => " [passage lacks the question's names]",
+            Some(Exclusion::Kind) => " [cannot hold what is asked]",
+            Some(Exclusion::Fragment) => " [fragment]",
+        };
+        println!(
+            "  {:.3} ({:.2}, {:.2}){} [{}]{} {}",
+            s.score,
+            s.cosine,
+            s.coverage,
+            if s.paired { " paired" } else { "" },
+            s.marker,
+            why,
+            s.text.chars().take(100).collect::<String>()
+        );
+    }
 }
 
 impl AnswerFlags {
@@ -549,7 +602,8 @@ pub(crate) fn eval_answers(a: AnswersArgs) -> Result<()> {
     }
     let searcher = engine.searcher(&name)?;
     let config = engine.answer_config();
-    let template = a.flags.request("placeholder")?;
+    let mut template = a.flags.request("placeholder")?;
+    template.explain = a.explain;
     let answerer = Answerer::new(&searcher, engine.generator()?, config);
     if a.calibrate {
         return calibrate(&answerer, &items, &template, a.max_false_refusals, a.json);

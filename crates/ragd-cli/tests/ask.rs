@@ -112,6 +112,37 @@ fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
     assert!(text.contains("temporary directory"), "{text}");
     assert!(text.contains("answered without the decoder in"), "{text}");
     assert!(!text.contains("tokens/s"), "{text}");
+
+    // Why that quote: every packed sentence by score, the quote the best one that may be quoted.
+    let v = ragd(&[
+        "ask",
+        "--collection",
+        "sample",
+        "--data-dir",
+        d,
+        "--json",
+        "--explain",
+        "What does a rebuild write before it switches?",
+    ]);
+    assert_answer_shape(&v);
+    let sentences = v["sentences"].as_array().unwrap();
+    assert!(sentences.len() > 1, "{v}");
+    for s in sentences {
+        assert!(s["cosine"].is_number() && s["coverage"].is_number(), "{s}");
+        assert!(
+            s["start"].as_u64().unwrap() < s["end"].as_u64().unwrap(),
+            "{s}"
+        );
+    }
+    let best = sentences.iter().find(|s| s["excluded"].is_null()).unwrap();
+    assert_eq!(best["score"], v["support"][0]["score"], "{v}");
+    assert!(
+        v["answer"]
+            .as_str()
+            .unwrap()
+            .contains(best["text"].as_str().unwrap()),
+        "{v}"
+    );
 }
 
 /// `RAGD_LOG=debug` shows where an answer's time went: over gRPC under a span naming the call

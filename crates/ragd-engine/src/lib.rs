@@ -21,8 +21,8 @@ pub use answer::{
     Answer, AnswerConfig, AnswerEvent, AnswerKind, AnswerRequest, AnswerStream, AnswerUsage,
     Answerer, Citation, DEFAULT_MAX_TOKENS, DEFAULT_MIN_EXTRACT, DEFAULT_MIN_LEXICAL,
     DEFAULT_MIN_RELEVANCE, DEFAULT_MIN_SUPPORT, DEFAULT_ON_QUESTION, DEFAULT_SOURCE_BYTES,
-    DEFAULT_STRATEGY, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, SentenceSupport, Source,
-    Strategy, Turn, Unsupported,
+    DEFAULT_STRATEGY, Exclusion, Grounding, MAX_QUESTION_BYTES, Prepared, REFUSAL, ScoredSentence,
+    SentenceSupport, Source, Strategy, Turn, Unsupported,
 };
 pub use cancel::Cancel;
 pub use chunk::{Chunker, embed_text};

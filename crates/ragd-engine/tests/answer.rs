@@ -5,8 +5,8 @@
 
 use ragd_core::ErrorKind;
 use ragd_engine::{
-    AnswerConfig, AnswerEvent, AnswerKind, AnswerRequest, Answerer, IngestOptions, Ingestor,
-    Searcher, Strategy, Turn,
+    AnswerConfig, AnswerEvent, AnswerKind, AnswerRequest, Answerer, Exclusion, IngestOptions,
+    Ingestor, Searcher, Strategy, Turn,
 };
 use ragd_models::registry::{self, DEFAULT_DECODER, DEFAULT_ENCODER};
 use ragd_models::{Embedder, Generator, GeneratorOptions};
@@ -588,6 +588,71 @@ fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
     let a = ask("How long is the Harlow Canal in Essex?");
     assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
     assert!(a.answer.contains("14 miles"), "{}", a.answer);
+}
+
+#[test]
+fn an_explained_answer_lists_every_packed_sentence_and_why_it_was_not_quoted() {
+    let docs = [
+        (
+            "Harlow Canal",
+            "The Harlow Canal is a waterway in Essex. It opened in 1802 and runs for 14 miles \
+             between Harlow and the river Lea.",
+        ),
+        (
+            "Ostby Canal",
+            "The Ostby Canal is a waterway in the Dunmere valley, dug by the Ostby mill owners.",
+        ),
+    ];
+    let (_dir, c) = collection_of("explain", titled(&docs));
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
+    let config = AnswerConfig {
+        strategy: Strategy::Extract,
+        min_relevance: 0.0,
+        min_extract: 0.0,
+        second_hop: false,
+        ..AnswerConfig::default()
+    };
+    let answerer = Answerer::new(&searcher, generator(), &config);
+    let explained = |q: &str| {
+        let mut request = AnswerRequest::new(q);
+        request.explain = true;
+        let prepared = answerer.prepare(request).unwrap();
+        let scored = prepared.scored_sentences().to_vec();
+        (answerer.complete(prepared, |_| {}).unwrap(), scored)
+    };
+    // Harlow's length is quoted: the quote is the best sentence that may be quoted, the one
+    // before it cannot hold a length.
+    let (a, scored) = explained("How long is the Harlow Canal in Essex?");
+    assert_eq!(a.kind, AnswerKind::Extract, "{a:?}");
+    assert_eq!(scored.len(), 3, "{scored:#?}");
+    assert!(
+        scored.windows(2).all(|w| w[0].score >= w[1].score),
+        "{scored:#?}"
+    );
+    let quotable: Vec<_> = scored.iter().filter(|s| s.excluded.is_none()).collect();
+    assert!(quotable[0].text.contains("14 miles"), "{scored:#?}");
+    assert_eq!(quotable[0].score, a.support[0].score);
+    assert_eq!(quotable[0].document_id, "harlow-canal");
+    let text = c.document("harlow-canal").unwrap().unwrap().1;
+    assert_eq!(&text[quotable[0].start..quotable[0].end], quotable[0].text);
+    let first = scored
+        .iter()
+        .find(|s| s.text.starts_with("The Harlow Canal is a waterway"))
+        .unwrap();
+    assert_eq!(first.excluded, Some(Exclusion::Kind), "{first:?}");
+    assert!(first.cosine > 0.0 && first.coverage > 0.0, "{first:?}");
+    // Ostby's page names neither Harlow nor Essex: its sentence is excluded for that.
+    let ostby = scored
+        .iter()
+        .find(|s| s.document_id == "ostby-canal")
+        .unwrap();
+    assert_eq!(ostby.excluded, Some(Exclusion::Names), "{ostby:?}");
+    assert!(!ostby.paired && !ostby.second_hop, "{ostby:?}");
+    // Without `explain` nothing is kept.
+    let prepared = answerer
+        .prepare(AnswerRequest::new("How long is the Harlow Canal in Essex?"))
+        .unwrap();
+    assert!(prepared.scored_sentences().is_empty());
 }
 
 /// Plain-text documents from (title, text) pairs; each id is its title without the

@@ -3,7 +3,9 @@
 //! refusals; and calibration of the refusal threshold on the retrieval scores alone.
 
 use ragd_engine::grounding::{answer_sentences, claim_text, support};
-use ragd_engine::{Answer, AnswerKind, AnswerRequest, Answerer, Error, Result, parse_citations};
+use ragd_engine::{
+    Answer, AnswerKind, AnswerRequest, Answerer, Error, Result, ScoredSentence, parse_citations,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -103,6 +105,18 @@ pub struct QaOutcome {
     pub answer: String,
     /// What the model wrote when ragd declined it as unsupported by the sources.
     pub unsupported_draft: Option<String>,
+    /// With `explain` set on the request: every packed sentence as the quote ranks it, best
+    /// first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sentences: Vec<ExplainedSentence>,
+}
+
+/// A packed sentence with its scores, and whether it holds an expected string.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedSentence {
+    #[serde(flatten)]
+    pub sentence: ScoredSentence,
+    pub holds_expected: bool,
 }
 
 /// Rates over a question set.
@@ -182,6 +196,14 @@ fn passage_range(answerer: &Answerer<'_>, id: &str, passage: &str) -> Option<(us
         .map(|i| (i, i + p.len()))
 }
 
+/// True when one of the `expected` strings is in `text` as a whole term, case aside.
+fn holds_expected(text: &str, expected: &[String]) -> bool {
+    let lower = text.to_lowercase();
+    expected
+        .iter()
+        .any(|e| contains_term(&lower, &e.to_lowercase()))
+}
+
 /// True when the answer's text has a line that starts like a source block: `[n] …`.
 fn has_source_block(answer: &str) -> bool {
     answer.lines().skip(1).any(|l| {
@@ -231,7 +253,16 @@ pub fn evaluate_answers(
         let mut request = template.clone();
         request.question = item.question.clone();
         request.min_relevance = Some(min_relevance);
-        let answer = answerer.answer_blocking(request, |_| {})?;
+        let prepared = answerer.prepare(request)?;
+        let sentences: Vec<ExplainedSentence> = prepared
+            .scored_sentences()
+            .iter()
+            .map(|s| ExplainedSentence {
+                holds_expected: holds_expected(&s.text, &item.expect),
+                sentence: s.clone(),
+            })
+            .collect();
+        let answer = answerer.complete(prepared, |_| {})?;
         ungiven += answer
             .citations
             .iter()
@@ -243,17 +274,13 @@ pub fn evaluate_answers(
             })
             .count();
         let expected = item.document.as_deref();
-        let lower = answer.answer.to_lowercase();
         let cited: Vec<String> = answer
             .citations
             .iter()
             .map(|c| c.document_id.clone())
             .collect();
         let right = |d: &String| expected.is_some_and(|e| same_document(d, e));
-        let fact = item
-            .expect
-            .iter()
-            .any(|e| contains_term(&lower, &e.to_lowercase()));
+        let fact = holds_expected(&answer.answer, &item.expect);
         let gold = |c: &ragd_engine::Citation| -> bool {
             if !right(&c.document_id) {
                 return false;
@@ -293,6 +320,7 @@ pub fn evaluate_answers(
             total_ms: answer.usage.total_ms,
             answer: answer.answer,
             unsupported_draft: answer.unsupported_draft,
+            sentences,
         };
         progress(&outcome);
         outcomes.push(outcome);

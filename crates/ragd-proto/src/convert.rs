@@ -720,6 +720,8 @@ pub fn ask_request(collection: &str, r: &AnswerRequest) -> pb::AskRequest {
         stop,
         min_relevance,
         deadline: _,
+        // A diagnostic of `ragd eval answers`, not part of the gRPC API.
+        explain: _,
     } = r;
     pb::AskRequest {
         collection: collection.to_string(),

@@ -220,6 +220,9 @@ pub struct AnswerRequest {
     /// Past this instant the request fails with a deadline error (checked between steps and
     /// before every forward pass of the decoder).
     pub deadline: Option<Instant>,
+    /// Keep every packed sentence with its score and why it could or could not be quoted
+    /// ([`Prepared::scored_sentences`]): what `ragd eval answers --explain` writes.
+    pub explain: bool,
 }
 
 impl AnswerRequest {
@@ -237,6 +240,7 @@ impl AnswerRequest {
             stop: Vec::new(),
             min_relevance: None,
             deadline: None,
+            explain: false,
         }
     }
 }
@@ -355,6 +359,47 @@ pub struct SentenceSupport {
     pub on_question: bool,
 }
 
+/// A sentence of the packed sources as the quote ranks it, for a request with `explain` set:
+/// why a quote was chosen, or why the question was refused.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoredSentence {
+    pub document_id: String,
+    /// Its source's marker.
+    pub marker: usize,
+    /// Byte range in the document.
+    pub start: usize,
+    pub end: usize,
+    /// The sentence, its whitespace runs as single spaces.
+    pub text: String,
+    /// What quotes are ranked by and `min_extract` is compared with.
+    pub score: f32,
+    /// Encoder cosine between the question and the sentence.
+    pub cosine: f32,
+    /// Weighted share of the question's terms it holds, beyond its document's title.
+    pub coverage: f32,
+    /// The score is the pair's: the sentence that linked to its document and this one.
+    pub paired: bool,
+    /// Its chunk was found on the second hop.
+    pub second_hop: bool,
+    /// Its chunk's cosine and lexical coverage (the gate's evidence).
+    pub chunk_relevance: f32,
+    pub chunk_lexical: f32,
+    /// Why it cannot be quoted; `None` when it can.
+    pub excluded: Option<Exclusion>,
+}
+
+/// Why a packed sentence cannot be quoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclusion {
+    /// Its passage lacks more than one of the question's names.
+    Names,
+    /// It cannot hold what the question asks for (a number, a percentage, a name).
+    Kind,
+    /// Fewer than three words, or only a markup tag.
+    Fragment,
+}
+
 /// The finished answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
@@ -414,6 +459,8 @@ pub struct Prepared {
     /// The packed source sentences that best match the question: `(marker, start, end)` in
     /// document bytes, best first, at most `on_question`.
     ranked: Vec<(usize, usize, usize)>,
+    /// With `explain`: every packed sentence, best first.
+    scored: Vec<ScoredSentence>,
     messages: Vec<ChatMessage>,
     prompt_tokens: usize,
     request: AnswerRequest,
@@ -490,6 +537,8 @@ struct Candidate {
     end: usize,
     /// Sentences of the chunk (byte ranges within `hit.text`) with their question scores.
     sentences: Vec<(usize, usize, f32)>,
+    /// Per sentence, the parts of its plain score: encoder cosine and term coverage.
+    parts: Vec<(f32, f32)>,
     /// Best sentence score.
     best: f32,
     /// On a second hop, the sentence that linked to this chunk.

@@ -158,6 +158,11 @@ impl<'a> Answerer<'a> {
             _ => (Vec::new(), Vec::new(), 0),
         };
         let extract = best_extract(&request.question, &candidates, &sources);
+        let scored = if request.explain {
+            scored_sentences(&request.question, &candidates, &sources)
+        } else {
+            Vec::new()
+        };
         let mut ranked = ranked_sentences(&candidates, &sources);
         ranked.truncate(config.on_question);
         usage.retrieval_ms = ms(started);
@@ -166,6 +171,7 @@ impl<'a> Answerer<'a> {
             ready: None,
             extract,
             ranked,
+            scored,
             messages,
             prompt_tokens,
             request,
@@ -360,9 +366,11 @@ impl<'a> Answerer<'a> {
                     let cos = vectors
                         .next()
                         .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
-                    (s, e, cos, sentence_score(cos, focus.coverage(&t)), t)
+                    let coverage = focus.coverage(&t);
+                    (s, e, cos, coverage, t)
                 })
                 .collect();
+            let parts: Vec<(f32, f32)> = scored.iter().map(|x| (x.2, x.3)).collect();
             // On a second hop, a sentence that answers what the linking sentence leaves open
             // is scored as the pair: the pair's coverage of the question (both documents'
             // titles known) and the closer of the two to it.
@@ -391,12 +399,17 @@ impl<'a> Answerer<'a> {
             let sentences: Vec<(usize, usize, f32)> = scored
                 .iter()
                 .zip(&chained)
-                .map(|((s, e, _, plain, _), pair)| (*s, *e, pair.map_or(*plain, |p| p.max(*plain))))
+                .map(|((s, e, cos, coverage, _), pair)| {
+                    let plain = sentence_score(*cos, *coverage);
+                    (*s, *e, pair.map_or(plain, |p| p.max(plain)))
+                })
                 .collect();
             let chained: Vec<bool> = scored
                 .iter()
                 .zip(&chained)
-                .map(|((.., plain, _), pair)| pair.is_some_and(|p| p > *plain))
+                .map(|((_, _, cos, coverage, _), pair)| {
+                    pair.is_some_and(|p| p > sentence_score(*cos, *coverage))
+                })
                 .collect();
             let best = sentences.iter().map(|s| s.2).fold(0.0f32, f32::max);
             let fitting: Vec<bool> = sentences
@@ -411,6 +424,7 @@ impl<'a> Answerer<'a> {
                 start,
                 end,
                 sentences,
+                parts,
                 best,
                 link,
                 chained,
@@ -429,9 +443,14 @@ impl<'a> Answerer<'a> {
     pub fn answer_blocking(
         &self,
         request: AnswerRequest,
-        mut on_delta: impl FnMut(&str),
+        on_delta: impl FnMut(&str),
     ) -> Result<Answer> {
-        let mut stream = self.prepare(request)?.start(self.generator)?;
+        self.complete(self.prepare(request)?, on_delta)
+    }
+
+    /// Answers a prepared question on this thread, calling `on_delta` with each piece of text.
+    pub fn complete(&self, prepared: Prepared, mut on_delta: impl FnMut(&str)) -> Result<Answer> {
+        let mut stream = prepared.start(self.generator)?;
         while let Some(ev) = stream.blocking_next() {
             match ev? {
                 AnswerEvent::Delta(d) => on_delta(&d),
@@ -548,21 +567,83 @@ pub(super) fn ranked_sentences(
     candidates: &[Candidate],
     sources: &[Source],
 ) -> Vec<(usize, usize, usize)> {
-    let mut all: Vec<(f32, usize, usize, usize)> = Vec::new();
-    for src in sources {
-        let Some(c) = candidates.iter().find(|c| c.hit.chunk_id == src.chunk_id) else {
-            continue;
-        };
-        let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
-        all.extend(
-            c.sentences
-                .iter()
-                .filter(|&&(s, e, _)| s >= lo && e <= hi)
-                .map(|&(s, e, score)| (score, src.marker, c.hit.start + s, c.hit.start + e)),
-        );
-    }
+    let mut all: Vec<(f32, usize, usize, usize)> = packed_sentences(candidates, sources)
+        .map(|(src, c, k)| {
+            let (s, e, score) = c.sentences[k];
+            (score, src.marker, c.hit.start + s, c.hit.start + e)
+        })
+        .collect();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     all.into_iter().map(|(_, m, s, e)| (m, s, e)).collect()
+}
+
+/// Each packed source with its candidate chunk and the index of each of the chunk's sentences
+/// inside the packed window.
+fn packed_sentences<'c>(
+    candidates: &'c [Candidate],
+    sources: &'c [Source],
+) -> impl Iterator<Item = (&'c Source, &'c Candidate, usize)> {
+    sources.iter().flat_map(move |src| {
+        let c = candidates.iter().find(|c| c.hit.chunk_id == src.chunk_id);
+        c.into_iter().flat_map(move |c| {
+            let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
+            c.sentences
+                .iter()
+                .enumerate()
+                .filter(move |(_, (s, e, _))| *s >= lo && *e <= hi)
+                .map(move |(k, _)| (src, c, k))
+        })
+    })
+}
+
+/// Why `sentence` cannot be quoted for a question expecting `expects`, if it cannot (its
+/// passage's names aside: [`names_enough`]).
+fn exclusion(expects: evidence::Expects, sentence: &str, question: &str) -> Option<Exclusion> {
+    if !evidence::fits(expects, sentence, question) {
+        Some(Exclusion::Kind)
+    } else if sentence.split_whitespace().count() < 3 || is_markup(sentence) {
+        Some(Exclusion::Fragment)
+    } else {
+        None
+    }
+}
+
+/// Every packed sentence with its score and whether [`best_extract`] may quote it, best first.
+pub(super) fn scored_sentences(
+    question: &str,
+    candidates: &[Candidate],
+    sources: &[Source],
+) -> Vec<ScoredSentence> {
+    let expects = evidence::expects(question);
+    let named = named_chunks(question, candidates, sources);
+    let mut out: Vec<ScoredSentence> = packed_sentences(candidates, sources)
+        .map(|(src, c, k)| {
+            let (s, e, score) = c.sentences[k];
+            let (cosine, coverage) = c.parts[k];
+            let text = &c.hit.text[s..e];
+            ScoredSentence {
+                document_id: src.document_id.clone(),
+                marker: src.marker,
+                start: c.hit.start + s,
+                end: c.hit.start + e,
+                text: text.split_whitespace().collect::<Vec<_>>().join(" "),
+                score,
+                cosine,
+                coverage,
+                paired: c.chained.get(k).copied().unwrap_or(false),
+                second_hop: c.link.is_some(),
+                chunk_relevance: c.relevance,
+                chunk_lexical: c.lexical,
+                excluded: if named.contains(&c.hit.chunk_id) {
+                    exclusion(expects, text, question)
+                } else {
+                    Some(Exclusion::Names)
+                },
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score));
+    out
 }
 
 /// The best sentence inside the packed sources that can hold what the question asks for, in a
@@ -587,31 +668,16 @@ pub(super) fn best_extract(
         end: c.hit.start + end,
         score,
     };
-    let names = evidence::specific_terms(question);
     // Every sentence that can be quoted, best first.
-    let mut all: Vec<(f32, &Source, &Candidate, usize)> = Vec::new();
-    for src in sources {
-        let Some(c) = candidates.iter().find(|c| c.hit.chunk_id == src.chunk_id) else {
-            continue;
-        };
-        if !names_enough(c, candidates, &names) {
-            continue;
-        }
-        let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
-        for (k, &(s, e, score)) in c.sentences.iter().enumerate() {
-            if s < lo || e > hi {
-                continue;
-            }
-            let text = &c.hit.text[s..e];
-            if !evidence::fits(expects, text, question)
-                || text.split_whitespace().count() < 3
-                || is_markup(text)
-            {
-                continue;
-            }
-            all.push((score, src, c, k));
-        }
-    }
+    let named = named_chunks(question, candidates, sources);
+    let mut all: Vec<(f32, &Source, &Candidate, usize)> = packed_sentences(candidates, sources)
+        .filter(|(_, c, k)| {
+            let (s, e, _) = c.sentences[*k];
+            named.contains(&c.hit.chunk_id)
+                && exclusion(expects, &c.hit.text[s..e], question).is_none()
+        })
+        .map(|(src, c, k)| (c.sentences[k].2, src, c, k))
+        .collect();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
     let &(score, src, c, k) = all.first()?;
     let (lo, hi) = (src.start - c.hit.start, src.end - c.hit.start);
@@ -652,6 +718,17 @@ pub(super) fn best_extract(
         }
     }
     Some(Extract { parts, score })
+}
+
+/// The packed chunks whose passage names what `question` names ([`names_enough`]).
+fn named_chunks(question: &str, candidates: &[Candidate], sources: &[Source]) -> HashSet<u64> {
+    let names = evidence::specific_terms(question);
+    candidates
+        .iter()
+        .filter(|c| sources.iter().any(|s| s.chunk_id == c.hit.chunk_id))
+        .filter(|c| names_enough(c, candidates, &names))
+        .map(|c| c.hit.chunk_id)
+        .collect()
 }
 
 /// True when the chunk and its document's title — with, on a second hop, the chunk that linked

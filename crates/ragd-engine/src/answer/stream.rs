@@ -16,6 +16,12 @@ impl Prepared {
         &self.messages
     }
 
+    /// Every packed sentence with its score and why it could or could not be quoted, best
+    /// first; empty unless the request set `explain`.
+    pub fn scored_sentences(&self) -> &[ScoredSentence] {
+        &self.scored
+    }
+
     /// The refusal made without the decoder.
     pub(super) fn refusal(&self) -> Answer {
         let mut usage = self.usage.clone();
