@@ -79,15 +79,12 @@ fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
     assert!(doc[s..e].contains("temporary directory"), "{}", &doc[s..e]);
 
     // The same collection, now with `ask`; an off-topic question is refused without the decoder.
-    let v = ragd(&[
-        "ask",
-        "--collection",
-        "sample",
-        "--data-dir",
-        d,
-        "--json",
-        "What is the capital gains tax rate in Portugal?",
-    ]);
+    let ask = |extra: &[&str]| {
+        let mut args = vec!["ask", "--collection", "sample", "--data-dir", d, "--json"];
+        args.extend(extra);
+        ragd(&args)
+    };
+    let v = ask(&["What is the capital gains tax rate in Portugal?"]);
     assert_answer_shape(&v);
     assert!(v["refused"].as_bool().unwrap(), "{v}");
     assert!(!v["cited"].as_bool().unwrap(), "{v}");
@@ -114,16 +111,7 @@ fn quickstart_then_ask_answer_from_the_sample_collection_with_citations() {
     assert!(!text.contains("tokens/s"), "{text}");
 
     // Why that quote: every packed sentence by score, the quote the best one that may be quoted.
-    let v = ragd(&[
-        "ask",
-        "--collection",
-        "sample",
-        "--data-dir",
-        d,
-        "--json",
-        "--explain",
-        "What does a rebuild write before it switches?",
-    ]);
+    let v = ask(&["--explain", "What does a rebuild write before it switches?"]);
     assert_answer_shape(&v);
     let sentences = v["sentences"].as_array().unwrap();
     assert!(sentences.len() > 1, "{v}");

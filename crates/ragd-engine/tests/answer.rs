@@ -553,8 +553,8 @@ fn a_named_document_passes_the_gate_and_a_second_hop_follows_the_sentence_naming
     }
 }
 
-#[test]
-fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
+/// Two canals' pages: only Harlow's states a length.
+fn canals(name: &str) -> (tempfile::TempDir, Arc<Collection>) {
     let docs = [
         (
             "Harlow Canal",
@@ -566,16 +566,26 @@ fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
             "The Ostby Canal is a waterway in the Dunmere valley, dug by the Ostby mill owners.",
         ),
     ];
-    let (_dir, c) = collection_of("names", titled(&docs));
-    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
-    // Every chunk through the gate and any score quoted: only what the passages name decides.
-    let config = AnswerConfig {
+    collection_of(name, titled(&docs))
+}
+
+/// Every chunk through the gate and any score quoted, in one hop: only what the passages name
+/// and what the sentences can hold decide.
+fn quote_anything() -> AnswerConfig {
+    AnswerConfig {
         strategy: Strategy::Extract,
         min_relevance: 0.0,
         min_extract: 0.0,
         second_hop: false,
         ..AnswerConfig::default()
-    };
+    }
+}
+
+#[test]
+fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
+    let (_dir, c) = canals("names");
+    let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
+    let config = quote_anything();
     let ask = |q: &str| {
         Answerer::new(&searcher, generator(), &config)
             .answer_blocking(AnswerRequest::new(q), |_| {})
@@ -592,26 +602,9 @@ fn a_passage_that_names_little_of_what_the_question_names_is_not_quoted() {
 
 #[test]
 fn an_explained_answer_lists_every_packed_sentence_and_why_it_was_not_quoted() {
-    let docs = [
-        (
-            "Harlow Canal",
-            "The Harlow Canal is a waterway in Essex. It opened in 1802 and runs for 14 miles \
-             between Harlow and the river Lea.",
-        ),
-        (
-            "Ostby Canal",
-            "The Ostby Canal is a waterway in the Dunmere valley, dug by the Ostby mill owners.",
-        ),
-    ];
-    let (_dir, c) = collection_of("explain", titled(&docs));
+    let (_dir, c) = canals("explain");
     let searcher = Searcher::new(c.clone(), embedder().clone(), 8).unwrap();
-    let config = AnswerConfig {
-        strategy: Strategy::Extract,
-        min_relevance: 0.0,
-        min_extract: 0.0,
-        second_hop: false,
-        ..AnswerConfig::default()
-    };
+    let config = quote_anything();
     let answerer = Answerer::new(&searcher, generator(), &config);
     let explained = |q: &str| {
         let mut request = AnswerRequest::new(q);
