@@ -86,12 +86,12 @@ impl QueryTerms {
         if self.total <= 0.0 {
             return 0.0;
         }
+        // A fold from +0.0: an empty float sum is -0.0, which reads "-0.00" in `--explain`.
         let hit: f32 = self
             .terms
             .iter()
             .filter(|(t, _)| passage.contains(t))
-            .map(|t| t.1)
-            .sum();
+            .fold(0.0, |sum, t| sum + t.1);
         hit / self.total
     }
 }
@@ -764,6 +764,10 @@ mod tests {
         let p = term_set("Parameter Efficient Fine-Tuning (PEFT) trains few weights.");
         assert!((q.coverage(&p) - 0.8).abs() < 1e-6);
         assert_eq!(q.coverage(&term_set("nothing in common")), 0.0);
+        assert!(
+            q.coverage(&term_set("nothing in common"))
+                .is_sign_positive()
+        );
         // Focus on what the title does not already say.
         let f = q.focus(&term_set("PEFT"));
         assert_eq!(f.coverage(&term_set("it stands for")), 1.0);
