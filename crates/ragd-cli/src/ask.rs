@@ -321,10 +321,7 @@ pub(crate) fn ask(a: AskArgs) -> Result<()> {
 /// The packed sentences as the quote ranks them, one per line: score (cosine, coverage), the
 /// source's marker, why it could not be quoted, and its first 100 characters.
 fn print_scored(scored: &[ScoredSentence]) {
-    println!(
-        "
-Sentences by score (cosine, coverage):"
-    );
+    println!("\nSentences by score (cosine, coverage):");
     for s in scored {
         let why = match s.excluded {
             None => "",

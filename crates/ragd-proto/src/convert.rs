@@ -720,7 +720,8 @@ pub fn ask_request(collection: &str, r: &AnswerRequest) -> pb::AskRequest {
         stop,
         min_relevance,
         deadline: _,
-        // A diagnostic of `ragd eval answers`, not part of the gRPC API.
+        // A diagnostic of `ragd ask --explain` and `ragd eval answers --explain` on a data
+        // directory, not part of the gRPC API.
         explain: _,
     } = r;
     pb::AskRequest {

@@ -221,7 +221,8 @@ pub struct AnswerRequest {
     /// before every forward pass of the decoder).
     pub deadline: Option<Instant>,
     /// Keep every packed sentence with its score and why it could or could not be quoted
-    /// ([`Prepared::scored_sentences`]): what `ragd eval answers --explain` writes.
+    /// ([`Prepared::scored_sentences`]): what `ragd ask --explain` and `ragd eval answers
+    /// --explain` show.
     pub explain: bool,
 }
 

@@ -359,7 +359,8 @@ impl<'a> Answerer<'a> {
             let title = evidence::term_set(&hit.title);
             let local = &freqs[&hit.doc_id];
             let focus = terms.focus(&title).scaled(|t| local.weight(t));
-            let scored: Vec<(usize, usize, f32, f32, HashSet<String>)> = sp
+            // (start, end, cosine, coverage, plain score, terms)
+            let scored: Vec<(usize, usize, f32, f32, f32, HashSet<String>)> = sp
                 .iter()
                 .zip(sets)
                 .map(|(&(s, e), t)| {
@@ -367,7 +368,7 @@ impl<'a> Answerer<'a> {
                         .next()
                         .map_or(0.0, |v| ragd_store::dot(qv, &v.vector));
                     let coverage = focus.coverage(&t);
-                    (s, e, cos, coverage, t)
+                    (s, e, cos, coverage, sentence_score(cos, coverage), t)
                 })
                 .collect();
             let parts: Vec<(f32, f32)> = scored.iter().map(|x| (x.2, x.3)).collect();
@@ -385,7 +386,7 @@ impl<'a> Answerer<'a> {
                     let alone = both.coverage(&l.terms);
                     let chained: Vec<Option<f32>> = scored
                         .iter()
-                        .map(|(_, _, cos, _, t)| {
+                        .map(|(_, _, cos, _, _, t)| {
                             let mut pair = t.clone();
                             pair.extend(l.terms.iter().cloned());
                             let c = both.coverage(&pair);
@@ -399,17 +400,14 @@ impl<'a> Answerer<'a> {
             let sentences: Vec<(usize, usize, f32)> = scored
                 .iter()
                 .zip(&chained)
-                .map(|((s, e, cos, coverage, _), pair)| {
-                    let plain = sentence_score(*cos, *coverage);
-                    (*s, *e, pair.map_or(plain, |p| p.max(plain)))
+                .map(|((s, e, .., plain, _), pair)| {
+                    (*s, *e, pair.map_or(*plain, |p| p.max(*plain)))
                 })
                 .collect();
             let chained: Vec<bool> = scored
                 .iter()
                 .zip(&chained)
-                .map(|((_, _, cos, coverage, _), pair)| {
-                    pair.is_some_and(|p| p > sentence_score(*cos, *coverage))
-                })
+                .map(|((.., plain, _), pair)| pair.is_some_and(|p| p > *plain))
                 .collect();
             let best = sentences.iter().map(|s| s.2).fold(0.0f32, f32::max);
             let fitting: Vec<bool> = sentences
